@@ -1,0 +1,1 @@
+"""Data sources: generated (MQAR) and local files."""
