@@ -8,22 +8,22 @@ TOL = {'float32': 1e-5, 'bfloat16': 5e-3}
 
 
 def rel_rms(got, ref) -> float:
-  got = np.asarray(got, dtype=np.float64)
-  ref = np.asarray(ref, dtype=np.float64)
-  denom = np.linalg.norm(ref.ravel())
-  err = np.linalg.norm((got - ref).ravel())
-  if denom == 0.0:
-    return float(err)
-  return float(err / denom)
+    got = np.asarray(got, dtype=np.float64)
+    ref = np.asarray(ref, dtype=np.float64)
+    denom = np.linalg.norm(ref.ravel())
+    err = np.linalg.norm((got - ref).ravel())
+    if denom == 0.0:
+        return float(err)
+    return float(err / denom)
 
 
 def assert_close(name: str, got, ref, tol: float) -> None:
-  """Asserts relative RMS error below tol (passes outright when max abs diff <= 1e-6, as fla does)."""
-  got = np.asarray(got, dtype=np.float64)
-  ref = np.asarray(ref, dtype=np.float64)
-  assert got.shape == ref.shape, f'{name}: shape {got.shape} != {ref.shape}'
-  assert np.all(np.isfinite(got)), f'{name}: non-finite values'
-  if got.size == 0 or np.max(np.abs(got - ref)) <= 1e-6:
-    return
-  err = rel_rms(got, ref)
-  assert err < tol, f'{name}: relative RMS error {err:.3e} >= {tol:.1e}'
+    """Asserts relative RMS error below tol (passes outright when max abs diff <= 1e-6, as fla does)."""
+    got = np.asarray(got, dtype=np.float64)
+    ref = np.asarray(ref, dtype=np.float64)
+    assert got.shape == ref.shape, f'{name}: shape {got.shape} != {ref.shape}'
+    assert np.all(np.isfinite(got)), f'{name}: non-finite values'
+    if got.size == 0 or np.max(np.abs(got - ref)) <= 1e-6:
+        return
+    err = rel_rms(got, ref)
+    assert err < tol, f'{name}: relative RMS error {err:.3e} >= {tol:.1e}'

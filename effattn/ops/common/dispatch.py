@@ -12,43 +12,43 @@ import jax
 
 
 class ImplRegistry:
-  """Maps ``impl`` names to functions; ``'auto'`` walks an ordered candidate list.
+    """Maps ``impl`` names to functions; ``'auto'`` walks an ordered candidate list.
 
-  A candidate may raise ``NotImplementedError`` for a call it cannot serve (a kernel that does not
-  support a shape, a backend that is absent); ``auto`` then moves on to the next one.
-  """
+    A candidate may raise ``NotImplementedError`` for a call it cannot serve (a kernel that does not
+    support a shape, a backend that is absent); ``auto`` then moves on to the next one.
+    """
 
-  def __init__(self, op_name: str, impls: dict[str, Callable[..., Any]],
-               auto_order: Callable[..., Sequence[str]]):
-    self.op_name = op_name
-    self._impls = dict(impls)
-    self._auto_order = auto_order
+    def __init__(self, op_name: str, impls: dict[str, Callable[..., Any]],
+                              auto_order: Callable[..., Sequence[str]]):
+        self.op_name = op_name
+        self._impls = dict(impls)
+        self._auto_order = auto_order
 
-  @property
-  def names(self) -> list[str]:
-    return sorted(self._impls)
+    @property
+    def names(self) -> list[str]:
+        return sorted(self._impls)
 
-  def register(self, name: str, fn: Callable[..., Any]) -> None:
-    self._impls[name] = fn
+    def register(self, name: str, fn: Callable[..., Any]) -> None:
+        self._impls[name] = fn
 
-  def __call__(self, impl: str, *args: Any, **kwargs: Any) -> Any:
-    if impl == 'auto':
-      errors = []
-      for name in self._auto_order(*args, **kwargs):
-        if name not in self._impls:
-          continue
-        try:
-          return self._impls[name](*args, **kwargs)
-        except NotImplementedError as e:  # this candidate cannot serve the call; try the next
-          errors.append(f'{name}: {e}')
-      raise NotImplementedError(
-          f'{self.op_name}: no implementation supports this call ({"; ".join(errors)})')
-    if impl not in self._impls:
-      raise ValueError(
-          f"{self.op_name}: unknown impl={impl!r}; supported: {['auto'] + self.names}")
-    return self._impls[impl](*args, **kwargs)
+    def __call__(self, impl: str, *args: Any, **kwargs: Any) -> Any:
+        if impl == 'auto':
+            errors = []
+            for name in self._auto_order(*args, **kwargs):
+                if name not in self._impls:
+                    continue
+                try:
+                    return self._impls[name](*args, **kwargs)
+                except NotImplementedError as e:  # this candidate cannot serve the call; try the next
+                    errors.append(f'{name}: {e}')
+            raise NotImplementedError(
+                    f'{self.op_name}: no implementation supports this call ({"; ".join(errors)})')
+        if impl not in self._impls:
+            raise ValueError(
+                    f"{self.op_name}: unknown impl={impl!r}; supported: {['auto'] + self.names}")
+        return self._impls[impl](*args, **kwargs)
 
 
 def default_backend() -> str:
-  """'cpu', 'gpu' or 'tpu' for the default device."""
-  return jax.default_backend()
+    """'cpu', 'gpu' or 'tpu' for the default device."""
+    return jax.default_backend()

@@ -1,0 +1,1 @@
+"""Evaluation: recall (MQAR) accuracy per setting."""

@@ -1,0 +1,102 @@
+"""Checkpoints through orbax's CheckpointManager: async saves, keep-N, verified restore with fallback.
+
+Items: ``state`` (params, optimizer state, step, RNG) and ``meta`` (JSON: data position, config,
+and a fingerprint of the parameters). orbax writes each step into a temporary folder and renames it
+when complete, so a crash or SIGKILL during a save never leaves a half-written step behind. A step that
+is unreadable or whose parameters do not match the fingerprint (truncated or corrupted files) is
+reported, moved aside to ``checkpoints-corrupted/<step>-<time>`` (kept for inspection, never deleted)
+and the previous step is used.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+
+from effattn.config import CheckpointConfig
+
+log = logging.getLogger(__name__)
+
+
+def fingerprint(params) -> list[list[float]]:
+    """Per-leaf (sum, sum of squares) of the parameters, to verify a restored checkpoint."""
+    sums = [jnp.stack([jnp.sum(x.astype(jnp.float32)), jnp.sum(jnp.square(x.astype(jnp.float32)))])
+            for x in jax.tree.leaves(params)]
+    return np.asarray(jax.device_get(jnp.stack(sums)), np.float64).tolist()
+
+
+def _matches(a, b) -> bool:
+    a, b = np.asarray(a), np.asarray(b)
+    return a.shape == b.shape and bool(np.allclose(a, b, rtol=1e-5, atol=1e-6))
+
+
+class CheckpointError(RuntimeError):
+    """No checkpoint of a run folder can be restored (all unreadable, or the model changed)."""
+
+
+class Checkpointer:
+    def __init__(self, directory: str, cfg: CheckpointConfig):
+        self.directory = os.path.abspath(directory)
+        options = ocp.CheckpointManagerOptions(max_to_keep=cfg.keep, create=True,
+                                               enable_async_checkpointing=cfg.async_save)
+        self.manager = ocp.CheckpointManager(self.directory, options=options,
+                                             item_names=('state', 'meta'))
+
+    def save(self, step: int, state: Any, meta: dict) -> None:
+        meta = dict(meta, step=int(step), fingerprint=fingerprint(state.params))
+        self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                        meta=ocp.args.JsonSave(meta)), force=True)
+
+    def steps(self) -> list[int]:
+        """Complete checkpoint steps, newest first."""
+        return sorted(self.manager.all_steps(), reverse=True)
+
+    def restore_latest(self, abstract_state: Any) -> tuple[Any, dict] | None:
+        """The newest readable, verified checkpoint as (state, meta), or None when there is none.
+
+        Newer steps that fail are moved aside only once an older step restored; when no step
+        restores (e.g. the model changed), nothing is moved and CheckpointError lists the failures.
+        """
+        failures = []
+        for step in self.steps():
+            try:
+                restored = self.manager.restore(
+                    step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
+                                                  meta=ocp.args.JsonRestore()))
+                state, meta = restored['state'], restored['meta']
+                if not _matches(fingerprint(state.params), meta['fingerprint']):
+                    raise ValueError('parameters do not match the fingerprint saved with them')
+            except Exception as e:  # any unreadable step: try the previous one
+                reason = str(e).splitlines()[0] if str(e) else ''
+                failures.append((step, f'{type(e).__name__}: {reason}'))
+                continue
+            for bad, reason in failures:
+                msg = (f'checkpoint step {bad} in {self.directory} is unreadable or corrupted '
+                       f'({reason}); moved to {self._quarantine(bad)}; using step {step}')
+                log.warning(msg)
+                print(f'warning: {msg}', flush=True)
+            return state, meta
+        if failures:
+            raise CheckpointError(
+                f'no checkpoint in {self.directory} could be restored into this model: '
+                + '; '.join(f'step {s}: {r}' for s, r in failures))
+        return None
+
+    def _quarantine(self, step: int) -> str:
+        """Moves an unreadable step out of the manager's folder, so that training can save it anew."""
+        target = os.path.join(self.directory + '-corrupted', f'{step}-{time.strftime("%Y%m%d-%H%M%S")}')
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        shutil.move(os.path.join(self.directory, str(step)), target)
+        self.manager.reload()
+        return target
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()

@@ -1,0 +1,222 @@
+"""The training loop: config -> data + model -> jitted steps -> checkpoints, tensorboard, evaluation.
+
+Resume order: the newest readable checkpoint in ``workdir/checkpoints``, else a fresh start. A run is
+resumed exactly (params, optimizer state, step = data position, RNG), so N steps + resume + N steps
+equals 2N steps bitwise. Ctrl-C (SIGINT) or SIGTERM finishes the current step, saves and exits; a NaN
+or inf loss stops the run without saving, leaving the last good checkpoint in place.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import time
+
+import jax
+import numpy as np
+
+from effattn import config as config_lib
+from effattn.data import sources
+from effattn.eval.recall import evaluate_recall
+from effattn.train.checkpoint import Checkpointer
+from effattn.train.metrics import MetricsWriter, ProgressBar
+from effattn.train.optimizer import lr_schedule, make_optimizer
+from effattn.train.state import create_train_state, param_count
+from effattn.train.step import make_predict, make_train_step
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss or gradient norm became NaN or inf; the run stopped without saving."""
+
+
+class _StopRequest:
+    """SIGINT/SIGTERM set a flag that the loop checks between steps; a second Ctrl-C aborts at once."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = {}
+
+    def _handle(self, signum, frame):
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(ValueError):  # not in the main thread: leave handlers alone
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _check_workdir_config(workdir: str, cfg: config_lib.Config) -> None:
+    """Refuses to resume a run whose model or data differ from the saved config (names the key)."""
+    path = os.path.join(workdir, 'config.json')
+    if os.path.exists(path):
+        with open(path) as f:
+            saved = json.load(f)
+        now = json.loads(json.dumps(config_lib.to_dict(cfg)))
+        for section in ('model', 'data'):
+            diff = _first_difference(saved.get(section, {}), now[section], f'config.{section}')
+            if diff:
+                raise config_lib.ConfigError(
+                    f'{diff}: {path} holds a run with a different value; use a new --workdir '
+                    'or the same settings to resume')
+    with open(path, 'w') as f:
+        json.dump(config_lib.to_dict(cfg), f, indent=2)
+
+
+def _first_difference(a, b, prefix: str) -> str | None:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(set(a) | set(b)):
+            diff = _first_difference(a.get(key), b.get(key), f'{prefix}.{key}')
+            if diff:
+                return diff
+        return None
+    return None if a == b else f'{prefix} (saved {a!r}, now {b!r})'
+
+
+def train_and_evaluate(cfg: config_lib.Config, workdir: str, *, stop_after: int | None = None,
+                       quiet: bool = False) -> dict:
+    """Trains (or resumes) the run in `workdir` and returns the final evaluation metrics.
+
+    stop_after: stop after this many steps in this invocation, as an interruption would (tests).
+    """
+    workdir = os.path.abspath(workdir)
+    os.makedirs(workdir, exist_ok=True)
+    _check_workdir_config(workdir, cfg)
+    say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
+
+    tx = make_optimizer(cfg.train)
+    schedule = lr_schedule(cfg.train)
+    model_def, state = create_train_state(cfg, tx)
+    ckpt = Checkpointer(os.path.join(workdir, 'checkpoints'), cfg.checkpoint)
+    restored = ckpt.restore_latest(state)
+    if restored is not None:
+        state = restored[0]
+        say(f'resumed from step {int(state.step)} ({ckpt.directory})')
+    start = int(state.step)
+    writer = MetricsWriter(workdir)
+    say(f'workdir: {workdir}\n  checkpoints: {ckpt.directory}\n'
+        f'  tensorboard: tensorboard --logdir {writer.logdir}\n'
+        f'  parameters: {param_count(state.params):,}')
+    if start == 0:
+        writer.text(0, 'config', '```\n' + json.dumps(config_lib.to_dict(cfg), indent=2) + '\n```')
+
+    train_step = make_train_step(model_def, tx, schedule)
+    predict = make_predict(model_def)
+    stream = sources.train_stream(cfg)
+    eval_sets = None
+    tokens_per_step = cfg.train.batch_size * cfg.data.seq_len
+
+    def evaluate(step: int) -> dict:
+        nonlocal eval_sets
+        eval_sets = eval_sets or sources.eval_sets(cfg)
+        results = evaluate_recall(predict, state.params, eval_sets, min(cfg.train.batch_size, 256))
+        writer.scalars(step, {f'eval/accuracy/{k}': v for k, v in results.items()})
+        return results
+
+    def save(step: int) -> None:
+        ckpt.save(step, state, {'data_position': step, 'config': config_lib.to_dict(cfg)})
+
+    bar = None if quiet else ProgressBar(cfg.train.steps, start)
+    pending = None                 # (step, device metrics) not yet checked
+    interval = {'loss': 0.0, 'accuracy': 0.0, 'n': 0}
+    last_time, last_step = None, start
+    saved_step = start if restored is not None else -1
+    results = {}
+
+    def check(step: int, metrics: dict) -> dict:
+        """Fetches step `step`'s metrics (after the next step was dispatched) and stops on NaN/inf."""
+        host = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        if not all(np.isfinite(host[k]) for k in ('loss', 'grad_norm', 'update_norm')):
+            last = ckpt.steps()
+            raise NonFiniteLossError(
+                f'non-finite loss at step {step} (loss={host["loss"]}, grad_norm={host["grad_norm"]}, '
+                f'update_norm={host["update_norm"]}); '
+                f'stopped without saving. Last good checkpoint: '
+                f'{f"step {last[0]} in {ckpt.directory}" if last else "none"}. Lower config.train.lr '
+                'or enable config.train.grad_clip.')
+        return host
+
+    def log(step: int, host: dict) -> None:
+        nonlocal last_time, last_step
+        interval['loss'] += host['loss']
+        interval['accuracy'] += host['accuracy']
+        interval['n'] += 1
+        if last_time is None:      # the first step includes compilation: start the clock after it
+            last_time, last_step = time.perf_counter(), step + 1
+            return
+        if (step + 1) % cfg.train.log_every == 0 or step + 1 == cfg.train.steps:
+            now = time.perf_counter()
+            tps = tokens_per_step * (step + 1 - last_step) / max(now - last_time, 1e-9)
+            n = interval['n']
+            values = {'train/loss': interval['loss'] / n, 'train/accuracy': interval['accuracy'] / n,
+                      'train/lr': host['lr'], 'train/grad_norm': host['grad_norm'],
+                      'train/tokens_per_sec': tps}
+            writer.scalars(step + 1, values)
+            if bar:
+                bar.update(0, loss=values['train/loss'], acc=values['train/accuracy'],
+                           tok_s=f'{tps:,.0f}')
+            interval.update(loss=0.0, accuracy=0.0, n=0)
+            last_time, last_step = now, step + 1
+
+    interrupted = False
+    try:
+        with _StopRequest() as stop:
+            for step in range(start, cfg.train.steps):
+                batch = stream.batch(step)
+                state, metrics = train_step(state, {'inputs': batch['inputs'], 'labels': batch['labels']})
+                if pending is not None:
+                    log(pending[0], check(*pending))
+                pending = (step, metrics)
+                if bar:
+                    bar.update(1)
+                done = step + 1
+                at_save = done % cfg.checkpoint.every == 0
+                at_eval = cfg.train.eval_every and done % cfg.train.eval_every == 0
+                stop_now = stop.requested or (stop_after is not None and done - start >= stop_after)
+                if at_save or at_eval or stop_now:
+                    log(pending[0], check(*pending))     # never save unverified parameters
+                    pending = None
+                if at_save or stop_now:
+                    save(done)
+                    saved_step = done
+                if at_eval:
+                    results = evaluate(done)
+                    if bar:
+                        bar.write(f'step {done}: eval accuracy {results["mean"]:.4f}')
+                    if cfg.train.stop_at_accuracy and results['mean'] >= cfg.train.stop_at_accuracy:
+                        say(f'\nreached eval accuracy {results["mean"]:.4f} >= '
+                            f'{cfg.train.stop_at_accuracy} at step {done}; stopping')
+                        save(done)
+                        saved_step = done
+                        break
+                if stop_now:
+                    interrupted = stop.requested
+                    break
+            if pending is not None:
+                log(pending[0], check(*pending))
+            final = int(state.step)
+            if saved_step != final:
+                save(final)
+    finally:
+        if bar:
+            bar.close()
+        ckpt.close()
+    if interrupted:
+        writer.close()
+        say(f'interrupted at step {int(state.step)}; checkpoint saved in {ckpt.directory}. '
+            'Run the same command again to resume.')
+        raise KeyboardInterrupt
+    if stop_after is not None and int(state.step) < cfg.train.steps and not results:
+        writer.close()
+        return {}
+    results = results if results and cfg.train.stop_at_accuracy else evaluate(int(state.step))
+    writer.close()
+    say('eval accuracy: ' + ', '.join(f'{k}={v:.4f}' for k, v in results.items()))
+    return results

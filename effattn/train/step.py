@@ -1,0 +1,54 @@
+"""The jitted train and eval steps: pure functions of (TrainState, batch)."""
+from __future__ import annotations
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from effattn.train.state import ModelDef, TrainState
+
+IGNORE = -100
+
+
+def masked_loss_and_accuracy(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, dict]:
+    """Mean cross-entropy and accuracy over positions whose label is not -100."""
+    mask = labels != IGNORE
+    safe = jnp.where(mask, labels, 0)
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, safe)
+    n = jnp.maximum(mask.sum(), 1)
+    loss = jnp.sum(jnp.where(mask, ce, 0.0)) / n
+    correct = jnp.sum(jnp.where(mask, jnp.argmax(logits, -1) == safe, False))
+    return loss, {'loss': loss, 'accuracy': correct / n, 'num_targets': mask.sum()}
+
+
+def make_train_step(model_def: ModelDef, tx: optax.GradientTransformation, schedule):
+    """Returns train_step(state, batch) -> (state, metrics), jitted with the state donated."""
+
+    def loss_fn(params, batch):
+        model = model_def.merge(params)
+        logits = model(batch['inputs'], segment_ids=batch.get('segment_ids'))
+        return masked_loss_and_accuracy(logits, batch['labels'])
+
+    @partial(jax.jit, donate_argnums=(0,))
+    def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+        rng, _ = jax.random.split(state.rng)
+        (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = dict(metrics, grad_norm=optax.tree.norm(grads),
+                       update_norm=optax.tree.norm(updates), lr=schedule(state.step))
+        return TrainState(step=state.step + 1, params=params, opt_state=opt_state, rng=rng), metrics
+
+    return train_step
+
+
+def make_predict(model_def: ModelDef):
+    """predict(params, inputs) -> argmax tokens [B, T], jitted."""
+
+    @jax.jit
+    def predict(params, inputs):
+        return jnp.argmax(model_def.merge(params)(inputs), axis=-1)
+
+    return predict

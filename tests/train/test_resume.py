@@ -1,0 +1,112 @@
+"""Exact resume, checkpoint fallback and the NaN guard of the training loop."""
+import os
+
+import jax
+import numpy as np
+import optax
+import pytest
+
+from effattn.eval import run as run_lib
+from effattn.eval.run import load_run
+from effattn.train import loop
+from effattn.train.checkpoint import CheckpointError, Checkpointer
+
+
+def params_of(workdir):
+    _, _, state, step = load_run(workdir)
+    return step, jax.tree.leaves(jax.device_get(state.params)), jax.device_get(state.opt_state)
+
+
+def test_resume_is_bitwise_exact(tiny, tmp_path):
+    cfg = tiny(train__steps=6, checkpoint__async_save=True)
+    loop.train_and_evaluate(cfg, str(tmp_path / 'whole'), quiet=True)
+    loop.train_and_evaluate(cfg, str(tmp_path / 'split'), stop_after=3, quiet=True)
+    assert Checkpointer(str(tmp_path / 'split' / 'checkpoints'), cfg.checkpoint).steps() == [3]
+    loop.train_and_evaluate(cfg, str(tmp_path / 'split'), quiet=True)
+    step_a, a, opt_a = params_of(str(tmp_path / 'whole'))
+    step_b, b, opt_b = params_of(str(tmp_path / 'split'))
+    assert step_a == step_b == 6
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x, y)
+    for x, y in zip(jax.tree.leaves(opt_a), jax.tree.leaves(opt_b)):
+        np.testing.assert_array_equal(x, y)
+
+
+def _corrupt_truncate(step_dir):
+    for root, _, files in os.walk(step_dir):
+        for f in files:
+            path = os.path.join(root, f)
+            size = os.path.getsize(path)
+            with open(path, 'r+b') as fh:
+                fh.truncate(size // 2)
+
+
+def _corrupt_garbage(step_dir):
+    rng = np.random.default_rng(0)
+    for root, _, files in os.walk(os.path.join(step_dir, 'state')):
+        for f in files:
+            path = os.path.join(root, f)
+            size = os.path.getsize(path)
+            if size > 64:
+                with open(path, 'r+b') as fh:
+                    fh.seek(size // 3)
+                    fh.write(rng.integers(0, 256, size // 3, dtype=np.uint8).tobytes())
+
+
+@pytest.mark.parametrize('corrupt', [_corrupt_truncate, _corrupt_garbage], ids=['truncated', 'garbage'])
+def test_corrupted_newest_checkpoint_falls_back(tiny, tmp_path, capsys, corrupt):
+    cfg = tiny(train__steps=4, checkpoint__every=2)
+    workdir = str(tmp_path / 'run')
+    loop.train_and_evaluate(cfg, workdir, quiet=True)
+    ckdir = os.path.join(workdir, 'checkpoints')
+    assert Checkpointer(ckdir, cfg.checkpoint).steps() == [4, 2]
+    corrupt(os.path.join(ckdir, '4'))
+    capsys.readouterr()
+    step, _, _ = params_of(workdir)
+    assert step == 2
+    out = capsys.readouterr().out
+    assert 'checkpoint step 4' in out and 'using step 2' in out
+    # Training resumes from step 2 and finishes again.
+    loop.train_and_evaluate(cfg, workdir, quiet=True)
+    assert params_of(workdir)[0] == 4
+
+
+def test_nan_stops_and_keeps_last_good_checkpoint(tiny, tmp_path, monkeypatch):
+    cfg = tiny(train__steps=10, checkpoint__every=2)
+    real = loop.make_optimizer
+
+    def poisoned(train_cfg):
+        def update(updates, state, params=None):
+            count = state + 1
+            bad = jax.numpy.where(count >= 5, jax.numpy.nan, 1.0)
+            return jax.tree.map(lambda u: u * bad, updates), count
+        return optax.chain(real(train_cfg),
+                           optax.GradientTransformation(lambda p: jax.numpy.zeros((), jax.numpy.int32), update))
+
+    monkeypatch.setattr(loop, 'make_optimizer', poisoned)
+    monkeypatch.setattr(run_lib, 'make_optimizer', poisoned)
+    workdir = str(tmp_path / 'run')
+    with pytest.raises(loop.NonFiniteLossError, match='step 4'):
+        loop.train_and_evaluate(cfg, workdir, quiet=True)
+    step, leaves, _ = params_of(workdir)
+    assert step == 4
+    assert all(np.all(np.isfinite(x)) for x in leaves)
+
+
+def test_changed_model_in_existing_workdir_is_refused(tiny, tmp_path):
+    workdir = str(tmp_path / 'run')
+    loop.train_and_evaluate(tiny(train__steps=2), workdir, quiet=True)
+    with pytest.raises(loop.config_lib.ConfigError, match=r'config\.model\.d_model'):
+        loop.train_and_evaluate(tiny(train__steps=2, model__d_model=32), workdir, quiet=True)
+
+
+def test_checkpoint_of_another_model_is_an_error_and_nothing_moves(tiny, tmp_path):
+    cfg = tiny(train__steps=2, checkpoint__every=1)
+    workdir = str(tmp_path / 'run')
+    loop.train_and_evaluate(cfg, workdir, quiet=True)
+    other = tiny(train__steps=2, model__d_model=32)
+    _, state = loop.create_train_state(other, loop.make_optimizer(other.train))
+    ckpt = Checkpointer(os.path.join(workdir, 'checkpoints'), cfg.checkpoint)
+    with pytest.raises(CheckpointError, match='could be restored'):
+        ckpt.restore_latest(state)
+    assert ckpt.steps() == [2, 1]
