@@ -1,8 +1,9 @@
 """Evaluates the latest checkpoint of a run: per-setting MQAR accuracy as a table or one JSON object.
 
-  python eval.py --workdir=runs/default
-  python eval.py --workdir=runs/default --json
+python eval.py --workdir=runs/default
+python eval.py --workdir=runs/default --json
 """
+
 import json
 
 from absl import app, flags
@@ -17,6 +18,7 @@ def main(argv):
     if len(argv) > 1:
         fail(f'unexpected arguments: {" ".join(argv[1:])}')
     from effattn.eval.run import EvalError, evaluate_workdir
+
     try:
         report = evaluate_workdir(_WORKDIR.value)
     except EvalError as e:

@@ -6,6 +6,7 @@
 
 Rerunning the same command with the same --workdir resumes from the last checkpoint.
 """
+
 import sys
 import time
 
@@ -14,14 +15,18 @@ from absl import app, flags
 from effattn.cli import config_value, define_config_flag, fail, parse_flags, resolve_workdir
 
 _CONFIG = define_config_flag('configs/default.py')
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Run folder (checkpoints, tensorboard, config.json); '
-                               'default: a new folder under ./runs/.')
+_WORKDIR = flags.DEFINE_string(
+    'workdir',
+    None,
+    'Run folder (checkpoints, tensorboard, config.json); default: a new folder under ./runs/.',
+)
 
 
 def main(argv):
     if len(argv) > 1:
         fail(f'unexpected arguments: {" ".join(argv[1:])}')
     from effattn import config as config_lib
+
     try:
         cfg = config_lib.validate(config_value(_CONFIG))
     except config_lib.ConfigError as e:
@@ -29,6 +34,7 @@ def main(argv):
     workdir = resolve_workdir(_WORKDIR.value, cfg.name, time.strftime('%Y%m%d-%H%M%S'))
     from effattn.train.checkpoint import CheckpointError
     from effattn.train.loop import NonFiniteLossError, train_and_evaluate
+
     try:
         train_and_evaluate(cfg, workdir)
     except (config_lib.ConfigError, CheckpointError, NonFiniteLossError) as e:

@@ -1,7 +1,8 @@
 """The schema's defaults (effattn/config.py); every other config starts from these.
 
-  python train.py --config=configs/base.py --workdir=runs/base
+python train.py --config=configs/base.py --workdir=runs/base
 """
+
 from effattn.config import default_config
 
 

@@ -1,8 +1,9 @@
 """The embedded default run: MQAR (Zoology) with a 2-layer softmax LM on CPU, no download.
 
-  python train.py                      # uses this file, workdir under ./runs/
-  python train.py --config=configs/default.py --workdir=runs/default
+python train.py                      # uses this file, workdir under ./runs/
+python train.py --config=configs/default.py --workdir=runs/default
 """
+
 from configs import base
 
 

@@ -3,6 +3,7 @@
 ml_collections' config flags report bad overrides with tracebacks; these helpers turn every bad
 config, file or flag into one line on stderr naming the key, and a non-zero exit.
 """
+
 from __future__ import annotations
 
 import os
@@ -23,7 +24,7 @@ def _override_paths(argv: list[str]) -> list[str]:
     paths = []
     for arg in argv[1:]:
         if arg.startswith('--config.'):
-            paths.append(arg[len('--config.'):].split('=', 1)[0])
+            paths.append(arg[len('--config.') :].split('=', 1)[0])
     return paths
 
 
@@ -34,11 +35,13 @@ def define_config_flag(default: str):
     raises deep inside it. Keys are checked against the schema first to name the offending one.
     """
     from effattn.config import ConfigError, check_key
+
     try:
         for path in _override_paths(sys.argv):
             check_key(path)
-        return config_flags.DEFINE_config_file('config', default, 'Config file (get_config).',
-                                               lock_config=True)
+        return config_flags.DEFINE_config_file(
+            'config', default, 'Config file (get_config).', lock_config=True
+        )
     except ConfigError as e:
         fail(str(e))
     except Exception as e:  # anything else ml_collections raised while applying overrides

@@ -7,6 +7,7 @@ frozen dataclasses. Modules, data and the train loop receive those dataclasses, 
 Every error is a :class:`ConfigError` whose message names the key (``config.model.d_model``), what it
 was, and what was expected.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -23,25 +24,25 @@ class ConfigError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class AttentionConfig:
-    kind: str = 'softmax'              # mechanism; see effattn.attention.registry.known_kinds()
+    kind: str = 'softmax'  # mechanism; see effattn.attention.registry.known_kinds()
     num_heads: int = 4
-    num_kv_heads: int = 0              # GQA key/value heads; 0 = num_heads
-    head_dim: int = 0                  # 0 = d_model // num_heads
-    impl: str = 'auto'                 # op implementation: auto | naive | recurrent | chunk | kernel
-    rope: bool = True                  # rotary position embedding on q, k (softmax-family kinds)
+    num_kv_heads: int = 0  # GQA key/value heads; 0 = num_heads
+    head_dim: int = 0  # 0 = d_model // num_heads
+    impl: str = 'auto'  # op implementation: auto | naive | recurrent | chunk | kernel
+    rope: bool = True  # rotary position embedding on q, k (softmax-family kinds)
     rope_theta: float = 10000.0
-    window: int = 0                    # sliding window (keys incl. self); 0 = full causal attention
-    sinks: int = 0                     # attention sinks (StreamingLLM): first n keys always visible
-    qk_norm: bool = False              # RMSNorm on q and k per head (sigmoid attention stabiliser)
-    sigmoid_bias: float = 0.0          # used when sigmoid_bias_from_length is False
-    sigmoid_bias_from_length: bool = True   # b = -log(data.seq_len), fixed at training length
-    chunk_size: int = 64               # chunk size of chunkwise linear-family ops
-    feature_map: str = 'elu'           # linear kind: elu | relu | identity
-    normalize: bool = True             # linear kind: divide by phi(q) . sum phi(k)
-    expand_k: float = 1.0              # key/query width = expand_k * head_dim (linear family)
-    expand_v: float = 1.0              # value width = expand_v * head_dim (linear family)
-    conv_size: int = 4                 # short causal depthwise conv (deltanet, gated_deltanet); 0 = off
-    gate_low_rank_dim: int = 16        # GLA gate projection rank
+    window: int = 0  # sliding window (keys incl. self); 0 = full causal attention
+    sinks: int = 0  # attention sinks (StreamingLLM): first n keys always visible
+    qk_norm: bool = False  # RMSNorm on q and k per head (sigmoid attention stabiliser)
+    sigmoid_bias: float = 0.0  # used when sigmoid_bias_from_length is False
+    sigmoid_bias_from_length: bool = True  # b = -log(data.seq_len), fixed at training length
+    chunk_size: int = 64  # chunk size of chunkwise linear-family ops
+    feature_map: str = 'elu'  # linear kind: elu | relu | identity
+    normalize: bool = True  # linear kind: divide by phi(q) . sum phi(k)
+    expand_k: float = 1.0  # key/query width = expand_k * head_dim (linear family)
+    expand_v: float = 1.0  # value width = expand_v * head_dim (linear family)
+    conv_size: int = 4  # short causal depthwise conv (deltanet, gated_deltanet); 0 = off
+    gate_low_rank_dim: int = 16  # GLA gate projection rank
     gate_logit_normalizer: float = 16.0  # GLA: g = logsigmoid(.) / normalizer
 
 
@@ -50,26 +51,30 @@ class ModelConfig:
     vocab_size: int = 8192
     d_model: int = 128
     num_layers: int = 2
-    layers: str = ''                   # per-layer kinds, comma separated, repeated to num_layers; '' = all attention.kind
-    mlp: str = 'swiglu'                # swiglu | none
-    mlp_ratio: float = 4.0             # hidden width of the MLP = mlp_ratio * d_model (2/3 of it for SwiGLU)
+    layers: str = (
+        ''  # per-layer kinds, comma separated, repeated to num_layers; '' = all attention.kind
+    )
+    mlp: str = 'swiglu'  # swiglu | none
+    mlp_ratio: float = 4.0  # hidden width of the MLP = mlp_ratio * d_model (2/3 of it for SwiGLU)
     tie_embeddings: bool = True
     norm_eps: float = 1e-6
-    compute_dtype: str = 'float32'     # float32 | bfloat16 (parameters stay float32)
+    compute_dtype: str = 'float32'  # float32 | bfloat16 (parameters stay float32)
     init_std: float = 0.02
     attention: AttentionConfig = dataclasses.field(default_factory=AttentionConfig)
 
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-    kind: str = 'mqar'                 # mqar
+    kind: str = 'mqar'  # mqar
     vocab_size: int = 8192
-    seq_len: int = 64                  # training length (the longest of train_settings for MQAR)
+    seq_len: int = 64  # training length (the longest of train_settings for MQAR)
     train_settings: tuple = ((64, 4),)  # MQAR (seq_len, num_kv_pairs) mixture for training
-    train_weights: tuple = ()          # mixture weights per train setting; () = equal
-    eval_settings: tuple = ((64, 4),)  # MQAR (seq_len, num_kv_pairs) reported separately at evaluation
-    eval_examples: int = 1000          # examples per evaluation setting
-    power_a: float = 0.01              # MQAR query-gap power law
+    train_weights: tuple = ()  # mixture weights per train setting; () = equal
+    eval_settings: tuple = (
+        (64, 4),
+    )  # MQAR (seq_len, num_kv_pairs) reported separately at evaluation
+    eval_examples: int = 1000  # examples per evaluation setting
+    power_a: float = 0.01  # MQAR query-gap power law
     random_non_queries: bool = True
     seed: int = 0
 
@@ -79,22 +84,22 @@ class TrainConfig:
     steps: int = 1000
     batch_size: int = 64
     lr: float = 1e-3
-    min_lr_ratio: float = 0.0          # cosine decays to lr * min_lr_ratio
+    min_lr_ratio: float = 0.0  # cosine decays to lr * min_lr_ratio
     warmup_steps: int = 100
     weight_decay: float = 0.1
     b1: float = 0.9
     b2: float = 0.98
-    grad_clip: float = 1.0             # global-norm clipping; 0 = off
+    grad_clip: float = 1.0  # global-norm clipping; 0 = off
     seed: int = 0
-    log_every: int = 10                # tensorboard scalars every N steps
-    eval_every: int = 0                # evaluation every N steps; 0 = only at the end
-    stop_at_accuracy: float = 0.0      # stop early when mean eval accuracy reaches this; 0 = never
+    log_every: int = 10  # tensorboard scalars every N steps
+    eval_every: int = 0  # evaluation every N steps; 0 = only at the end
+    stop_at_accuracy: float = 0.0  # stop early when mean eval accuracy reaches this; 0 = never
 
 
 @dataclasses.dataclass(frozen=True)
 class CheckpointConfig:
-    every: int = 200                   # save every N steps (and on Ctrl-C, and at the end)
-    keep: int = 3                      # keep the N newest checkpoints
+    every: int = 200  # save every N steps (and on Ctrl-C, and at the end)
+    keep: int = 3  # keep the N newest checkpoints
     async_save: bool = True
 
 
@@ -113,13 +118,14 @@ class Config:
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
     mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
-    name: str = 'run'                  # a label for the run (used in the default workdir name)
+    name: str = 'run'  # a label for the run (used in the default workdir name)
 
 
 def _to_config_dict(obj: Any) -> Any:
     if dataclasses.is_dataclass(obj):
         return ml_collections.ConfigDict(
-                {f.name: _to_config_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)})
+            {f.name: _to_config_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        )
     return obj
 
 
@@ -162,8 +168,10 @@ def _build(cls: type, cd: Any, prefix: str) -> Any:
     items = dict(cd.items())
     unknown = sorted(set(items) - fields)
     if unknown:
-        raise ConfigError(f'{prefix}.{unknown[0]}: unknown key; known keys of {prefix}: '
-                                            f'{", ".join(sorted(fields))}')
+        raise ConfigError(
+            f'{prefix}.{unknown[0]}: unknown key; known keys of {prefix}: '
+            f'{", ".join(sorted(fields))}'
+        )
     kwargs = {}
     for name in fields:
         if name not in items:
@@ -184,12 +192,22 @@ def _check(cond: bool, key: str, message: str) -> None:
 
 def _check_settings(key: str, settings: tuple) -> None:
     for s in settings:
-        _check(isinstance(s, tuple) and len(s) == 2 and all(isinstance(x, int) for x in s), key,
-                      f'expected (seq_len, num_kv_pairs) pairs of ints, got {s!r}')
+        _check(
+            isinstance(s, tuple) and len(s) == 2 and all(isinstance(x, int) for x in s),
+            key,
+            f'expected (seq_len, num_kv_pairs) pairs of ints, got {s!r}',
+        )
         seq_len, kv = s
-        _check(seq_len % 2 == 0 and seq_len > 0, key, f'MQAR seq_len must be even and > 0, got {seq_len}')
-        _check(4 * kv <= seq_len and kv > 0, key,
-                      f'MQAR needs 0 < 4 * num_kv_pairs <= seq_len, got {s!r}')
+        _check(
+            seq_len % 2 == 0 and seq_len > 0,
+            key,
+            f'MQAR seq_len must be even and > 0, got {seq_len}',
+        )
+        _check(
+            4 * kv <= seq_len and kv > 0,
+            key,
+            f'MQAR needs 0 < 4 * num_kv_pairs <= seq_len, got {s!r}',
+        )
 
 
 def layer_kinds(model: ModelConfig) -> list[str]:
@@ -208,55 +226,105 @@ def _check_semantics(cfg: Config) -> None:
     _check(m.num_layers > 0, 'config.model.num_layers', f'must be > 0, got {m.num_layers}')
     _check(a.num_heads > 0, 'config.model.attention.num_heads', f'must be > 0, got {a.num_heads}')
     if a.head_dim == 0:
-        _check(m.d_model % a.num_heads == 0, 'config.model.d_model',
-                      f'd_model={m.d_model} is not divisible by config.model.attention.num_heads={a.num_heads}')
+        _check(
+            m.d_model % a.num_heads == 0,
+            'config.model.d_model',
+            f'd_model={m.d_model} is not divisible by config.model.attention.num_heads={a.num_heads}',
+        )
     kv = a.num_kv_heads or a.num_heads
-    _check(a.num_heads % kv == 0, 'config.model.attention.num_kv_heads',
-                  f'num_heads={a.num_heads} must be a multiple of num_kv_heads={kv}')
+    _check(
+        a.num_heads % kv == 0,
+        'config.model.attention.num_kv_heads',
+        f'num_heads={a.num_heads} must be a multiple of num_kv_heads={kv}',
+    )
     known = registry.known_kinds()
-    _check(a.kind in known, 'config.model.attention.kind',
-                  f'unknown attention kind {a.kind!r}; known kinds: {", ".join(known)}')
+    _check(
+        a.kind in known,
+        'config.model.attention.kind',
+        f'unknown attention kind {a.kind!r}; known kinds: {", ".join(known)}',
+    )
     for i, kind in enumerate(layer_kinds(m)):
-        _check(kind in known, 'config.model.layers',
-                      f'layer {i}: unknown attention kind {kind!r}; known kinds: {", ".join(known)}')
-    _check(a.impl in ('auto', 'naive', 'recurrent', 'chunk', 'kernel', 'cudnn'),
-                  'config.model.attention.impl',
-                  f'unknown impl {a.impl!r}; expected auto, naive, recurrent, chunk, kernel or cudnn')
+        _check(
+            kind in known,
+            'config.model.layers',
+            f'layer {i}: unknown attention kind {kind!r}; known kinds: {", ".join(known)}',
+        )
+    _check(
+        a.impl in ('auto', 'naive', 'recurrent', 'chunk', 'kernel', 'cudnn'),
+        'config.model.attention.impl',
+        f'unknown impl {a.impl!r}; expected auto, naive, recurrent, chunk, kernel or cudnn',
+    )
     _check(a.window >= 0, 'config.model.attention.window', f'must be >= 0, got {a.window}')
-    _check(a.window <= d.seq_len, 'config.model.attention.window',
-                  f'window={a.window} is larger than the sequence (config.data.seq_len={d.seq_len})')
+    _check(
+        a.window <= d.seq_len,
+        'config.model.attention.window',
+        f'window={a.window} is larger than the sequence (config.data.seq_len={d.seq_len})',
+    )
     _check(a.sinks >= 0, 'config.model.attention.sinks', f'must be >= 0, got {a.sinks}')
-    _check(a.sinks == 0 or a.window > 0, 'config.model.attention.sinks',
-                  'attention sinks need a sliding window (config.model.attention.window > 0)')
-    _check(a.chunk_size > 0, 'config.model.attention.chunk_size', f'must be > 0, got {a.chunk_size}')
-    _check(m.mlp in ('swiglu', 'none'), 'config.model.mlp', f"expected 'swiglu' or 'none', got {m.mlp!r}")
-    _check(m.compute_dtype in ('float32', 'bfloat16'), 'config.model.compute_dtype',
-                  f"expected 'float32' or 'bfloat16', got {m.compute_dtype!r}")
-    _check(d.kind in ('mqar',), 'config.data.kind', f"unknown data kind {d.kind!r}; known kinds: mqar")
-    _check(m.vocab_size >= d.vocab_size, 'config.model.vocab_size',
-                  f'model vocab {m.vocab_size} is smaller than the data vocab (config.data.vocab_size={d.vocab_size})')
+    _check(
+        a.sinks == 0 or a.window > 0,
+        'config.model.attention.sinks',
+        'attention sinks need a sliding window (config.model.attention.window > 0)',
+    )
+    _check(
+        a.chunk_size > 0, 'config.model.attention.chunk_size', f'must be > 0, got {a.chunk_size}'
+    )
+    _check(
+        m.mlp in ('swiglu', 'none'),
+        'config.model.mlp',
+        f"expected 'swiglu' or 'none', got {m.mlp!r}",
+    )
+    _check(
+        m.compute_dtype in ('float32', 'bfloat16'),
+        'config.model.compute_dtype',
+        f"expected 'float32' or 'bfloat16', got {m.compute_dtype!r}",
+    )
+    _check(
+        d.kind in ('mqar',), 'config.data.kind', f'unknown data kind {d.kind!r}; known kinds: mqar'
+    )
+    _check(
+        m.vocab_size >= d.vocab_size,
+        'config.model.vocab_size',
+        f'model vocab {m.vocab_size} is smaller than the data vocab (config.data.vocab_size={d.vocab_size})',
+    )
     _check_settings('config.data.train_settings', d.train_settings)
     _check_settings('config.data.eval_settings', d.eval_settings)
     _check(len(d.train_settings) > 0, 'config.data.train_settings', 'needs at least one setting')
-    _check(not d.train_weights or len(d.train_weights) == len(d.train_settings),
-                  'config.data.train_weights',
-                  f'{len(d.train_weights)} weights for {len(d.train_settings)} train settings')
+    _check(
+        not d.train_weights or len(d.train_weights) == len(d.train_settings),
+        'config.data.train_weights',
+        f'{len(d.train_weights)} weights for {len(d.train_settings)} train settings',
+    )
     longest = max(s[0] for s in d.train_settings)
-    _check(longest == d.seq_len, 'config.data.seq_len',
-                  f'must equal the longest MQAR train setting ({longest}), got {d.seq_len}')
+    _check(
+        longest == d.seq_len,
+        'config.data.seq_len',
+        f'must equal the longest MQAR train setting ({longest}), got {d.seq_len}',
+    )
     for s in d.train_settings + d.eval_settings:
-        _check(d.vocab_size > s[0], 'config.data.vocab_size',
-                      f'MQAR needs vocab_size > seq_len; got vocab_size={d.vocab_size} with seq_len={s[0]}')
+        _check(
+            d.vocab_size > s[0],
+            'config.data.vocab_size',
+            f'MQAR needs vocab_size > seq_len; got vocab_size={d.vocab_size} with seq_len={s[0]}',
+        )
     _check(t.steps > 0, 'config.train.steps', f'must be > 0, got {t.steps}')
     _check(t.batch_size > 0, 'config.train.batch_size', f'must be > 0, got {t.batch_size}')
-    _check(t.lr > 0 and math.isfinite(t.lr), 'config.train.lr', f'must be a positive number, got {t.lr}')
+    _check(
+        t.lr > 0 and math.isfinite(t.lr),
+        'config.train.lr',
+        f'must be a positive number, got {t.lr}',
+    )
     _check(0 <= t.warmup_steps, 'config.train.warmup_steps', f'must be >= 0, got {t.warmup_steps}')
     _check(t.log_every > 0, 'config.train.log_every', f'must be > 0, got {t.log_every}')
     _check(c.every > 0, 'config.checkpoint.every', f'must be > 0, got {c.every}')
     _check(c.keep > 0, 'config.checkpoint.keep', f'must be > 0, got {c.keep}')
     mesh = cfg.mesh
     for name in ('data', 'fsdp', 'tensor', 'sequence'):
-        _check(getattr(mesh, name) >= 1, f'config.mesh.{name}', f'must be >= 1, got {getattr(mesh, name)}')
+        _check(
+            getattr(mesh, name) >= 1,
+            f'config.mesh.{name}',
+            f'must be >= 1, got {getattr(mesh, name)}',
+        )
     for kind in sorted(set(layer_kinds(m))):
         registry.get(kind).validate_config(cfg)
 
@@ -289,7 +357,6 @@ def _listify(x: Any) -> Any:
     return x
 
 
-
 def check_key(path: str) -> None:
     """Raises ConfigError when `path` ('model.attention.kind') is not a key of the schema."""
     cls, prefix = Config, 'config'
@@ -297,8 +364,9 @@ def check_key(path: str) -> None:
     for i, part in enumerate(parts):
         hints = typing.get_type_hints(cls)
         if part not in hints:
-            raise ConfigError(f'{prefix}.{part}: unknown key; known keys of {prefix}: '
-                              f'{", ".join(sorted(hints))}')
+            raise ConfigError(
+                f'{prefix}.{part}: unknown key; known keys of {prefix}: {", ".join(sorted(hints))}'
+            )
         prefix = f'{prefix}.{part}'
         tp = hints[part]
         if dataclasses.is_dataclass(tp):

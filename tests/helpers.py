@@ -1,4 +1,5 @@
 """Test helpers shared by the suite: the DESIGN.md comparison metric and tolerances."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,5 @@
 """The schema rejects unknown keys, wrong types and impossible settings, naming the key."""
+
 import importlib.util
 import os
 import sys
@@ -26,18 +27,24 @@ def test_round_trip_through_dict():
     assert config_lib.from_dict(config_lib.to_dict(cfg)) == cfg
 
 
-@pytest.mark.parametrize('edit, key', [
-    (lambda c: c.model.__setattr__('d_model', 130), 'config.model.d_model'),
-    (lambda c: c.model.attention.__setattr__('kind', 'nope'), 'config.model.attention.kind'),
-    (lambda c: c.model.attention.__setattr__('window', 1000), 'config.model.attention.window'),
-    (lambda c: c.model.attention.__setattr__('num_kv_heads', 3), 'config.model.attention.num_kv_heads'),
-    (lambda c: c.model.__setattr__('layers', 'softmax,bogus'), 'config.model.layers'),
-    (lambda c: c.data.__setattr__('train_settings', ((64, 20),)), 'config.data.train_settings'),
-    (lambda c: c.data.__setattr__('seq_len', 128), 'config.data.seq_len'),
-    (lambda c: c.train.__setattr__('steps', 0), 'config.train.steps'),
-    (lambda c: c.model.__setattr__('compute_dtype', 'float16'), 'config.model.compute_dtype'),
-    (lambda c: c.model.attention.__setattr__('sinks', 4), 'config.model.attention.sinks'),
-])
+@pytest.mark.parametrize(
+    'edit, key',
+    [
+        (lambda c: c.model.__setattr__('d_model', 130), 'config.model.d_model'),
+        (lambda c: c.model.attention.__setattr__('kind', 'nope'), 'config.model.attention.kind'),
+        (lambda c: c.model.attention.__setattr__('window', 1000), 'config.model.attention.window'),
+        (
+            lambda c: c.model.attention.__setattr__('num_kv_heads', 3),
+            'config.model.attention.num_kv_heads',
+        ),
+        (lambda c: c.model.__setattr__('layers', 'softmax,bogus'), 'config.model.layers'),
+        (lambda c: c.data.__setattr__('train_settings', ((64, 20),)), 'config.data.train_settings'),
+        (lambda c: c.data.__setattr__('seq_len', 128), 'config.data.seq_len'),
+        (lambda c: c.train.__setattr__('steps', 0), 'config.train.steps'),
+        (lambda c: c.model.__setattr__('compute_dtype', 'float16'), 'config.model.compute_dtype'),
+        (lambda c: c.model.attention.__setattr__('sinks', 4), 'config.model.attention.sinks'),
+    ],
+)
 def test_impossible_settings_name_the_key(edit, key):
     c = base()
     edit(c)
@@ -66,7 +73,9 @@ def test_wrong_type():
         config_lib.validate(c)
     c = base().to_dict()
     c['model']['tie_embeddings'] = 1
-    with pytest.raises(config_lib.ConfigError, match=r'config\.model\.tie_embeddings=.*expected bool'):
+    with pytest.raises(
+        config_lib.ConfigError, match=r'config\.model\.tie_embeddings=.*expected bool'
+    ):
         config_lib.validate(c)
 
 
@@ -76,10 +85,18 @@ def test_check_key():
         config_lib.check_key('model.atention.kind')
 
 
-@pytest.mark.parametrize('name', sorted(f for f in os.listdir(os.path.join(ROOT, 'configs'))
-                                        if f.endswith('.py') and not f.startswith('_')))
+@pytest.mark.parametrize(
+    'name',
+    sorted(
+        f
+        for f in os.listdir(os.path.join(ROOT, 'configs'))
+        if f.endswith('.py') and not f.startswith('_')
+    ),
+)
 def test_every_config_file_validates(name):
-    spec = importlib.util.spec_from_file_location(f'cfg_{name[:-3]}', os.path.join(ROOT, 'configs', name))
+    spec = importlib.util.spec_from_file_location(
+        f'cfg_{name[:-3]}', os.path.join(ROOT, 'configs', name)
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     config_lib.validate(module.get_config())

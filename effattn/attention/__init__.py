@@ -2,5 +2,6 @@
 
 Importing this package registers every kind (one import line per mechanism).
 """
+
 from effattn.attention import sigmoid, softmax  # noqa: F401  (registration side effects)
 from effattn.attention.registry import get, known_kinds, register  # noqa: F401

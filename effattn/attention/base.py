@@ -7,6 +7,7 @@ A module is built as ``cls(model_cfg, layer_idx, train_len=..., rngs=...)`` and 
     state_size() -> recurrent-state elements per sequence for a cache of max_len (for comparisons)
 Decoding token by token equals the full forward (tested for every kind).
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -22,13 +23,25 @@ def dtype_of(name: str) -> jnp.dtype:
     return {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}[name]
 
 
-def linear(d_in: int, d_out: int, cfg: ModelConfig, rngs: nnx.Rngs, *, use_bias: bool = False,
-                      std: float | None = None) -> nnx.Linear:
+def linear(
+    d_in: int,
+    d_out: int,
+    cfg: ModelConfig,
+    rngs: nnx.Rngs,
+    *,
+    use_bias: bool = False,
+    std: float | None = None,
+) -> nnx.Linear:
     """A bias-free projection with fp32 parameters, computing in cfg.compute_dtype."""
-    return nnx.Linear(d_in, d_out, use_bias=use_bias, dtype=dtype_of(cfg.compute_dtype),
-                                        param_dtype=jnp.float32,
-                                        kernel_init=nnx.initializers.normal(cfg.init_std if std is None else std),
-                                        rngs=rngs)
+    return nnx.Linear(
+        d_in,
+        d_out,
+        use_bias=use_bias,
+        dtype=dtype_of(cfg.compute_dtype),
+        param_dtype=jnp.float32,
+        kernel_init=nnx.initializers.normal(cfg.init_std if std is None else std),
+        rngs=rngs,
+    )
 
 
 class AttentionModule(nnx.Module):

@@ -1,4 +1,5 @@
 """Normalisation layers shared by attention modules and models."""
+
 from __future__ import annotations
 
 import jax

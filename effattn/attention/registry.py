@@ -3,6 +3,7 @@
 Adding a mechanism is one module file with ``@register('name')`` on its class and one import line in
 ``effattn/attention/__init__.py``; nothing else changes.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -12,12 +13,16 @@ _REGISTRY: dict[str, type] = {}
 
 def register(name: str):
     """Class decorator: makes an attention module selectable as ``attention.kind=name``."""
+
     def wrap(cls: type) -> type:
         if name in _REGISTRY:
-            raise ValueError(f'attention kind {name!r} registered twice ({_REGISTRY[name]} and {cls})')
+            raise ValueError(
+                f'attention kind {name!r} registered twice ({_REGISTRY[name]} and {cls})'
+            )
         _REGISTRY[name] = cls
         cls.kind = name
         return cls
+
     return wrap
 
 
@@ -33,5 +38,7 @@ def known_kinds() -> list[str]:
 def get(name: str) -> Any:
     _load_all()
     if name not in _REGISTRY:
-        raise ValueError(f'unknown attention kind {name!r}; known kinds: {", ".join(sorted(_REGISTRY))}')
+        raise ValueError(
+            f'unknown attention kind {name!r}; known kinds: {", ".join(sorted(_REGISTRY))}'
+        )
     return _REGISTRY[name]

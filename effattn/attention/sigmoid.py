@@ -1,4 +1,5 @@
 """Sigmoid attention module (Ramapuram et al. 2024): softmax replaced by sigmoid(s QK^T + b)."""
+
 from __future__ import annotations
 
 import math
@@ -28,12 +29,22 @@ class SigmoidAttention(SoftmaxAttention):
     @classmethod
     def validate_config(cls, cfg: Config) -> None:
         if cfg.model.attention.sinks:
-            raise ConfigError('config.model.attention.sinks: sigmoid attention has no attention sinks '
-                                                '(there is no softmax normaliser to sink into); set it to 0')
+            raise ConfigError(
+                'config.model.attention.sinks: sigmoid attention has no attention sinks '
+                '(there is no softmax normaliser to sink into); set it to 0'
+            )
 
     def _attend(self, q, k, v, segment_ids):
-        return sigmoid_attention(q, k, v, causal=True, bias=self.bias, window=self.window or None,
-                                                          segment_ids=segment_ids, impl=self.impl)
+        return sigmoid_attention(
+            q,
+            k,
+            v,
+            causal=True,
+            bias=self.bias,
+            window=self.window or None,
+            segment_ids=segment_ids,
+            impl=self.impl,
+        )
 
     def _cache_weights(self, scores: jax.Array, mask: jax.Array) -> jax.Array:
         return jnp.where(mask, jax.nn.sigmoid(scores + self.bias), 0.0)

@@ -1,4 +1,5 @@
 """Softmax attention module: MHA / GQA, RoPE, sliding window, attention sinks, KV-cache decoding."""
+
 from __future__ import annotations
 
 import math
@@ -33,8 +34,13 @@ class SoftmaxAttention(AttentionModule):
         self.wq = linear(cfg.d_model, self.num_heads * hd, cfg, rngs)
         self.wk = linear(cfg.d_model, self.num_kv_heads * hd, cfg, rngs)
         self.wv = linear(cfg.d_model, self.num_kv_heads * hd, cfg, rngs)
-        self.wo = linear(self.num_heads * hd, cfg.d_model, cfg, rngs,
-                                          std=cfg.init_std / math.sqrt(2 * cfg.num_layers))
+        self.wo = linear(
+            self.num_heads * hd,
+            cfg.d_model,
+            cfg,
+            rngs,
+            std=cfg.init_std / math.sqrt(2 * cfg.num_layers),
+        )
         if a.qk_norm:
             self.q_norm = RMSNorm(hd, eps=cfg.norm_eps)
             self.k_norm = RMSNorm(hd, eps=cfg.norm_eps)
@@ -54,29 +60,46 @@ class SoftmaxAttention(AttentionModule):
         return q, k, v
 
     def _attend(self, q, k, v, segment_ids):
-        return softmax_attention(q, k, v, causal=True, window=self.window or None,
-                                                          sinks=self.sinks or None, segment_ids=segment_ids, impl=self.impl)
+        return softmax_attention(
+            q,
+            k,
+            v,
+            causal=True,
+            window=self.window or None,
+            sinks=self.sinks or None,
+            segment_ids=segment_ids,
+            impl=self.impl,
+        )
 
     @staticmethod
     def _cache_weights(scores: jax.Array, mask: jax.Array) -> jax.Array:
         return jax.nn.softmax(jnp.where(mask, scores, -jnp.inf), axis=-1)
 
-    def __call__(self, x: jax.Array, *, positions: jax.Array,
-                              segment_ids: jax.Array | None = None) -> jax.Array:
+    def __call__(
+        self, x: jax.Array, *, positions: jax.Array, segment_ids: jax.Array | None = None
+    ) -> jax.Array:
         b, t, _ = x.shape
         q, k, v = self._project(x, positions)
         o = self._attend(q, k, v, segment_ids).astype(self.dtype)
         return self.wo(o.reshape(b, t, -1))
 
     def init_cache(self, batch_size: int, max_len: int):
-        return kv_cache.init_kv_cache(batch_size, max_len, self.num_kv_heads, self.head_dim,
-                                                                    self.head_dim, self.dtype)
+        return kv_cache.init_kv_cache(
+            batch_size, max_len, self.num_kv_heads, self.head_dim, self.head_dim, self.dtype
+        )
 
     def decode(self, x: jax.Array, cache, position: jax.Array):
         b = x.shape[0]
         positions = jnp.full((b, 1), position, jnp.int32)
         q, k, v = self._project(x, positions)
         cache = kv_cache.append(cache, k, v, position)
-        o = kv_cache.attend_cache(q, cache, position, scale=self.head_dim ** -0.5,
-                                                            window=self.window, sinks=self.sinks, weights_fn=self._cache_weights)
+        o = kv_cache.attend_cache(
+            q,
+            cache,
+            position,
+            scale=self.head_dim**-0.5,
+            window=self.window,
+            sinks=self.sinks,
+            weights_fn=self._cache_weights,
+        )
         return self.wo(o.astype(self.dtype).reshape(b, 1, -1)), cache

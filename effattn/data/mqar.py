@@ -209,6 +209,11 @@ class MQARStream:
         w = np.array([s.weight for s in self.settings], dtype=np.float64)
         self.probs = w / w.sum()
 
+    @property
+    def max_targets(self) -> int:
+        """Most labelled positions in any row (one per key-value pair)."""
+        return max(s.num_kv_pairs for s in self.settings)
+
     def batch(self, step: int) -> dict[str, np.ndarray]:
         """dict(inputs=int32 [B, L_max], labels=int32 [B, L_max], setting=int32 [B] index into self.settings)."""
         step = _check_int('step', step, 0)

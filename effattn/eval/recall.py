@@ -1,4 +1,5 @@
 """MQAR recall accuracy per (seq_len, num_kv_pairs) setting (Zoology's evaluation)."""
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -8,7 +9,9 @@ import numpy as np
 from effattn.data.mqar import IGNORE_INDEX
 
 
-def evaluate_recall(predict: Callable, params, sets: dict[str, dict], batch_size: int) -> dict[str, float]:
+def evaluate_recall(
+    predict: Callable, params, sets: dict[str, dict], batch_size: int
+) -> dict[str, float]:
     """Accuracy over labelled positions for each eval set, plus 'mean' over the sets.
 
     predict(params, inputs [B, T]) -> argmax tokens [B, T]. The last batch of a set is padded to
@@ -19,7 +22,7 @@ def evaluate_recall(predict: Callable, params, sets: dict[str, dict], batch_size
         inputs, labels = data['inputs'], data['labels']
         correct = total = 0
         for i in range(0, len(inputs), batch_size):
-            x, y = inputs[i:i + batch_size], labels[i:i + batch_size]
+            x, y = inputs[i : i + batch_size], labels[i : i + batch_size]
             pad = batch_size - len(x)
             if pad:
                 x = np.concatenate([x, np.zeros((pad, x.shape[1]), x.dtype)])

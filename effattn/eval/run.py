@@ -1,4 +1,5 @@
 """Restores the latest checkpoint of a run folder and evaluates it (used by eval.py)."""
+
 from __future__ import annotations
 
 import json
@@ -44,7 +45,16 @@ def load_run(workdir: str):
 
 def evaluate_workdir(workdir: str) -> dict:
     cfg, model_def, state, step = load_run(workdir)
-    acc = evaluate_recall(make_predict(model_def), state.params, sources.eval_sets(cfg),
-                          min(cfg.train.batch_size, 256))
-    return {'workdir': os.path.abspath(workdir), 'step': step, 'attention': cfg.model.attention.kind,
-            'data': cfg.data.kind, 'accuracy': acc}
+    acc = evaluate_recall(
+        make_predict(model_def),
+        state.params,
+        sources.eval_sets(cfg),
+        min(cfg.train.batch_size, 256),
+    )
+    return {
+        'workdir': os.path.abspath(workdir),
+        'step': step,
+        'attention': cfg.model.attention.kind,
+        'data': cfg.data.kind,
+        'accuracy': acc,
+    }

@@ -1,4 +1,5 @@
 """Token-by-token generation with each layer's decoding cache."""
+
 from __future__ import annotations
 
 from functools import partial
@@ -11,8 +12,9 @@ from effattn.models.lm import DecoderLM
 
 
 @partial(nnx.jit, static_argnames=('num_new_tokens', 'max_len'))
-def generate(model: DecoderLM, prompt: jax.Array, num_new_tokens: int,
-                          max_len: int | None = None) -> tuple[jax.Array, jax.Array]:
+def generate(
+    model: DecoderLM, prompt: jax.Array, num_new_tokens: int, max_len: int | None = None
+) -> tuple[jax.Array, jax.Array]:
     """Greedy decoding. prompt [B, P] -> (tokens [B, P + num_new_tokens], logits [B, P + n - 1, V]).
 
     Every token, prompt included, goes through `decode_step`, so `logits[:, t]` is the cache-based

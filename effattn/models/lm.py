@@ -2,6 +2,7 @@
 
 `config.model.layers` gives the kind per layer (hybrid stacks); every kind decodes with its own cache.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -20,8 +21,9 @@ from effattn.models.mlp import SwiGLU
 class Block(nnx.Module):
     """x + attn(norm(x)), then x + mlp(norm(x))."""
 
-    def __init__(self, cfg: ModelConfig, layer_idx: int, kind: str, *, train_len: int,
-                              rngs: nnx.Rngs):
+    def __init__(
+        self, cfg: ModelConfig, layer_idx: int, kind: str, *, train_len: int, rngs: nnx.Rngs
+    ):
         self.attn_norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps)
         self.attn = registry.get(kind)(cfg, layer_idx, train_len=train_len, rngs=rngs)
         if cfg.mlp == 'swiglu':
@@ -48,46 +50,79 @@ class DecoderLM(nnx.Module):
     def __init__(self, cfg: ModelConfig, *, train_len: int, rngs: nnx.Rngs):
         self.cfg = cfg
         self.dtype = dtype_of(cfg.compute_dtype)
-        self.embed = nnx.Embed(cfg.vocab_size, cfg.d_model, dtype=self.dtype, param_dtype=jnp.float32,
-                                                      embedding_init=nnx.initializers.normal(cfg.init_std), rngs=rngs)
-        self.blocks = nnx.List([Block(cfg, i, kind, train_len=train_len, rngs=rngs)
-                                                        for i, kind in enumerate(layer_kinds(cfg))])
+        self.embed = nnx.Embed(
+            cfg.vocab_size,
+            cfg.d_model,
+            dtype=self.dtype,
+            param_dtype=jnp.float32,
+            embedding_init=nnx.initializers.normal(cfg.init_std),
+            rngs=rngs,
+        )
+        self.blocks = nnx.List(
+            [
+                Block(cfg, i, kind, train_len=train_len, rngs=rngs)
+                for i, kind in enumerate(layer_kinds(cfg))
+            ]
+        )
         self.final_norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps)
         if cfg.tie_embeddings:
             self.head = None
         else:
-            self.head = nnx.Linear(cfg.d_model, cfg.vocab_size, use_bias=False, dtype=self.dtype,
-                                                          param_dtype=jnp.float32,
-                                                          kernel_init=nnx.initializers.normal(cfg.init_std), rngs=rngs)
+            self.head = nnx.Linear(
+                cfg.d_model,
+                cfg.vocab_size,
+                use_bias=False,
+                dtype=self.dtype,
+                param_dtype=jnp.float32,
+                kernel_init=nnx.initializers.normal(cfg.init_std),
+                rngs=rngs,
+            )
 
-    def _logits(self, x: jax.Array) -> jax.Array:
-        x = self.final_norm(x)
+    def logits(self, hidden: jax.Array) -> jax.Array:
+        """Final norm and output projection: hidden [..., D] -> logits [..., V] float32."""
+        x = self.final_norm(hidden)
         logits = self.embed.attend(x) if self.head is None else self.head(x)
         return logits.astype(jnp.float32)
 
-    def __call__(self, tokens: jax.Array, *, positions: jax.Array | None = None,
-                              segment_ids: jax.Array | None = None) -> jax.Array:
-        """tokens [B, T] int -> logits [B, T, V] float32."""
+    def hidden(
+        self,
+        tokens: jax.Array,
+        *,
+        positions: jax.Array | None = None,
+        segment_ids: jax.Array | None = None,
+    ) -> jax.Array:
+        """tokens [B, T] int -> last block's output [B, T, D] (before the final norm)."""
         b, t = tokens.shape
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
         x = self.embed(tokens)
         for block in self.blocks:
             x = block(x, positions=positions, segment_ids=segment_ids)
-        return self._logits(x)
+        return x
+
+    def __call__(
+        self,
+        tokens: jax.Array,
+        *,
+        positions: jax.Array | None = None,
+        segment_ids: jax.Array | None = None,
+    ) -> jax.Array:
+        """tokens [B, T] int -> logits [B, T, V] float32."""
+        return self.logits(self.hidden(tokens, positions=positions, segment_ids=segment_ids))
 
     def init_cache(self, batch_size: int, max_len: int) -> list[Any]:
         return [block.attn.init_cache(batch_size, max_len) for block in self.blocks]
 
-    def decode_step(self, tokens: jax.Array, cache: list[Any],
-                                    position: jax.Array) -> tuple[jax.Array, list[Any]]:
+    def decode_step(
+        self, tokens: jax.Array, cache: list[Any], position: jax.Array
+    ) -> tuple[jax.Array, list[Any]]:
         """One token per sequence: tokens [B] at `position` -> logits [B, V] float32, new cache."""
         x = self.embed(tokens[:, None])
         new_cache = []
         for block, c in zip(self.blocks, cache):
             x, c = block.decode(x, c, position)
             new_cache.append(c)
-        return self._logits(x)[:, 0], new_cache
+        return self.logits(x)[:, 0], new_cache
 
     def state_size(self, max_len: int) -> int:
         """Decoding-state elements per sequence (KV cache or recurrent state), summed over layers."""

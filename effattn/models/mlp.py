@@ -1,4 +1,5 @@
 """Feed-forward block of the decoder LM."""
+
 from __future__ import annotations
 
 import math
@@ -18,7 +19,9 @@ class SwiGLU(nnx.Module):
         hidden = max(8, (hidden + 7) // 8 * 8)
         self.w1 = linear(cfg.d_model, hidden, cfg, rngs)
         self.w3 = linear(cfg.d_model, hidden, cfg, rngs)
-        self.w2 = linear(hidden, cfg.d_model, cfg, rngs, std=cfg.init_std / math.sqrt(2 * cfg.num_layers))
+        self.w2 = linear(
+            hidden, cfg.d_model, cfg, rngs, std=cfg.init_std / math.sqrt(2 * cfg.num_layers)
+        )
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return self.w2(jax.nn.silu(self.w1(x)) * self.w3(x))

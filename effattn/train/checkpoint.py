@@ -7,6 +7,7 @@ is unreadable or whose parameters do not match the fingerprint (truncated or cor
 reported, moved aside to ``checkpoints-corrupted/<step>-<time>`` (kept for inspection, never deleted)
 and the previous step is used.
 """
+
 from __future__ import annotations
 
 import logging
@@ -27,8 +28,10 @@ log = logging.getLogger(__name__)
 
 def fingerprint(params) -> list[list[float]]:
     """Per-leaf (sum, sum of squares) of the parameters, to verify a restored checkpoint."""
-    sums = [jnp.stack([jnp.sum(x.astype(jnp.float32)), jnp.sum(jnp.square(x.astype(jnp.float32)))])
-            for x in jax.tree.leaves(params)]
+    sums = [
+        jnp.stack([jnp.sum(x.astype(jnp.float32)), jnp.sum(jnp.square(x.astype(jnp.float32)))])
+        for x in jax.tree.leaves(params)
+    ]
     return np.asarray(jax.device_get(jnp.stack(sums)), np.float64).tolist()
 
 
@@ -44,15 +47,22 @@ class CheckpointError(RuntimeError):
 class Checkpointer:
     def __init__(self, directory: str, cfg: CheckpointConfig):
         self.directory = os.path.abspath(directory)
-        options = ocp.CheckpointManagerOptions(max_to_keep=cfg.keep, create=True,
-                                               enable_async_checkpointing=cfg.async_save)
-        self.manager = ocp.CheckpointManager(self.directory, options=options,
-                                             item_names=('state', 'meta'))
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=cfg.keep, create=True, enable_async_checkpointing=cfg.async_save
+        )
+        self.manager = ocp.CheckpointManager(
+            self.directory, options=options, item_names=('state', 'meta')
+        )
 
     def save(self, step: int, state: Any, meta: dict) -> None:
         meta = dict(meta, step=int(step), fingerprint=fingerprint(state.params))
-        self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                        meta=ocp.args.JsonSave(meta)), force=True)
+        self.manager.save(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)
+            ),
+            force=True,
+        )
 
     def steps(self) -> list[int]:
         """Complete checkpoint steps, newest first."""
@@ -68,8 +78,11 @@ class Checkpointer:
         for step in self.steps():
             try:
                 restored = self.manager.restore(
-                    step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
-                                                  meta=ocp.args.JsonRestore()))
+                    step,
+                    args=ocp.args.Composite(
+                        state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()
+                    ),
+                )
                 state, meta = restored['state'], restored['meta']
                 if not _matches(fingerprint(state.params), meta['fingerprint']):
                     raise ValueError('parameters do not match the fingerprint saved with them')
@@ -78,20 +91,25 @@ class Checkpointer:
                 failures.append((step, f'{type(e).__name__}: {reason}'))
                 continue
             for bad, reason in failures:
-                msg = (f'checkpoint step {bad} in {self.directory} is unreadable or corrupted '
-                       f'({reason}); moved to {self._quarantine(bad)}; using step {step}')
+                msg = (
+                    f'checkpoint step {bad} in {self.directory} is unreadable or corrupted '
+                    f'({reason}); moved to {self._quarantine(bad)}; using step {step}'
+                )
                 log.warning(msg)
                 print(f'warning: {msg}', flush=True)
             return state, meta
         if failures:
             raise CheckpointError(
                 f'no checkpoint in {self.directory} could be restored into this model: '
-                + '; '.join(f'step {s}: {r}' for s, r in failures))
+                + '; '.join(f'step {s}: {r}' for s, r in failures)
+            )
         return None
 
     def _quarantine(self, step: int) -> str:
         """Moves an unreadable step out of the manager's folder, so that training can save it anew."""
-        target = os.path.join(self.directory + '-corrupted', f'{step}-{time.strftime("%Y%m%d-%H%M%S")}')
+        target = os.path.join(
+            self.directory + '-corrupted', f'{step}-{time.strftime("%Y%m%d-%H%M%S")}'
+        )
         os.makedirs(os.path.dirname(target), exist_ok=True)
         shutil.move(os.path.join(self.directory, str(step)), target)
         self.manager.reload()

@@ -5,6 +5,7 @@ resumed exactly (params, optimizer state, step = data position, RNG), so N steps
 equals 2N steps bitwise. Ctrl-C (SIGINT) or SIGTERM finishes the current step, saves and exits; a NaN
 or inf loss stops the run without saving, leaving the last good checkpoint in place.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -65,7 +66,8 @@ def _check_workdir_config(workdir: str, cfg: config_lib.Config) -> None:
             if diff:
                 raise config_lib.ConfigError(
                     f'{diff}: {path} holds a run with a different value; use a new --workdir '
-                    'or the same settings to resume')
+                    'or the same settings to resume'
+                )
     with open(path, 'w') as f:
         json.dump(config_lib.to_dict(cfg), f, indent=2)
 
@@ -80,8 +82,9 @@ def _first_difference(a, b, prefix: str) -> str | None:
     return None if a == b else f'{prefix} (saved {a!r}, now {b!r})'
 
 
-def train_and_evaluate(cfg: config_lib.Config, workdir: str, *, stop_after: int | None = None,
-                       quiet: bool = False) -> dict:
+def train_and_evaluate(
+    cfg: config_lib.Config, workdir: str, *, stop_after: int | None = None, quiet: bool = False
+) -> dict:
     """Trains (or resumes) the run in `workdir` and returns the final evaluation metrics.
 
     stop_after: stop after this many steps in this invocation, as an interruption would (tests).
@@ -101,15 +104,17 @@ def train_and_evaluate(cfg: config_lib.Config, workdir: str, *, stop_after: int 
         say(f'resumed from step {int(state.step)} ({ckpt.directory})')
     start = int(state.step)
     writer = MetricsWriter(workdir)
-    say(f'workdir: {workdir}\n  checkpoints: {ckpt.directory}\n'
+    say(
+        f'workdir: {workdir}\n  checkpoints: {ckpt.directory}\n'
         f'  tensorboard: tensorboard --logdir {writer.logdir}\n'
-        f'  parameters: {param_count(state.params):,}')
+        f'  parameters: {param_count(state.params):,}'
+    )
     if start == 0:
         writer.text(0, 'config', '```\n' + json.dumps(config_lib.to_dict(cfg), indent=2) + '\n```')
 
-    train_step = make_train_step(model_def, tx, schedule)
-    predict = make_predict(model_def)
     stream = sources.train_stream(cfg)
+    train_step = make_train_step(model_def, tx, schedule, max_targets=stream.max_targets)
+    predict = make_predict(model_def)
     eval_sets = None
     tokens_per_step = cfg.train.batch_size * cfg.data.seq_len
 
@@ -124,7 +129,7 @@ def train_and_evaluate(cfg: config_lib.Config, workdir: str, *, stop_after: int 
         ckpt.save(step, state, {'data_position': step, 'config': config_lib.to_dict(cfg)})
 
     bar = None if quiet else ProgressBar(cfg.train.steps, start)
-    pending = None                 # (step, device metrics) not yet checked
+    pending = None  # (step, device metrics) not yet checked
     interval = {'loss': 0.0, 'accuracy': 0.0, 'n': 0}
     last_time, last_step = None, start
     saved_step = start if restored is not None else -1
@@ -140,7 +145,8 @@ def train_and_evaluate(cfg: config_lib.Config, workdir: str, *, stop_after: int 
                 f'update_norm={host["update_norm"]}); '
                 f'stopped without saving. Last good checkpoint: '
                 f'{f"step {last[0]} in {ckpt.directory}" if last else "none"}. Lower config.train.lr '
-                'or enable config.train.grad_clip.')
+                'or enable config.train.grad_clip.'
+            )
         return host
 
     def log(step: int, host: dict) -> None:
@@ -148,20 +154,25 @@ def train_and_evaluate(cfg: config_lib.Config, workdir: str, *, stop_after: int 
         interval['loss'] += host['loss']
         interval['accuracy'] += host['accuracy']
         interval['n'] += 1
-        if last_time is None:      # the first step includes compilation: start the clock after it
+        if last_time is None:  # the first step includes compilation: start the clock after it
             last_time, last_step = time.perf_counter(), step + 1
             return
         if (step + 1) % cfg.train.log_every == 0 or step + 1 == cfg.train.steps:
             now = time.perf_counter()
             tps = tokens_per_step * (step + 1 - last_step) / max(now - last_time, 1e-9)
             n = interval['n']
-            values = {'train/loss': interval['loss'] / n, 'train/accuracy': interval['accuracy'] / n,
-                      'train/lr': host['lr'], 'train/grad_norm': host['grad_norm'],
-                      'train/tokens_per_sec': tps}
+            values = {
+                'train/loss': interval['loss'] / n,
+                'train/accuracy': interval['accuracy'] / n,
+                'train/lr': host['lr'],
+                'train/grad_norm': host['grad_norm'],
+                'train/tokens_per_sec': tps,
+            }
             writer.scalars(step + 1, values)
             if bar:
-                bar.update(0, loss=values['train/loss'], acc=values['train/accuracy'],
-                           tok_s=f'{tps:,.0f}')
+                bar.update(
+                    0, loss=values['train/loss'], acc=values['train/accuracy'], tok_s=f'{tps:,.0f}'
+                )
             interval.update(loss=0.0, accuracy=0.0, n=0)
             last_time, last_step = now, step + 1
 
@@ -170,7 +181,9 @@ def train_and_evaluate(cfg: config_lib.Config, workdir: str, *, stop_after: int 
         with _StopRequest() as stop:
             for step in range(start, cfg.train.steps):
                 batch = stream.batch(step)
-                state, metrics = train_step(state, {'inputs': batch['inputs'], 'labels': batch['labels']})
+                state, metrics = train_step(
+                    state, {'inputs': batch['inputs'], 'labels': batch['labels']}
+                )
                 if pending is not None:
                     log(pending[0], check(*pending))
                 pending = (step, metrics)
@@ -181,7 +194,7 @@ def train_and_evaluate(cfg: config_lib.Config, workdir: str, *, stop_after: int 
                 at_eval = cfg.train.eval_every and done % cfg.train.eval_every == 0
                 stop_now = stop.requested or (stop_after is not None and done - start >= stop_after)
                 if at_save or at_eval or stop_now:
-                    log(pending[0], check(*pending))     # never save unverified parameters
+                    log(pending[0], check(*pending))  # never save unverified parameters
                     pending = None
                 if at_save or stop_now:
                     save(done)
@@ -191,8 +204,10 @@ def train_and_evaluate(cfg: config_lib.Config, workdir: str, *, stop_after: int 
                     if bar:
                         bar.write(f'step {done}: eval accuracy {results["mean"]:.4f}')
                     if cfg.train.stop_at_accuracy and results['mean'] >= cfg.train.stop_at_accuracy:
-                        say(f'\nreached eval accuracy {results["mean"]:.4f} >= '
-                            f'{cfg.train.stop_at_accuracy} at step {done}; stopping')
+                        say(
+                            f'\nreached eval accuracy {results["mean"]:.4f} >= '
+                            f'{cfg.train.stop_at_accuracy} at step {done}; stopping'
+                        )
                         save(done)
                         saved_step = done
                         break
@@ -210,8 +225,10 @@ def train_and_evaluate(cfg: config_lib.Config, workdir: str, *, stop_after: int 
         ckpt.close()
     if interrupted:
         writer.close()
-        say(f'interrupted at step {int(state.step)}; checkpoint saved in {ckpt.directory}. '
-            'Run the same command again to resume.')
+        say(
+            f'interrupted at step {int(state.step)}; checkpoint saved in {ckpt.directory}. '
+            'Run the same command again to resume.'
+        )
         raise KeyboardInterrupt
     if stop_after is not None and int(state.step) < cfg.train.steps and not results:
         writer.close()

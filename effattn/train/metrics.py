@@ -1,4 +1,5 @@
 """Tensorboard scalars (tensorboardX, no TensorFlow) and the console progress bar."""
+
 from __future__ import annotations
 
 import os
@@ -30,14 +31,22 @@ class ProgressBar:
     """tqdm bar over train steps, showing loss, accuracy and tokens/s."""
 
     def __init__(self, total: int, initial: int):
-        self.bar = tqdm(total=total, initial=initial, desc='train', unit='step', dynamic_ncols=True,
-                                        mininterval=0.5)
+        self.bar = tqdm(
+            total=total,
+            initial=initial,
+            desc='train',
+            unit='step',
+            dynamic_ncols=True,
+            mininterval=0.5,
+        )
 
     def update(self, steps: int, **postfix) -> None:
         self.bar.update(steps)
         if postfix:
-            self.bar.set_postfix({k: (f'{v:.4g}' if isinstance(v, float) else v) for k, v in postfix.items()},
-                                                      refresh=False)
+            self.bar.set_postfix(
+                {k: (f'{v:.4g}' if isinstance(v, float) else v) for k, v in postfix.items()},
+                refresh=False,
+            )
 
     def write(self, line: str) -> None:
         self.bar.write(line)

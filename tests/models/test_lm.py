@@ -2,6 +2,7 @@
 
 Parametrised over every registered attention kind, so a new kind is covered by registering it.
 """
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -68,10 +69,10 @@ def test_no_future_leak(kind):
     model = make_model(kind)
     x = tokens()
     t = 6
-    y = x.at[:, t + 1:].set((x[:, t + 1:] + 1) % 97)
+    y = x.at[:, t + 1 :].set((x[:, t + 1 :] + 1) % 97)
     a, b = model(x), model(y)
-    np.testing.assert_array_equal(np.asarray(a[:, :t + 1]), np.asarray(b[:, :t + 1]))
-    assert not np.allclose(np.asarray(a[:, t + 1:]), np.asarray(b[:, t + 1:]))
+    np.testing.assert_array_equal(np.asarray(a[:, : t + 1]), np.asarray(b[:, : t + 1]))
+    assert not np.allclose(np.asarray(a[:, t + 1 :]), np.asarray(b[:, t + 1 :]))
 
 
 def test_generate_is_greedy_argmax_of_forward():

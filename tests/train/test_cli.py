@@ -1,4 +1,5 @@
 """The command-line entry points: one-line config errors, Ctrl-C / SIGKILL and resume, eval --json."""
+
 import json
 import os
 import re
@@ -14,25 +15,38 @@ from effattn import config as config_lib
 
 from conftest import ROOT
 
-TINY = ['--config=configs/default.py', '--config.model.d_model=16', '--config.model.num_layers=1',
-        '--config.model.vocab_size=64', '--config.data.vocab_size=64', '--config.data.seq_len=16',
-        '--config.data.train_settings=((16,2),)', '--config.data.eval_settings=((16,2),)',
-        '--config.data.eval_examples=16', '--config.train.batch_size=4', '--config.train.eval_every=0',
-        '--config.train.stop_at_accuracy=0.0']
+TINY = [
+    '--config=configs/default.py',
+    '--config.model.d_model=16',
+    '--config.model.num_layers=1',
+    '--config.model.vocab_size=64',
+    '--config.data.vocab_size=64',
+    '--config.data.seq_len=16',
+    '--config.data.train_settings=((16,2),)',
+    '--config.data.eval_settings=((16,2),)',
+    '--config.data.eval_examples=16',
+    '--config.train.batch_size=4',
+    '--config.train.eval_every=0',
+    '--config.train.stop_at_accuracy=0.0',
+]
 
 
 def run(*args, timeout=120):
-    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout
+    )
 
 
-@pytest.mark.parametrize('override, key', [
-    ('--config.model.attention.kind=nope', 'config.model.attention.kind'),
-    ('--config.model.d_model=30', 'config.model.d_model'),
-    ('--config.model.dmodel=30', 'config.model.dmodel'),
-    ('--config.train.steps=abc', 'config.train.steps'),
-    ('--config.model.attention.window=100000', 'config.model.attention.window'),
-])
+@pytest.mark.parametrize(
+    'override, key',
+    [
+        ('--config.model.attention.kind=nope', 'config.model.attention.kind'),
+        ('--config.model.d_model=30', 'config.model.d_model'),
+        ('--config.model.dmodel=30', 'config.model.dmodel'),
+        ('--config.train.steps=abc', 'config.train.steps'),
+        ('--config.model.attention.window=100000', 'config.model.attention.window'),
+    ],
+)
 def test_bad_config_exits_with_one_line_naming_the_key(override, key, tmp_path):
     r = run('train.py', override, f'--workdir={tmp_path}')
     assert r.returncode != 0
@@ -48,9 +62,21 @@ def test_unknown_kind_lists_known_ones(tmp_path):
 
 
 def _start(workdir, *extra):
-    return subprocess.Popen([sys.executable, 'train.py', *TINY, '--config.train.steps=100000',
-                             '--config.checkpoint.every=5', f'--workdir={workdir}', *extra],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [
+            sys.executable,
+            'train.py',
+            *TINY,
+            '--config.train.steps=100000',
+            '--config.checkpoint.every=5',
+            f'--workdir={workdir}',
+            *extra,
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def _wait_for_checkpoint(workdir, proc, timeout=120):
@@ -115,8 +141,13 @@ def test_sigkill_restart_resumes_from_last_complete_checkpoint(tmp_path):
 
 def test_eval_json_reports_per_setting_accuracy(tmp_path):
     workdir = str(tmp_path / 'run')
-    r = run('train.py', *TINY, '--config.train.steps=3', '--config.data.eval_settings=((16,2),(16,4))',
-            f'--workdir={workdir}')
+    r = run(
+        'train.py',
+        *TINY,
+        '--config.train.steps=3',
+        '--config.data.eval_settings=((16,2),(16,4))',
+        f'--workdir={workdir}',
+    )
     assert r.returncode == 0, r.stderr
     assert 'tensorboard --logdir' in r.stdout
     r = run('eval.py', f'--workdir={workdir}', '--json')

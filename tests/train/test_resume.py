@@ -1,4 +1,5 @@
 """Exact resume, checkpoint fallback and the NaN guard of the training loop."""
+
 import os
 
 import jax
@@ -53,7 +54,9 @@ def _corrupt_garbage(step_dir):
                     fh.write(rng.integers(0, 256, size // 3, dtype=np.uint8).tobytes())
 
 
-@pytest.mark.parametrize('corrupt', [_corrupt_truncate, _corrupt_garbage], ids=['truncated', 'garbage'])
+@pytest.mark.parametrize(
+    'corrupt', [_corrupt_truncate, _corrupt_garbage], ids=['truncated', 'garbage']
+)
 def test_corrupted_newest_checkpoint_falls_back(tiny, tmp_path, capsys, corrupt):
     cfg = tiny(train__steps=4, checkpoint__every=2)
     workdir = str(tmp_path / 'run')
@@ -80,8 +83,11 @@ def test_nan_stops_and_keeps_last_good_checkpoint(tiny, tmp_path, monkeypatch):
             count = state + 1
             bad = jax.numpy.where(count >= 5, jax.numpy.nan, 1.0)
             return jax.tree.map(lambda u: u * bad, updates), count
-        return optax.chain(real(train_cfg),
-                           optax.GradientTransformation(lambda p: jax.numpy.zeros((), jax.numpy.int32), update))
+
+        return optax.chain(
+            real(train_cfg),
+            optax.GradientTransformation(lambda p: jax.numpy.zeros((), jax.numpy.int32), update),
+        )
 
     monkeypatch.setattr(loop, 'make_optimizer', poisoned)
     monkeypatch.setattr(run_lib, 'make_optimizer', poisoned)
@@ -110,3 +116,24 @@ def test_checkpoint_of_another_model_is_an_error_and_nothing_moves(tiny, tmp_pat
     with pytest.raises(CheckpointError, match='could be restored'):
         ckpt.restore_latest(state)
     assert ckpt.steps() == [2, 1]
+
+
+def test_loss_on_labelled_positions_only_equals_full_loss(tiny):
+    from effattn.train import step as step_lib
+    from effattn.data import sources
+
+    cfg = tiny()
+    tx = loop.make_optimizer(cfg.train)
+    model_def, state = loop.create_train_state(cfg, tx)
+    stream = sources.train_stream(cfg)
+    batch = stream.batch(0)
+    model = model_def.merge(state.params)
+    full, _ = step_lib.masked_loss_and_accuracy(model(batch['inputs']), batch['labels'])
+    sched = loop.lr_schedule(cfg.train)
+    sparse_step = step_lib.make_train_step(model_def, tx, sched, max_targets=stream.max_targets)
+    dense_step = step_lib.make_train_step(model_def, tx, sched)
+    b = {'inputs': batch['inputs'], 'labels': batch['labels']}
+    _, m_sparse = sparse_step(jax.tree.map(lambda x: x.copy(), state), b)
+    _, m_dense = dense_step(state, b)
+    np.testing.assert_allclose(float(m_sparse['loss']), float(full), rtol=1e-6)
+    np.testing.assert_allclose(float(m_sparse['grad_norm']), float(m_dense['grad_norm']), rtol=1e-5)

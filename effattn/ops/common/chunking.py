@@ -3,6 +3,7 @@
 Padding rules: k = v = 0 and g = 0 (log 1) in the padded tail, so that padding never decays or
 changes the state; padded segment ids repeat the last real id so no spurious boundary is created.
 """
+
 from __future__ import annotations
 
 import jax

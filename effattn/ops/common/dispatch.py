@@ -3,6 +3,7 @@
 Each op's ``__init__.py`` builds an :class:`ImplRegistry` from a dict of implementations and an
 ``auto`` policy (an ordered list of candidate names for the given call), as tokamax's ``api.py`` does.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -18,8 +19,12 @@ class ImplRegistry:
     support a shape, a backend that is absent); ``auto`` then moves on to the next one.
     """
 
-    def __init__(self, op_name: str, impls: dict[str, Callable[..., Any]],
-                              auto_order: Callable[..., Sequence[str]]):
+    def __init__(
+        self,
+        op_name: str,
+        impls: dict[str, Callable[..., Any]],
+        auto_order: Callable[..., Sequence[str]],
+    ):
         self.op_name = op_name
         self._impls = dict(impls)
         self._auto_order = auto_order
@@ -39,13 +44,17 @@ class ImplRegistry:
                     continue
                 try:
                     return self._impls[name](*args, **kwargs)
-                except NotImplementedError as e:  # this candidate cannot serve the call; try the next
+                except (
+                    NotImplementedError
+                ) as e:  # this candidate cannot serve the call; try the next
                     errors.append(f'{name}: {e}')
             raise NotImplementedError(
-                    f'{self.op_name}: no implementation supports this call ({"; ".join(errors)})')
+                f'{self.op_name}: no implementation supports this call ({"; ".join(errors)})'
+            )
         if impl not in self._impls:
             raise ValueError(
-                    f"{self.op_name}: unknown impl={impl!r}; supported: {['auto'] + self.names}")
+                f'{self.op_name}: unknown impl={impl!r}; supported: {["auto"] + self.names}'
+            )
         return self._impls[impl](*args, **kwargs)
 
 

@@ -1,0 +1,1 @@
+"""Pure attention ops (no parameters): one folder per mechanism, each with naive / recurrent / chunk impls."""
