@@ -1,0 +1,40 @@
+"""Delta rule (DeltaNet): the gated delta rule's implementations with no decay (g = None)."""
+from __future__ import annotations
+
+from jaxtyping import Array, Float, Int
+
+from effattn.ops.gated_delta_rule._api import check_args, make_registry
+
+REGISTRY = make_registry('delta_rule', gated=False)
+
+
+def delta_rule(
+    q: Float[Array, 'B T H K'], k: Float[Array, 'B T H K'], v: Float[Array, 'B T H V'],
+    beta: Float[Array, 'B T H'], *,
+    scale: float | None = None,
+    initial_state: Float[Array, 'B H K V'] | None = None,
+    output_final_state: bool = False,
+    segment_ids: Int[Array, 'B T'] | None = None,
+    impl: str = 'auto',
+    chunk_size: int = 64,
+) -> tuple[Float[Array, 'B T H V'], Float[Array, 'B H K V'] | None]:
+    """DeltaNet (Yang et al. 2024) delta rule: S_t = (I - b_t k_t^T k_t) S_{t-1} + b_t k_t^T v_t.
+
+    beta in (0, 1); q, k must be L2-normalised per head by the caller. o_t = (scale q_t) S_t, scale
+    defaulting to K ** -0.5. Returns (o [B, T, H, V] in q's dtype, final_state [B, H, K, V] fp32
+    or None).
+
+    segment_ids [B, T] (int, 0 = padding): the state restarts from zero wherever the id changes;
+    initial_state feeds the first segment of each row only, and final_state is the state at the
+    end of the row (of its last segment, padding included: padding tokens run through the
+    recurrence like any segment, so their outputs are finite but meaningless; mask them).
+
+    impl: 'auto' (recurrent for T == 1, chunk otherwise), 'naive', 'recurrent' or 'chunk'
+    (the gated_delta_rule implementations called with g=None; its chunk.py describes the VJP).
+    """
+    check_args(q, k, v, None, beta, initial_state, segment_ids, chunk_size)
+    if scale is None:
+        scale = q.shape[-1] ** -0.5
+    o, final_state = REGISTRY(impl, q, k, v, beta, scale=scale, initial_state=initial_state,
+                              segment_ids=segment_ids, chunk_size=chunk_size)
+    return o, (final_state if output_final_state else None)
