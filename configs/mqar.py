@@ -10,7 +10,7 @@ from configs import base
 
 SIZES = {  # d_model, num_layers, num_heads, train (seq_len, kv_pairs), steps, batch
     'tiny': (32, 2, 2, ((64, 4),), 200, 32),
-    'small': (64, 2, 2, ((64, 4), (128, 8)), 3000, 64),
+    'small': (128, 2, 2, ((64, 4), (128, 8)), 3000, 64),
     'base': (128, 2, 2, ((64, 4), (128, 8), (256, 16)), 10000, 128),
 }
 
@@ -42,6 +42,8 @@ def get_config(arg=None):
     c.data.eval_examples = 500
     c.train.steps = steps
     c.train.batch_size = batch
+    c.model.mlp = 'none'  # Zoology's MQAR blocks: sequence mixer only (see configs/default.py)
     c.train.lr = 3e-3
+    c.train.weight_decay = 0.0
     c.train.eval_every = 500
     return c

@@ -150,6 +150,7 @@ def test_eval_json_reports_per_setting_accuracy(tmp_path):
     )
     assert r.returncode == 0, r.stderr
     assert 'tensorboard --logdir' in r.stdout
+    _assert_tensorboard_scalars(os.path.join(workdir, 'tb'))
     r = run('eval.py', f'--workdir={workdir}', '--json')
     assert r.returncode == 0, r.stderr
     report = json.loads(r.stdout.strip().splitlines()[-1])
@@ -162,3 +163,15 @@ def test_eval_on_missing_workdir_is_one_line(tmp_path):
     r = run('eval.py', f'--workdir={tmp_path}/nothing', '--json')
     assert r.returncode != 0
     assert len(r.stderr.strip().splitlines()) == 1 and 'config.json' in r.stderr
+
+
+def _assert_tensorboard_scalars(logdir):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(logdir)
+    acc.Reload()
+    tags = set(acc.Tags()['scalars'])
+    for tag in ('train/loss', 'train/accuracy', 'train/lr', 'train/grad_norm', 'train/tokens_per_sec',
+                'eval/accuracy/mean'):
+        assert tag in tags, f'{tag} missing from {logdir}: {sorted(tags)}'
+    assert all(e.value == e.value for e in acc.Scalars('train/loss'))  # finite, present
