@@ -85,21 +85,23 @@ class SoftmaxAttention(AttentionModule):
 
     def init_cache(self, batch_size: int, max_len: int):
         return kv_cache.init_kv_cache(
-            batch_size, max_len, self.num_kv_heads, self.head_dim, self.head_dim, self.dtype
+            batch_size,
+            max_len,
+            self.num_kv_heads,
+            self.head_dim,
+            self.head_dim,
+            self.dtype,
+            window=self.window,
+            sinks=self.sinks if self.window else 0,
         )
 
     def decode(self, x: jax.Array, cache, position: jax.Array):
         b = x.shape[0]
         positions = jnp.full((b, 1), position, jnp.int32)
         q, k, v = self._project(x, positions)
-        cache = kv_cache.append(cache, k, v, position)
+        sinks = self.sinks if self.window else 0
+        cache = kv_cache.append(cache, k, v, position, sinks=sinks)
         o = kv_cache.attend_cache(
-            q,
-            cache,
-            position,
-            scale=self.head_dim**-0.5,
-            window=self.window,
-            sinks=self.sinks,
-            weights_fn=self._cache_weights,
+            q, cache, position, scale=self.head_dim**-0.5, sinks=sinks, weights_fn=self._cache_weights
         )
         return self.wo(o.astype(self.dtype).reshape(b, 1, -1)), cache

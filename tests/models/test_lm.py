@@ -97,3 +97,20 @@ def test_bfloat16_compute_keeps_fp32_params():
     assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(params))
     logits = model(jax.random.randint(jax.random.PRNGKey(0), (2, 16), 0, 100))
     assert logits.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(logits)))
+
+
+@pytest.mark.parametrize('kind', ['softmax', 'sigmoid'])
+def test_streaming_generation_past_training_length_with_bounded_cache(kind):
+    """StreamingLLM: sinks + sliding window; the cache stays at sinks + window entries while
+    generation runs 4x past the training length, and equals the dense masked forward."""
+    window, sinks = 8, 2
+    kw = dict(window=window, sinks=sinks) if kind == 'softmax' else dict(window=window)
+    model = make_model(kind, **kw)  # train_len = data.seq_len = 64
+    train_len = 64
+    caches = model.init_cache(1, max_len=4 * train_len)
+    expected = (sinks if kind == 'softmax' else 0) + window
+    assert all(c['k'].shape[1] == expected for c in caches)
+    x = tokens(b=1, t=4 * train_len)
+    full = model(x)
+    _, stepped = generate(model, x, num_new_tokens=1)
+    assert_close(f'{kind} streaming logits', stepped, full, TOL['float32'])
