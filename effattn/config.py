@@ -41,9 +41,14 @@ class AttentionConfig:
     normalize: bool = True  # linear kind: divide by phi(q) . sum phi(k)
     expand_k: float = 1.0  # key/query width = expand_k * head_dim (linear family)
     expand_v: float = 1.0  # value width = expand_v * head_dim (linear family)
-    conv_size: int = 4  # short causal depthwise conv (deltanet, gated_deltanet); 0 = off
+    conv_size: int = 4  # short causal depthwise conv (deltanet, gated_deltanet, agent); 0 = off
     gate_low_rank_dim: int = 16  # GLA gate projection rank
     gate_logit_normalizer: float = 16.0  # GLA: g = logsigmoid(.) / normalizer
+    num_agents: int = 16  # agent kind: learned agent tokens per head (its conv on v: conv_size)
+    local_heads: int = 1  # routing kind: heads with local causal attention (`window`); rest route
+    num_clusters: int = 4  # routing kind: k-means centroids per routing head
+    commitment_weight: float = 1e-4  # routing kind: k-means commitment loss weight in the loss
+    centroid_decay: float = 0.999  # routing kind: EMA decay of the centroids (after each step)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,31 +56,38 @@ class ModelConfig:
     vocab_size: int = 8192
     d_model: int = 128
     num_layers: int = 2
-    layers: str = (
-        ''  # per-layer kinds, comma separated, repeated to num_layers; '' = all attention.kind
-    )
+    # per-layer kinds, comma separated, repeated to num_layers; '' = all attention.kind
+    layers: str = ''
     mlp: str = 'swiglu'  # swiglu | none
     mlp_ratio: float = 4.0  # hidden width of the MLP = mlp_ratio * d_model (2/3 of it for SwiGLU)
     tie_embeddings: bool = True
     norm_eps: float = 1e-6
     compute_dtype: str = 'float32'  # float32 | bfloat16 (parameters stay float32)
     init_std: float = 0.02
+    head: str = 'lm'  # lm (next-token logits) | classify (one label per sequence, e.g. ListOps)
+    num_classes: int = 10  # classify head: number of classes
+    pool: str = 'mean'  # classify head: mean (over non-pad tokens) | last (last non-pad token)
     attention: AttentionConfig = dataclasses.field(default_factory=AttentionConfig)
 
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-    kind: str = 'mqar'  # mqar
+    kind: str = 'mqar'  # mqar | listops
     vocab_size: int = 8192
-    seq_len: int = 64  # training length (the longest of train_settings for MQAR)
-    train_settings: tuple = ((64, 4),)  # MQAR (seq_len, num_kv_pairs) mixture for training
+    seq_len: int = 64  # training length (MQAR: the longest train setting; ListOps: padded length)
+    # MQAR (seq_len, num_kv_pairs) mixture for training, and the settings reported at evaluation
+    train_settings: tuple = ((64, 4),)
     train_weights: tuple = ()  # mixture weights per train setting; () = equal
-    eval_settings: tuple = (
-        (64, 4),
-    )  # MQAR (seq_len, num_kv_pairs) reported separately at evaluation
+    eval_settings: tuple = ((64, 4),)
     eval_examples: int = 1000  # examples per evaluation setting
     power_a: float = 0.01  # MQAR query-gap power law
     random_non_queries: bool = True
+    min_length: int = (
+        500  # ListOps: keep trees with min_length < length < max_length (LRA: 500, 2000)
+    )
+    max_length: int = 2000
+    max_depth: int = 10  # ListOps tree depth limit (LRA: 10)
+    max_args: int = 10  # ListOps operator arity limit (LRA: 10)
     seed: int = 0
 
 
@@ -210,6 +222,65 @@ def _check_settings(key: str, settings: tuple) -> None:
         )
 
 
+DATA_KINDS = ('mqar', 'listops')
+
+
+def _check_mqar(d: DataConfig) -> None:
+    _check_settings('config.data.train_settings', d.train_settings)
+    _check_settings('config.data.eval_settings', d.eval_settings)
+    _check(len(d.train_settings) > 0, 'config.data.train_settings', 'needs at least one setting')
+    _check(
+        not d.train_weights or len(d.train_weights) == len(d.train_settings),
+        'config.data.train_weights',
+        f'{len(d.train_weights)} weights for {len(d.train_settings)} train settings',
+    )
+    longest = max(s[0] for s in d.train_settings)
+    _check(
+        longest == d.seq_len,
+        'config.data.seq_len',
+        f'must equal the longest MQAR train setting ({longest}), got {d.seq_len}',
+    )
+    for s in d.train_settings + d.eval_settings:
+        _check(
+            d.vocab_size > s[0],
+            'config.data.vocab_size',
+            f'MQAR needs vocab_size > seq_len; got vocab_size={d.vocab_size} with seq_len={s[0]}',
+        )
+
+
+def _check_listops(m: ModelConfig, d: DataConfig) -> None:
+    _check(
+        m.head == 'classify',
+        'config.model.head',
+        "ListOps is classification: needs head='classify'",
+    )
+    _check(
+        m.num_classes == 10,
+        'config.model.num_classes',
+        f'ListOps has 10 classes, got {m.num_classes}',
+    )
+    _check(
+        d.vocab_size == 16,
+        'config.data.vocab_size',
+        f'the ListOps vocabulary has 16 tokens, got {d.vocab_size}',
+    )
+    _check(
+        0 <= d.min_length < d.max_length,
+        'config.data.min_length',
+        f'needs 0 <= min_length < max_length, got {d.min_length} and {d.max_length}',
+    )
+    _check(
+        d.max_length <= d.seq_len + 1,
+        'config.data.max_length',
+        f'trees shorter than max_length={d.max_length} must fit in config.data.seq_len={d.seq_len}',
+    )
+    _check(
+        d.max_depth >= 1 and d.max_args >= 2,
+        'config.data.max_depth',
+        f'needs max_depth >= 1 and max_args >= 2, got {d.max_depth} and {d.max_args}',
+    )
+
+
 def layer_kinds(model: ModelConfig) -> list[str]:
     """The attention kind of each layer: `model.layers` repeated to num_layers, or attention.kind."""
     if not model.layers:
@@ -280,33 +351,30 @@ def _check_semantics(cfg: Config) -> None:
         f"expected 'float32' or 'bfloat16', got {m.compute_dtype!r}",
     )
     _check(
-        d.kind in ('mqar',), 'config.data.kind', f'unknown data kind {d.kind!r}; known kinds: mqar'
+        m.head in ('lm', 'classify'),
+        'config.model.head',
+        f"expected 'lm' or 'classify', got {m.head!r}",
+    )
+    _check(
+        m.pool in ('mean', 'last'),
+        'config.model.pool',
+        f"expected 'mean' or 'last', got {m.pool!r}",
+    )
+    _check(
+        d.kind in DATA_KINDS,
+        'config.data.kind',
+        f'unknown data kind {d.kind!r}; known kinds: {", ".join(DATA_KINDS)}',
     )
     _check(
         m.vocab_size >= d.vocab_size,
         'config.model.vocab_size',
         f'model vocab {m.vocab_size} is smaller than the data vocab (config.data.vocab_size={d.vocab_size})',
     )
-    _check_settings('config.data.train_settings', d.train_settings)
-    _check_settings('config.data.eval_settings', d.eval_settings)
-    _check(len(d.train_settings) > 0, 'config.data.train_settings', 'needs at least one setting')
-    _check(
-        not d.train_weights or len(d.train_weights) == len(d.train_settings),
-        'config.data.train_weights',
-        f'{len(d.train_weights)} weights for {len(d.train_settings)} train settings',
-    )
-    longest = max(s[0] for s in d.train_settings)
-    _check(
-        longest == d.seq_len,
-        'config.data.seq_len',
-        f'must equal the longest MQAR train setting ({longest}), got {d.seq_len}',
-    )
-    for s in d.train_settings + d.eval_settings:
-        _check(
-            d.vocab_size > s[0],
-            'config.data.vocab_size',
-            f'MQAR needs vocab_size > seq_len; got vocab_size={d.vocab_size} with seq_len={s[0]}',
-        )
+    if d.kind == 'mqar':
+        _check(m.head == 'lm', 'config.model.head', "MQAR is next-token recall: needs head='lm'")
+        _check_mqar(d)
+    else:
+        _check_listops(m, d)
     _check(t.steps > 0, 'config.train.steps', f'must be > 0, got {t.steps}')
     _check(t.batch_size > 0, 'config.train.batch_size', f'must be > 0, got {t.batch_size}')
     _check(

@@ -1,9 +1,13 @@
-"""Builds the training stream and evaluation sets that `config.data` describes."""
+"""Builds the training stream and evaluation sets that `config.data` describes.
+
+Every stream's `batch(step)` depends only on (seed, step), so the data position to checkpoint is the
+step number and a resumed run sees exactly the batches it would have seen.
+"""
 
 from __future__ import annotations
 
 from effattn.config import Config
-from effattn.data import mqar
+from effattn.data import listops, mqar
 
 
 def _settings(pairs, weights=()):
@@ -11,9 +15,19 @@ def _settings(pairs, weights=()):
     return tuple(mqar.MQARSetting(int(L), int(kv), int(w)) for (L, kv), w in zip(pairs, weights))
 
 
-def train_stream(cfg: Config) -> mqar.MQARStream:
-    """A stream whose `batch(step)` depends only on (seed, step): the data position is the step."""
+def _listops_kw(cfg: Config) -> dict:
     d = cfg.data
+    return dict(
+        min_length=d.min_length, max_length=d.max_length, max_depth=d.max_depth, max_args=d.max_args
+    )
+
+
+def train_stream(cfg: Config):
+    d = cfg.data
+    if d.kind == 'listops':
+        return listops.ListOpsStream(
+            cfg.train.batch_size, d.seq_len, seed=d.seed, **_listops_kw(cfg)
+        )
     return mqar.MQARStream(
         _settings(d.train_settings, d.train_weights),
         cfg.train.batch_size,
@@ -26,6 +40,10 @@ def train_stream(cfg: Config) -> mqar.MQARStream:
 
 def eval_sets(cfg: Config) -> dict[str, dict]:
     d = cfg.data
+    if d.kind == 'listops':
+        return {
+            'listops': listops.eval_set(d.eval_examples, d.seq_len, seed=d.seed, **_listops_kw(cfg))
+        }
     return mqar.eval_sets(
         _settings(d.eval_settings),
         d.eval_examples,

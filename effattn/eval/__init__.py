@@ -1,1 +1,1 @@
-"""Evaluation: recall (MQAR) accuracy per setting."""
+"""Evaluation: accuracy per evaluation set (MQAR recall per setting, ListOps)."""

@@ -7,7 +7,7 @@ import os
 
 from effattn import config as config_lib
 from effattn.data import sources
-from effattn.eval.recall import evaluate_recall
+from effattn.eval.accuracy import evaluate_accuracy
 from effattn.train.checkpoint import CheckpointError, Checkpointer
 from effattn.train.optimizer import make_optimizer
 from effattn.train.state import create_train_state
@@ -45,8 +45,8 @@ def load_run(workdir: str):
 
 def evaluate_workdir(workdir: str) -> dict:
     cfg, model_def, state, step = load_run(workdir)
-    acc = evaluate_recall(
-        make_predict(model_def),
+    acc = evaluate_accuracy(
+        make_predict(model_def, cfg.model.head),
         state.params,
         sources.eval_sets(cfg),
         min(cfg.train.batch_size, 256),

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from effattn.attention import registry
-from effattn.attention.base import dtype_of
+from effattn.attention.base import dtype_of, linear
 from effattn.attention.norms import RMSNorm
 from effattn.config import ModelConfig, layer_kinds
 from effattn.models.mlp import SwiGLU
@@ -77,6 +77,10 @@ class DecoderLM(nnx.Module):
                 kernel_init=nnx.initializers.normal(cfg.init_std),
                 rngs=rngs,
             )
+        if cfg.head == 'classify':
+            self.classifier = linear(cfg.d_model, cfg.num_classes, cfg, rngs, use_bias=True)
+        else:
+            self.classifier = None
 
     def logits(self, hidden: jax.Array) -> jax.Array:
         """Final norm and output projection: hidden [..., D] -> logits [..., V] float32."""
@@ -109,6 +113,22 @@ class DecoderLM(nnx.Module):
     ) -> jax.Array:
         """tokens [B, T] int -> logits [B, T, V] float32."""
         return self.logits(self.hidden(tokens, positions=positions, segment_ids=segment_ids))
+
+    def classify(self, tokens: jax.Array, *, pad_id: int = 0) -> jax.Array:
+        """tokens [B, T] -> class logits [B, C] float32, pooling the final hidden states over
+        non-pad tokens (`config.model.pool`: mean, or the last non-pad token; LRA's classifier)."""
+        if self.classifier is None:
+            raise ValueError("classify() needs config.model.head='classify'")
+        mask = tokens != pad_id
+        x = self.final_norm(self.hidden(tokens)).astype(jnp.float32)
+        if self.cfg.pool == 'mean':
+            pooled = jnp.sum(x * mask[..., None], axis=1) / jnp.maximum(
+                mask.sum(1, keepdims=True), 1
+            )
+        else:
+            last = jnp.maximum(mask.sum(1) - 1, 0)
+            pooled = jnp.take_along_axis(x, last[:, None, None], axis=1)[:, 0]
+        return self.classifier(pooled.astype(self.dtype)).astype(jnp.float32)
 
     def init_cache(self, batch_size: int, max_len: int) -> list[Any]:
         return [block.attn.init_cache(batch_size, max_len) for block in self.blocks]

@@ -19,7 +19,8 @@ import numpy as np
 
 from effattn import config as config_lib
 from effattn.data import sources
-from effattn.eval.recall import evaluate_recall
+from effattn.data.prefetch import Prefetcher
+from effattn.eval.accuracy import evaluate_accuracy
 from effattn.train.checkpoint import Checkpointer
 from effattn.train.metrics import MetricsWriter, ProgressBar
 from effattn.train.optimizer import lr_schedule, make_optimizer
@@ -113,15 +114,18 @@ def train_and_evaluate(
         writer.text(0, 'config', '```\n' + json.dumps(config_lib.to_dict(cfg), indent=2) + '\n```')
 
     stream = sources.train_stream(cfg)
-    train_step = make_train_step(model_def, tx, schedule, max_targets=stream.max_targets)
-    predict = make_predict(model_def)
+    head = cfg.model.head
+    train_step = make_train_step(model_def, tx, schedule, max_targets=stream.max_targets, head=head)
+    predict = make_predict(model_def, head)
     eval_sets = None
     tokens_per_step = cfg.train.batch_size * cfg.data.seq_len
 
     def evaluate(step: int) -> dict:
         nonlocal eval_sets
         eval_sets = eval_sets or sources.eval_sets(cfg)
-        results = evaluate_recall(predict, state.params, eval_sets, min(cfg.train.batch_size, 256))
+        results = evaluate_accuracy(
+            predict, state.params, eval_sets, min(cfg.train.batch_size, 256)
+        )
         writer.scalars(step, {f'eval/accuracy/{k}': v for k, v in results.items()})
         return results
 
@@ -176,11 +180,12 @@ def train_and_evaluate(
             interval.update(loss=0.0, accuracy=0.0, n=0)
             last_time, last_step = now, step + 1
 
-    interrupted = False
+    interrupted = reached = False
+    data = Prefetcher(stream, start)
     try:
         with _StopRequest() as stop:
             for step in range(start, cfg.train.steps):
-                batch = stream.batch(step)
+                batch = data.next()
                 state, metrics = train_step(
                     state, {'inputs': batch['inputs'], 'labels': batch['labels']}
                 )
@@ -203,23 +208,22 @@ def train_and_evaluate(
                     results = evaluate(done)
                     if bar:
                         bar.write(f'step {done}: eval accuracy {results["mean"]:.4f}')
-                    if cfg.train.stop_at_accuracy and results['mean'] >= cfg.train.stop_at_accuracy:
+                    target = cfg.train.stop_at_accuracy
+                    if target and results['mean'] >= target:
                         say(
-                            f'\nreached eval accuracy {results["mean"]:.4f} >= '
-                            f'{cfg.train.stop_at_accuracy} at step {done}; stopping'
+                            f'\nreached eval accuracy {results["mean"]:.4f} >= {target} at step {done}'
                         )
-                        save(done)
-                        saved_step = done
+                        reached = True
                         break
                 if stop_now:
                     interrupted = stop.requested
                     break
             if pending is not None:
                 log(pending[0], check(*pending))
-            final = int(state.step)
-            if saved_step != final:
-                save(final)
+            if saved_step != int(state.step):
+                save(int(state.step))
     finally:
+        data.close()
         if bar:
             bar.close()
         ckpt.close()
@@ -230,10 +234,11 @@ def train_and_evaluate(
             'Run the same command again to resume.'
         )
         raise KeyboardInterrupt
-    if stop_after is not None and int(state.step) < cfg.train.steps and not results:
+    if stop_after is not None and int(state.step) < cfg.train.steps and not reached:
         writer.close()
         return {}
-    results = results if results and cfg.train.stop_at_accuracy else evaluate(int(state.step))
+    if not reached:
+        results = evaluate(int(state.step))
     writer.close()
     say('eval accuracy: ' + ', '.join(f'{k}={v:.4f}' for k, v in results.items()))
     return results

@@ -34,9 +34,15 @@ def labelled_positions(labels: jax.Array, max_targets: int) -> tuple[jax.Array, 
 
 
 def make_train_step(
-    model_def: ModelDef, tx: optax.GradientTransformation, schedule, max_targets: int | None = None
+    model_def: ModelDef,
+    tx: optax.GradientTransformation,
+    schedule,
+    max_targets: int | None = None,
+    head: str = 'lm',
 ):
     """Returns train_step(state, batch) -> (state, metrics), jitted with the state donated.
+
+    head: 'lm' (labels [B, T], -100 = no target) or 'classify' (labels [B], one class per row).
 
     max_targets: an upper bound on labelled positions per row (MQAR: the largest num_kv_pairs).
     The output projection then runs on those positions only, which for an 8192-token vocabulary
@@ -45,6 +51,8 @@ def make_train_step(
 
     def loss_fn(params, batch):
         model = model_def.merge(params)
+        if head == 'classify':
+            return masked_loss_and_accuracy(model.classify(batch['inputs']), batch['labels'])
         hidden = model.hidden(batch['inputs'], segment_ids=batch.get('segment_ids'))
         labels = batch['labels']
         if max_targets is not None and max_targets < labels.shape[1]:
@@ -69,11 +77,13 @@ def make_train_step(
     return train_step
 
 
-def make_predict(model_def: ModelDef):
-    """predict(params, inputs) -> argmax tokens [B, T], jitted."""
+def make_predict(model_def: ModelDef, head: str = 'lm'):
+    """predict(params, inputs) -> argmax tokens [B, T] ('lm') or classes [B] ('classify'), jitted."""
 
     @jax.jit
     def predict(params, inputs):
-        return jnp.argmax(model_def.merge(params)(inputs), axis=-1)
+        model = model_def.merge(params)
+        logits = model.classify(inputs) if head == 'classify' else model(inputs)
+        return jnp.argmax(logits, axis=-1)
 
     return predict
