@@ -10,7 +10,7 @@ Rerunning the same command with the same --workdir resumes from the last checkpo
 import sys
 import time
 
-from absl import app, flags, logging
+from absl import app, flags
 
 from effattn.cli import config_value, define_config_flag, fail, parse_flags, resolve_workdir
 
@@ -23,7 +23,6 @@ _WORKDIR = flags.DEFINE_string(
 
 
 def main(argv):
-    logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
     if len(argv) > 1:
         fail(f'unexpected arguments: {" ".join(argv[1:])}')
     from effattn import config as config_lib

@@ -10,7 +10,7 @@ import os
 import sys
 from typing import NoReturn
 
-from absl import flags
+from absl import flags, logging
 from ml_collections import config_flags
 
 
@@ -51,9 +51,11 @@ def define_config_flag(default: str):
 def parse_flags(argv: list[str]) -> list[str]:
     """flags_parser for absl.app.run: a bad flag value is one line naming the flag."""
     try:
-        return flags.FLAGS(argv)
+        args = flags.FLAGS(argv)
     except flags.Error as e:
         fail(str(e))
+    logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint save at INFO
+    return args
 
 
 def config_value(flag):

@@ -141,6 +141,11 @@ def _to_config_dict(obj: Any) -> Any:
     return obj
 
 
+def to_config_dict(cfg: Config) -> ml_collections.ConfigDict:
+    """A validated config back as a ConfigDict (e.g. to edit a field and validate again)."""
+    return _to_config_dict(cfg)
+
+
 def default_config() -> ml_collections.ConfigDict:
     """The full schema with its defaults, as a ConfigDict for config files to edit."""
     return _to_config_dict(Config())

@@ -164,6 +164,7 @@ def train_and_evaluate(
         if (step + 1) % cfg.train.log_every == 0 or step + 1 == cfg.train.steps:
             now = time.perf_counter()
             tps = tokens_per_step * (step + 1 - last_step) / max(now - last_time, 1e-9)
+            throughput.append(tps)
             n = interval['n']
             values = {
                 'train/loss': interval['loss'] / n,
@@ -181,6 +182,7 @@ def train_and_evaluate(
             last_time, last_step = now, step + 1
 
     interrupted = reached = False
+    throughput = []  # tokens/s per logging interval (compilation excluded)
     data = Prefetcher(stream, start)
     try:
         with _StopRequest() as stop:
@@ -240,5 +242,13 @@ def train_and_evaluate(
     if not reached:
         results = evaluate(int(state.step))
     writer.close()
+    summary = {
+        'step': int(state.step),
+        'eval': results,
+        'params': param_count(state.params),
+        'tokens_per_sec': float(np.median(throughput)) if throughput else None,
+    }
+    with open(os.path.join(workdir, 'summary.json'), 'w') as f:
+        json.dump(summary, f, indent=2)
     say('eval accuracy: ' + ', '.join(f'{k}={v:.4f}' for k, v in results.items()))
     return results
