@@ -117,10 +117,13 @@ class CheckpointConfig:
 
 @dataclasses.dataclass(frozen=True)
 class MeshConfig:
-    data: int = 1
-    fsdp: int = 1
-    tensor: int = 1
-    sequence: int = 1
+    # Device mesh (effattn/parallel.py): the product of the axes is the number of devices; one axis
+    # may be -1 (the devices the others leave). The defaults use every device for data parallelism.
+    data: int = -1  # split the batch
+    fsdp: int = 1  # split the batch, and shard parameters and optimizer state (FSDP)
+    tensor: int = 1  # Megatron tensor parallelism: heads and the MLP hidden
+    sequence: int = 1  # split T: LASP-2 for linear attention, all-gathered K/V for softmax
+    multihost: bool = False  # call jax.distributed.initialize() (several hosts)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -286,6 +289,36 @@ def _check_listops(m: ModelConfig, d: DataConfig) -> None:
     )
 
 
+def _check_mesh(cfg: Config) -> None:
+    """Static mesh checks; the device count is checked by effattn.parallel.make_mesh."""
+    sizes = {name: getattr(cfg.mesh, name) for name in ('data', 'fsdp', 'tensor', 'sequence')}
+    for name, size in sizes.items():
+        _check(
+            size >= 1 or size == -1,
+            f'config.mesh.{name}',
+            f'must be >= 1, or -1 for the remaining devices; got {size}',
+        )
+    free = [name for name, size in sizes.items() if size == -1]
+    _check(
+        len(free) <= 1,
+        f'config.mesh.{free[-1]}' if free else 'config.mesh',
+        f'only one axis may be -1, got -1 for {" and ".join(free)}',
+    )
+    _check(
+        cfg.data.seq_len % abs(sizes['sequence']) == 0,
+        'config.mesh.sequence',
+        f'config.data.seq_len={cfg.data.seq_len} must be a multiple of sequence={sizes["sequence"]}',
+    )
+    if not free or free[0] not in ('data', 'fsdp'):
+        n = sizes['data'] * sizes['fsdp']
+        _check(
+            cfg.train.batch_size % n == 0,
+            'config.train.batch_size',
+            f'must be a multiple of config.mesh.data * config.mesh.fsdp = {n}, '
+            f'got {cfg.train.batch_size}',
+        )
+
+
 def layer_kinds(model: ModelConfig) -> list[str]:
     """The attention kind of each layer: `model.layers` repeated to num_layers, or attention.kind."""
     if not model.layers:
@@ -391,13 +424,7 @@ def _check_semantics(cfg: Config) -> None:
     _check(t.log_every > 0, 'config.train.log_every', f'must be > 0, got {t.log_every}')
     _check(c.every > 0, 'config.checkpoint.every', f'must be > 0, got {c.every}')
     _check(c.keep > 0, 'config.checkpoint.keep', f'must be > 0, got {c.keep}')
-    mesh = cfg.mesh
-    for name in ('data', 'fsdp', 'tensor', 'sequence'):
-        _check(
-            getattr(mesh, name) >= 1,
-            f'config.mesh.{name}',
-            f'must be >= 1, got {getattr(mesh, name)}',
-        )
+    _check_mesh(cfg)
     for kind in sorted(set(layer_kinds(m))):
         registry.get(kind).validate_config(cfg)
 

@@ -28,6 +28,7 @@ class SigmoidAttention(SoftmaxAttention):
 
     @classmethod
     def validate_config(cls, cfg: Config) -> None:
+        super().validate_config(cfg)
         if cfg.model.attention.sinks:
             raise ConfigError(
                 'config.model.attention.sinks: sigmoid attention has no attention sinks '

@@ -13,7 +13,7 @@ from effattn.attention.base import AttentionModule, dtype_of, linear
 from effattn.attention.norms import RMSNorm
 from effattn.attention.registry import register
 from effattn.attention.rope import apply_rope
-from effattn.config import ModelConfig
+from effattn.config import Config, ConfigError, ModelConfig
 from effattn.ops.softmax_attention import softmax_attention
 
 
@@ -46,6 +46,17 @@ class SoftmaxAttention(AttentionModule):
             self.k_norm = RMSNorm(hd, eps=cfg.norm_eps)
         else:
             self.q_norm = self.k_norm = None
+
+    @classmethod
+    def validate_config(cls, cfg: Config) -> None:
+        a = cfg.model.attention
+        head_dim = a.head_dim or cfg.model.d_model // a.num_heads
+        if a.rope and head_dim % 2:
+            raise ConfigError(
+                f'config.model.d_model: RoPE needs an even head dim; d_model={cfg.model.d_model} / '
+                f'num_heads={a.num_heads} = {head_dim} (set config.model.attention.rope=False or '
+                'change d_model / num_heads / head_dim)'
+            )
 
     def _project(self, x: jax.Array, positions: jax.Array):
         b, t, _ = x.shape

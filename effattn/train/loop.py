@@ -18,6 +18,7 @@ import jax
 import numpy as np
 
 from effattn import config as config_lib
+from effattn import parallel
 from effattn.data import sources
 from effattn.data.prefetch import Prefetcher
 from effattn.eval.accuracy import evaluate_accuracy
@@ -97,7 +98,9 @@ def train_and_evaluate(
 
     tx = make_optimizer(cfg.train)
     schedule = lr_schedule(cfg.train)
-    model_def, state = create_train_state(cfg, tx)
+    mesh = parallel.make_mesh(cfg.mesh)
+    parallel.check_batch(mesh, cfg.train.batch_size)
+    model_def, state = create_train_state(cfg, tx, mesh)
     ckpt = Checkpointer(os.path.join(workdir, 'checkpoints'), cfg.checkpoint)
     restored = ckpt.restore_latest(state)
     if restored is not None:
@@ -108,14 +111,22 @@ def train_and_evaluate(
     say(
         f'workdir: {workdir}\n  checkpoints: {ckpt.directory}\n'
         f'  tensorboard: tensorboard --logdir {writer.logdir}\n'
-        f'  parameters: {param_count(state.params):,}'
+        f'  parameters: {param_count(state.params):,}\n'
+        f'  mesh: {parallel.describe(mesh)}'
     )
     if start == 0:
         writer.text(0, 'config', '```\n' + json.dumps(config_lib.to_dict(cfg), indent=2) + '\n```')
 
     stream = sources.train_stream(cfg)
     head = cfg.model.head
-    train_step = make_train_step(model_def, tx, schedule, max_targets=stream.max_targets, head=head)
+    train_step = make_train_step(
+        model_def,
+        tx,
+        schedule,
+        max_targets=stream.max_targets,
+        head=head,
+        state_sharding=parallel.sharding_of(state),
+    )
     predict = make_predict(model_def, head)
     eval_sets = None
     tokens_per_step = cfg.train.batch_size * cfg.data.seq_len
@@ -188,9 +199,8 @@ def train_and_evaluate(
         with _StopRequest() as stop:
             for step in range(start, cfg.train.steps):
                 batch = data.next()
-                state, metrics = train_step(
-                    state, {'inputs': batch['inputs'], 'labels': batch['labels']}
-                )
+                batch = {'inputs': batch['inputs'], 'labels': batch['labels']}
+                state, metrics = train_step(state, parallel.shard_batch(batch, mesh))
                 if pending is not None:
                     log(pending[0], check(*pending))
                 pending = (step, metrics)

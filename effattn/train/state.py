@@ -10,7 +10,10 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
+from effattn import parallel
 from effattn.config import Config
 from effattn.models.lm import DecoderLM
 
@@ -18,7 +21,10 @@ from effattn.models.lm import DecoderLM
 @flax.struct.dataclass
 class TrainState:
     step: jax.Array  # int32 scalar: number of optimizer steps taken = data position
-    params: Any  # nnx.State of the model's nnx.Param variables (fp32)
+    # nnx.State of the model's nnx.Param variables (fp32) and its nnx.BatchStat statistics (e.g.
+    # routing centroids). Statistics get no gradient and no optimizer update: the train step updates
+    # them after the optimizer step, through the modules' post_step_update (see split_params).
+    params: Any
     opt_state: Any
     rng: jax.Array  # uint32 [2] key, split once per step
 
@@ -28,10 +34,15 @@ class ModelDef:
     """What a jitted function needs to rebuild the model from `params`: the graph and other state."""
 
     graphdef: Any
-    rest: Any  # non-Param variables (none for most kinds)
+    rest: Any  # variables neither Param nor BatchStat (none for most kinds)
 
-    def merge(self, params) -> DecoderLM:
-        return nnx.merge(self.graphdef, params, self.rest)
+    def merge(self, *states) -> DecoderLM:
+        return nnx.merge(self.graphdef, *states, self.rest)
+
+
+def split_params(params) -> tuple[Any, Any]:
+    """TrainState.params -> (trainable nnx.Param state, nnx.BatchStat statistics; often empty)."""
+    return nnx.split_state(params, nnx.Param, nnx.BatchStat)
 
 
 def build_model(cfg: Config, seed: int) -> DecoderLM:
@@ -39,18 +50,28 @@ def build_model(cfg: Config, seed: int) -> DecoderLM:
 
 
 def create_train_state(
-    cfg: Config, tx: optax.GradientTransformation
+    cfg: Config, tx: optax.GradientTransformation, mesh: Mesh | None = None
 ) -> tuple[ModelDef, TrainState]:
-    model = build_model(cfg, cfg.train.seed)
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    state = TrainState(
-        step=jnp.zeros((), jnp.int32),
-        params=params,
-        opt_state=tx.init(params),
-        rng=jax.random.PRNGKey(cfg.train.seed),
-    )
+    """A fresh train state, born sharded on `mesh` by effattn.parallel's rules (None: one device)."""
+    mesh = mesh or parallel.single_device_mesh()
+
+    def init():
+        model = build_model(cfg, cfg.train.seed)
+        _, params, rest = nnx.split(model, (nnx.Param, nnx.BatchStat), ...)
+        state = TrainState(
+            step=jnp.zeros((), jnp.int32),
+            params=params,
+            opt_state=tx.init(split_params(params)[0]),
+            rng=jax.random.PRNGKey(cfg.train.seed),
+        )
+        return state, rest
+
+    graphdef = nnx.graphdef(nnx.eval_shape(lambda: build_model(cfg, cfg.train.seed)))
+    sharding = parallel.state_sharding(jax.eval_shape(init)[0], mesh)
+    state, rest = jax.jit(init, out_shardings=(sharding, NamedSharding(mesh, P())))()
     return ModelDef(graphdef, rest), state
 
 
 def param_count(params) -> int:
-    return int(sum(x.size for x in jax.tree.leaves(params)))
+    """Trainable parameters (nnx.Param) in TrainState.params."""
+    return int(sum(x.size for x in jax.tree.leaves(split_params(params)[0])))

@@ -37,6 +37,14 @@ class ImplRegistry:
         self._impls[name] = fn
 
     def __call__(self, impl: str, *args: Any, **kwargs: Any) -> Any:
+        from effattn.ops import sequence_parallel  # lazy: it imports the ops, which import this
+
+        if sequence_parallel.active():  # traced on a mesh whose `sequence` axis is > 1
+            return sequence_parallel.dispatch(self, impl, *args, **kwargs)
+        return self.run(impl, *args, **kwargs)
+
+    def run(self, impl: str, *args: Any, **kwargs: Any) -> Any:
+        """Calls the implementation `impl` on the whole (or this device's part of the) sequence."""
         if impl == 'auto':
             errors = []
             for name in self._auto_order(*args, **kwargs):
