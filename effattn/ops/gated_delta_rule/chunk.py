@@ -28,9 +28,9 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-from jax.scipy.linalg import solve_triangular
 
 from effattn.ops.common.chunking import from_chunks, pad_segment_ids, pad_to_multiple, to_chunks
+from effattn.ops.common.triangular import unit_lower_inverse
 
 
 class _Masks(NamedTuple):
@@ -91,8 +91,8 @@ def _prep(q, k, v, g, beta, masks):
         kd = kd * masks.last[..., None].astype(jnp.float32)
         decay = decay * masks.through.astype(jnp.float32)
     rhs = jnp.concatenate([kbg, v * beta[..., None]], -1)
-    # unit_diagonal: solve (I + A) X = rhs reading only A's strictly-lower part.
-    wu = solve_triangular(a, rhs, lower=True, unit_diagonal=True)
+    # (I + A)^-1 rhs reading only A's strictly-lower part (pure jnp: see common/triangular.py).
+    wu = jnp.einsum('...IJ,...JD->...ID', unit_lower_inverse(a), rhs, precision=jax.lax.Precision.HIGHEST)
     w, u = wu[..., :k.shape[-1]], wu[..., k.shape[-1]:]
     return w, u, qg, aqk, kd, decay
 
