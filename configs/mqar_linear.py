@@ -3,29 +3,14 @@
 Linear attention (Katharopoulos et al. 2020): elu+1 feature map, normalised.
 Same model and training settings as configs/default.py (no MLP, no weight decay), other mixer.
 
-python train.py --config=configs/mqar_linear.py --workdir=runs/mqar_linear
-python train.py --config=configs/mqar_linear.py --workdir=/tmp/linear --config.train.steps=300
+  python train.py --config=configs/mqar_linear.py --workdir=runs/mqar_linear
 """
 
-from configs import base
+from configs import default
 
 
 def get_config():
-    c = base.get_config()
+    c = default.get_config()
     c.name = 'mqar-linear'
     c.model.attention.kind = 'linear'
-    c.model.d_model = 128
-    c.model.num_layers = 2
-    c.model.mlp = 'none'
-    c.model.attention.num_heads = 2
-    c.data.train_settings = ((64, 4),)
-    c.data.eval_settings = ((64, 4),)
-    c.data.seq_len = 64
-    c.data.eval_examples = 500
-    c.train.steps = 3000
-    c.train.batch_size = 64
-    c.train.lr = 3e-3
-    c.train.weight_decay = 0.0
-    c.train.eval_every = 100
-    c.train.stop_at_accuracy = 0.99
     return c
