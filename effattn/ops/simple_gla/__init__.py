@@ -6,19 +6,30 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
 from effattn.ops.common.checks import check_shape
-from effattn.ops.common.dispatch import ImplRegistry
+from effattn.ops.common.dispatch import ImplRegistry, default_backend
 from effattn.ops.simple_gla._checks import auto_order, check_qkv, check_segments_and_chunk
 from effattn.ops.simple_gla.chunk import chunk_simple_gla
 from effattn.ops.simple_gla.naive import naive_simple_gla
+from effattn.ops.simple_gla.pallas import kernel_simple_gla
 from effattn.ops.simple_gla.recurrent import recurrent_simple_gla
 from effattn.ops.simple_gla.slopes import alibi_slopes, transnormer_g_gamma
 
-# Every impl: fn(q, k, v, g | None, *, scale, initial_state, segment_ids, chunk_size) -> (o fp32, ht fp32).
+
+def _auto_order(q, *args, **kwargs) -> list[str]:
+  """'auto': the Pallas kernel first on GPU (it raises NotImplementedError for segment_ids and falls
+  through to the next), then auto_order's scan-for-decoding / chunk choice."""
+  order = auto_order(q, *args, **kwargs)
+  return ['kernel', *order] if q.shape[1] > 1 and default_backend() == 'gpu' else order
+
+
+# Every impl: fn(q, k, v, g | None, *, scale, initial_state, segment_ids, chunk_size) -> (o fp32, ht fp32)
+# ('kernel' returns o in q's dtype).
 REGISTRY = ImplRegistry('simple_gla', {
     'naive': naive_simple_gla,
     'recurrent': recurrent_simple_gla,
     'chunk': chunk_simple_gla,
-}, auto_order)
+    'kernel': kernel_simple_gla,
+}, _auto_order)
 
 
 def simple_gla(
@@ -49,7 +60,9 @@ def simple_gla(
       row's last segment, whatever its id, padding included).
     segment_ids: [B, T] int, packed sequences: the state resets wherever the id changes along a row.
       Id 0 (padding) is a segment like any other; its outputs are meaningless, mask them.
-    impl: 'auto', 'naive', 'recurrent' or 'chunk' ('chunk' uses a hand-derived custom VJP).
+    impl: 'auto', 'naive', 'recurrent', 'chunk' ('chunk' uses a hand-derived custom VJP) or 'kernel'
+      (Pallas, Triton lowering on GPU, interpret mode elsewhere; no segment_ids). 'auto' takes
+      'kernel' on GPU.
     chunk_size: chunk length C of impl='chunk'.
 
   Returns:
