@@ -11,11 +11,15 @@ G_i - G_j is summed directly over (j, i] inside the chunk rather than taken as a
 cumsums: with extreme gates |G| reaches hundreds and the difference keeps only ~1e-5 absolute
 accuracy, which showed up as ~5e-6 relative error in dg (now ~3e-7, like the recurrent form).
 
+Chunks are processed in groups of about 256 rows by one lax.scan (forward) / reverse lax.scan
+(backward) over groups, so that a group's per-chunk intermediates stay in cache; within a group the
+per-chunk algebra is parallel over its chunks and the state recurrence is an inner scan.
+
 Backward (custom_vjp): the forward saves only the inputs and the chunk-start states. The backward
-recomputes the per-chunk quantities (A, the triangular solve, W, U, ...) in parallel over chunks,
-runs the hand-derived state-gradient recurrence of ALGORITHMS.md section 6 as a reverse lax.scan
-over chunks (dS_c = e^{G_C} dS_{c+1} + (Q e^G)^T dO_c - W^T dV'_c), and then pulls the per-chunk
-cotangents back through the parallel per-chunk algebra (masks, exps, triangular solve) with jax.vjp.
+recomputes the per-chunk quantities (A, the triangular solve, W, U, ...) of each group, runs the
+hand-derived state-gradient recurrence of ALGORITHMS.md section 6 through it
+(dS_c = e^{G_C} dS_{c+1} + (Q e^G)^T dO_c - W^T dV'_c), and then pulls the group's cotangents back
+through the per-chunk algebra (masks, exps, triangular solve) with jax.vjp.
 
 Packed segments: masks, never -inf gates. Intra-chunk matrices only couple rows of the same
 contiguous segment; the carried state reaches only the rows of the chunk's first segment (none if
@@ -24,6 +28,7 @@ segment only, and carries S_c through only when the whole chunk is one segment.
 """
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import jax
@@ -139,29 +144,62 @@ def _state_grads(prep, do, dht):
     return ds_ends, dh0
 
 
+_GROUP_ROWS = 256  # rows per group of chunks (see _forward)
+
+
+def _split(tree, c):
+    """[N, ...] leaves -> [N / gs, gs, ...]: groups of gs chunks (about _GROUP_ROWS rows, gs divides N)."""
+    n = jax.tree_util.tree_leaves(tree)[0].shape[0]
+    gs = math.gcd(n, max(1, _GROUP_ROWS // c))
+    return jax.tree_util.tree_map(lambda x: x.reshape(n // gs, gs, *x.shape[1:]), tree)
+
+
+def _merge(x):
+    return None if x is None else x.reshape(-1, *x.shape[2:])
+
+
+def _forward(q, k, v, g, beta, h0, masks):
+    """One lax.scan over groups of chunks: each group's per-chunk algebra (_prep, outputs) runs right where
+    its state pass does, so the group's intermediates stay in cache (time ~linear in T) and are never
+    materialised for the whole sequence. The arithmetic per chunk is the same as all chunks at once."""
+    def step(s, x):
+        prep = _prep(*x)
+        s_starts, s_end = _chunk_states(prep, s)
+        o, _ = _chunk_outputs(prep, s_starts)
+        return s_end, (o, s_starts)
+
+    s_final, (o, s_starts) = jax.lax.scan(step, h0, _split((q, k, v, g, beta, masks), q.shape[-2]))
+    return _merge(o), s_final, _merge(s_starts)
+
+
 @jax.custom_vjp
 def _chunk_core(q, k, v, g, beta, h0, masks):
-    prep = _prep(q, k, v, g, beta, masks)
-    s_starts, s_final = _chunk_states(prep, h0)
-    o, _ = _chunk_outputs(prep, s_starts)
+    o, s_final, _ = _forward(q, k, v, g, beta, h0, masks)
     return o, s_final
 
 
 def _chunk_core_fwd(q, k, v, g, beta, h0, masks):
-    prep = _prep(q, k, v, g, beta, masks)
-    s_starts, s_final = _chunk_states(prep, h0)
-    o, _ = _chunk_outputs(prep, s_starts)
+    o, s_final, s_starts = _forward(q, k, v, g, beta, h0, masks)
     return (o, s_final), (q, k, v, g, beta, masks, s_starts)
 
 
 def _chunk_core_bwd(res, cts):
+    """Reverse lax.scan over groups of chunks: recompute the group's per-chunk quantities, run the dS
+    recurrence through the group, and pull its cotangents back through the per-chunk algebra."""
     q, k, v, g, beta, masks, s_starts = res
     do, dht = cts
-    prep, prep_vjp = jax.vjp(lambda *xs: _prep(*xs, masks), q, k, v, g, beta)
-    ds_ends, dh0 = _state_grads(prep, do, dht)
-    _, out_vjp = jax.vjp(_chunk_outputs, prep, s_starts)
-    dprep, _ = out_vjp((do, ds_ends))
-    dq, dk, dv, dg, dbeta = prep_vjp(dprep)
+
+    def step(ds, x):  # ds: cotangent of the group's end state
+        ins, m, s_st, do_g = x
+        prep, prep_vjp = jax.vjp(lambda *xs: _prep(*xs, m), *ins)
+        ds_ends, ds_start = _state_grads(prep, do_g, ds)
+        _, out_vjp = jax.vjp(_chunk_outputs, prep, s_st)
+        dprep, _ = out_vjp((do_g, ds_ends))
+        return ds_start, prep_vjp(dprep)
+
+    dh0, grads = jax.lax.scan(step, dht, _split(((q, k, v, g, beta), masks, s_starts, do), q.shape[-2]),
+                              reverse=True)
+    dq, dk, dv, dg, dbeta = (_merge(x) for x in grads)
     return dq, dk, dv, dg, dbeta, dh0, None
 
 

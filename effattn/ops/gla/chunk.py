@@ -4,7 +4,8 @@ Per chunk of C rows (G = chunk-local cumsum of g, Gl = G at the chunk's last row
   o     = (q * e^G) S_c + A v,        A_ij = sum_k q_ik k_jk e^(G_ik - G_jk)   (i >= j, same segment)
   S_c+1 = diag(e^Gl) S_c + (k * e^(Gl - G))^T v.
 A is built from sub-chunks of c = 16 rows: off-diagonal blocks as (q * e^(G - G_r)) (k * e^(G_r - G))^T with G_r the
-query sub-chunk's first row, diagonal blocks from the pairwise [c, c, K] factor e^(G_i - G_j). Every exponent is a
+query sub-chunk's first row, diagonal blocks from the pairwise factor e^(G_i - G_j), built one key column at a
+time (a scan over the c positions, so only a [c, K] slice per query row is live). Every exponent is a
 sum of gates over a forward interval, so it is <= 0; the exponents are formed from short same-sign partial sums
 (not differences of chunk-long cumsums) to keep fp32 precision at extreme gates.
 
@@ -82,31 +83,82 @@ def _masks(nums, c):
 
 
 def _sub_blocks(q, k, Lq, Ex, c):
-  """Factors of the intra-chunk matrix: Qf [B,N,S,c,H,K], Kf and Ef [B,N,S,C,H,K], Ed [B,N,S,c,c,H,K]."""
+  """Factors of the off-diagonal intra-chunk blocks: Qf [B,N,S,c,H,K], Kf and Ef [B,N,S,C,H,K]."""
   b, n, cc, h, dk = q.shape
   s = cc // c
   before = jnp.repeat(jnp.arange(s)[None, :] < jnp.arange(s)[:, None], c, axis=1)  # [S, C]: key before sub-chunk
   Ef = _exp_where(before[None, None, :, :, None, None], Ex)
   Kf = k[:, :, None] * Ef
   Qf = q.reshape(b, n, s, c, h, dk) * jnp.exp(Lq)
-  tri = jnp.tril(jnp.ones((c, c), bool))[:, :, None, None]
-  Ed = _exp_where(tri, Lq[:, :, :, :, None] - Lq[:, :, :, None, :])
-  return Qf, Kf, Ef, Ed
+  return Qf, Kf, Ef
 
 
-def _intra(q, k, Lq, Ex, same, same_d, c):
-  """Intra-chunk matrix as off-diagonal part a_off [B,N,H,C,C] and diagonal sub-blocks a_d [B,N,S,c,c,H]."""
+def _diag(qs, ks, Lq, same_d, da_d=None):
+  """Diagonal sub-blocks, one key column j at a time (a lax.scan over the c positions of a sub-chunk).
+
+  qs, ks, Lq [B,N,S,c,H,K]; same_d [B,N,S,c,c]. a_d[i, j] = sum_k q_ik k_jk e^(Lq_ik - Lq_jk) (i >= j, same
+  segment) [B,N,S,c,c,H]. With da_d (= dA on the diagonal blocks, [B,N,S,c,c,H], already masked) also returns
+  dq_d [B,N,S,c,H,K] and dk_d [B,N,S,c,H,K]. Only one [B,N,S,c,H,K] pairwise factor e^(Lq_i - Lq_j) is live at a
+  time instead of the full [B,N,S,c,c,H,K] one.
+  """
+  c = qs.shape[3]
+  rows = jnp.arange(c)
+  col = lambda x: jnp.moveaxis(x, 3, 0)                             # sub-chunk position first (scan axis)
+  xs = (rows, col(ks), col(Lq), jnp.moveaxis(same_d, 4, 0))
+  if da_d is not None:
+    xs = xs + (jnp.moveaxis(da_d, 4, 0),)
+
+  def step(dq, x):
+    j, kj, lj, mj = x[:4]                                           # kj, lj [B,N,S,H,K]; mj [B,N,S,c]
+    e = _exp_where((rows >= j)[:, None, None], Lq - lj[:, :, :, None])  # [B,N,S,c,H,K]
+    a_col = jnp.sum(qs * kj[:, :, :, None] * e, axis=-1) * mj[..., None]  # [B,N,S,c,H]
+    if da_d is None:
+      return dq, a_col
+    da_col = x[4][..., None] * e                                    # [B,N,S,c,H,K]
+    dq = dq + da_col * kj[:, :, :, None]
+    dk_col = jnp.sum(da_col * qs, axis=3)                           # [B,N,S,H,K]
+    return dq, (a_col, dk_col)
+
+  if da_d is None:
+    _, a_cols = jax.lax.scan(step, 0.0, xs)
+    return jnp.moveaxis(a_cols, 0, 4)
+  dq_d, (a_cols, dk_cols) = jax.lax.scan(step, jnp.zeros_like(qs), xs)
+  return jnp.moveaxis(a_cols, 0, 4), dq_d, jnp.moveaxis(dk_cols, 0, 3)
+
+
+def _intra(q, k, Lq, Ex, same, same_d, c, da_d=None):
+  """Intra-chunk matrix as off-diagonal part a_off [B,N,H,C,C] and diagonal sub-blocks a_d [B,N,S,c,c,H]
+  (plus dq_d, dk_d given da_d, see _diag)."""
   b, n, cc, h, dk = q.shape
   s = cc // c
-  Qf, Kf, Ef, Ed = _sub_blocks(q, k, Lq, Ex, c)
+  Qf, Kf, Ef = _sub_blocks(q, k, Lq, Ex, c)
   a_off = jnp.einsum('BNSIHK,BNSJHK->BNHSIJ', Qf, Kf).reshape(b, n, h, cc, cc) * same[:, :, None]
   qs, ks = q.reshape(b, n, s, c, h, dk), k.reshape(b, n, s, c, h, dk)
-  a_d = jnp.sum(qs[:, :, :, :, None] * ks[:, :, :, None] * Ed, axis=-1) * same_d[..., None]  # pairwise, fp32
-  return a_off, a_d, (Qf, Kf, Ef, Ed)
+  d = _diag(qs, ks, Lq, same_d, da_d)
+  return a_off, d, (Qf, Kf, Ef)
 
 
 def _chunked(x, cc):
   return x.reshape(x.shape[0], x.shape[1] // cc, cc, *x.shape[2:])
+
+
+_GROUP_ROWS = 256  # rows per group of chunks whose intra-chunk work runs together (see _by_groups)
+
+
+def _by_groups(fn, xs, cc):
+  """fn over groups of chunks: xs are [B,N,...] arrays, fn maps such arrays (N = group) to a tuple of them.
+
+  The intra-chunk work of all N chunks at once streams every [B,N,...] intermediate through memory; a lax.map over
+  groups of about _GROUP_ROWS rows keeps one group's intermediates in cache, so the time stays ~linear in T.
+  """
+  n = xs[0].shape[1]
+  gs = math.gcd(n, max(1, _GROUP_ROWS // cc))
+  if gs == n:
+    return fn(*xs)
+  split = lambda x: jnp.moveaxis(x.reshape(x.shape[0], n // gs, gs, *x.shape[2:]), 1, 0)
+  merge = lambda y: jnp.moveaxis(y, 0, 1).reshape(y.shape[1], n, *y.shape[3:])
+  out = jax.lax.map(lambda a: fn(*a), tuple(split(x) for x in xs))
+  return tuple(merge(y) for y in out)
 
 
 def _forward(q, k, v, g, h0, nums, cc):
@@ -114,7 +166,7 @@ def _forward(q, k, v, g, h0, nums, cc):
   c = math.gcd(cc, _SUB)
   q, k, v, g = (_chunked(x, cc) for x in (q, k, v, g))
   m_in, keep, m_out, same, same_d = _masks(_chunked(nums, cc), c)
-  G, Gl, Rx, Lq, Ex = _gate_terms(g, c)
+  Gl, Rx = jnp.cumsum(g, axis=2)[:, :, -1], _rev_cumsum_exclusive(g, 2)
   kd = k * jnp.exp(Rx) * m_out[..., None, None]
   decay = jnp.exp(Gl) * keep[..., None, None]                       # [B,N,H,K]
   u = jnp.einsum('BNJHK,BNJHV->BNHKV', kd, v)
@@ -125,11 +177,17 @@ def _forward(q, k, v, g, h0, nums, cc):
 
   h_t, starts = jax.lax.scan(step, h0, (jnp.moveaxis(decay, 1, 0), jnp.moveaxis(u, 1, 0)))
   starts = jnp.moveaxis(starts, 0, 1)                               # [B,N,H,K,V]: state at each chunk start
-  qg = q * jnp.exp(G) * m_in[..., None, None]
-  a_off, a_d, _ = _intra(q, k, Lq, Ex, same, same_d, c)
-  vs = v.reshape(b, -1, cc // c, c, h, v.shape[-1])
-  o = (jnp.einsum('BNIHK,BNHKV->BNIHV', qg, starts) + jnp.einsum('BNHIJ,BNJHV->BNIHV', a_off, v)
-       + jnp.einsum('BNSIJH,BNSJHV->BNSIHV', a_d, vs).reshape(v.shape))
+
+  def outputs(q, k, v, g, m_in, same, same_d, starts):
+    G, _, _, Lq, Ex = _gate_terms(g, c)
+    qg = q * jnp.exp(G) * m_in[..., None, None]
+    a_off, a_d, _ = _intra(q, k, Lq, Ex, same, same_d, c)
+    vs = v.reshape(b, -1, cc // c, c, h, v.shape[-1])
+    o = (jnp.einsum('BNIHK,BNHKV->BNIHV', qg, starts) + jnp.einsum('BNHIJ,BNJHV->BNIHV', a_off, v)
+         + jnp.einsum('BNSIJH,BNSJHV->BNSIHV', a_d, vs).reshape(v.shape))
+    return (o,)
+
+  (o,) = _by_groups(outputs, (q, k, v, g, m_in, same, same_d, starts), cc)
   return o.reshape(b, tp, h, -1), h_t, starts
 
 
@@ -138,13 +196,11 @@ def _backward(q, k, v, g, h0, nums, starts, do, dh_t, cc):
   c = math.gcd(cc, _SUB)
   s = cc // c
   q, k, v, g, do = (_chunked(x, cc) for x in (q, k, v, g, do))
-  n = q.shape[1]
   m_in, keep, m_out, same, same_d = _masks(_chunked(nums, cc), c)
-  G, Gl, Rx, Lq, Ex = _gate_terms(g, c)
-  eg, erx = jnp.exp(G), jnp.exp(Rx)
-  kd = k * erx * m_out[..., None, None]
+  G = jnp.cumsum(g, axis=2)
+  Gl = G[:, :, -1]
   decay = jnp.exp(Gl) * keep[..., None, None]
-  qg = q * eg * m_in[..., None, None]
+  qg = q * jnp.exp(G) * m_in[..., None, None]
   w = jnp.einsum('BNIHK,BNIHV->BNHKV', qg, do)
 
   def step(ds, x):
@@ -154,27 +210,33 @@ def _backward(q, k, v, g, h0, nums, starts, do, dh_t, cc):
   dh0, ds_next = jax.lax.scan(step, dh_t, (jnp.moveaxis(decay, 1, 0), jnp.moveaxis(w, 1, 0)), reverse=True)
   ds_next = jnp.moveaxis(ds_next, 0, 1)                             # [B,N,H,K,V]: d(state at each chunk end)
 
-  a_off, a_d, (Qf, Kf, Ef, Ed) = _intra(q, k, Lq, Ex, same, same_d, c)
-  qs, ks = q.reshape(b, n, s, c, h, dk), k.reshape(b, n, s, c, h, dk)
-  vs, dos = v.reshape(b, n, s, c, h, -1), do.reshape(b, n, s, c, h, -1)
-  dv = (jnp.einsum('BNJHK,BNHKV->BNJHV', kd, ds_next) + jnp.einsum('BNHIJ,BNIHV->BNJHV', a_off, do)
-        + jnp.einsum('BNSIJH,BNSIHV->BNSJHV', a_d, dos).reshape(v.shape))
+  def grads(q, k, v, g, do, m_in, keep, m_out, same, same_d, starts, ds_next):
+    n = q.shape[1]
+    G, Gl, Rx, Lq, Ex = _gate_terms(g, c)
+    eg, erx = jnp.exp(G), jnp.exp(Rx)
+    kd = k * erx * m_out[..., None, None]
+    decay = jnp.exp(Gl) * keep[..., None, None]
+    vs, dos = v.reshape(b, n, s, c, h, -1), do.reshape(b, n, s, c, h, -1)
+    da_d = jnp.einsum('BNSIHV,BNSJHV->BNSIJH', dos, vs) * same_d[..., None]
+    a_off, (a_d, dq_d, dk_d), (Qf, Kf, Ef) = _intra(q, k, Lq, Ex, same, same_d, c, da_d)
+    dv = (jnp.einsum('BNJHK,BNHKV->BNJHV', kd, ds_next) + jnp.einsum('BNHIJ,BNIHV->BNJHV', a_off, do)
+          + jnp.einsum('BNSIJH,BNSIHV->BNSJHV', a_d, dos).reshape(v.shape))
 
-  dq_inter = jnp.einsum('BNIHV,BNHKV->BNIHK', do, starts) * eg * m_in[..., None, None]
-  dk_inter = jnp.einsum('BNJHV,BNHKV->BNJHK', v, ds_next) * erx * m_out[..., None, None]
+    dq_inter = jnp.einsum('BNIHV,BNHKV->BNIHK', do, starts) * eg * m_in[..., None, None]
+    dk_inter = jnp.einsum('BNJHV,BNHKV->BNJHK', v, ds_next) * erx * m_out[..., None, None]
 
-  da_blk = (jnp.einsum('BNIHV,BNJHV->BNHIJ', do, v) * same[:, :, None]).reshape(b, n, h, s, c, cc)
-  dq_off = jnp.einsum('BNHSIJ,BNSJHK->BNSIHK', da_blk, Kf) * jnp.exp(Lq)
-  dk_off = jnp.sum(jnp.einsum('BNHSIJ,BNSIHK->BNSJHK', da_blk, Qf) * Ef, axis=2)
-  da_d = jnp.einsum('BNSIHV,BNSJHV->BNSIJH', dos, vs) * same_d[..., None]
-  dq_d = jnp.sum(da_d[..., None] * ks[:, :, :, None] * Ed, axis=4)
-  dk_d = jnp.sum(da_d[..., None] * qs[:, :, :, :, None] * Ed, axis=3)
+    da_blk = (jnp.einsum('BNIHV,BNJHV->BNHIJ', do, v) * same[:, :, None]).reshape(b, n, h, s, c, cc)
+    dq_off = jnp.einsum('BNHSIJ,BNSJHK->BNSIHK', da_blk, Kf) * jnp.exp(Lq)
+    dk_off = jnp.sum(jnp.einsum('BNHSIJ,BNSIHK->BNSJHK', da_blk, Qf) * Ef, axis=2)
 
-  dq = dq_inter + (dq_off + dq_d).reshape(q.shape)
-  dk = dk_inter + dk_off + dk_d.reshape(k.shape)
-  carry = (jnp.sum(decay[..., None] * starts * ds_next, axis=-1)
-           + jnp.sum(k * dk_inter, axis=2))                         # d Gl, [B,N,H,K]
-  dg = jnp.flip(jnp.cumsum(jnp.flip(q * dq - k * dk, 2), 2), 2) + carry[:, :, None]
+    dq = dq_inter + (dq_off + dq_d).reshape(q.shape)
+    dk = dk_inter + dk_off + dk_d.reshape(k.shape)
+    carry = (jnp.sum(decay[..., None] * starts * ds_next, axis=-1)
+             + jnp.sum(k * dk_inter, axis=2))                       # d Gl, [B,N,H,K]
+    dg = jnp.flip(jnp.cumsum(jnp.flip(q * dq - k * dk, 2), 2), 2) + carry[:, :, None]
+    return dq, dk, dv, dg
+
+  dq, dk, dv, dg = _by_groups(grads, (q, k, v, g, do, m_in, keep, m_out, same, same_d, starts, ds_next), cc)
   unchunk = lambda x: x.reshape(b, tp, *x.shape[3:])
   return unchunk(dq), unchunk(dk), unchunk(dv), unchunk(dg), dh0
 

@@ -10,6 +10,7 @@ Residuals: the inputs and the chunk-boundary states [B, T/C, H, K, V]; everythin
 from __future__ import annotations
 
 import functools
+import math
 from typing import NamedTuple
 
 import jax
@@ -53,11 +54,33 @@ def _decays(g: jax.Array, resets: jax.Array) -> _Decays:
 
 
 def _prepare(q, k, v, g, resets, scale, chunk):
-  """Pads T to a multiple of the chunk (k = v = 0, g = 0, no reset) and splits into chunks, fp32."""
+  """Pads T to a multiple of the chunk (k = v = 0, g = 0, no reset) and splits into chunks, fp32.
+
+  Returns q, k, v [B,N,C,H,*], g [B,N,C,H] and resets [B,N,C]; _decays(g, resets) gives the decays.
+  """
   prep = lambda x: to_chunks(pad_to_multiple(x.astype(jnp.float32), chunk), chunk)
   g = jnp.zeros(q.shape[:3], jnp.float32) if g is None else g
-  d = _decays(prep(g), to_chunks(pad_to_multiple(resets, chunk), chunk))
-  return prep(q) * scale, prep(k), prep(v), d
+  return prep(q) * scale, prep(k), prep(v), prep(g), to_chunks(pad_to_multiple(resets, chunk), chunk)
+
+
+_GROUP_ROWS = 256  # rows per group of chunks whose intra-chunk work runs together (see _by_groups)
+
+
+def _by_groups(fn, xs, chunk):
+  """fn over groups of chunks: xs are [B,N,...] arrays, fn maps such arrays (N = group) to a tuple of them.
+
+  The intra-chunk work of all N chunks at once streams every [B,N,...] intermediate (e.g. the [B,N,H,C,C]
+  scores) through memory; a lax.map over groups of about _GROUP_ROWS rows keeps one group's intermediates in
+  cache, so the time stays ~linear in T. Per chunk the arithmetic is unchanged.
+  """
+  n = xs[0].shape[1]
+  gs = math.gcd(n, max(1, _GROUP_ROWS // chunk))
+  if gs == n:
+    return fn(*xs)
+  split = lambda x: jnp.moveaxis(x.reshape(x.shape[0], n // gs, gs, *x.shape[2:]), 1, 0)
+  merge = lambda y: jnp.moveaxis(y, 0, 1).reshape(y.shape[1], n, *y.shape[3:])
+  out = jax.lax.map(lambda a: fn(*a), tuple(split(x) for x in xs))
+  return tuple(merge(y) for y in out)
 
 
 def _states(h0, decay, local):
@@ -82,13 +105,19 @@ def _state_grads(dht, decay, local):
 def _forward(q, k, v, g, h0, resets, scale, chunk):
   b, t, h, kd = q.shape
   vd = v.shape[-1]
-  qc, kc, vc, d = _prepare(q, k, v, g, resets, scale, chunk)
+  qc, kc, vc, gc, rc = _prepare(q, k, v, g, resets, scale, chunk)
   h0 = jnp.zeros((b, h, kd, vd), jnp.float32) if h0 is None else h0.astype(jnp.float32)
+  d = _decays(gc, rc)  # only d.k and d.state are used here (the rest is dead code to XLA)
   local = jnp.einsum('BNJHK,BNJHV->BNHKV', kc * d.k[..., None], vc)
   states, ht = _states(h0, d.state, local)
-  scores = jnp.einsum('BNIHK,BNJHK->BNHIJ', qc, kc) * d.intra
-  o = (jnp.einsum('BNIHK,BNHKV->BNIHV', qc * d.q[..., None], states)
-       + jnp.einsum('BNHIJ,BNJHV->BNIHV', scores, vc))
+
+  def outputs(qc, kc, vc, gc, rc, states):
+    d = _decays(gc, rc)
+    scores = jnp.einsum('BNIHK,BNJHK->BNHIJ', qc, kc) * d.intra
+    return (jnp.einsum('BNIHK,BNHKV->BNIHV', qc * d.q[..., None], states)
+            + jnp.einsum('BNHIJ,BNJHV->BNIHV', scores, vc),)
+
+  (o,) = _by_groups(outputs, (qc, kc, vc, gc, rc, states), chunk)
   return from_chunks(o)[:, :t], ht, states
 
 
@@ -135,24 +164,29 @@ def _chunk_bwd(scale, chunk, res, cts):
   q, k, v, g, h0, resets, states = res
   do, dht = cts
   t = q.shape[1]
-  qc, kc, vc, d = _prepare(q, k, v, g, resets, scale, chunk)
+  qc, kc, vc, gc, rc = _prepare(q, k, v, g, resets, scale, chunk)
   doc = to_chunks(pad_to_multiple(do.astype(jnp.float32), chunk), chunk)
+  d = _decays(gc, rc)  # only d.q and d.state are used here
   ds_next, dh0 = _state_grads(dht.astype(jnp.float32), d.state,
                               jnp.einsum('BNIHK,BNIHV->BNHKV', qc * d.q[..., None], doc))
 
-  scores = jnp.einsum('BNIHK,BNJHK->BNHIJ', qc, kc) * d.intra
-  dscores = jnp.einsum('BNIHV,BNJHV->BNHIJ', doc, vc)
-  dqk = dscores * d.intra  # dL/d(Q K^T)
-  dq_inter = jnp.einsum('BNIHV,BNHKV->BNIHK', doc, states) * d.q[..., None]
-  dq = dq_inter + jnp.einsum('BNHIJ,BNJHK->BNIHK', dqk, kc)
-  dk_inter = jnp.einsum('BNJHV,BNHKV->BNJHK', vc, ds_next) * d.k[..., None]
-  dk = dk_inter + jnp.einsum('BNHIJ,BNIHK->BNJHK', dqk, qc)
-  dv = (jnp.einsum('BNJHK,BNHKV->BNJHV', kc * d.k[..., None], ds_next)
-        + jnp.einsum('BNHIJ,BNIHV->BNJHV', scores, doc))
-  dg = None
-  if g is not None:
-    dg = _gate_grad(qc, kc, dq_inter, dk_inter, dscores * scores, states, ds_next, d.state)
-    dg = from_chunks(dg)[:, :t].astype(g.dtype)
+  def grads(qc, kc, vc, gc, rc, doc, states, ds_next):
+    d = _decays(gc, rc)
+    scores = jnp.einsum('BNIHK,BNJHK->BNHIJ', qc, kc) * d.intra
+    dscores = jnp.einsum('BNIHV,BNJHV->BNHIJ', doc, vc)
+    dqk = dscores * d.intra  # dL/d(Q K^T)
+    dq_inter = jnp.einsum('BNIHV,BNHKV->BNIHK', doc, states) * d.q[..., None]
+    dq = dq_inter + jnp.einsum('BNHIJ,BNJHK->BNIHK', dqk, kc)
+    dk_inter = jnp.einsum('BNJHV,BNHKV->BNJHK', vc, ds_next) * d.k[..., None]
+    dk = dk_inter + jnp.einsum('BNHIJ,BNIHK->BNJHK', dqk, qc)
+    dv = (jnp.einsum('BNJHK,BNHKV->BNJHV', kc * d.k[..., None], ds_next)
+          + jnp.einsum('BNHIJ,BNIHV->BNJHV', scores, doc))
+    if g is None:
+      return dq, dk, dv
+    return dq, dk, dv, _gate_grad(qc, kc, dq_inter, dk_inter, dscores * scores, states, ds_next, d.state)
+
+  dq, dk, dv, *dg = _by_groups(grads, (qc, kc, vc, gc, rc, doc, states, ds_next), chunk)
+  dg = from_chunks(dg[0])[:, :t].astype(g.dtype) if g is not None else None
 
   unchunk = lambda x, like: from_chunks(x)[:, :t].astype(like.dtype)
   dh0 = None if h0 is None else dh0.astype(h0.dtype)
