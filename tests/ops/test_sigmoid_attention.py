@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 from helpers import TOL, assert_close
 
-from effattn.ops import sigmoid_attention as sg_mod
+import importlib
+
+sg_mod = importlib.import_module('effattn.ops.sigmoid_attention')  # the package, not the function
 from effattn.ops.sigmoid_attention import sigmoid_attention
 from effattn.ops.sigmoid_attention.chunk import sigmoid_attention_chunk
 

@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 from helpers import TOL, assert_close
 
-from effattn.ops import softmax_attention as sa_mod
+import importlib
+
+sa_mod = importlib.import_module('effattn.ops.softmax_attention')  # the package, not the function
 from effattn.ops.softmax_attention import softmax_attention
 from effattn.ops.softmax_attention._blockwise import attention_mask, tile_schedule
 from effattn.ops.softmax_attention.chunk import softmax_attention_chunk

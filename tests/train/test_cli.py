@@ -143,7 +143,7 @@ def test_eval_json_reports_per_setting_accuracy(tmp_path):
     workdir = str(tmp_path / 'run')
     r = run(
         'train.py',
-        *TINY,
+        *(a for a in TINY if not a.startswith('--config.data.eval_settings')),
         '--config.train.steps=3',
         '--config.data.eval_settings=((16,2),(16,4))',
         f'--workdir={workdir}',
