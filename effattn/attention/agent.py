@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import math
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from effattn.attention.base import AttentionModule, dtype_of, linear
+from effattn.attention.base import AttentionModule, dtype_of, linear, residual_out
 from effattn.attention.registry import register
 from effattn.attention.short_conv import ShortConv
 from effattn.config import Config, ConfigError, ModelConfig
@@ -40,9 +39,7 @@ class AgentAttention(AttentionModule):
         self.wq = linear(cfg.d_model, h * hd, cfg, rngs)
         self.wk = linear(cfg.d_model, h * hd, cfg, rngs)
         self.wv = linear(cfg.d_model, h * hd, cfg, rngs)
-        self.wo = linear(
-            h * hd, cfg.d_model, cfg, rngs, std=cfg.init_std / math.sqrt(2 * cfg.num_layers)
-        )
+        self.wo = residual_out(h * hd, cfg, rngs)
         # unit-variance agents: s a.k then has the variance of k's entries, like q.k
         self.agents = nnx.Param(jax.random.normal(rngs.params(), (h, n, hd), jnp.float32))
         self.b1 = nnx.Param(jnp.zeros((h, n), jnp.float32))

@@ -10,6 +10,8 @@ Decoding token by token equals the full forward (tested for every kind).
 
 from __future__ import annotations
 
+import math
+
 from typing import Any
 
 import jax
@@ -42,6 +44,12 @@ def linear(
         kernel_init=nnx.initializers.normal(cfg.init_std if std is None else std),
         rngs=rngs,
     )
+
+
+def residual_out(d_in: int, cfg: ModelConfig, rngs: nnx.Rngs) -> nnx.Linear:
+    """A projection back into the residual stream (attention W_o, MLP W_2), initialised with
+    std / sqrt(2 * num_layers) so the residual's variance does not grow with depth (GPT-2)."""
+    return linear(d_in, cfg.d_model, cfg, rngs, std=cfg.init_std / math.sqrt(2 * cfg.num_layers))
 
 
 class AttentionModule(nnx.Module):

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import math
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from effattn.attention import linear_family
-from effattn.attention.base import AttentionModule, dtype_of, linear
+from effattn.attention.base import AttentionModule, dtype_of, linear, residual_out
 from effattn.attention.norms import RMSNorm
 from effattn.attention.registry import register
 from effattn.attention.short_conv import ShortConv
@@ -46,9 +45,7 @@ class DeltaNet(AttentionModule):
         else:
             self.q_conv = self.k_conv = self.v_conv = None
         self._init_output(cfg, rngs)
-        self.wo = linear(
-            h * dv, cfg.d_model, cfg, rngs, std=cfg.init_std / math.sqrt(2 * cfg.num_layers)
-        )
+        self.wo = residual_out(h * dv, cfg, rngs)
 
     def _init_output(self, cfg: ModelConfig, rngs: nnx.Rngs) -> None:
         self.o_norm = RMSNorm(self.head_v, eps=cfg.norm_eps)

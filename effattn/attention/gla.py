@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import math
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from effattn.attention import linear_family
-from effattn.attention.base import AttentionModule, dtype_of, linear
+from effattn.attention.base import AttentionModule, dtype_of, linear, residual_out
 from effattn.attention.gated_norm import GatedRMSNorm
 from effattn.attention.registry import register
 from effattn.config import Config, ConfigError, ModelConfig
@@ -42,9 +41,7 @@ class GatedLinearAttention(AttentionModule):
         self.w_gate_up = linear(a.gate_low_rank_dim, h * dk, cfg, rngs, use_bias=True)
         self.wr = linear(cfg.d_model, h * dv, cfg, rngs)
         self.o_norm = GatedRMSNorm(dv, eps=cfg.norm_eps)
-        self.wo = linear(
-            h * dv, cfg.d_model, cfg, rngs, std=cfg.init_std / math.sqrt(2 * cfg.num_layers)
-        )
+        self.wo = residual_out(h * dv, cfg, rngs)
 
     @classmethod
     def validate_config(cls, cfg: Config) -> None:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import math
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from effattn.attention import linear_family
-from effattn.attention.base import AttentionModule, dtype_of, linear
+from effattn.attention.base import AttentionModule, dtype_of, linear, residual_out
 from effattn.attention.norms import rms_norm
 from effattn.attention.registry import register
 from effattn.config import Config, ModelConfig
@@ -40,13 +39,7 @@ class LightningAttention(AttentionModule):
         self.wk = linear(cfg.d_model, h * self.head_k, cfg, rngs)
         self.wv = linear(cfg.d_model, h * self.head_v, cfg, rngs)
         self.wu = linear(cfg.d_model, h * self.head_v, cfg, rngs)
-        self.wo = linear(
-            h * self.head_v,
-            cfg.d_model,
-            cfg,
-            rngs,
-            std=cfg.init_std / math.sqrt(2 * cfg.num_layers),
-        )
+        self.wo = residual_out(h * self.head_v, cfg, rngs)
 
     @classmethod
     def validate_config(cls, cfg: Config) -> None:

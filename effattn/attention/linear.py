@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import math
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from effattn.attention import feature_maps, linear_family
-from effattn.attention.base import AttentionModule, dtype_of, linear
+from effattn.attention.base import AttentionModule, dtype_of, linear, residual_out
 from effattn.attention.registry import register
 from effattn.config import Config, ConfigError, ModelConfig
 from effattn.ops.linear_attn import REGISTRY, linear_attn
@@ -36,13 +35,7 @@ class LinearAttention(AttentionModule):
         self.wq = linear(cfg.d_model, h * self.head_k, cfg, rngs)
         self.wk = linear(cfg.d_model, h * self.head_k, cfg, rngs)
         self.wv = linear(cfg.d_model, h * self.head_v, cfg, rngs)
-        self.wo = linear(
-            h * self.head_v,
-            cfg.d_model,
-            cfg,
-            rngs,
-            std=cfg.init_std / math.sqrt(2 * cfg.num_layers),
-        )
+        self.wo = residual_out(h * self.head_v, cfg, rngs)
         self.q_map = feature_maps.build(a.feature_map, self.head_k, cfg, rngs=rngs)
         self.k_map = feature_maps.build(a.feature_map, self.head_k, cfg, rngs=rngs)
 

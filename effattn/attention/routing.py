@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import jax
@@ -10,7 +9,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from effattn.attention import kv_cache
-from effattn.attention.base import AttentionModule, dtype_of, linear
+from effattn.attention.base import AttentionModule, dtype_of, linear, residual_out
 from effattn.attention.registry import register
 from effattn.attention.rope import apply_rope
 from effattn.config import Config, ConfigError, ModelConfig
@@ -76,13 +75,7 @@ class RoutingAttention(AttentionModule):
             self.wq = self.wk = None
         self.wqk = linear(cfg.d_model, rh * hd, cfg, rngs)
         self.wv = linear(cfg.d_model, a.num_heads * hd, cfg, rngs)
-        self.wo = linear(
-            a.num_heads * hd,
-            cfg.d_model,
-            cfg,
-            rngs,
-            std=cfg.init_std / math.sqrt(2 * cfg.num_layers),
-        )
+        self.wo = residual_out(a.num_heads * hd, cfg, rngs)
         mu = jax.random.normal(rngs.params(), (rh, self.num_clusters, hd), jnp.float32)
         self.centroids = nnx.BatchStat(_l2_normalize(mu))
 

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import math
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from effattn.attention import kv_cache
-from effattn.attention.base import AttentionModule, dtype_of, linear
+from effattn.attention.base import AttentionModule, dtype_of, linear, residual_out
 from effattn.attention.norms import RMSNorm
 from effattn.attention.registry import register
 from effattn.attention.rope import apply_rope
@@ -34,13 +33,7 @@ class SoftmaxAttention(AttentionModule):
         self.wq = linear(cfg.d_model, self.num_heads * hd, cfg, rngs)
         self.wk = linear(cfg.d_model, self.num_kv_heads * hd, cfg, rngs)
         self.wv = linear(cfg.d_model, self.num_kv_heads * hd, cfg, rngs)
-        self.wo = linear(
-            self.num_heads * hd,
-            cfg.d_model,
-            cfg,
-            rngs,
-            std=cfg.init_std / math.sqrt(2 * cfg.num_layers),
-        )
+        self.wo = residual_out(self.num_heads * hd, cfg, rngs)
         if a.qk_norm:
             self.q_norm = RMSNorm(hd, eps=cfg.norm_eps)
             self.k_norm = RMSNorm(hd, eps=cfg.norm_eps)

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import math
 
 import jax
 from flax import nnx
 
-from effattn.attention.base import linear
+from effattn.attention.base import linear, residual_out
 from effattn.config import ModelConfig
 
 
@@ -19,9 +18,7 @@ class SwiGLU(nnx.Module):
         hidden = max(8, (hidden + 7) // 8 * 8)
         self.w1 = linear(cfg.d_model, hidden, cfg, rngs)
         self.w3 = linear(cfg.d_model, hidden, cfg, rngs)
-        self.w2 = linear(
-            hidden, cfg.d_model, cfg, rngs, std=cfg.init_std / math.sqrt(2 * cfg.num_layers)
-        )
+        self.w2 = residual_out(hidden, cfg, rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return self.w2(jax.nn.silu(self.w1(x)) * self.w3(x))
