@@ -20,6 +20,8 @@ from effattn.ops.softmax_attention import softmax_attention
 class SoftmaxAttention(AttentionModule):
     """Multi-head softmax attention (Vaswani et al. 2017) with GQA (Ainslie et al. 2023) and RoPE."""
 
+    supports_qkv_bias = True  # config.model.attention.qkv_bias (Qwen2)
+
     def __init__(self, cfg: ModelConfig, layer_idx: int, *, train_len: int, rngs: nnx.Rngs):
         a = cfg.attention
         self.num_heads = a.num_heads
@@ -30,9 +32,10 @@ class SoftmaxAttention(AttentionModule):
         self.train_len = train_len
         self.dtype = dtype_of(cfg.compute_dtype)
         hd = self.head_dim
-        self.wq = linear(cfg.d_model, self.num_heads * hd, cfg, rngs)
-        self.wk = linear(cfg.d_model, self.num_kv_heads * hd, cfg, rngs)
-        self.wv = linear(cfg.d_model, self.num_kv_heads * hd, cfg, rngs)
+        bias = a.qkv_bias
+        self.wq = linear(cfg.d_model, self.num_heads * hd, cfg, rngs, use_bias=bias)
+        self.wk = linear(cfg.d_model, self.num_kv_heads * hd, cfg, rngs, use_bias=bias)
+        self.wv = linear(cfg.d_model, self.num_kv_heads * hd, cfg, rngs, use_bias=bias)
         self.wo = residual_out(self.num_heads * hd, cfg, rngs)
         if a.qk_norm:
             self.q_norm = RMSNorm(hd, eps=cfg.norm_eps)
