@@ -34,6 +34,7 @@ class AttentionConfig:
     window: int = 0  # sliding window (keys incl. self); 0 = full causal attention
     sinks: int = 0  # attention sinks (StreamingLLM): first n keys always visible
     qk_norm: bool = False  # RMSNorm on q and k per head (sigmoid attention stabiliser)
+    qkv_bias: bool = False  # biases on the q, k, v projections (Qwen2; softmax and sigmoid kinds)
     sigmoid_bias: float = 0.0  # used when sigmoid_bias_from_length is False
     sigmoid_bias_from_length: bool = True  # b = -log(data.seq_len), fixed at training length
     chunk_size: int = 64  # chunk size of chunkwise linear-family ops
@@ -60,6 +61,7 @@ class ModelConfig:
     layers: str = ''
     mlp: str = 'swiglu'  # swiglu | none
     mlp_ratio: float = 4.0  # hidden width of the MLP = mlp_ratio * d_model (2/3 of it for SwiGLU)
+    mlp_hidden: int = 0  # SwiGLU hidden width (HF intermediate_size); 0 = from mlp_ratio
     tie_embeddings: bool = True
     norm_eps: float = 1e-6
     compute_dtype: str = 'float32'  # float32 | bfloat16 (parameters stay float32)
@@ -358,6 +360,14 @@ def _check_semantics(cfg: Config) -> None:
             'config.model.layers',
             f'layer {i}: unknown attention kind {kind!r}; known kinds: {", ".join(known)}',
         )
+    if a.qkv_bias:
+        for i, kind in enumerate(layer_kinds(m)):
+            _check(
+                getattr(registry.get(kind), 'supports_qkv_bias', False),
+                'config.model.attention.qkv_bias',
+                f'layer {i}: kind {kind!r} has no q/k/v biases (softmax and sigmoid have them)',
+            )
+    _check(m.mlp_hidden >= 0, 'config.model.mlp_hidden', f'must be >= 0, got {m.mlp_hidden}')
     _check(
         a.impl in ('auto', 'naive', 'recurrent', 'chunk', 'kernel', 'cudnn'),
         'config.model.attention.impl',
