@@ -62,6 +62,10 @@ def _check_workdir_config(workdir: str, cfg: config_lib.Config) -> None:
     if os.path.exists(path):
         with open(path) as f:
             saved = json.load(f)
+        try:  # fill in fields added since the run was saved with their defaults
+            saved = json.loads(json.dumps(config_lib.to_dict(config_lib.from_dict(saved))))
+        except config_lib.ConfigError:
+            pass  # compared as saved: the first differing key is named below
         now = json.loads(json.dumps(config_lib.to_dict(cfg)))
         for section in ('model', 'data'):
             diff = _first_difference(saved.get(section, {}), now[section], f'config.{section}')

@@ -106,6 +106,22 @@ def test_changed_model_in_existing_workdir_is_refused(tiny, tmp_path):
         loop.train_and_evaluate(tiny(train__steps=2, model__d_model=32), workdir, quiet=True)
 
 
+def test_run_saved_before_a_new_config_field_resumes(tiny, tmp_path):
+    """A config.json without a field added since (an older effattn) still resumes: defaults fill it."""
+    import json
+
+    workdir = str(tmp_path / 'run')
+    loop.train_and_evaluate(tiny(train__steps=2), workdir, quiet=True)
+    path = os.path.join(workdir, 'config.json')
+    with open(path) as f:
+        saved = json.load(f)
+    del saved['model']['mlp_hidden']
+    with open(path, 'w') as f:
+        json.dump(saved, f)
+    loop.train_and_evaluate(tiny(train__steps=3), workdir, quiet=True)
+    assert load_run(workdir)[3] == 3
+
+
 def test_checkpoint_of_another_model_is_an_error_and_nothing_moves(tiny, tmp_path):
     cfg = tiny(train__steps=2, checkpoint__every=1)
     workdir = str(tmp_path / 'run')

@@ -1,0 +1,1 @@
+"""Decoder LM, its MLP, generation and Hugging Face import/export."""

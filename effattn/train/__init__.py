@@ -1,0 +1,1 @@
+"""Training: loop, state, step, optimizer, checkpoints, metrics."""
