@@ -7,7 +7,7 @@ step number and a resumed run sees exactly the batches it would have seen.
 from __future__ import annotations
 
 from effattn.config import Config
-from effattn.data import listops, mqar
+from effattn.data import listops, mqar, text
 
 
 def _settings(pairs, weights=()):
@@ -24,6 +24,8 @@ def _listops_kw(cfg: Config) -> dict:
 
 def train_stream(cfg: Config):
     d = cfg.data
+    if d.kind == 'text':
+        return text.train_stream(cfg)
     if d.kind == 'listops':
         return listops.ListOpsStream(
             cfg.train.batch_size, d.seq_len, seed=d.seed, **_listops_kw(cfg)
@@ -40,6 +42,8 @@ def train_stream(cfg: Config):
 
 def eval_sets(cfg: Config) -> dict[str, dict]:
     d = cfg.data
+    if d.kind == 'text':  # packed rows with segment_ids, evaluated by loss and perplexity
+        return {'text': text.eval_set(cfg)}
     if d.kind == 'listops':
         return {
             'listops': listops.eval_set(d.eval_examples, d.seq_len, seed=d.seed, **_listops_kw(cfg))

@@ -45,6 +45,22 @@ def load_run(workdir: str):
 
 def evaluate_workdir(workdir: str) -> dict:
     cfg, model_def, state, step = load_run(workdir)
+    if cfg.data.kind == 'text':  # language modelling: loss and perplexity on the eval documents
+        from effattn.eval.perplexity import evaluate_perplexity, make_nll
+
+        result = evaluate_perplexity(
+            make_nll(model_def),
+            state.params,
+            sources.eval_sets(cfg)['text'],
+            min(cfg.train.batch_size, 64),
+        )
+        return {
+            'workdir': os.path.abspath(workdir),
+            'step': step,
+            'attention': cfg.model.attention.kind,
+            'data': cfg.data.kind,
+            **result,
+        }
     acc = evaluate_accuracy(
         make_predict(model_def, cfg.model.head),
         state.params,

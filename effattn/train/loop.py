@@ -22,6 +22,7 @@ from effattn import parallel
 from effattn.data import sources
 from effattn.data.prefetch import Prefetcher
 from effattn.eval.accuracy import evaluate_accuracy
+from effattn.eval.perplexity import evaluate_perplexity, make_nll
 from effattn.train.checkpoint import Checkpointer
 from effattn.train.metrics import MetricsWriter, ProgressBar
 from effattn.train.optimizer import lr_schedule, make_optimizer
@@ -132,12 +133,19 @@ def train_and_evaluate(
         state_sharding=parallel.sharding_of(state),
     )
     predict = make_predict(model_def, head)
+    nll = make_nll(model_def)  # text: eval loss and perplexity
     eval_sets = None
     tokens_per_step = cfg.train.batch_size * cfg.data.seq_len
 
     def evaluate(step: int) -> dict:
         nonlocal eval_sets
         eval_sets = eval_sets or sources.eval_sets(cfg)
+        if cfg.data.kind == 'text':  # language modelling: loss and perplexity, not accuracy
+            results = evaluate_perplexity(
+                nll, state.params, eval_sets['text'], min(cfg.train.batch_size, 64)
+            )
+            writer.scalars(step, {f'eval/{k}': results[k] for k in ('loss', 'perplexity')})
+            return results
         results = evaluate_accuracy(
             predict, state.params, eval_sets, min(cfg.train.batch_size, 256)
         )
@@ -203,7 +211,7 @@ def train_and_evaluate(
         with _StopRequest() as stop:
             for step in range(start, cfg.train.steps):
                 batch = data.next()
-                batch = {'inputs': batch['inputs'], 'labels': batch['labels']}
+                batch = {k: batch[k] for k in ('inputs', 'labels', 'segment_ids') if k in batch}
                 state, metrics = train_step(state, parallel.shard_batch(batch, mesh))
                 if pending is not None:
                     log(pending[0], check(*pending))
@@ -223,7 +231,7 @@ def train_and_evaluate(
                 if at_eval:
                     results = evaluate(done)
                     if bar:
-                        bar.write(f'step {done}: eval accuracy {results["mean"]:.4f}')
+                        bar.write(f'step {done}: {_describe(results, short=True)}')
                     target = cfg.train.stop_at_accuracy
                     if target and results['mean'] >= target:
                         say(
@@ -264,5 +272,13 @@ def train_and_evaluate(
     }
     with open(os.path.join(workdir, 'summary.json'), 'w') as f:
         json.dump(summary, f, indent=2)
-    say('eval accuracy: ' + ', '.join(f'{k}={v:.4f}' for k, v in results.items()))
+    say(_describe(results))
     return results
+
+
+def _describe(results: dict, short: bool = False) -> str:
+    if 'perplexity' in results:  # text
+        return f'eval loss {results["loss"]:.4f}, perplexity {results["perplexity"]:.3f}'
+    if short:
+        return f'eval accuracy {results["mean"]:.4f}'
+    return 'eval accuracy: ' + ', '.join(f'{k}={v:.4f}' for k, v in results.items())
