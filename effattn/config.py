@@ -74,7 +74,7 @@ class ModelConfig:
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-    kind: str = 'mqar'  # mqar | listops
+    kind: str = 'mqar'  # mqar | listops | text
     vocab_size: int = 8192
     seq_len: int = 64  # training length (MQAR: the longest train setting; ListOps: padded length)
     # MQAR (seq_len, num_kv_pairs) mixture for training, and the settings reported at evaluation
@@ -90,6 +90,14 @@ class DataConfig:
     max_length: int = 2000
     max_depth: int = 10  # ListOps tree depth limit (LRA: 10)
     max_args: int = 10  # ListOps operator arity limit (LRA: 10)
+    # text (effattn/data/text.py): local files, comma-separated paths or globs (.txt .jsonl .parquet);
+    # eval_examples caps the evaluation rows; vocab_size is unused (the tokenizer's counts)
+    train_files: str = ''
+    eval_files: str = ''  # '' = hold out eval_fraction of the training documents
+    eval_fraction: float = 0.01
+    text_key: str = 'text'  # field of .jsonl records / column of .parquet files
+    text_sample_by: str = 'line'  # .txt documents: line | paragraph | document (the whole file)
+    tokenizer: str = ''  # '' = bytes (256 + PAD, BOS, EOS); or a folder with tokenizer.json
     seed: int = 0
 
 
@@ -232,7 +240,7 @@ def _check_settings(key: str, settings: tuple) -> None:
         )
 
 
-DATA_KINDS = ('mqar', 'listops')
+DATA_KINDS = ('mqar', 'listops', 'text')
 
 
 def _check_mqar(d: DataConfig) -> None:
@@ -289,6 +297,31 @@ def _check_listops(m: ModelConfig, d: DataConfig) -> None:
         'config.data.max_depth',
         f'needs max_depth >= 1 and max_args >= 2, got {d.max_depth} and {d.max_args}',
     )
+
+
+def _check_text(cfg: Config) -> None:
+    from effattn.data import text  # lazy: reads the tokenizer; files are checked to exist
+
+    d = cfg.data
+    _check(
+        cfg.model.head == 'lm', 'config.model.head', "text is language modelling: needs head='lm'"
+    )
+    _check(
+        d.text_sample_by in text.SAMPLE_BY,
+        'config.data.text_sample_by',
+        f'expected one of {", ".join(text.SAMPLE_BY)}, got {d.text_sample_by!r}',
+    )
+    _check(
+        bool(d.eval_files) or 0.0 < d.eval_fraction < 1.0,
+        'config.data.eval_fraction',
+        f'must be in (0, 1) when config.data.eval_files is empty, got {d.eval_fraction}',
+    )
+    _check(
+        cfg.train.stop_at_accuracy == 0.0,
+        'config.train.stop_at_accuracy',
+        'text runs report eval loss and perplexity, not accuracy; leave it 0',
+    )
+    text.validate_config(cfg)
 
 
 def _check_mesh(cfg: Config) -> None:
@@ -414,13 +447,15 @@ def _check_semantics(cfg: Config) -> None:
         f'unknown data kind {d.kind!r}; known kinds: {", ".join(DATA_KINDS)}',
     )
     _check(
-        m.vocab_size >= d.vocab_size,
+        d.kind == 'text' or m.vocab_size >= d.vocab_size,  # text: checked against the tokenizer
         'config.model.vocab_size',
         f'model vocab {m.vocab_size} is smaller than the data vocab (config.data.vocab_size={d.vocab_size})',
     )
     if d.kind == 'mqar':
         _check(m.head == 'lm', 'config.model.head', "MQAR is next-token recall: needs head='lm'")
         _check_mqar(d)
+    elif d.kind == 'text':
+        _check_text(cfg)
     else:
         _check_listops(m, d)
     _check(t.steps > 0, 'config.train.steps', f'must be > 0, got {t.steps}')
