@@ -38,7 +38,10 @@ class AttentionConfig:
     sigmoid_bias: float = 0.0  # used when sigmoid_bias_from_length is False
     sigmoid_bias_from_length: bool = True  # b = -log(data.seq_len), fixed at training length
     chunk_size: int = 64  # chunk size of chunkwise linear-family ops
-    feature_map: str = 'elu'  # linear kind: elu | relu | identity
+    feature_map: str = 'elu'  # linear kind: elu | relu | identity | hedgehog | taylor | t2r | dpfp
+    # learned feature maps (hedgehog, t2r): width F per head, 0 = head_dim; based: q/k width per head
+    # fed to the Taylor map, 0 = 16
+    feature_dim: int = 0
     normalize: bool = True  # linear kind: divide by phi(q) . sum phi(k)
     expand_k: float = 1.0  # key/query width = expand_k * head_dim (linear family)
     expand_v: float = 1.0  # value width = expand_v * head_dim (linear family)

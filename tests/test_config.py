@@ -100,3 +100,29 @@ def test_every_config_file_validates(name):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     config_lib.validate(module.get_config())
+
+
+def _load_config(name):
+    spec = importlib.util.spec_from_file_location(
+        f'cfg_{name}', os.path.join(ROOT, 'configs', f'{name}.py')
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return config_lib.validate(module.get_config())
+
+
+@pytest.mark.parametrize(
+    'name, kinds',
+    [
+        ('mqar_hedgehog', ['hedgehog'] * 2),
+        ('mqar_based', ['base_conv', 'based']),
+        ('hybrid_gla_softmax', ['gla', 'gla', 'gla', 'softmax']),
+        ('based', ['base_conv', 'based', 'softmax', 'base_conv', 'base_conv'] * 2),
+        ('hedgehog_window', ['hedgehog'] * 2),
+    ],
+)
+def test_hybrid_and_new_kind_configs_give_their_layer_kinds(name, kinds):
+    cfg = _load_config(name)
+    assert config_lib.layer_kinds(cfg.model) == kinds
+    if name in ('based', 'hedgehog_window'):
+        assert cfg.model.attention.window > 0

@@ -11,7 +11,6 @@ Decoding token by token equals the full forward (tested for every kind).
 from __future__ import annotations
 
 import math
-
 from typing import Any
 
 import jax
@@ -46,10 +45,13 @@ def linear(
     )
 
 
-def residual_out(d_in: int, cfg: ModelConfig, rngs: nnx.Rngs) -> nnx.Linear:
+def residual_out(
+    d_in: int, cfg: ModelConfig, rngs: nnx.Rngs, *, use_bias: bool = False
+) -> nnx.Linear:
     """A projection back into the residual stream (attention W_o, MLP W_2), initialised with
     std / sqrt(2 * num_layers) so the residual's variance does not grow with depth (GPT-2)."""
-    return linear(d_in, cfg.d_model, cfg, rngs, std=cfg.init_std / math.sqrt(2 * cfg.num_layers))
+    std = cfg.init_std / math.sqrt(2 * cfg.num_layers)
+    return linear(d_in, cfg.d_model, cfg, rngs, use_bias=use_bias, std=std)
 
 
 class AttentionModule(nnx.Module):

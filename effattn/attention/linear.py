@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -18,7 +17,8 @@ from effattn.ops.linear_attn import REGISTRY, linear_attn
 class LinearAttention(AttentionModule):
     """o_t = phi(q_t) S_t [/ phi(q_t) . z_t] with S_t = sum_{s<=t} phi(k_s)^T v_s (paper eqs. 8-10), then W_o.
 
-    phi = attention.feature_map (elu: elu+1, relu, identity; see feature_maps.py); the op scales
+    phi = attention.feature_map (elu: elu+1, relu, identity, hedgehog, taylor, t2r, dpfp; see
+    feature_maps.py; learned maps keep separate weights for q and k); the op scales
     phi(q) by F^-0.5 (F = feature dim), which cancels in the normalised form up to eps.
     attention.normalize divides by phi(q_t) . z_t, z_t = sum_{s<=t} phi(k_s) (the paper's form).
     Decoding carries the fp32 state [B, H, F, V] (F = feature dim), with z as an extra last column
@@ -28,16 +28,35 @@ class LinearAttention(AttentionModule):
     def __init__(self, cfg: ModelConfig, layer_idx: int, *, train_len: int, rngs: nnx.Rngs):
         del layer_idx, train_len
         a = cfg.attention
-        self.num_heads, self.head_k, self.head_v = linear_family.head_dims(cfg)
-        self.normalize, self.impl, self.chunk_size = a.normalize, a.impl, a.chunk_size
+        _, head_k, _ = linear_family.head_dims(cfg)
+        self._build(cfg, rngs, head_k, a.feature_map, normalize=a.normalize, scale=None)
+
+    def _build(
+        self,
+        cfg: ModelConfig,
+        rngs: nnx.Rngs,
+        head_k: int,
+        feature_map: str,
+        *,
+        normalize: bool,
+        scale: float | None,
+    ) -> None:
+        """Projections W_q, W_k [D, H*head_k], W_v [D, H*V], W_o and the q, k feature maps.
+
+        scale multiplies phi(q) in the op (None: F^-0.5, F = feature width)."""
+        a = cfg.attention
+        self.num_heads, _, self.head_v = linear_family.head_dims(cfg)
+        self.head_k = head_k
+        self.normalize, self.impl, self.chunk_size = normalize, a.impl, a.chunk_size
+        self.scale = scale
         self.dtype = dtype_of(cfg.compute_dtype)
         h = self.num_heads
         self.wq = linear(cfg.d_model, h * self.head_k, cfg, rngs)
         self.wk = linear(cfg.d_model, h * self.head_k, cfg, rngs)
         self.wv = linear(cfg.d_model, h * self.head_v, cfg, rngs)
         self.wo = residual_out(h * self.head_v, cfg, rngs)
-        self.q_map = feature_maps.build(a.feature_map, self.head_k, cfg, rngs=rngs)
-        self.k_map = feature_maps.build(a.feature_map, self.head_k, cfg, rngs=rngs)
+        self.q_map = feature_maps.build(feature_map, self.head_k, cfg, rngs=rngs)
+        self.k_map = feature_maps.build(feature_map, self.head_k, cfg, rngs=rngs)
 
     @classmethod
     def validate_config(cls, cfg: Config) -> None:
@@ -48,6 +67,7 @@ class LinearAttention(AttentionModule):
                 f'config.model.attention.feature_map: unknown feature map {fm!r}; known feature '
                 f'maps: {", ".join(feature_maps.known_feature_maps())}'
             )
+        feature_maps.check_feature_dim(cfg)
 
     def _qkv(self, x: jax.Array):
         b, t, _ = x.shape
@@ -69,6 +89,7 @@ class LinearAttention(AttentionModule):
             q,
             k,
             v,
+            scale=self.scale,
             normalize=self.normalize,
             segment_ids=segment_ids,
             impl=self.impl,
@@ -89,6 +110,7 @@ class LinearAttention(AttentionModule):
             q,
             k,
             v,
+            scale=self.scale,
             normalize=self.normalize,
             initial_state=cache['state'],
             output_final_state=True,

@@ -46,6 +46,9 @@ VARIANTS = [(kind, {}) for kind in known_kinds()] + [
     ('softmax', dict(window=4, sinks=2)),
     ('softmax', dict(tie_embeddings=False, mlp='none')),
     ('sigmoid', dict(qk_norm=True, window=5)),
+    ('hedgehog', dict(window=4)),
+    ('hedgehog', dict(window=3, num_kv_heads=1)),
+    ('based', dict(layers='base_conv,based', conv_size=3)),
 ]
 
 
