@@ -302,7 +302,7 @@ def _check_listops(m: ModelConfig, d: DataConfig) -> None:
     )
 
 
-def _check_text(cfg: Config) -> None:
+def _check_text(cfg: Config, check_files: bool = True) -> None:
     from effattn.data import text  # lazy: reads the tokenizer; files are checked to exist
 
     d = cfg.data
@@ -324,7 +324,8 @@ def _check_text(cfg: Config) -> None:
         'config.train.stop_at_accuracy',
         'text runs report eval loss and perplexity, not accuracy; leave it 0',
     )
-    text.validate_config(cfg)
+    if check_files:
+        text.validate_config(cfg)
 
 
 def _check_mesh(cfg: Config) -> None:
@@ -365,7 +366,7 @@ def layer_kinds(model: ModelConfig) -> list[str]:
     return [pattern[i % len(pattern)] for i in range(model.num_layers)]
 
 
-def _check_semantics(cfg: Config) -> None:
+def _check_semantics(cfg: Config, check_files: bool = True) -> None:
     from effattn.attention import registry  # lazy: attention modules import this file
 
     m, a, d, t, c = cfg.model, cfg.model.attention, cfg.data, cfg.train, cfg.checkpoint
@@ -458,7 +459,7 @@ def _check_semantics(cfg: Config) -> None:
         _check(m.head == 'lm', 'config.model.head', "MQAR is next-token recall: needs head='lm'")
         _check_mqar(d)
     elif d.kind == 'text':
-        _check_text(cfg)
+        _check_text(cfg, check_files)
     else:
         _check_listops(m, d)
     _check(t.steps > 0, 'config.train.steps', f'must be > 0, got {t.steps}')
@@ -477,13 +478,15 @@ def _check_semantics(cfg: Config) -> None:
         registry.get(kind).validate_config(cfg)
 
 
-def validate(config: ml_collections.ConfigDict | dict) -> Config:
+def validate(config: ml_collections.ConfigDict | dict, *, check_files: bool = True) -> Config:
     """Checks a ConfigDict against the schema and returns frozen dataclasses.
 
     Raises ConfigError naming the key on unknown keys, wrong types and impossible combinations.
+    check_files=False skips the checks that read data files and tokenizers (loading a finished run
+    whose corpus has moved: its model is still usable).
     """
     cfg = _build(Config, config, 'config')
-    _check_semantics(cfg)
+    _check_semantics(cfg, check_files)
     return cfg
 
 
@@ -492,9 +495,9 @@ def to_dict(cfg: Config) -> dict:
     return dataclasses.asdict(cfg)
 
 
-def from_dict(d: dict) -> Config:
+def from_dict(d: dict, *, check_files: bool = True) -> Config:
     """Inverse of to_dict (JSON lists become tuples)."""
-    return validate(ml_collections.ConfigDict(_listify(d)))
+    return validate(ml_collections.ConfigDict(_listify(d)), check_files=check_files)
 
 
 def _listify(x: Any) -> Any:

@@ -25,7 +25,7 @@ def load_run(workdir: str):
         raise EvalError(f'{path} not found: is {workdir} a run folder written by train.py?')
     try:
         with open(path) as f:
-            cfg = config_lib.from_dict(json.load(f))
+            cfg = config_lib.from_dict(json.load(f), check_files=False)  # the corpus may have moved
     except (json.JSONDecodeError, config_lib.ConfigError) as e:
         raise EvalError(f'{path}: {e}') from e
     tx = make_optimizer(cfg.train)

@@ -105,6 +105,10 @@ def test_eval_cli_perplexity_and_generate(tmp_path):
     bad.write_text('{"text": 1}\n')
     with pytest.raises(EvalError, match=rf'{bad}:1'):
         perplexity_of_files(workdir, [str(bad)])
+    # the training corpus moved away: the run still loads for generation and perplexity
+    os.rename(cfg.data.train_files, str(tmp_path / 'moved.txt'))
+    assert len(generate_from_workdir(workdir, 'fox', max_new_tokens=2)['new_ids']) == 2
+    assert perplexity_of_files(workdir, [str(other)])['tokens'] > 0
 
 
 def test_generate_on_an_mqar_run_takes_token_ids(tiny_mqar_run):
