@@ -28,14 +28,17 @@ def _override_paths(argv: list[str]) -> list[str]:
     return paths
 
 
-def define_config_flag(default: str):
+def define_config_flag(default: str, check_key=None):
     """DEFINE_config_file('config', default, lock_config=True), with one-line errors.
 
     ml_collections applies `--config.a.b=...` overrides while defining the flag; an unknown key then
-    raises deep inside it. Keys are checked against the schema first to name the offending one.
+    raises deep inside it. Keys are checked against the schema first to name the offending one
+    (check_key(path): effattn.config.check_key by default).
     """
-    from effattn.config import ConfigError, check_key
+    from effattn.config import ConfigError
+    from effattn.config import check_key as check_config_key
 
+    check_key = check_key or check_config_key
     try:
         for path in _override_paths(sys.argv):
             check_key(path)

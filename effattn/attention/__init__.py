@@ -13,4 +13,5 @@ from effattn.attention import agent  # noqa: F401
 from effattn.attention import routing  # noqa: F401
 from effattn.attention import hedgehog  # noqa: F401
 from effattn.attention import based, base_conv  # noqa: F401
+from effattn.attention import liger  # noqa: F401
 from effattn.attention.registry import get, known_kinds, register  # noqa: F401
