@@ -102,18 +102,20 @@ def hf_name(path: str) -> tuple[str, bool]:
     raise ConvertError(f'parameter {path} has no Hugging Face counterpart')
 
 
-def _flatten(tree: Any, prefix: str = '') -> dict[str, Any]:
+def flatten_params(tree: Any, prefix: str = '') -> dict[str, Any]:
+    """Nested parameter dict -> {'a.b.0.kernel': leaf} (keys joined with '.')."""
     out = {}
     for k, v in tree.items():
         key = f'{prefix}{k}'
         if isinstance(v, dict):
-            out.update(_flatten(v, key + '.'))
+            out.update(flatten_params(v, key + '.'))
         else:
             out[key] = v
     return out
 
 
-def _unflatten(flat: dict[str, Any]) -> dict:
+def unflatten_params(flat: dict[str, Any]) -> dict:
+    """Inverse of flatten_params (numeric path parts become int keys, as nnx pure dicts use)."""
     out: dict = {}
     for key, v in flat.items():
         node = out
@@ -359,7 +361,7 @@ def _expected_params(cfg: config_lib.Config) -> dict[str, tuple[int, ...]]:
 
     model = nnx.eval_shape(lambda: build_model(cfg, cfg.train.seed))
     _, params, _ = nnx.split(model, (nnx.Param, nnx.BatchStat), ...)
-    return {k: tuple(v.shape) for k, v in _flatten(params.to_pure_dict()).items()}
+    return {k: tuple(v.shape) for k, v in flatten_params(params.to_pure_dict()).items()}
 
 
 def load_hf_params(
@@ -473,7 +475,9 @@ def write_run(cfg: config_lib.Config, params: dict[str, np.ndarray], workdir: st
 
     model = nnx.eval_shape(lambda: build_model(cfg, cfg.train.seed))
     _, abstract, _ = nnx.split(model, (nnx.Param, nnx.BatchStat), ...)
-    nnx.replace_by_pure_dict(abstract, _unflatten({k: jnp.asarray(v) for k, v in params.items()}))
+    nnx.replace_by_pure_dict(
+        abstract, unflatten_params({k: jnp.asarray(v) for k, v in params.items()})
+    )
     tx = make_optimizer(cfg.train)
     state = TrainState(
         step=jnp.zeros((), jnp.int32),
@@ -505,7 +509,7 @@ def _run_params(workdir: str) -> tuple[config_lib.Config, int, dict[str, np.ndar
         cfg, _, state, step = load_run(workdir)
     except EvalError as e:
         raise ConvertError(str(e)) from e
-    flat = _flatten(state.params.to_pure_dict())
+    flat = flatten_params(state.params.to_pure_dict())
     return cfg, step, {k: np.asarray(jax.device_get(v)) for k, v in flat.items()}
 
 

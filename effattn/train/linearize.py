@@ -32,7 +32,6 @@ import os
 import time
 import typing
 from functools import partial
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -43,6 +42,7 @@ from flax import nnx
 
 from effattn import config as config_lib
 from effattn.config import Config, ConfigError, TrainConfig, layer_kinds
+from effattn.models.convert import flatten_params, unflatten_params, write_run
 from effattn.models.lm import DecoderLM
 
 # ----------------------------------------------------------------------------------- the schema
@@ -193,31 +193,13 @@ def student_config(teacher: Config, lin: LinearizeConfig) -> Config:
         ) from e
 
 
-def _flatten(tree: Any, prefix: str = '') -> dict[str, Any]:
-    out = {}
-    for k, v in tree.items():
-        out.update(_flatten(v, f'{prefix}{k}.') if isinstance(v, dict) else {f'{prefix}{k}': v})
-    return out
-
-
-def _unflatten(flat: dict[str, Any]) -> dict:
-    out: dict = {}
-    for key, v in flat.items():
-        node = out
-        parts = [int(p) if p.isdigit() else p for p in key.split('.')]
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-        node[parts[-1]] = v
-    return out
-
-
 def build_student(cfg: Config, teacher_params, seed: int) -> tuple[DecoderLM, list[str]]:
     """The student model with every teacher parameter copied by path; returns (model, the paths of
     the student's own new parameters). LinearizeError names a teacher parameter it cannot hold."""
     student = DecoderLM(cfg.model, train_len=cfg.data.seq_len, rngs=nnx.Rngs(params=seed))
     state = nnx.state(student, (nnx.Param, nnx.BatchStat))
-    own = _flatten(nnx.to_pure_dict(state))
-    given = _flatten(nnx.to_pure_dict(teacher_params))
+    own = flatten_params(nnx.to_pure_dict(state))
+    given = flatten_params(nnx.to_pure_dict(teacher_params))
     for path, value in given.items():
         if path not in own:
             raise LinearizeError(
@@ -229,7 +211,7 @@ def build_student(cfg: Config, teacher_params, seed: int) -> tuple[DecoderLM, li
                 f'{own[path].shape}'
             )
     new = sorted(set(own) - set(given))
-    nnx.replace_by_pure_dict(state, _unflatten({**own, **given}))
+    nnx.replace_by_pure_dict(state, unflatten_params({**own, **given}))
     nnx.update(student, state)
     return student, new
 
@@ -528,7 +510,6 @@ def linearize(lin: LinearizeConfig, teacher_dir: str, workdir: str, *, quiet: bo
     docstring); returns the report also written to workdir/linearize.json."""
     from effattn.data import sources
     from effattn.eval.run import load_run
-    from effattn.models.convert import write_run
     from effattn.train.metrics import MetricsWriter
 
     workdir = os.path.abspath(workdir)
@@ -599,7 +580,7 @@ def linearize(lin: LinearizeConfig, teacher_dir: str, workdir: str, *, quiet: bo
     finally:
         writer.close()
     params = nnx.to_pure_dict(nnx.state(student, (nnx.Param, nnx.BatchStat)))
-    flat = {k: np.asarray(jax.device_get(v)) for k, v in _flatten(params).items()}
+    flat = {k: np.asarray(jax.device_get(v)) for k, v in flatten_params(params).items()}
     write_run(cfg, flat, workdir, meta={'linearize': report})
     with open(os.path.join(workdir, 'linearize.json'), 'w') as f:
         json.dump(report, f, indent=2)

@@ -16,6 +16,7 @@ from helpers import TOL, assert_close
 from effattn import config as config_lib
 from effattn.eval.generation import generate_from_workdir
 from effattn.eval.run import evaluate_workdir, load_run
+from effattn.models.convert import flatten_params
 from effattn.train import linearize as lz
 from effattn.train import loop
 
@@ -106,7 +107,7 @@ def test_lolcats_transfer_cuts_mse_tenfold_and_the_saved_run_evaluates(teacher, 
 def test_lora_trains_only_lora_and_merges_exactly(teacher):
     lin = lin_config(finetune__steps=5, finetune__lr=1e-2)
     cfg, _, _, student, _ = _student(teacher, lin)
-    plain_paths = set(lz._flatten(nnx.to_pure_dict(nnx.state(student, nnx.Param))))
+    plain_paths = set(flatten_params(nnx.to_pure_dict(nnx.state(student, nnx.Param))))
     assert lz.add_lora(student, lin.finetune, seed=1) == 8  # wq, wk, wv, wo x 2 layers
     base_before = jax.tree.map(np.array, nnx.state(student, nnx.Not(nnx.LoRAParam)))
     lora_before = jax.tree.map(np.array, nnx.state(student, nnx.LoRAParam))
@@ -124,7 +125,7 @@ def test_lora_trains_only_lora_and_merges_exactly(teacher):
     forward = nnx.jit(lambda model, x: model(x))
     with_lora = forward(student, tokens)
     assert lz.merge_lora(student) == 8
-    assert set(lz._flatten(nnx.to_pure_dict(nnx.state(student, nnx.Param)))) == plain_paths
+    assert set(flatten_params(nnx.to_pure_dict(nnx.state(student, nnx.Param)))) == plain_paths
     assert not jax.tree.leaves(nnx.state(student, nnx.LoRAParam))
     assert_close('merged logits', forward(student, tokens), with_lora, TOL['float32'])
 
@@ -133,8 +134,8 @@ def test_liger_student_copies_teacher_projections(teacher):
     lin = lz.validate(_liger_config())
     cfg, _, tstate, student, new = _student(teacher, lin)
     assert cfg.model.attention.kind == 'liger_gla' and new == []  # no new parameters
-    teacher_flat = lz._flatten(nnx.to_pure_dict(tstate.params))
-    student_flat = lz._flatten(nnx.to_pure_dict(nnx.state(student, nnx.Param)))
+    teacher_flat = flatten_params(nnx.to_pure_dict(tstate.params))
+    student_flat = flatten_params(nnx.to_pure_dict(nnx.state(student, nnx.Param)))
     assert set(teacher_flat) == set(student_flat)
     for path, value in teacher_flat.items():
         np.testing.assert_array_equal(np.asarray(student_flat[path]), np.asarray(value), path)
