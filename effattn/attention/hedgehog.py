@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from effattn.attention import feature_maps, kv_cache
+from effattn.attention import feature_maps, kv_cache, linear_family
 from effattn.attention.registry import register
 from effattn.attention.short_conv import segment_runs
 from effattn.attention.softmax import SoftmaxAttention
@@ -148,12 +148,7 @@ class HedgehogAttention(SoftmaxAttention):
                 'config.model.attention.sinks: hedgehog attention has no attention sinks (keys '
                 'before the window are served by the linear part); set it to 0'
             )
-        supported = ['auto'] + LINEAR_REGISTRY.names
-        if a.impl not in supported:
-            raise ConfigError(
-                f'config.model.attention.impl: hedgehog attention runs its linear part on '
-                f'linear_attn, which supports impl in {supported}; got {a.impl!r}'
-            )
+        linear_family.check_impl(cfg, 'hedgehog', LINEAR_REGISTRY)
         feature_maps.check_feature_dim(cfg)
 
     def _repeat(self, x: jax.Array) -> jax.Array:

@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from effattn.attention import kv_cache
+from effattn.attention import kv_cache, linear_family
 from effattn.attention.registry import register
 from effattn.attention.rope import apply_rope
 from effattn.attention.softmax import SoftmaxAttention
@@ -50,12 +50,7 @@ class LigerGLAAttention(SoftmaxAttention):
                 'config.model.attention.sinks: liger_gla has no attention sinks (the GLA branch '
                 'serves keys before the window); set it to 0'
             )
-        supported = ['auto'] + GLA_REGISTRY.names
-        if a.impl not in supported:
-            raise ConfigError(
-                f'config.model.attention.impl: liger_gla runs its linear branch on the gla op, '
-                f'which supports impl in {supported}; got {a.impl!r}'
-            )
+        linear_family.check_impl(cfg, 'liger_gla', GLA_REGISTRY)
         if not a.gate_logit_normalizer > 0:
             raise ConfigError(
                 'config.model.attention.gate_logit_normalizer: must be > 0, '

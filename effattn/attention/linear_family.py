@@ -33,11 +33,17 @@ def validate_common(cfg: Config, kind: str, op_registry: ImplRegistry) -> None:
                 f'config.model.attention.{name}: {name} * head_dim must be a positive integer '
                 f'(head_dim={head_dim}), got {getattr(a, name)} * {head_dim} = {width}'
             )
+    check_impl(cfg, kind, op_registry)
+
+
+def check_impl(cfg: Config, kind: str, op_registry: ImplRegistry) -> None:
+    """config.model.attention.impl must be 'auto' or an implementation of the kind's linear op."""
     supported = ['auto'] + op_registry.names
-    if a.impl not in supported:
+    impl = cfg.model.attention.impl
+    if impl not in supported:
         raise ConfigError(
             f'config.model.attention.impl: {kind} attention ({op_registry.op_name}) supports '
-            f'impl in {supported}, got {a.impl!r}'
+            f'impl in {supported}, got {impl!r}'
         )
 
 
