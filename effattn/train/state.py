@@ -45,7 +45,8 @@ def split_params(params) -> tuple[Any, Any]:
     return nnx.split_state(params, nnx.Param, nnx.BatchStat)
 
 
-def build_model(cfg: Config, seed: int) -> DecoderLM:
+def build_model(cfg: Config, seed: int | jax.Array) -> DecoderLM:
+    """seed: an int or a PRNG key (the same parameters for `s` and `jax.random.key(s)`)."""
     return DecoderLM(cfg.model, train_len=cfg.data.seq_len, rngs=nnx.Rngs(params=seed))
 
 
@@ -55,8 +56,10 @@ def create_train_state(
     """A fresh train state, born sharded on `mesh` by effattn.parallel's rules (None: one device)."""
     mesh = mesh or parallel.single_device_mesh()
 
-    def init():
-        model = build_model(cfg, cfg.train.seed)
+    # The key is an argument, not a constant: with no inputs, XLA constant-folds the whole
+    # initialisation at compile time (minutes for a 125M model on one GPU).
+    def init(key):
+        model = build_model(cfg, key)
         _, params, rest = nnx.split(model, (nnx.Param, nnx.BatchStat), ...)
         state = TrainState(
             step=jnp.zeros((), jnp.int32),
@@ -67,8 +70,9 @@ def create_train_state(
         return state, rest
 
     graphdef = nnx.graphdef(nnx.eval_shape(lambda: build_model(cfg, cfg.train.seed)))
-    sharding = parallel.state_sharding(jax.eval_shape(init)[0], mesh)
-    state, rest = jax.jit(init, out_shardings=(sharding, NamedSharding(mesh, P())))()
+    key = jax.random.key(cfg.train.seed)
+    sharding = parallel.state_sharding(jax.eval_shape(init, key)[0], mesh)
+    state, rest = jax.jit(init, out_shardings=(sharding, NamedSharding(mesh, P())))(key)
     return ModelDef(graphdef, rest), state
 
 
