@@ -9,15 +9,16 @@ from jaxtyping import Array, Float, Int
 from effattn.ops.common.dispatch import ImplRegistry, default_backend
 from effattn.ops.sigmoid_attention.chunk import sigmoid_attention_chunk
 from effattn.ops.sigmoid_attention.naive import sigmoid_attention_naive
+from effattn.ops.sigmoid_attention.pallas import sigmoid_attention_kernel
 from effattn.ops.softmax_attention._checks import canonical_window, check_attention_args
 
 DENSE_MAX_T = 1024  # on CPU the dense form is the fastest up to about here
 
 
 def _auto_order(q, *args, **kwargs):
-    if default_backend() != 'gpu' and q.shape[1] <= DENSE_MAX_T:
-        return ['naive']
-    return ['chunk']
+    if default_backend() == 'gpu':
+        return ['kernel', 'chunk']
+    return ['naive'] if q.shape[1] <= DENSE_MAX_T else ['chunk']
 
 
 REGISTRY = ImplRegistry(
@@ -25,6 +26,7 @@ REGISTRY = ImplRegistry(
     {
         'naive': sigmoid_attention_naive,
         'chunk': sigmoid_attention_chunk,
+        'kernel': sigmoid_attention_kernel,
     },
     _auto_order,
 )
@@ -49,7 +51,8 @@ def sigmoid_attention(
     traced array (it gets a gradient). Mask M as in softmax_attention: (j <= t if causal) and
     (t - j < window, or |t - j| < window if not causal) and segment_ids[t] == segment_ids[j] != 0;
     rows with no visible key (segment id 0 = padding) give 0. o has q's dtype; fp32 inside.
-    impl: 'auto' | 'naive' | 'chunk'.
+    impl: 'auto' | 'naive' | 'chunk' | 'kernel' (Pallas flash kernel; GPU, or interpret mode on
+    CPU; no segment_ids).
     """
     check_attention_args(q, k, v, window=window, segment_ids=segment_ids)
     if bias is not None and getattr(bias, 'ndim', 0) != 0:

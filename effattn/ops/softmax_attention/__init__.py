@@ -9,13 +9,15 @@ from effattn.ops.softmax_attention._checks import canonical_window, check_attent
 from effattn.ops.softmax_attention.chunk import softmax_attention_chunk
 from effattn.ops.softmax_attention.cudnn import softmax_attention_cudnn
 from effattn.ops.softmax_attention.naive import softmax_attention_naive
+from effattn.ops.softmax_attention.pallas import softmax_attention_kernel
 
 DENSE_MAX_T = 1024  # on CPU the dense form is the fastest up to about here
 
 
-def _auto_order(q, *args, **kwargs):
+def _auto_order(q, *args, window=None, sinks=None, **kwargs):
     if default_backend() == 'gpu':
-        return ['cudnn', 'chunk']
+        # cuDNN first for plain attention; the Pallas kernel skips the key blocks outside a window
+        return ['kernel', 'cudnn', 'chunk'] if window or sinks else ['cudnn', 'chunk']
     return ['naive'] if q.shape[1] <= DENSE_MAX_T else ['chunk']
 
 
@@ -25,6 +27,7 @@ REGISTRY = ImplRegistry(
         'naive': softmax_attention_naive,
         'chunk': softmax_attention_chunk,
         'cudnn': softmax_attention_cudnn,
+        'kernel': softmax_attention_kernel,
     },
     _auto_order,
 )
@@ -49,7 +52,8 @@ def softmax_attention(
     segment_ids[t] == segment_ids[j] != 0; `window=W` keeps W keys including self, `sinks=n`
     keeps the first n keys visible besides the window (StreamingLLM; no effect without a window).
     Rows with no visible key (segment id 0 = padding) give 0. o has q's dtype; softmax in fp32.
-    impl: 'auto' | 'naive' | 'chunk' | 'cudnn' (GPU, bf16/fp16, no sinks or segment_ids).
+    impl: 'auto' | 'naive' | 'chunk' | 'cudnn' (GPU, bf16/fp16, no sinks or segment_ids) |
+    'kernel' (Pallas flash kernel, band-limited; GPU, or interpret mode on CPU; no segment_ids).
     """
     check_attention_args(q, k, v, window=window, segment_ids=segment_ids, sinks=sinks)
     window, sinks = canonical_window(q.shape[1], window, sinks)
