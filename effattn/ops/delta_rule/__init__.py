@@ -29,8 +29,9 @@ def delta_rule(
     end of the row (of its last segment, padding included: padding tokens run through the
     recurrence like any segment, so their outputs are finite but meaningless; mask them).
 
-    impl: 'auto' (recurrent for T == 1, chunk otherwise), 'naive', 'recurrent' or 'chunk'
-    (the gated_delta_rule implementations called with g=None; its chunk.py describes the VJP).
+    impl: 'auto' (recurrent for T == 1; else 'kernel' on GPU when it applies, then chunk), 'naive',
+    'recurrent', 'chunk' or 'kernel' (the gated_delta_rule implementations called with g=None; its
+    chunk.py and pallas.py describe the VJPs).
     """
     check_args(q, k, v, None, beta, initial_state, segment_ids, chunk_size)
     if scale is None:

@@ -29,8 +29,9 @@ def gated_delta_rule(
     end of the row (of its last segment, padding included: padding tokens run through the
     recurrence like any segment, so their outputs are finite but meaningless; mask them).
 
-    impl: 'auto' (recurrent for T == 1, chunk otherwise), 'naive', 'recurrent' or 'chunk'
-    (chunk_size rows per chunk; see chunk.py for its custom VJP).
+    impl: 'auto' (recurrent for T == 1; else 'kernel' on GPU when it applies, then chunk), 'naive',
+    'recurrent', 'chunk' (chunk_size rows per chunk; see chunk.py for its custom VJP) or 'kernel'
+    (Pallas, Triton lowering on GPU, interpret mode elsewhere; no segment_ids; see pallas.py).
     """
     check_args(q, k, v, g, beta, initial_state, segment_ids, chunk_size)
     if scale is None:

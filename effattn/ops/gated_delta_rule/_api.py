@@ -7,17 +7,23 @@ import jax
 import jax.numpy as jnp
 
 from effattn.ops.common.checks import check_rank, check_shape
-from effattn.ops.common.dispatch import ImplRegistry
+from effattn.ops.common.dispatch import ImplRegistry, default_backend
 from effattn.ops.gated_delta_rule.chunk import chunk_gated_delta_rule
 from effattn.ops.gated_delta_rule.naive import naive_gated_delta_rule
+from effattn.ops.gated_delta_rule.pallas import kernel_gated_delta_rule
 from effattn.ops.gated_delta_rule.recurrent import recurrent_gated_delta_rule
 
 IMPLS = {'naive': naive_gated_delta_rule, 'recurrent': recurrent_gated_delta_rule,
-         'chunk': chunk_gated_delta_rule}
+         'chunk': chunk_gated_delta_rule, 'kernel': kernel_gated_delta_rule}
 
 
 def _auto_order(q, *args, **kwargs):
-    return ['recurrent'] if q.shape[1] == 1 else ['chunk', 'recurrent']
+    """'auto': recurrent for T == 1; else the Pallas kernel first on GPU (it raises NotImplementedError
+    for segment_ids and falls through), then chunk."""
+    if q.shape[1] == 1:
+        return ['recurrent']
+    order = ['chunk', 'recurrent']
+    return ['kernel', *order] if default_backend() == 'gpu' else order
 
 
 def make_registry(op_name: str, gated: bool) -> ImplRegistry:

@@ -1,0 +1,339 @@
+"""Pallas kernels for the chunkwise (gated) delta rule, forward and custom-VJP backward (impl='kernel').
+
+ALGORITHMS.md section 6 (Yang et al. 2024, NeurIPS, arXiv 2406.06484, Sec. 3 + App. B: WY/UT
+transform; Yang, Kautz, Hatamizadeh 2025, ICLR, arXiv 2412.06464 for the scalar gate). DeltaNet is the
+gated rule with g = 0. Per chunk c (G chunk-local cumsum of g, Γ_ij = e^{G_i - G_j} for i >= j, q scaled):
+  A = strictly-lower(diag(β)(K K^T ⊙ Γ)),  [W | U] = (I + A)^{-1} [diag(β) K ⊙ e^G | diag(β) V]   (parallel)
+  V' = U - W S_c,  O_c = (Q ⊙ e^G) S_c + (Q K^T ⊙ Γ) V',  S_{c+1} = e^{G_C} S_c + (K ⊙ e^{G_C - G})^T V'
+
+Design (why this split). Only the state recurrence is sequential, so only it is a Pallas kernel:
+  - W, U (the triangular solve) are plain XLA batched matmuls over all chunks (_wy.wy_prep, fp32; the
+    inverse by blocked forward substitution, common/triangular.py). A Triton triangular solve needs row
+    access the Triton lowering does not give (no value slicing), and XLA's batched matmuls are efficient.
+  - Forward kernel, Lightning Attention-2 layout as in simple_gla/pallas.py: one program per (batch, head,
+    value tile) walks the chunks with a fori_loop and keeps the fp32 state [K, BV] on chip; value tiling
+    is exact because each column of S evolves independently given W and U. It writes o, the final
+    state and, under jax.grad only, the chunk-start states S_c (fp32, [B, H, N, K, V], as FLA stores h).
+  - Backward kernel: the same layout sweeping the chunks in reverse with the state-gradient recurrence
+    dV'_c = (Q K^T ⊙ Γ)^T dO_c + (K ⊙ e^{G_C - G}) dS_{c+1},
+    dS_c  = e^{G_C} dS_{c+1} + (Q ⊙ e^G)^T dO_c - W^T dV'_c,   dS_N = d final_state, d h0 = dS_0,
+    writing every chunk-end cotangent dS_{c+1}.
+  - Everything else is parallel over chunks given S_c and dS_{c+1}: jax.vjp of the pure-jnp per-chunk
+    output map (_wy.chunk_outputs) and of wy_prep gives dq, dk, dv, dβ, dg (all fp32 XLA; autodiff of the
+    exact algebra, so no hand-derived gate-gradient cancellation can go wrong).
+
+Numerics: fp32 inputs use IEEE fp32 dots (Precision.HIGHEST) everywhere; bf16 inputs use bf16 kernel
+dots (W, U, V', S rounded to bf16 before each dot, as FLA) with fp32 accumulation and fp32 states, while
+the XLA parts stay fp32 (default matmul precision). Triton lowering constraints as in simple_gla/pallas.py:
+no value slicing or cumsum (masked sums), power-of-two blocks (K, V padded to >= 16, T to the chunk).
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import pallas as pl
+
+from effattn.ops.common.dispatch import default_backend
+from effattn.ops.gated_delta_rule._wy import chunk_outputs, wy_prep
+
+try:  # jax 0.10 / 0.11: Triton-specific compiler parameters
+    from jax.experimental.pallas import triton as _plgpu
+    _CompilerParams = getattr(_plgpu, 'CompilerParams', None) or _plgpu.TritonCompilerParams
+except (ImportError, AttributeError):  # pragma: no cover
+    _CompilerParams = None
+
+_F32 = jnp.float32
+_LOG2E = 1.4426950408889634
+_MAX_HEAD_DIM = 128
+
+
+@dataclasses.dataclass(frozen=True)
+class KernelConfig:
+    """Tile widths and Triton launch parameters (untuned: simple_gla's best H100 settings)."""
+    block_v: int = 64        # forward: value-tile width of each program
+    block_v_bwd: int = 64    # backward state-gradient sweep: value-tile width
+    num_warps: int = 8
+    num_stages: int = 3
+    num_warps_bwd: int = 8
+    num_stages_bwd: int = 3
+
+
+DEFAULT_CONFIG = KernelConfig()
+
+
+def _next_pow2(n: int, lo: int = 16) -> int:
+    return max(lo, 1 << (int(n) - 1).bit_length())
+
+
+@dataclasses.dataclass(frozen=True)
+class _Ctx:
+    dt: object      # dtype of the kernel dot operands
+    scale: float
+    chunk: int
+
+    @property
+    def fp32(self) -> bool:
+        return self.dt == jnp.float32
+
+    @property
+    def prec(self):
+        return jax.lax.Precision.HIGHEST if self.fp32 else None
+
+    @property
+    def xla_prec(self):
+        """Precision of the XLA (fp32) parts: IEEE for fp32 inputs, the default (TF32 on GPU) for bf16."""
+        return jax.lax.Precision.HIGHEST if self.fp32 else jax.lax.Precision.DEFAULT
+
+
+def _dot(a, b, ca: int, cb: int, ctx: _Ctx):
+    """Contracts a's axis ca with b's axis cb, both cast to ctx.dt; fp32 result."""
+    return jax.lax.dot_general(a.astype(ctx.dt), b.astype(ctx.dt), (((ca,), (cb,)), ((), ())),
+                               precision=ctx.prec, preferred_element_type=_F32)
+
+
+def _nn(a, b, ctx):  # a @ b
+    return _dot(a, b, 1, 0, ctx)
+
+
+def _nt(a, b, ctx):  # a @ b^T
+    return _dot(a, b, 1, 1, ctx)
+
+
+def _tn(a, b, ctx):  # a^T @ b
+    return _dot(a, b, 0, 0, ctx)
+
+
+class _Gates:
+    """Chunk-local log decays of one chunk from g [C] fp32, in base 2 (one exp2 each), by masked sums."""
+
+    def __init__(self, g, ctx: _Ctx):
+        c = g.shape[0]
+        g = g * _LOG2E
+        idx = jnp.arange(c, dtype=jnp.int32)
+        self.row, self.col = idx[:, None], idx[None, :]
+        upto = jnp.where(self.col <= self.row, g[None, :], 0.0)
+        self.gi = jnp.sum(upto, axis=1)                                              # G_i
+        self.rj = jnp.sum(jnp.where(self.col > self.row, g[None, :], 0.0), axis=1)  # G_C - G_j
+        self.gl = jnp.sum(g)                                                         # G_C
+        if ctx.fp32:  # segment sums term by term (an exact 0/1 dot): no cancellation in G_i - G_j
+            self._log = _dot(upto, (self.row > self.col).astype(_F32), 1, 0, ctx)
+        else:
+            self._log = self.gi[:, None] - self.gi[None, :]
+
+    def gamma(self):
+        return jnp.exp2(jnp.where(self.row >= self.col, self._log, -jnp.inf))
+
+
+def _chunk_slice(c, size):
+    return pl.ds(pl.multiple_of(c * size, size), size)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Kernels. Refs: q, k, w [Tp, Kp] (one batch, head), u, o, do [Tp, BV] (a value tile), g [Tp] fp32,
+# states [Kp, BV] fp32, stacked chunk states [N * Kp, BV] fp32.
+
+def _fwd_kernel(q_ref, k_ref, w_ref, u_ref, g_ref, *rest, ctx: _Ctx, has_h0: bool, store: bool):
+    rest = list(rest)
+    h0_ref = rest.pop(0) if has_h0 else None
+    o_ref, ht_ref = rest[:2]
+    s_ref = rest[2] if store else None
+    tp, kp = q_ref.shape
+    bv = u_ref.shape[-1]
+    chunk, scale = ctx.chunk, ctx.scale
+    s0 = h0_ref[...].astype(_F32) if has_h0 else jnp.zeros((kp, bv), _F32)
+
+    def body(c, s):
+        sl = _chunk_slice(c, chunk)
+        if store:
+            s_ref[_chunk_slice(c, kp), :] = s
+        qc, kc = q_ref[sl, :], k_ref[sl, :]
+        gt = _Gates(g_ref[sl], ctx)
+        vp = u_ref[sl, :].astype(_F32) - _nn(w_ref[sl, :], s, ctx)  # V' = U - W S_c
+        p = _nt(qc, kc, ctx) * (gt.gamma() * scale)
+        o = _nn(qc, s, ctx) * (scale * jnp.exp2(gt.gi))[:, None] + _nn(p, vp, ctx)
+        o_ref[sl, :] = o.astype(o_ref.dtype)
+        kd = kc.astype(_F32) * jnp.exp2(gt.rj)[:, None]
+        return jnp.exp2(gt.gl) * s + _tn(kd, vp, ctx)
+
+    ht_ref[...] = jax.lax.fori_loop(0, tp // chunk, body, s0)
+
+
+def _bwd_kernel(q_ref, k_ref, w_ref, do_ref, g_ref, dht_ref, ds_ref, dh0_ref, *, ctx: _Ctx):
+    tp, kp = q_ref.shape
+    n = tp // ctx.chunk
+    scale = ctx.scale
+
+    def body(i, ds):  # ds: cotangent of S_{c+1}
+        c = n - 1 - i
+        ds_ref[_chunk_slice(c, kp), :] = ds
+        sl = _chunk_slice(c, ctx.chunk)
+        qc, kc, doc = q_ref[sl, :], k_ref[sl, :], do_ref[sl, :]
+        gt = _Gates(g_ref[sl], ctx)
+        p = _nt(qc, kc, ctx) * (gt.gamma() * scale)
+        kd = kc.astype(_F32) * jnp.exp2(gt.rj)[:, None]
+        dvp = _tn(p, doc, ctx) + _nn(kd, ds, ctx)
+        qd = qc.astype(_F32) * (scale * jnp.exp2(gt.gi))[:, None]
+        return jnp.exp2(gt.gl) * ds + _tn(qd, doc, ctx) - _tn(w_ref[sl, :], dvp, ctx)
+
+    dh0_ref[...] = jax.lax.fori_loop(0, n, body, dht_ref[...].astype(_F32))
+
+
+# ----------------------------------------------------------------------------------------------------
+# pallas_call wrappers on padded arrays: q, k, w [B,Tp,H,Kp], u, do [B,Tp,H,Vp] (ctx.dt), g [B,H,Tp] fp32,
+# h0 / dht [B,H,Kp,Vp] fp32; chunk states [B,H,N*Kp,Vp] fp32.
+
+def _rows(tp, d):
+    return pl.BlockSpec((None, tp, None, d), lambda b, h, r: (b, 0, h, 0))
+
+
+def _rows_tile(tp, bv):
+    return pl.BlockSpec((None, tp, None, bv), lambda b, h, r: (b, 0, h, r))
+
+
+def _gate_spec(tp):
+    return pl.BlockSpec((None, None, tp), lambda b, h, r: (b, h, 0))
+
+
+def _state_tile(rows, bv):
+    return pl.BlockSpec((None, None, rows, bv), lambda b, h, r: (b, h, 0, r))
+
+
+def _params(interpret, ctx: _Ctx, num_warps, num_stages):
+    if interpret or _CompilerParams is None:
+        return {}
+    if ctx.fp32:  # fp32 tiles are twice as large (shared memory; see simple_gla/pallas.py)
+        num_stages = min(num_stages, 2)
+    return {'compiler_params': _CompilerParams(num_warps=num_warps, num_stages=num_stages)}
+
+
+def _forward(q, k, w, u, g, h0, ctx, cfg, interpret, store):
+    b, tp, h, kp = q.shape
+    vp = u.shape[-1]
+    n = tp // ctx.chunk
+    bv = min(cfg.block_v, vp)
+    has_h0 = h0 is not None
+    in_specs = [_rows(tp, kp), _rows(tp, kp), _rows(tp, kp), _rows_tile(tp, bv), _gate_spec(tp)]
+    args = [q, k, w, u, g]
+    if has_h0:
+        in_specs.append(_state_tile(kp, bv))
+        args.append(h0)
+    out_specs = [_rows_tile(tp, bv), _state_tile(kp, bv)]
+    out_shape = [jax.ShapeDtypeStruct((b, tp, h, vp), q.dtype), jax.ShapeDtypeStruct((b, h, kp, vp), _F32)]
+    if store:
+        out_specs.append(_state_tile(n * kp, bv))
+        out_shape.append(jax.ShapeDtypeStruct((b, h, n * kp, vp), _F32))
+    outs = pl.pallas_call(
+        functools.partial(_fwd_kernel, ctx=ctx, has_h0=has_h0, store=store), grid=(b, h, vp // bv),
+        in_specs=in_specs, out_specs=out_specs, out_shape=out_shape, interpret=interpret,
+        name='gated_delta_rule_fwd', **_params(interpret, ctx, cfg.num_warps, cfg.num_stages))(*args)
+    if store:
+        return outs[0], outs[1], outs[2].reshape(b, h, n, kp, vp)
+    return outs[0], outs[1], None
+
+
+def _state_grads(q, k, w, do, g, dht, ctx, cfg, interpret):
+    """Chunk-end state cotangents [B,H,N,Kp,Vp] and d initial_state [B,H,Kp,Vp] (fp32)."""
+    b, tp, h, kp = q.shape
+    vp = do.shape[-1]
+    n = tp // ctx.chunk
+    bv = min(cfg.block_v_bwd, vp)
+    ds, dh0 = pl.pallas_call(
+        functools.partial(_bwd_kernel, ctx=ctx), grid=(b, h, vp // bv),
+        in_specs=[_rows(tp, kp), _rows(tp, kp), _rows(tp, kp), _rows_tile(tp, bv), _gate_spec(tp),
+                  _state_tile(kp, bv)],
+        out_specs=[_state_tile(n * kp, bv), _state_tile(kp, bv)],
+        out_shape=[jax.ShapeDtypeStruct((b, h, n * kp, vp), _F32),
+                   jax.ShapeDtypeStruct((b, h, kp, vp), _F32)],
+        interpret=interpret, name='gated_delta_rule_bwd',
+        **_params(interpret, ctx, cfg.num_warps_bwd, cfg.num_stages_bwd))(q, k, w, do, g, dht)
+    return ds.reshape(b, h, n, kp, vp), dh0
+
+
+def _gates_bht(g):
+    return jnp.swapaxes(g, 1, 2)  # [B,Tp,H] -> [B,H,Tp]
+
+
+def _run_forward(q, k, v, g, beta, h0, ctx, cfg, interpret, store):
+    w, u = wy_prep(k, v, g, beta, ctx.chunk, ctx.xla_prec)
+    w, u = w.astype(ctx.dt), u.astype(ctx.dt)
+    return _forward(q, k, w, u, _gates_bht(g), h0, ctx, cfg, interpret, store)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7, 8))
+def _core(q, k, v, g, beta, h0, ctx, cfg, interpret):
+    o, ht, _ = _run_forward(q, k, v, g, beta, h0, ctx, cfg, interpret, False)
+    return o, ht
+
+
+def _core_fwd(q, k, v, g, beta, h0, ctx, cfg, interpret):
+    o, ht, s_starts = _run_forward(q, k, v, g, beta, h0, ctx, cfg, interpret, True)
+    return (o, ht), (q, k, v, g, beta, h0, s_starts)
+
+
+def _core_bwd(ctx, cfg, interpret, res, cts):
+    q, k, v, g, beta, h0, s_starts = res
+    do, dht = cts
+    chunk, prec = ctx.chunk, ctx.xla_prec
+    (w, u), prep_vjp = jax.vjp(lambda *x: wy_prep(*x, chunk, prec), k, v, g, beta)
+    ds_ends, dh0 = _state_grads(q, k, w.astype(ctx.dt), do.astype(ctx.dt), _gates_bht(g),
+                                dht.astype(_F32), ctx, cfg, interpret)
+    _, out_vjp = jax.vjp(lambda *x: chunk_outputs(*x, s_starts, ctx.scale, chunk, prec), q, k, w, u, g)
+    dq, dk_o, dw, du, dg_o = out_vjp((do.astype(_F32), ds_ends))
+    dk_p, dv, dg_p, dbeta = prep_vjp((dw, du))
+    cast = lambda x, ref: x.astype(ref.dtype)
+    return (cast(dq, q), cast(dk_o + dk_p, k), cast(dv, v), cast(dg_o + dg_p, g), cast(dbeta, beta),
+            None if h0 is None else cast(dh0, h0))
+
+
+_core.defvjp(_core_fwd, _core_bwd)
+
+
+def _pad_axis(x, axis, size):
+    if x.shape[axis] == size:
+        return x
+    widths = [(0, 0)] * x.ndim
+    widths[axis] = (0, size - x.shape[axis])
+    return jnp.pad(x, widths)
+
+
+def kernel_gated_delta_rule(q, k, v, g, beta, *, scale, initial_state=None, segment_ids=None,
+                            chunk_size=64, config: KernelConfig | None = None,
+                            interpret: bool | None = None):
+    """Returns (o [B,T,H,V] in q's dtype, final_state fp32 [B,H,K,V]); g None means no decay (DeltaNet).
+
+    Raises NotImplementedError (so that impl='auto' falls through to 'chunk') for segment_ids, on TPU,
+    for head dims above 128 and for a chunk_size outside (16, 32, 64). interpret None: Pallas interpret
+    mode everywhere but on GPU.
+    """
+    if segment_ids is not None:
+        raise NotImplementedError('the gated_delta_rule kernel does not support segment_ids')
+    backend = default_backend()
+    if interpret is None:
+        if backend == 'tpu':
+            raise NotImplementedError('the gated_delta_rule kernel has only a Triton (GPU) lowering')
+        interpret = backend != 'gpu'
+    chunk = int(chunk_size)
+    if chunk not in (16, 32, 64):
+        raise NotImplementedError(f'the gated_delta_rule kernel needs chunk_size in (16, 32, 64); got {chunk}')
+    if max(q.shape[-1], v.shape[-1]) > _MAX_HEAD_DIM:
+        raise NotImplementedError(f'the gated_delta_rule kernel takes head dims up to {_MAX_HEAD_DIM}; '
+                                  f'got K={q.shape[-1]}, V={v.shape[-1]}')
+    cfg = DEFAULT_CONFIG if config is None else config
+    b, t, h, kd = q.shape
+    vd = v.shape[-1]
+    dtype = jnp.promote_types(q.dtype, jnp.bfloat16)
+    dtype = jnp.promote_types(jnp.promote_types(dtype, k.dtype), v.dtype)
+    tp = -(-t // chunk) * chunk
+    kp, vp = _next_pow2(kd), _next_pow2(vd)
+    pad = lambda x, d: _pad_axis(_pad_axis(x.astype(dtype), 1, tp), 3, d)
+    g = jnp.zeros((b, t, h), _F32) if g is None else g.astype(_F32)
+    g, beta = _pad_axis(g, 1, tp), _pad_axis(beta.astype(_F32), 1, tp)
+    h0 = None
+    if initial_state is not None:
+        h0 = _pad_axis(_pad_axis(initial_state.astype(_F32), 2, kp), 3, vp)
+    ctx = _Ctx(jnp.dtype(dtype), float(scale), chunk)
+    o, ht = _core(pad(q, kp), pad(k, kp), pad(v, vp), g, beta, h0, ctx, cfg, bool(interpret))
+    return o[:, :t, :, :vd].astype(q.dtype), ht[:, :, :kd, :vd]
