@@ -122,11 +122,9 @@ def _key_loops(sp: _Spec, i, bq: int, bk: int):
         f_hi = jnp.minimum(hi, sp.t // bk)  # key blocks without padding
         if w is not None:
             f_hi = jnp.minimum(f_hi, lax.div(t0 + w, bk))
-    f_lo = jnp.minimum(f_lo, hi)
-    f_hi = jnp.maximum(f_hi, f_lo)
-    loops = [(lo, f_lo, True), (f_lo, f_hi, False), (f_hi, hi, True)]
+    loops = _edges_and_interior(lo, f_lo, f_hi, hi)
     if w is not None and sp.sinks:
-        loops.insert(0, (jnp.int32(0), jnp.minimum(-(-sp.sinks // bk), lo), True))
+        loops.insert(0, (jnp.int32(0), jnp.minimum(-(-sp.sinks // bk), jnp.minimum(lo, hi)), True))
     return loops
 
 
@@ -159,8 +157,14 @@ def _query_loops(sp: _Spec, c, bq: int, bk: int):
             f_lo = jnp.maximum(f_lo, _cdiv(jnp.maximum(s1 - (w - 1), 0), bq))
     if not sp.causal:
         f_hi = jnp.where(s1 < sp.t, f_hi, f_lo)  # padded keys need the mask
-    f_lo = jnp.minimum(f_lo, hi)
-    f_hi = jnp.maximum(f_hi, f_lo)
+    return _edges_and_interior(lo, f_lo, f_hi, hi)
+
+
+def _edges_and_interior(lo, f_lo, f_hi, hi):
+    """Loops over [lo, hi): masked [lo, f_lo), unmasked [f_lo, f_hi), masked [f_hi, hi), with the
+    interior clipped into the range (empty where hi <= lo)."""
+    f_lo = jnp.minimum(jnp.maximum(f_lo, lo), hi)
+    f_hi = jnp.minimum(jnp.maximum(f_hi, f_lo), hi)
     return [(lo, f_lo, True), (f_lo, f_hi, False), (f_hi, hi, True)]
 
 
