@@ -45,13 +45,21 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from effattn.ops.simple_gla import simple_gla  # noqa: E402
-from effattn.ops.simple_gla import pallas as sg_pallas  # noqa: E402
+from effattn import ops
+from effattn.ops.simple_gla import pallas as sg_pallas
+from effattn.ops.simple_gla import simple_gla
 
 SHAPES = ((4, 4096, 16, 128), (1, 8192, 96, 128), (2, 16384, 16, 128), (4, 2048, 16, 128), (8, 1024, 8, 64))
+# fixed B*T = 65536: time per token from T = 2048 to 65536 (issue 6, criterion 3)
+SCALING_SHAPES = ((32, 2048, 16, 128), (8, 8192, 16, 128), (2, 32768, 16, 128), (1, 65536, 16, 128))
 QUICK_SHAPES = ((2, 1024, 4, 64),)
 DEFAULT_OUT = Path(__file__).resolve().parent / 'results' / 'ops_gpu.json'
-IMPLS = ('kernel', 'chunk', 'fla', 'cudnn', 'sdpa', 'xla')
+LINEAR_OPS = ('simple_gla', 'gla', 'delta_rule', 'gated_delta_rule')
+OPS = (*LINEAR_OPS, 'sigmoid', 'softmax_window')
+# per op: effattn impls and baselines; 'softmax' = full causal softmax (cudnn, torch SDPA, XLA), once per shape
+OP_IMPLS = {**{op: ('kernel', 'chunk', 'fla') for op in LINEAR_OPS},
+            'sigmoid': ('kernel', 'chunk'), 'softmax_window': ('kernel', 'chunk', 'cudnn'),
+            'softmax': ('cudnn', 'sdpa', 'xla')}
 
 
 def version(name: str) -> str | None:
@@ -87,44 +95,68 @@ def jax_sync(x):
 
 
 # ----------------------------------------------------------------------------------------------- inputs
+# Every op: differentiable inputs from (B, T, H, D) and a seed, the effattn call, and FLA's Triton op.
 
-def jax_inputs(b, t, h, d, seed=0):
-  keys = jax.random.split(jax.random.key(seed), 5)
-  q, k, v, do = (jax.random.normal(key, (b, t, h, d), jnp.bfloat16) for key in keys[:4])
-  g = jax.nn.log_sigmoid(jax.random.normal(keys[4], (b, t, h), jnp.float32)) / 16
-  return q, k, v, g, do
+def _normal(key, shape, dtype=jnp.bfloat16):
+  return jax.random.normal(key, shape, jnp.float32).astype(dtype)
 
 
-def jax_fns(impl: str, cfg=None):
-  """(fwd(q, k, v, g), fwd_bwd(q, k, v, g, do)) as jitted functions; None if impl is not a JAX one."""
-  if impl in ('kernel', 'chunk'):
-    if impl == 'kernel' and cfg is not None:
-      def op(q, k, v, g):
-        return sg_pallas.kernel_simple_gla(q, k, v, g, scale=q.shape[-1] ** -0.5, config=cfg)[0]
-    else:
-      def op(q, k, v, g):
-        return simple_gla(q, k, v, g, impl=impl)[0]
-    args = (0, 1, 2, 3)
-  elif impl in ('cudnn', 'xla'):
-    def op(q, k, v, g):
-      del g
-      return jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation=impl)
-    args = (0, 1, 2)
-  else:
-    return None
+def _l2norm(x):
+  x = x.astype(jnp.float32)
+  return (x / jnp.linalg.norm(x, axis=-1, keepdims=True)).astype(jnp.bfloat16)
 
-  def fwd_bwd(q, k, v, g, do):
-    xs = (q, k, v, g)
-    diff = tuple(xs[i] for i in args)
 
-    def f(*d):
-      full = list(xs)
-      for i, a in zip(args, d):
-        full[i] = a
-      return op(*full)
-    _, vjp = jax.vjp(f, *diff)
+def jax_inputs(op: str, b, t, h, d, seed=0) -> tuple[dict, jax.Array]:
+  """(inputs by name, in the op's argument order, and the output cotangent dO)."""
+  keys = jax.random.split(jax.random.key(seed), 7)
+  x = {'q': _normal(keys[0], (b, t, h, d)), 'k': _normal(keys[1], (b, t, h, d)),
+       'v': _normal(keys[2], (b, t, h, d))}
+  gate = lambda key, shape: jax.nn.log_sigmoid(jax.random.normal(key, shape, jnp.float32)) / 16
+  if op == 'simple_gla':
+    x['g'] = gate(keys[3], (b, t, h))
+  elif op == 'gla':
+    x['g'] = gate(keys[3], (b, t, h, d))
+  elif op in ('delta_rule', 'gated_delta_rule'):
+    x['q'], x['k'] = _l2norm(x['q']), _l2norm(x['k'])
+    if op == 'gated_delta_rule':
+      x['g'] = gate(keys[3], (b, t, h))
+    x['beta'] = jax.nn.sigmoid(jax.random.normal(keys[4], (b, t, h), jnp.float32))
+  return x, _normal(keys[5], (b, t, h, d))
+
+
+def effattn_op(op: str, impl: str, window: int):
+  """fn(**inputs) -> o for an effattn op and impl ('kernel' or 'chunk')."""
+  if op == 'simple_gla':
+    return lambda q, k, v, g: simple_gla(q, k, v, g, impl=impl)[0]
+  if op == 'gla':
+    return lambda q, k, v, g: ops.gla(q, k, v, g, impl=impl)[0]
+  if op == 'delta_rule':
+    return lambda q, k, v, beta: ops.delta_rule(q, k, v, beta, impl=impl)[0]
+  if op == 'gated_delta_rule':
+    return lambda q, k, v, g, beta: ops.gated_delta_rule(q, k, v, g, beta, impl=impl)[0]
+  if op == 'sigmoid':
+    return lambda q, k, v: ops.sigmoid_attention(q, k, v, causal=True, impl=impl)
+  if op == 'softmax_window':
+    return lambda q, k, v: ops.softmax_attention(q, k, v, causal=True, window=window, impl=impl)
+  raise ValueError(f'unknown op {op!r}; known: {OPS}')
+
+
+def softmax_op(impl: str, window: int = 0):
+  """jax.nn.dot_product_attention (cudnn or xla), full causal or with a sliding window."""
+  local = None if not window else (window - 1, 0)
+  return lambda q, k, v, **_: jax.nn.dot_product_attention(
+      q, k, v, is_causal=True, implementation=impl, local_window_size=local)
+
+
+def jax_fns(fn, names: tuple[str, ...]):
+  """(fwd(x), fwd_bwd(x, do)) jitted; fwd_bwd is the VJP with respect to every input."""
+  def fwd(x):
+    return fn(**x)
+
+  def fwd_bwd(x, do):
+    _, vjp = jax.vjp(lambda *a: fn(**dict(zip(names, a))), *(x[n] for n in names))
     return vjp(do)
-  return jax.jit(op), jax.jit(fwd_bwd)
+  return jax.jit(fwd), jax.jit(fwd_bwd)
 
 
 def rel_rms(a, b) -> float:
@@ -135,43 +167,59 @@ def rel_rms(a, b) -> float:
 
 # ---------------------------------------------------------------------------------------------- torch
 
-def torch_bench(impl: str, shape, mode: str) -> float:
+def torch_op(op: str, impl: str):
+  """fn(**inputs) -> o in torch, or None where there is no such baseline."""
   import torch
-  b, t, h, d = shape
-  dev = 'cuda'
-  gen = torch.Generator(device=dev).manual_seed(0)
-  rnd = lambda *s: torch.randn(*s, device=dev, generator=gen, dtype=torch.bfloat16)
-  q, k, v, do = rnd(b, t, h, d), rnd(b, t, h, d), rnd(b, t, h, d), rnd(b, t, h, d)
-  g = torch.nn.functional.logsigmoid(torch.randn(b, t, h, device=dev, generator=gen)) / 16
-  if impl == 'fla':
+  if impl == 'sdpa':
+    return lambda q, k, v, **_: torch.nn.functional.scaled_dot_product_attention(
+        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True).transpose(1, 2)
+  if op == 'simple_gla':
     from fla.ops.simple_gla import chunk_simple_gla
-    def op(q, k, v, g):
-      return chunk_simple_gla(q, k, v, g=g)[0]
-    leaves = [q, k, v, g]
-  else:  # sdpa: [B, H, T, D]
-    def op(q, k, v, g):
-      return torch.nn.functional.scaled_dot_product_attention(
-          q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True).transpose(1, 2)
-    leaves = [q, k, v]
+    return lambda q, k, v, g: chunk_simple_gla(q, k, v, g=g)[0]
+  if op == 'gla':
+    from fla.ops.gla import chunk_gla
+    return lambda q, k, v, g: chunk_gla(q, k, v, g=g)[0]
+  if op == 'delta_rule':
+    from fla.ops.delta_rule import chunk_delta_rule
+    return lambda q, k, v, beta: chunk_delta_rule(q, k, v, beta=beta)[0]
+  if op == 'gated_delta_rule':
+    from fla.ops.gated_delta_rule import chunk_gated_delta_rule
+    return lambda q, k, v, g, beta: chunk_gated_delta_rule(q, k, v, g=g, beta=beta)[0]
+  return None
+
+
+def torch_bench(op: str, impl: str, x: dict, do, mode: str) -> float:
+  """The same inputs as the JAX run, copied to torch (bf16 stays bf16, fp32 gates stay fp32)."""
+  import torch
+  fn = torch_op(op, impl)
+  if fn is None:
+    raise NotImplementedError(f'no {impl} baseline for {op}')
+  to_t = lambda a: torch.from_numpy(np.asarray(jnp.asarray(a, jnp.float32))).cuda().to(
+      torch.bfloat16 if a.dtype == jnp.bfloat16 else torch.float32)
+  tx, tdo = {n: to_t(a) for n, a in x.items()}, to_t(do)
   sync = lambda _: torch.cuda.synchronize()
   if mode == 'fwd':
     with torch.no_grad():
-      return time_calls(lambda: op(q, k, v, g), sync)
-  for x in leaves:
-    x.requires_grad_(True)
+      return time_calls(lambda: fn(**tx), sync)
+  for a in tx.values():
+    a.requires_grad_(True)
 
   def step():
-    for x in leaves:
-      x.grad = None
-    op(q, k, v, g).backward(do)
+    for a in tx.values():
+      a.grad = None
+    fn(**tx).backward(tdo)
   return time_calls(step, sync)
 
 
 # ----------------------------------------------------------------------------------------------- runs
 
+def simple_gla_kernel_fn(cfg):
+  return lambda q, k, v, g: sg_pallas.kernel_simple_gla(q, k, v, g, scale=q.shape[-1] ** -0.5, config=cfg)[0]
+
+
 def tune(shape, budget_s: float, log) -> tuple[sg_pallas.KernelConfig, list[dict]]:
-  """Times kernel configurations at one shape; returns the fastest (forward, then backward) and all rows."""
-  q, k, v, g, do = jax_inputs(*shape)
+  """Times simple_gla kernel configurations at one shape; returns the fastest (forward, then backward)."""
+  x, do = jax_inputs('simple_gla', *shape)
   rows = []
   start = time.perf_counter()
   base = sg_pallas.DEFAULT_CONFIG
@@ -179,13 +227,13 @@ def tune(shape, budget_s: float, log) -> tuple[sg_pallas.KernelConfig, list[dict
   def run(cfg, what):
     if time.perf_counter() - start > budget_s:
       return None
-    fwd, fwd_bwd = jax_fns('kernel', cfg)
+    fwd, fwd_bwd = jax_fns(simple_gla_kernel_fn(cfg), tuple(x))
     try:
       if what == 'fwd':
-        ms = 1e3 * time_calls(lambda: fwd(q, k, v, g), jax_sync)
+        ms = 1e3 * time_calls(lambda: fwd(x), jax_sync)
       else:
-        ms = 1e3 * time_calls(lambda: fwd_bwd(q, k, v, g, do), jax_sync)
-    except Exception as e:  # a configuration Triton cannot compile (registers, shared memory)
+        ms = 1e3 * time_calls(lambda: fwd_bwd(x, do), jax_sync)
+    except Exception as e:  # noqa: BLE001  (a configuration Triton cannot compile: registers, shared memory)
       log(f'  tune {what} {cfg}: failed: {type(e).__name__}: {str(e)[:200]}')
       ms = None
     rows.append({'mode': what, 'config': dataclasses.asdict(cfg), 'ms': ms})
@@ -211,60 +259,105 @@ def tune(shape, budget_s: float, log) -> tuple[sg_pallas.KernelConfig, list[dict
   return best[1], rows
 
 
-def check_against_chunk(shape, cfg) -> dict:
+def kernel_fn(op, cfg, window):
+  return simple_gla_kernel_fn(cfg) if op == 'simple_gla' else effattn_op(op, 'kernel', window)
+
+
+def check_against_chunk(op, shape, cfg, window) -> dict:
   """Relative RMS of the kernel's o and gradients against impl='chunk' (bf16 inputs)."""
-  q, k, v, g, do = jax_inputs(*shape, seed=1)
-  kf, kb = jax_fns('kernel', cfg)
-  cf, cb = jax_fns('chunk')
-  out = {'o': rel_rms(kf(q, k, v, g), cf(q, k, v, g))}
-  for name, a, b in zip(('dq', 'dk', 'dv', 'dg'), kb(q, k, v, g, do), cb(q, k, v, g, do)):
-    out[name] = rel_rms(a, b)
+  x, do = jax_inputs(op, *shape, seed=1)
+  kf, kb = jax_fns(kernel_fn(op, cfg, window), tuple(x))
+  cf, cb = jax_fns(effattn_op(op, 'chunk', window), tuple(x))
+  out = {'o': rel_rms(kf(x), cf(x))}
+  for name, a, b in zip(x, kb(x, do), cb(x, do)):
+    out[f'd{name}'] = rel_rms(a, b)
   return out
 
 
-def bench_shape(shape, impls, cfg, args, log) -> list[dict]:
-  b, t, h, d = shape
+def bench_one(op, impl, shape, mode, x, do, cfg, args) -> float:
+  """Milliseconds of one (op, impl, mode) at one shape."""
+  if impl in ('fla', 'sdpa'):
+    return 1e3 * torch_bench(op, impl, x, do, mode)
+  if op == 'softmax' or (op == 'softmax_window' and impl in ('cudnn', 'xla')):
+    fn = softmax_op(impl, args.window if op == 'softmax_window' else 0)
+  elif impl == 'kernel':
+    fn = kernel_fn(op, cfg, args.window)
+  else:
+    fn = effattn_op(op, impl, args.window)
+  fwd, fwd_bwd = jax_fns(fn, tuple(x))
+  call = (lambda: fwd(x)) if mode == 'fwd' else (lambda: fwd_bwd(x, do))
+  return 1e3 * time_calls(call, jax_sync)
+
+
+def bench_shape(shape, ops_impls, cfg, args, log) -> list[dict]:
+  b, t, h, _ = shape
   rows = []
-  q, k, v, g, do = jax_inputs(*shape)
-  for impl in impls:
-    for mode in ('fwd', 'fwd_bwd'):
-      row = {'shape': list(shape), 'impl': impl, 'mode': mode, 'ms': None, 'note': ''}
-      try:
-        if impl == 'xla' and b * h * t * t * 4 / 2**30 > args.xla_max_gib:
-          row['note'] = f'skipped: T x T scores > {args.xla_max_gib} GiB'
-        elif impl in ('fla', 'sdpa'):
-          row['ms'] = 1e3 * torch_bench(impl, shape, mode)
-        else:
-          fwd, fwd_bwd = jax_fns(impl, cfg if impl == 'kernel' else None)
-          call = (lambda: fwd(q, k, v, g)) if mode == 'fwd' else (lambda: fwd_bwd(q, k, v, g, do))
-          row['ms'] = 1e3 * time_calls(call, jax_sync)
-      except Exception as e:
-        row['note'] = f'{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ""}'
-        if impl not in ('fla', 'sdpa'):
-          traceback.print_exc()
-      log(f'  {str(shape):22s} {impl:7s} {mode:8s} '
-          f'{"-" if row["ms"] is None else format(row["ms"], ".3f"):>8s} ms {row["note"]}')
-      rows.append(row)
+  for op, impls in ops_impls:
+    x, do = jax_inputs(op if op in LINEAR_OPS else 'softmax', *shape)
+    for impl in impls:
+      for mode in ('fwd', 'fwd_bwd'):
+        row = {'op': op, 'shape': list(shape), 'impl': impl, 'mode': mode, 'ms': None, 'note': ''}
+        try:
+          if impl == 'xla' and b * h * t * t * 4 / 2**30 > args.xla_max_gib:
+            row['note'] = f'skipped: T x T scores > {args.xla_max_gib} GiB'
+          else:
+            row['ms'] = bench_one(op, impl, shape, mode, x, do, cfg, args)
+        except Exception as e:  # noqa: BLE001  (any failure becomes the row's note)
+          row['note'] = f'{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ""}'
+          if impl not in ('fla', 'sdpa'):
+            traceback.print_exc()
+        log(f'  {op:16s} {shape!s:22s} {impl:7s} {mode:8s} '
+            f'{"-" if row["ms"] is None else format(row["ms"], ".3f"):>8s} ms {row["note"]}')
+        rows.append(row)
   return rows
 
 
-def print_table(rows, shapes, impls):
-  def ms(shape, impl, mode):
+def row_op(r) -> str:
+  """Rows of runs before --ops existed are simple_gla's (kernel, chunk, fla) or softmax's."""
+  return r.get('op') or ('simple_gla' if r['impl'] in ('kernel', 'chunk', 'fla') else 'softmax')
+
+
+def print_table(rows, shapes, window=None):
+  def ms(op, shape, impl, mode):
     for r in rows:
-      if tuple(r['shape']) == tuple(shape) and r['impl'] == impl and r['mode'] == mode:
+      if row_op(r) == op and tuple(r['shape']) == tuple(shape) and r['impl'] == impl and r['mode'] == mode:
         return r['ms']
     return None
-  head = f'{"B,T,H,D":>18s} {"mode":8s}' + ''.join(f'{i:>9s}' for i in impls) + f'{"kern/fla":>10s}{"kern/chunk":>11s}'
-  print(head)
-  for shape in shapes:
-    for mode in ('fwd', 'fwd_bwd'):
-      vals = [ms(shape, i, mode) for i in impls]
-      line = f'{",".join(map(str, shape)):>18s} {mode:8s}' + ''.join(
-          f'{"-" if x is None else format(x, ".3f"):>9s}' for x in vals)
-      kern, fla, chunk = ms(shape, 'kernel', mode), ms(shape, 'fla', mode), ms(shape, 'chunk', mode)
-      line += f'{format(kern / fla, ".2f") if kern and fla else "-":>10s}'
-      line += f'{format(kern / chunk, ".2f") if kern and chunk else "-":>11s}'
-      print(line)
+  fmt = lambda x: '-' if x is None else format(x, '.3f')
+  ratio = lambda a, b: format(a / b, '.2f') if a and b else '-'
+  ops_seen = [o for o in (*OPS, 'softmax') if any(row_op(r) == o for r in rows)]
+  for op in ops_seen:
+    if op == 'softmax':
+      continue
+    own = [i for i in ('kernel', 'chunk', 'fla', 'cudnn') if any(row_op(r) == op and r['impl'] == i for r in rows)]
+    print(f'\n{op}' + (f' (window {window})' if op == 'softmax_window' else ''))
+    print(f'{"B,T,H,D":>18s} {"mode":8s}' + ''.join(f'{i:>9s}' for i in own)
+          + ''.join(f'{"sm." + i:>11s}' for i in ('cudnn', 'sdpa', 'xla'))
+          + f'{"kern/fla":>9s}{"kern/chunk":>11s}{"kern/sm.cudnn":>14s}')
+    for shape in shapes:
+      for mode in ('fwd', 'fwd_bwd'):
+        vals = [ms(op, shape, i, mode) for i in own]
+        if all(v is None for v in vals):
+          continue
+        base = [ms('softmax', shape, i, mode) for i in ('cudnn', 'sdpa', 'xla')]
+        kern = ms(op, shape, 'kernel', mode)
+        print(f'{",".join(map(str, shape)):>18s} {mode:8s}' + ''.join(f'{fmt(v):>9s}' for v in vals)
+              + ''.join(f'{fmt(v):>11s}' for v in base)
+              + f'{ratio(kern, ms(op, shape, "fla", mode)):>9s}{ratio(kern, ms(op, shape, "chunk", mode)):>11s}'
+              + f'{ratio(kern, base[0]):>14s}')
+  # time per token of the kernels at a fixed B*T, H and D (issue 6, criterion 3)
+  for op in ops_seen:
+    groups = {}
+    for sh in shapes:
+      if ms(op, sh, 'kernel', 'fwd_bwd'):
+        groups.setdefault((sh[0] * sh[1], sh[2], sh[3]), []).append(sh)
+    for (bt, h, d), group in groups.items():
+      if len(group) < 2:
+        continue
+      per_tok = {sh[1]: ms(op, sh, 'kernel', 'fwd_bwd') / bt for sh in sorted(group, key=lambda x: x[1])}
+      lo = min(per_tok.values())
+      print(f'{op}: kernel fwd+bwd time per token at B*T={bt}, H={h}, D={d}: '
+            + ', '.join(f'T={t}: {1e6 * v:.2f} ns ({v / lo:.2f}x)' for t, v in per_tok.items()))
 
 
 def main(argv=None):
@@ -272,10 +365,15 @@ def main(argv=None):
   p.add_argument('--quick', action='store_true', help='one small shape, no tuning')
   p.add_argument('--tune', action='store_true', help='time kernel configurations at the first shape first')
   p.add_argument('--tune-budget-s', type=float, default=150.0)
-  p.add_argument('--impls', default=','.join(IMPLS))
+  p.add_argument('--ops', default='simple_gla', help=f'comma-separated, of {",".join(OPS)}, or "all"')
+  p.add_argument('--impls', default='kernel,chunk,fla,cudnn,sdpa,xla',
+                 help='restrict every op to these impls (softmax baselines: cudnn, sdpa, xla)')
+  p.add_argument('--window', type=int, default=512, help='softmax_window: keys per query, self included')
   p.add_argument('--xla-max-gib', type=float, default=8.0)
   p.add_argument('--budget-s', type=float, default=1e9, help='stop starting new shapes after this long')
-  p.add_argument('--shapes', default=None, help='e.g. 4x2048x16x128,8x1024x8x64 (default: the issue-6 set)')
+  p.add_argument('--shapes', default=None,
+                 help='e.g. 4x2048x16x128,8x1024x8x64, or "scaling" (B*T = 65536, T = 2048..65536); '
+                      'default: the issue-6 set')
   p.add_argument('--table-from', nargs='+', type=Path, default=None,
                  help='print the table of these result files (rows merged) and exit')
   p.add_argument('--out', type=Path, default=DEFAULT_OUT)
@@ -283,16 +381,22 @@ def main(argv=None):
   if args.table_from:
     runs = [json.loads(f.read_text()) for f in args.table_from]
     rows = [r for run in runs for r in run['rows']]
-    seen = [tuple(r['shape']) for r in rows]
-    shapes = [s for s in SHAPES if s in seen] + sorted({s for s in seen if s not in SHAPES})
+    seen = list(dict.fromkeys(tuple(r['shape']) for r in rows))
+    shapes = [s for s in SHAPES if s in seen] + [s for s in seen if s not in SHAPES]
     for f, run in zip(args.table_from, runs):
       m = run['meta']
       print(f'{f.name}: {m["device"]}, jax {m["versions"]["jax"]}, {m["date"]}, kernel config {run["config"]}')
-    print_table(rows, shapes, [i for i in IMPLS if any(r['impl'] == i for r in rows)])
+    print_table(rows, shapes, runs[-1]['meta'].get('window'))
     return
   shapes = QUICK_SHAPES if args.quick else SHAPES
-  if args.shapes:
+  if args.shapes == 'scaling':
+    shapes = SCALING_SHAPES
+  elif args.shapes:
     shapes = tuple(tuple(int(x) for x in s.split('x')) for s in args.shapes.split(','))
+  ops_list = list(OPS) if args.ops == 'all' else [o for o in args.ops.split(',') if o]
+  bad = set(ops_list) - set(OPS)
+  if bad:
+    raise SystemExit(f'--ops: unknown {sorted(bad)}; known: {", ".join(OPS)}')
   impls = [i for i in args.impls.split(',') if i]
   start = time.perf_counter()
   log = lambda s: print(s, flush=True)
@@ -300,46 +404,53 @@ def main(argv=None):
   dev = jax.devices()[0]
   meta = {
       'command': ' '.join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
-      'date': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
+      'date': datetime.datetime.now(datetime.UTC).isoformat(timespec='seconds'),
       'device': getattr(dev, 'device_kind', str(dev)), 'backend': jax.default_backend(),
       'python': platform.python_version(),
       'versions': {n: version(n) for n in ('jax', 'jaxlib', 'jax-cuda13-plugin', 'jax-cuda12-plugin',
                                            'torch', 'triton', 'fla-core', 'flash-linear-attention')},
-      'dtype': 'bfloat16', 'causal': True, 'gate': 'logsigmoid(N(0,1))/16, [B,T,H]',
+      'dtype': 'bfloat16', 'causal': True, 'window': args.window,
+      'inputs': 'q, k, v ~ N(0,1) bf16 (L2-normalised q, k for the delta rules); gates logsigmoid(N(0,1))/16 '
+                'fp32 ([B,T,H], gla [B,T,H,K]); beta sigmoid(N(0,1)) fp32',
       'timing': 'median over 15 batches of back-to-back calls (~25 ms each) after 3 warm-up calls',
   }
   try:
     import torch
     meta['torch_device'] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-  except Exception:  # torch absent
+  except Exception:  # noqa: BLE001  (torch absent or broken)
     impls = [i for i in impls if i not in ('fla', 'sdpa')]
-  result = {'meta': meta, 'tune': [], 'config': None, 'check_vs_chunk': None, 'rows': []}
+  ops_impls = [(op, [i for i in OP_IMPLS[op] if i in impls]) for op in (*ops_list, 'softmax')]
+  result = {'meta': meta, 'tune': [], 'config': None, 'check_vs_chunk': {}, 'rows': []}
 
   def save():
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))
 
   cfg = sg_pallas.DEFAULT_CONFIG
-  if args.tune and not args.quick:
+  if args.tune and not args.quick and 'simple_gla' in ops_list:
     log(f'tuning at {shapes[0]} (budget {args.tune_budget_s:.0f} s)')
     cfg, result['tune'] = tune(shapes[0], args.tune_budget_s, log)
   result['config'] = dataclasses.asdict(cfg)
   log(f'kernel config: {result["config"]}')
   save()
-  if 'kernel' in impls and 'chunk' in impls:
-    result['check_vs_chunk'] = {'shape': list(shapes[0]), 'rel_rms': check_against_chunk(shapes[0], cfg)}
-    log(f'kernel vs chunk at {shapes[0]}: {result["check_vs_chunk"]["rel_rms"]}')
+  for op in ops_list if 'kernel' in impls and 'chunk' in impls else ():
+    try:
+      rel = check_against_chunk(op, shapes[0], cfg, args.window)
+    except Exception as e:  # noqa: BLE001  (a missing kernel must not stop the timings)
+      rel = f'{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ""}'
+    result['check_vs_chunk'][op] = {'shape': list(shapes[0]), 'rel_rms': rel}
+    log(f'{op}: kernel vs chunk at {shapes[0]}: {rel}')
     save()
   for shape in shapes:
     if time.perf_counter() - start > args.budget_s:
       log(f'budget spent: skipping {shape}')
       continue
-    result['rows'] += bench_shape(shape, impls, cfg, args, log)
+    result['rows'] += bench_shape(shape, ops_impls, cfg, args, log)
     save()
   result['meta']['wall_s'] = round(time.perf_counter() - start, 1)
   save()
   print(f'\n{meta["device"]}, jax {meta["versions"]["jax"]}, bf16 causal, ms (median):')
-  print_table(result['rows'], shapes, impls)
+  print_table(result['rows'], shapes, args.window)
   print(f'wrote {args.out}')
 
 
