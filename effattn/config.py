@@ -60,7 +60,7 @@ class ModelConfig:
     vocab_size: int = 8192
     d_model: int = 128
     num_layers: int = 2
-    # per-layer kinds, comma separated, repeated to num_layers; '' = all attention.kind
+    # per-layer kinds, comma separated, repeated to num_layers; '*' = attention.kind; '' = all attention.kind
     layers: str = ''
     mlp: str = 'swiglu'  # swiglu | none
     mlp_ratio: float = 4.0  # hidden width of the MLP = mlp_ratio * d_model (2/3 of it for SwiGLU)
@@ -359,10 +359,15 @@ def _check_mesh(cfg: Config) -> None:
 
 
 def layer_kinds(model: ModelConfig) -> list[str]:
-    """The attention kind of each layer: `model.layers` repeated to num_layers, or attention.kind."""
+    """The attention kind of each layer: `model.layers` repeated to num_layers, or attention.kind.
+
+    '*' in the pattern stands for attention.kind, so that one pattern (e.g. 'base_conv,*', Zoology's
+    BaseConv hybrids) serves every kind of a comparison sweep.
+    """
     if not model.layers:
         return [model.attention.kind] * model.num_layers
     pattern = [k.strip() for k in model.layers.split(',')]
+    pattern = [model.attention.kind if k == '*' else k for k in pattern]
     return [pattern[i % len(pattern)] for i in range(model.num_layers)]
 
 

@@ -131,3 +131,12 @@ def test_hybrid_and_new_kind_configs_give_their_layer_kinds(name, kinds):
     assert config_lib.layer_kinds(cfg.model) == kinds
     if name in ('based', 'hedgehog_window'):
         assert cfg.model.attention.window > 0
+
+
+def test_star_in_layer_pattern_is_the_attention_kind():
+    cfg = config_lib.default_config()
+    cfg.model.num_layers = 4
+    cfg.model.layers = 'base_conv, *'
+    cfg.model.attention.kind = 'gla'
+    model = config_lib.validate(cfg).model
+    assert config_lib.layer_kinds(model) == ['base_conv', 'gla', 'base_conv', 'gla']
