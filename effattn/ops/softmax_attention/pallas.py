@@ -52,7 +52,12 @@ _MAX_HEAD_DIM = 128
 
 @dataclasses.dataclass(frozen=True)
 class KernelConfig:
-    """Tile sizes (powers of two >= 16, capped at T rounded up) and Triton launch parameters."""
+    """Tile sizes (powers of two >= 16, capped at T rounded up) and Triton launch parameters.
+
+    Untuned starting points (FlashAttention-2 / jax's Pallas attention on the H100 class): 8 warps
+    because the fp32 accumulators of a 128-wide head fill the registers of 4. Without an explicit
+    config, fp32 inputs use block_q <= 64 (their tiles take twice the shared memory).
+    """
 
     block_q: int = 128  # forward: queries per program
     block_k: int = 64  # forward: keys per loop step
@@ -60,7 +65,7 @@ class KernelConfig:
     num_stages: int = 3
     block_q_bwd: int = 64  # backward: queries per dQ program / per dK, dV loop step
     block_k_bwd: int = 64  # backward: keys per dK, dV program / per dQ loop step
-    num_warps_bwd: int = 4
+    num_warps_bwd: int = 8
     num_stages_bwd: int = 2
     fast_rcp: bool = True  # sigmoid on GPU, bf16/fp16: rcp.approx (1 MUFU op), not IEEE division
 
@@ -544,11 +549,13 @@ def flash_attention(
             f'the flash attention kernel takes head dims up to {_MAX_HEAD_DIM}; got '
             f'K={q.shape[-1]}, V={v.shape[-1]}'
         )
-    cfg = DEFAULT_CONFIG if config is None else config
     _, t, h, kd = q.shape
     vd = v.shape[-1]
     dtype = jnp.promote_types(jnp.promote_types(q.dtype, jnp.bfloat16), k.dtype)
     dtype = jnp.dtype(jnp.promote_types(dtype, v.dtype))
+    cfg = DEFAULT_CONFIG if config is None else config
+    if dtype == jnp.float32 and config is None:  # fp32 tiles take twice the shared memory
+        cfg = dataclasses.replace(cfg, block_q=min(cfg.block_q, 64))
     blk = max(*_blocks(t, cfg.block_q, cfg.block_k), *_blocks(t, cfg.block_q_bwd, cfg.block_k_bwd))
     tp = -(-t // blk) * blk
     kp, vp = _next_pow2(kd), _next_pow2(vd)
