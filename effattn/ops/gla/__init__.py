@@ -6,9 +6,10 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
 from effattn.ops.common.checks import check_rank, check_same_shape, check_shape
-from effattn.ops.common.dispatch import ImplRegistry
+from effattn.ops.common.dispatch import ImplRegistry, default_backend
 from effattn.ops.gla.chunk import gla_chunk
 from effattn.ops.gla.naive import gla_naive
+from effattn.ops.gla.pallas import kernel_gla
 from effattn.ops.gla.recurrent import gla_recurrent
 
 __all__ = ['gla', 'REGISTRY']
@@ -25,10 +26,15 @@ def _recurrent(q, k, v, g, *, scale, initial_state, segment_ids, chunk_size):
 
 
 def _auto_order(q, *args, **kwargs):
-  return ['recurrent', 'chunk'] if q.shape[1] == 1 else ['chunk', 'recurrent']
+  """The scan for one-token decoding, else the Pallas kernel first on GPU (it raises NotImplementedError for
+  segment_ids and falls through), then the chunk form."""
+  if q.shape[1] == 1:
+    return ['recurrent', 'chunk']
+  return ['kernel', 'chunk', 'recurrent'] if default_backend() == 'gpu' else ['chunk', 'recurrent']
 
 
-REGISTRY = ImplRegistry('gla', {'naive': _naive, 'recurrent': _recurrent, 'chunk': gla_chunk}, _auto_order)
+REGISTRY = ImplRegistry('gla', {'naive': _naive, 'recurrent': _recurrent, 'chunk': gla_chunk, 'kernel': kernel_gla},
+                        _auto_order)
 
 
 def _check(q, k, v, g, initial_state, segment_ids, chunk_size):
@@ -58,7 +64,8 @@ def gla(q: Float[Array, 'B T H K'], k: Float[Array, 'B T H K'], v: Float[Array, 
   segment_ids: packed sequences, 0 = padding; the state restarts wherever the id changes from one step to the
   next (a padding run is a segment of its own). initial_state feeds the first segment of each row only; the
   returned final state is the state at the end of the row, i.e. of its last segment.
-  impl: 'auto' | 'naive' | 'recurrent' | 'chunk' (chunk_size applies to 'chunk' only). Returns (o in q's dtype,
+  impl: 'auto' | 'naive' | 'recurrent' | 'chunk' | 'kernel' (Pallas, Triton lowering on GPU, interpret mode
+  elsewhere; no segment_ids; 'auto' takes it on GPU). chunk_size applies to 'chunk' only. Returns (o in q's dtype,
   final_state [B, H, K, V] fp32 or None unless output_final_state).
   """
   _check(q, k, v, g, initial_state, segment_ids, chunk_size)

@@ -1,0 +1,357 @@
+"""Pallas kernels for chunkwise GLA, forward and backward (Yang et al. 2024, arXiv 2312.06635, Sec. 4.2-4.3;
+ALGORITHMS.md sections 5 and 0), in the Lightning Attention-2 layout of simple_gla/pallas.py.
+
+Layout: one program per (batch, head, value tile) walks the chunks with a fori_loop and keeps the fp32 state
+[K, BV] on chip (Qin et al. 2024, Lightning Attention-2, Alg. 1); no chunk state goes to memory. Per chunk c
+of C rows (G = chunk-local inclusive cumsum of g [C, K], R_j = sum_{l>j} g_l, G_C = sum_l g_l; q scaled):
+  O_c     = (Q_c ⊙ e^G) S_c + A V_c,              A_ij = sum_k q_ik k_jk e^{G_ik - G_jk}  (i >= j)
+  S_{c+1} = diag(e^{G_C}) S_c + (K_c ⊙ e^R)^T V_c
+Chunk C = 16 and A pairwise: the per-channel decay cannot be factored as (Q e^G)(K e^-G)^T (e^-G overflows),
+so some pairs need one exp per (i, j, k). With secondary chunking (chunk C, sub-chunks c, ALGORITHMS.md
+section 5) a chunk costs C c K pairwise exps for the diagonal sub-blocks plus C K per sub-chunk reference
+for the off-diagonal factors: (c + C/c) K exps per row, 20 K at C = 64, c = 16 (and 36 K counting the
+masked upper half the pairwise loop also evaluates); a chunk of 16 done wholly pairwise costs 16 K per row
+(32 K with the masked half), the same order, with none of the sub-block bookkeeping that Triton makes hard
+(no value slicing: every sub-block would need its own masked copies) and with [16, K] fp32 tiles instead of
+[64, K], which leaves registers for the [K, V] states. The inter-chunk dots do the same flops at C = 16 as at
+C = 64 (as M = 16 tensor-core tiles), the state update just runs 4x as often. A is built one key column j at
+a time: e^{G_i - G_j} [C, K] for all rows i, masked to i >= j (rows of G and k are extracted by masked sums,
+so that G_i - G_j is exactly 0 on the diagonal).
+
+Backward (custom VJP), two sweeps in one launch (grid axis 2 picks the role), no stored state:
+  dq  (forward in time, per key tile, S recomputed):  dQ = sum_j dA_ij k_j e^{G_i-G_j} + e^G ⊙ dO S_c^T
+  dk, dv (backward in time, whole K and V):           dK = sum_i dA_ij q_i e^{G_i-G_j} + e^R ⊙ V dS_{c+1}^T
+                                                      dV = A^T dO + (K ⊙ e^R) dS_{c+1}
+  dA = dO V^T (i >= j); dS_c = diag(e^{G_C}) dS_{c+1} + (Q ⊙ e^G)^T dO, dS_N = d final_state, dh0 = dS_0.
+Both sweeps evaluate the pairwise exps once per chunk and use them for everything that needs them.
+
+Gate gradient (ALGORITHMS.md section 0, per channel): dg_l = sum_{t>=l} (q_t dq_t - k_t dk_t) + sum_v S_T dS_T,
+a sum over query-key pairs (i, j) with j < l <= i in which pairs with both ends >= l cancel. Regrouped as in
+simple_gla/pallas.py so that nothing large cancels in bf16:
+  - intra-chunk pairs from the fp32 products P_ijk = q_ik dA_ij k_jk e^{G_ik-G_jk} (i > j): row sum minus column
+    sum per position (the gate-free diagonal never enters);
+  - cross-chunk pairs through the state: q ⊙ (dO S^T) e^G and k ⊙ (V dS_q^T) e^R, with S and dS_q used to ~2^-17
+    in bf16 (`precise_dg`: each fp32 operand split into two bf16 dot operands);
+  - keys paired with d final_state, E_j = e^{sum_{l>j} g} k_j (v_j dS_T), summed forward (dS = dS_q + λ dS_T, λ
+    the per-channel decay to the end), plus e^{sum g} sum_v h0 dS_T.
+The cumulative sums over T run in jnp on [B, T, H, K] fp32 arrays (three written by the kernel).
+
+Chunk cumsums of g are 0/1-matrix dots: IEEE fp32 (Precision.HIGHEST) for fp32 inputs, else two bf16 dots
+(g = hi + lo, ~2^-17; one if g is bf16 already). Gates are used in base 2 (one MUFU.EX2 per exp).
+Triton lowering constraints as in simple_gla/pallas.py: no value slices, no cumsum, power-of-two blocks.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import pallas as pl
+
+from effattn.ops.common.dispatch import default_backend
+from effattn.ops.simple_gla.pallas import (_F32, _LOG2E, _MAX_HEAD_DIM, _chunk_slice, _Ctx, _dot, _dot_f32_lhs,
+                                           _dot_f32_rhs, _f32, _next_pow2, _pad_axis, _params)
+
+
+@dataclasses.dataclass(frozen=True)
+class KernelConfig:
+  """Tile widths and Triton launch parameters (untuned first guesses; see benchmark_fn)."""
+  chunk: int = 16            # rows per chunk (16, 32 or 64); the pairwise cost per row grows with it
+  block_v: int = 64          # forward: value-tile width of each program
+  block_k_bwd: int = 128     # backward dq sweep: key-tile width (the dk/dv sweep takes all of K and V)
+  num_warps: int = 4
+  num_stages: int = 2
+  num_warps_bwd: int = 8
+  num_stages_bwd: int = 2
+  precise_dg: bool = True    # bf16: gate-gradient terms to ~2^-17 (two bf16 dots per fp32 operand)
+
+
+DEFAULT_CONFIG = KernelConfig()
+
+
+@dataclasses.dataclass(frozen=True)
+class _GCtx(_Ctx):
+  split_g: bool = True       # g is wider than bf16: its cumsum dots take g = hi + lo
+
+
+# ----------------------------------------------------------------------------------------------------
+# In-kernel helpers (values already loaded from refs).
+
+def _cumsum_dot(mask, g, ctx: _GCtx):
+  """mask [C, C] bool (row i sums the g_l with mask[i, l]) @ g [C, K] fp32, to ~2^-17 or better."""
+  if ctx.fp32:
+    return _dot(mask.astype(_F32), g, 1, 0, ctx)
+  m = mask.astype(jnp.bfloat16)
+  hi = g.astype(jnp.bfloat16)
+  out = _dot(m, hi, 1, 0, ctx)
+  if ctx.split_g:
+    out = out + _dot(m, (g - hi.astype(_F32)).astype(jnp.bfloat16), 1, 0, ctx)
+  return out
+
+
+class _Gates:
+  """Chunk-local log decays of one chunk from g [C, K] (base 2)."""
+
+  def __init__(self, g, ctx: _GCtx):
+    c = g.shape[0]
+    g = _f32(g)
+    idx = jnp.arange(c, dtype=jnp.int32)
+    self.row, self.col = idx[:, None], idx[None, :]
+    self.G = _cumsum_dot(self.col <= self.row, g, ctx) * _LOG2E   # G_i = sum_{l<=i} g_l
+    self.R = _cumsum_dot(self.col > self.row, g, ctx) * _LOG2E    # R_j = sum_{l>j} g_l
+    self.gl = jnp.sum(g, axis=0) * _LOG2E                         # G_C [K]
+
+  def row_of(self, x, j):
+    """x[j, :] as [1, K] (a masked sum: exact, and Triton has no slicing)."""
+    return jnp.sum(jnp.where(self.row == j, x, 0.0), axis=0)[None, :]
+
+  def col_of(self, x, j):
+    """x[:, j] as [C, 1]."""
+    return jnp.sum(jnp.where(self.col == j, x, 0.0), axis=1)[:, None]
+
+  def pair(self, j):
+    """[C, K]: e^{G_i - G_j} for rows i >= j, else 0."""
+    return jnp.exp2(jnp.where(self.row >= j, self.G - self.row_of(self.G, j), -jnp.inf))
+
+
+def _dd(x, y, ca, cb, ctx):
+  """dot of two fp32 intermediates, both rounded to ctx.dt."""
+  return _dot(x.astype(ctx.dt), y.astype(ctx.dt), ca, cb, ctx)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Forward: grid (B, H, Vp / BV).
+
+def _fwd_kernel(q_ref, k_ref, v_ref, g_ref, *rest, ctx: _GCtx, has_h0: bool):
+  h0_ref, o_ref, ht_ref = rest if has_h0 else (None, *rest)
+  tp, kp = q_ref.shape
+  bv = v_ref.shape[-1]
+  chunk, scale = ctx.chunk, ctx.scale
+  s0 = h0_ref[...].astype(_F32) if has_h0 else jnp.zeros((kp, bv), _F32)
+
+  def body(c, s):
+    sl = _chunk_slice(c, chunk)
+    qc, kc, vc = q_ref[sl, :], k_ref[sl, :], v_ref[sl, :]
+    gt = _Gates(g_ref[sl, :], ctx)
+    qf, kf = _f32(qc) * scale, _f32(kc)
+    a = jnp.zeros((chunk, chunk), _F32)
+    for j in range(chunk):
+      aj = jnp.sum(qf * gt.pair(j) * gt.row_of(kf, j), axis=1)
+      a = jnp.where(gt.col == j, aj[:, None], a)
+    o = _dd(qf * jnp.exp2(gt.G), s, 1, 0, ctx) + _dot_f32_lhs(a, vc, 1, 0, ctx, False)
+    o_ref[sl, :] = o.astype(o_ref.dtype)
+    kd = kf * jnp.exp2(gt.R)
+    return jnp.exp2(gt.gl)[:, None] * s + _dot_f32_lhs(kd, vc, 0, 0, ctx, False)
+
+  ht_ref[...] = jax.lax.fori_loop(0, tp // chunk, body, s0)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Backward roles. Refs hold whole [Tp, Kp] / [Tp, Vp] rows of one (batch, head).
+
+def _dq_role(kt, q_ref, k_ref, v_ref, do_ref, g_ref, h0_ref, dq_ref, dgq_ref, *, ctx, bk, precise):
+  """Forward sweep for key tile kt: dq and the query-side gate terms rowsum(P) - colsum(P) + q ⊙ dq_inter."""
+  tp = q_ref.shape[0]
+  vp = v_ref.shape[-1]
+  chunk, scale = ctx.chunk, ctx.scale
+  ks = pl.ds(pl.multiple_of(kt * bk, bk), bk)
+  s0 = h0_ref[ks, :].astype(_F32) if h0_ref is not None else jnp.zeros((bk, vp), _F32)
+
+  def body(c, s):
+    sl = _chunk_slice(c, chunk)
+    qc, kc = q_ref[sl, ks], k_ref[sl, ks]
+    vc, doc = v_ref[sl, :], do_ref[sl, :]
+    gt = _Gates(g_ref[sl, ks], ctx)
+    qf, kf = _f32(qc) * scale, _f32(kc)
+    da = _dot(doc, vc, 1, 1, ctx)                         # dO V^T [C(i), C(j)]
+    dq_intra = jnp.zeros((chunk, bk), _F32)
+    p_row = jnp.zeros((chunk, bk), _F32)
+    p_col = jnp.zeros((chunk, bk), _F32)
+    for j in range(chunk):
+      t = gt.col_of(da, j) * (gt.pair(j) * gt.row_of(kf, j))  # dA_ij k_j e^{G_i - G_j}
+      dq_intra = dq_intra + t
+      p = jnp.where(gt.row > j, qf * t, 0.0)              # P_ij, i > j
+      p_row = p_row + p
+      p_col = jnp.where(gt.row == j, jnp.sum(p, axis=0)[None, :], p_col)
+    dq_inter = _dot_f32_rhs(doc, s, 1, 1, ctx, precise) * jnp.exp2(gt.G)  # e^G ⊙ dO S^T
+    dq_ref[sl, ks] = ((dq_intra + dq_inter) * scale).astype(dq_ref.dtype)
+    dgq_ref[sl, ks] = p_row - p_col + qf * dq_inter
+    kd = kf * jnp.exp2(gt.R)
+    return jnp.exp2(gt.gl)[:, None] * s + _dot_f32_lhs(kd, vc, 0, 0, ctx, precise)
+
+  jax.lax.fori_loop(0, tp // chunk, body, s0)
+
+
+def _dkv_role(q_ref, k_ref, v_ref, do_ref, g_ref, dht_ref, dk_ref, dv_ref, dgk_ref, dge_ref, dh0_ref, *,
+              ctx, precise):
+  """Backward sweep over all of K and V: dk, dv, dh0 and the key-side gate terms k ⊙ dk_q (pairs with later
+  queries) and E (pairs with d final_state). dS is carried as dS_q + λ dS_T (λ [K]: decay to the end)."""
+  tp, kp = q_ref.shape
+  n = tp // ctx.chunk
+  chunk, scale = ctx.chunk, ctx.scale
+
+  def body(i, carry):
+    dsq, lam = carry
+    sl = _chunk_slice(n - 1 - i, chunk)
+    qc, kc, vc, doc = q_ref[sl, :], k_ref[sl, :], v_ref[sl, :], do_ref[sl, :]
+    gt = _Gates(g_ref[sl, :], ctx)
+    qf, kf = _f32(qc) * scale, _f32(kc)
+    da = _dot(doc, vc, 1, 1, ctx)
+    a = jnp.zeros((chunk, chunk), _F32)
+    dk_intra = jnp.zeros((chunk, kp), _F32)
+    for j in range(chunk):
+      qe = qf * gt.pair(j)                                # q_i e^{G_i - G_j}, i >= j
+      a = jnp.where(gt.col == j, jnp.sum(qe * gt.row_of(kf, j), axis=1)[:, None], a)
+      dk_intra = jnp.where(gt.row == j, jnp.sum(gt.col_of(da, j) * qe, axis=0)[None, :], dk_intra)
+    er = jnp.exp2(gt.R)
+    kd = kf * er
+    dht = dht_ref[...].astype(_F32)
+    dv = (_dot_f32_lhs(a, doc, 0, 0, ctx, False) + _dd(kd, dsq, 1, 0, ctx)
+          + _dd(kd * lam[None, :], dht, 1, 0, ctx))
+    dv_ref[sl, :] = dv.astype(dv_ref.dtype)
+    dk_q = _dot_f32_rhs(vc, dsq, 1, 1, ctx, precise)     # V dS_q^T
+    dk_t = _dot_f32_rhs(vc, dht, 1, 1, ctx, precise)     # V dS_T^T
+    dk_ref[sl, :] = (dk_intra + (dk_q + lam[None, :] * dk_t) * er).astype(dk_ref.dtype)
+    dgk_ref[sl, :] = kd * dk_q
+    dge_ref[sl, :] = kd * dk_t * lam[None, :]
+    decay = jnp.exp2(gt.gl)
+    qd = qf * jnp.exp2(gt.G)
+    return decay[:, None] * dsq + _dot_f32_lhs(qd, doc, 0, 0, ctx, precise), lam * decay
+
+  vp = v_ref.shape[-1]
+  dsq, lam = jax.lax.fori_loop(0, n, body, (jnp.zeros((kp, vp), _F32), jnp.ones((kp,), _F32)))
+  dh0_ref[...] = dsq + lam[:, None] * dht_ref[...].astype(_F32)
+
+
+def _bwd_kernel(q_ref, k_ref, v_ref, do_ref, g_ref, *rest, nk, has_h0, bk, ctx, precise):
+  """Grid axis 2: [0, nk) dq sweeps (one per key tile), nk: the dk / dv sweep."""
+  if has_h0:
+    h0_ref, dht_ref, *outs = rest
+  else:
+    h0_ref = None
+    dht_ref, *outs = rest
+  dq_ref, dk_ref, dv_ref, dgq_ref, dgk_ref, dge_ref, dh0_ref = outs
+  r = pl.program_id(2)
+
+  @pl.when(r < nk)
+  def _():
+    _dq_role(r, q_ref, k_ref, v_ref, do_ref, g_ref, h0_ref, dq_ref, dgq_ref, ctx=ctx, bk=bk, precise=precise)
+
+  @pl.when(r == nk)
+  def _():
+    _dkv_role(q_ref, k_ref, v_ref, do_ref, g_ref, dht_ref, dk_ref, dv_ref, dgk_ref, dge_ref, dh0_ref,
+              ctx=ctx, precise=precise)
+
+
+# ----------------------------------------------------------------------------------------------------
+# pallas_call wrappers on padded arrays: q, k, g [B,Tp,H,Kp], v, do [B,Tp,H,Vp], h0 / dht [B,H,Kp,Vp] fp32.
+
+def _row_spec(tp, d):
+  return pl.BlockSpec((None, tp, None, d), lambda b, h, r: (b, 0, h, 0))
+
+
+def _state_spec(kp, vp):
+  return pl.BlockSpec((None, None, kp, vp), lambda b, h, r: (b, h, 0, 0))
+
+
+def _forward(q, k, v, g, h0, ctx, cfg, interpret):
+  b, tp, h, kp = q.shape
+  vp = v.shape[-1]
+  bv = min(cfg.block_v, vp)
+  has_h0 = h0 is not None
+  vtile = pl.BlockSpec((None, tp, None, bv), lambda b, h, r: (b, 0, h, r))
+  state_tile = pl.BlockSpec((None, None, kp, bv), lambda b, h, r: (b, h, 0, r))
+  in_specs = [_row_spec(tp, kp), _row_spec(tp, kp), vtile, _row_spec(tp, kp)] + ([state_tile] if has_h0 else [])
+  return pl.pallas_call(
+      functools.partial(_fwd_kernel, ctx=ctx, has_h0=has_h0), grid=(b, h, vp // bv),
+      in_specs=in_specs, out_specs=[vtile, state_tile],
+      out_shape=[jax.ShapeDtypeStruct((b, tp, h, vp), q.dtype), jax.ShapeDtypeStruct((b, h, kp, vp), _F32)],
+      interpret=interpret, name='gla_fwd',
+      **_params(interpret, ctx, cfg.num_warps, cfg.num_stages))(q, k, v, g, *([h0] if has_h0 else []))
+
+
+def _backward(q, k, v, g, h0, do, dht, ctx, cfg, interpret):
+  """Returns dq, dk [B,Tp,H,Kp], dv [B,Tp,H,Vp] (input dtype), dgq, dgk, dge [B,Tp,H,Kp] fp32, dh0 fp32."""
+  b, tp, h, kp = q.shape
+  vp = v.shape[-1]
+  bk = min(cfg.block_k_bwd, kp)
+  nk = kp // bk
+  has_h0 = h0 is not None
+  qk, vv, st = _row_spec(tp, kp), _row_spec(tp, vp), _state_spec(kp, vp)
+  dt_k = jax.ShapeDtypeStruct((b, tp, h, kp), q.dtype)
+  dt_v = jax.ShapeDtypeStruct((b, tp, h, vp), q.dtype)
+  dg_shape = jax.ShapeDtypeStruct((b, tp, h, kp), _F32)
+  kernel = functools.partial(_bwd_kernel, nk=nk, has_h0=has_h0, bk=bk, ctx=ctx, precise=cfg.precise_dg)
+  return pl.pallas_call(
+      kernel, grid=(b, h, nk + 1),
+      in_specs=[qk, qk, vv, vv, qk, *([st] if has_h0 else []), st],
+      out_specs=[qk, qk, vv, qk, qk, qk, st],
+      out_shape=[dt_k, dt_k, dt_v, dg_shape, dg_shape, dg_shape, jax.ShapeDtypeStruct((b, h, kp, vp), _F32)],
+      interpret=interpret, name='gla_bwd',
+      **_params(interpret, ctx, cfg.num_warps_bwd, cfg.num_stages_bwd))(
+          q, k, v, do, g, *([h0] if has_h0 else []), dht)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7))
+def _core(q, k, v, g, h0, ctx, cfg, interpret):
+  return _forward(q, k, v, g, h0, ctx, cfg, interpret)
+
+
+def _core_fwd(q, k, v, g, h0, ctx, cfg, interpret):
+  return _forward(q, k, v, g, h0, ctx, cfg, interpret), (q, k, v, g, h0)
+
+
+def _core_bwd(ctx, cfg, interpret, res, cts):
+  q, k, v, g, h0 = res
+  do, dht = cts
+  dht = dht.astype(_F32)
+  dq, dk, dv, dgq, dgk, dge, dh0 = _backward(q, k, v, g, h0, do.astype(q.dtype), dht, ctx, cfg, interpret)
+  # dg_l = sum_{t>=l} (q_t dq_t - k_t dk_t) + sum_v S_T dS_T, regrouped (module docstring): reverse cumsum of
+  # the query-key terms, plus sum_{j<l} E_j, plus e^{sum g} sum_v h0 dS_T.
+  rev = jnp.flip(jnp.cumsum(jnp.flip(dgq - dgk, 1), axis=1), 1)
+  dg = rev + jnp.cumsum(dge, axis=1) - dge
+  if h0 is not None:
+    dg = dg + (jnp.exp(jnp.sum(_f32(g), axis=1)) * jnp.sum(h0 * dht, axis=-1))[:, None]
+  return dq, dk, dv, dg.astype(g.dtype), (None if h0 is None else dh0.astype(h0.dtype))
+
+
+_core.defvjp(_core_fwd, _core_bwd)
+
+
+def kernel_gla(q, k, v, g, *, scale, initial_state=None, segment_ids=None, chunk_size=64,
+               config: KernelConfig | None = None, interpret: bool | None = None):
+  """Returns (o [B,T,H,V] in q's dtype, final_state fp32 [B,H,K,V]).
+
+  chunk_size (impl 'chunk''s parameter) is ignored: the kernel's chunk is config.chunk. Raises
+  NotImplementedError (so that impl='auto' falls back to 'chunk') for segment_ids, on TPU and for head dims
+  above 128. interpret None: Pallas interpret mode everywhere but on GPU.
+  """
+  del chunk_size
+  if segment_ids is not None:
+    raise NotImplementedError('the gla kernel does not support segment_ids yet')
+  backend = default_backend()
+  if interpret is None:
+    if backend == 'tpu':
+      raise NotImplementedError('the gla kernel has only a Triton (GPU) lowering')
+    interpret = backend != 'gpu'
+  if max(q.shape[-1], v.shape[-1]) > _MAX_HEAD_DIM:
+    raise NotImplementedError(f'the gla kernel takes head dims up to {_MAX_HEAD_DIM} (its tiles are sized '
+                              f'for that); got K={q.shape[-1]}, V={v.shape[-1]}')
+  cfg = DEFAULT_CONFIG if config is None else config
+  if cfg.chunk not in (16, 32, 64):
+    raise NotImplementedError(f'the gla kernel needs config.chunk in (16, 32, 64); got {cfg.chunk}')
+  t, kd, vd = q.shape[1], q.shape[-1], v.shape[-1]
+  dtype = jnp.promote_types(q.dtype, jnp.bfloat16)  # fp16 / bf16 / fp32 kernels; mixed inputs promote
+  dtype = jnp.promote_types(jnp.promote_types(dtype, k.dtype), v.dtype)
+  tp = -(-t // cfg.chunk) * cfg.chunk
+  kp, vp = _next_pow2(kd), _next_pow2(vd)
+  pad = lambda x, d, dt: _pad_axis(_pad_axis(x.astype(dt), 1, tp), 3, d)
+  gdt = g.dtype if g.dtype in (jnp.bfloat16, jnp.float32) else _F32
+  h0 = None
+  if initial_state is not None:
+    h0 = _pad_axis(_pad_axis(initial_state.astype(_F32), 2, kp), 3, vp)
+  ctx = _GCtx(jnp.dtype(dtype), float(scale), cfg.chunk, split_g=gdt != jnp.bfloat16)
+  o, ht = _core(pad(q, kp, dtype), pad(k, kp, dtype), pad(v, vp, dtype), pad(g, kp, gdt), h0, ctx, cfg,
+                bool(interpret))
+  return o[:, :t, :, :vd].astype(q.dtype), ht[:, :, :kd, :vd]

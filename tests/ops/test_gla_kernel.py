@@ -1,0 +1,169 @@
+"""gla impl='kernel' (Pallas) against the fp32 step-loop oracle: outputs, final state, all gradients.
+
+On CPU the kernel runs in Pallas interpret mode (tiny shapes); on a GPU it runs natively through the Triton
+lowering, and the GPU-only tests add real head sizes, T ~ 1000 and T = 65536. Tolerances are DESIGN.md's
+(relative RMS): 1e-5 in fp32 (IEEE fp32 dots, Precision.HIGHEST), 5e-3 in bf16 (bf16 operands, fp32
+accumulation, bf16 output). The base in test_gla.py is not reused: the kernel takes no segment_ids.
+"""
+from __future__ import annotations
+
+import functools
+import importlib
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from effattn.ops.gla import gla
+from effattn.ops.gla.naive import gla_naive
+from effattn.ops.gla.pallas import KernelConfig, kernel_gla
+from helpers import TOL, assert_close
+
+ON_GPU = jax.default_backend() == 'gpu'
+gla_mod = importlib.import_module('effattn.ops.gla')  # the package, not the function
+
+
+class Case(NamedTuple):
+  b: int
+  t: int
+  h: int
+  k: int
+  v: int
+  n: float  # gate g = logsigmoid(x) / n, per channel
+  h0: bool
+  dtype: str = 'float32'
+
+  def __str__(self):
+    return (f'B{self.b}-T{self.t}-H{self.h}-K{self.k}-V{self.v}-n{self.n:g}'
+            f'{"-h0" if self.h0 else ""}-{self.dtype}')
+
+
+CASES = [
+    Case(2, 63, 2, 48, 60, n=1, h0=True),               # T not a multiple of 16, non-power-of-2 K, V
+    Case(1, 130, 2, 48, 60, n=0.1, h0=True),            # fast gates
+    Case(1, 130, 1, 32, 48, n=16, h0=False),            # slow gates, no initial state
+    Case(2, 1, 2, 16, 16, n=1, h0=True),                # one token
+    Case(1, 130, 2, 64, 64, n=1, h0=True, dtype='bfloat16'),
+    Case(1, 130, 1, 48, 32, n=0.1, h0=True, dtype='bfloat16'),
+    Case(1, 130, 1, 32, 48, n=16, h0=True, dtype='bfloat16'),
+]
+GPU_CASES = [
+    Case(2, 1000, 2, 128, 128, n=1, h0=True, dtype='bfloat16'),
+    Case(1, 1000, 3, 128, 128, n=0.1, h0=True, dtype='bfloat16'),
+    Case(1, 1000, 2, 128, 64, n=16, h0=True, dtype='bfloat16'),
+    Case(1, 777, 2, 128, 128, n=0.1, h0=True),
+]
+
+
+def make_inputs(case: Case, seed: int = 0):
+  """Inputs (q, k, v in case.dtype; g, h0 fp32) and cotangents (do in case.dtype, dht fp32)."""
+  rng = np.random.default_rng(seed)
+  dt = jnp.dtype(case.dtype)
+  f32 = lambda *s: jnp.asarray(rng.standard_normal(s), jnp.float32)
+  x = {'q': f32(case.b, case.t, case.h, case.k).astype(dt), 'k': f32(case.b, case.t, case.h, case.k).astype(dt),
+       'v': f32(case.b, case.t, case.h, case.v).astype(dt)}
+  x['g'] = jax.nn.log_sigmoid(f32(case.b, case.t, case.h, case.k)) / case.n
+  if case.h0:
+    x['h0'] = f32(case.b, case.h, case.k, case.v)
+  cot = (f32(case.b, case.t, case.h, case.v).astype(dt), f32(case.b, case.h, case.k, case.v))
+  return x, cot
+
+
+@functools.partial(jax.jit, static_argnames=('fn',))
+def _run(x, cot, *, fn):
+  """(o, final_state, grads of sum(o*do) + sum(ht*dht) for every input)."""
+  def f(x):
+    return fn(x['q'], x['k'], x['v'], x['g'], scale=x['q'].shape[-1] ** -0.5, initial_state=x.get('h0'))
+  (o, ht), vjp = jax.vjp(f, x)
+  return o, ht, vjp((cot[0].astype(o.dtype), cot[1]))[0]
+
+
+def _naive(q, k, v, g, *, scale, initial_state):
+  return gla_naive(q, k, v, g, scale=scale, initial_state=initial_state)
+
+
+def _check(case: Case, fn):
+  x, cot = make_inputs(case)
+  o, ht, grads = _run(x, cot, fn=fn)
+  up = {n: a.astype(jnp.float32) for n, a in x.items()}  # the same values, in fp32, for the oracle
+  o_ref, ht_ref, grads_ref = _run(up, (cot[0].astype(jnp.float32), cot[1]), fn=_naive)
+  tol = TOL[case.dtype]
+  assert o.dtype == x['q'].dtype and ht.dtype == jnp.float32
+  assert_close('o', o, o_ref, tol)
+  assert_close('final_state', ht, ht_ref, tol)
+  assert set(grads) == set(x)
+  for name in x:
+    assert grads[name].dtype == x[name].dtype, name
+    assert_close(f'd{name}', grads[name], grads_ref[name], tol)
+
+
+@pytest.mark.parametrize('case', CASES, ids=str)
+def test_matches_naive(case):
+  _check(case, kernel_gla)
+
+
+def test_chunk_32_and_small_tiles():
+  """config.chunk = 32, several value tiles in the forward and several key tiles in the dq sweep."""
+  cfg = KernelConfig(chunk=32, block_v=16, block_k_bwd=16)
+  _check(Case(1, 70, 1, 48, 40, n=1, h0=True), functools.partial(kernel_gla, config=cfg))
+
+
+def test_bf16_gates_through_the_public_op():
+  """g in bf16 (its cumsum dots take one bf16 operand, not two): dg comes back in bf16."""
+  x, cot = make_inputs(Case(1, 40, 2, 32, 32, n=1, h0=False, dtype='bfloat16'))
+  x['g'] = x['g'].astype(jnp.bfloat16)
+
+  def loss(x, impl):
+    o, ht = gla(x['q'], x['k'], x['v'], x['g'], output_final_state=True, impl=impl)
+    return jnp.sum(o.astype(jnp.float32) * cot[0]) + jnp.sum(ht * cot[1])
+  grad = jax.jit(jax.grad(loss), static_argnums=1)
+  grads = grad(x, 'kernel')
+  grads_ref = grad({n: a.astype(jnp.float32) for n, a in x.items()}, 'naive')
+  for name in x:
+    assert grads[name].dtype == jnp.bfloat16
+    assert_close(f'd{name}', grads[name], grads_ref[name], TOL['bfloat16'])
+
+
+def test_segment_ids_not_implemented_and_auto_falls_back(monkeypatch):
+  x, _ = make_inputs(Case(1, 40, 1, 16, 16, n=1, h0=False))
+  seg = jnp.asarray(np.repeat([[1, 2]], 20, axis=1))
+  with pytest.raises(NotImplementedError, match='segment_ids'):
+    gla(x['q'], x['k'], x['v'], x['g'], segment_ids=seg, impl='kernel')
+  monkeypatch.setattr(gla_mod, 'default_backend', lambda: 'gpu')  # 'auto' as on a GPU
+  assert gla_mod._auto_order(x['q'])[0] == 'kernel'
+  assert gla_mod._auto_order(x['q'][:, :1])[0] == 'recurrent'
+  o, _ = gla(x['q'], x['k'], x['v'], x['g'], segment_ids=seg, impl='auto')
+  o_ref, _ = gla(x['q'], x['k'], x['v'], x['g'], segment_ids=seg, impl='chunk')
+  np.testing.assert_array_equal(o, o_ref)
+
+
+def test_unsupported_head_dim_or_chunk_raises_not_implemented():
+  x, _ = make_inputs(Case(1, 8, 1, 16, 16, n=1, h0=False))
+  with pytest.raises(NotImplementedError, match='head dims'):
+    gla(x['q'], x['k'], jnp.zeros((1, 8, 1, 192)), x['g'], impl='kernel')
+  with pytest.raises(NotImplementedError, match='chunk'):
+    kernel_gla(x['q'], x['k'], x['v'], x['g'], scale=1.0, config=KernelConfig(chunk=8))
+
+
+@pytest.mark.skipif(not ON_GPU, reason='native Triton kernel: GPU only (interpret mode is too slow here)')
+@pytest.mark.parametrize('case', GPU_CASES, ids=str)
+def test_matches_naive_gpu_shapes(case):
+  _check(case, kernel_gla)
+
+
+@pytest.mark.skipif(not ON_GPU, reason='T = 65536: GPU only')
+@pytest.mark.parametrize('n', [0.1, 16])
+def test_long_bf16_finite(n):
+  b, t, h, d = 1, 65536, 2, 128
+  keys = jax.random.split(jax.random.key(0), 4)
+  q, k, v = (jax.random.normal(key, (b, t, h, d), jnp.bfloat16) for key in keys[:3])
+  g = jax.nn.log_sigmoid(jax.random.normal(keys[3], (b, t, h, d))) / n
+
+  def loss(q, k, v, g):
+    o, ht = gla(q, k, v, g, output_final_state=True, impl='kernel')
+    return jnp.sum(o.astype(jnp.float32)) + jnp.sum(ht), (o, ht)
+  grads, (o, ht) = jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3), has_aux=True))(q, k, v, g)
+  for a in (o, ht, *grads):
+    assert bool(jnp.all(jnp.isfinite(a.astype(jnp.float32))))
