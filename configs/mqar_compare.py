@@ -3,25 +3,35 @@
   python -m effattn.compare configs/mqar_compare.py --workdir=runs/compare
   python -m effattn.compare configs/mqar_compare.py --kinds=softmax,gla --workdir=runs/compare
 
-Small models (d_model 64, 2 layers, no MLP) as in Zoology's MQAR figures, where the recurrent-state
-size separates the kinds: softmax keeps the whole KV cache and recalls every pair; fixed-state kinds
-recall fewer as their state shrinks.
+Small models as in Zoology's MQAR figures (Arora et al. 2023): d_model 64, two layers without MLP, the
+first a BaseConv (gated short convolution; `layers = 'base_conv,*'`, '*' = the compared kind), which
+gives every kind the previous-token information an induction head needs, so that the one attention
+layer can learn recall in a CPU-sized budget. A mixture of (64, 4) and (256, 16) examples makes the
+first steps cheap to learn from; evaluation is on (256, 16) alone. Softmax keeps the whole KV cache and
+recalls every pair; fixed-state kinds recall fewer as their state shrinks.
 """
 
 from configs import default
+
+COMPARE_KINDS = ('softmax', 'sigmoid', 'linear', 'lightning', 'gla', 'deltanet', 'gated_deltanet',
+                 'hedgehog', 'based', 'agent', 'routing')
 
 
 def get_config():
     c = default.get_config()
     c.name = 'compare'
+    c.compare_kinds = COMPARE_KINDS
     c.model.d_model = 64
-    c.data.train_settings = ((256, 16),)
+    c.model.layers = 'base_conv,*'
+    c.data.vocab_size = c.model.vocab_size = 512
+    c.data.train_settings = ((64, 4), (256, 16))
     c.data.eval_settings = ((256, 16),)
     c.data.seq_len = 256
     c.data.eval_examples = 256
-    c.train.steps = 600
+    c.train.steps = 1000
     c.train.batch_size = 32
+    c.train.lr = 3e-3
     c.train.eval_every = 0
     c.train.stop_at_accuracy = 0.0
-    c.checkpoint.every = 600
+    c.checkpoint.every = 1000
     return c
