@@ -74,3 +74,39 @@ def chunk_outputs(q, k, w, u, g, s_starts, scale, chunk, precision=_HI):
     kd = k * jnp.exp(gdiff[..., -1, :])[..., None]  # G_C - G_j
     s_end = jnp.exp(gcum[..., -1])[..., None, None] * s + ein('...CK,...CV->...KV', kd, vp)
     return _unchunked(o), jnp.moveaxis(s_end, 1, 2)
+
+
+def wy_prep_bwd(k, v, g, beta, t, dw, du, chunk, precision=_HI):
+    """Cotangents (dk, dv, dg, dbeta) of wy_prep given T = (I + A)^-1 [B, Tp, H, C] and dW, dU (closed form).
+
+    dkb = T^T dW, dvb = T^T dU, dA = -strictly-lower(T^T (dW kb^T + dU vb^T) T^T); M = dA ⊙ A is the
+    cotangent of G_i - G_j, so dg_l = Σ_{i>=l>j} M_ij (pairs straddling l, summed without cancellation)
+    + Σ_{r>=l} (dkb ⊙ kb)_r.
+    """
+    k, v, g, beta, t, dw, du = (_chunked(x.astype(jnp.float32), chunk) for x in (k, v, g, beta, t, dw, du))
+    gcum, gdiff, _ = _gates(g)
+    c = k.shape[-2]
+    strict = jnp.tril(jnp.ones((c, c), bool), -1)
+    ein = lambda eq, a, b: jnp.einsum(eq, a, b, precision=precision)
+    eg = jnp.exp(gcum)
+    kb = k * (beta * eg)[..., None]
+    vb = v * beta[..., None]
+    dkb = ein('...JI,...JD->...ID', t, dw)
+    dvb = ein('...JI,...JD->...ID', t, du)
+    dt = ein('...ID,...JD->...IJ', dw, kb) + ein('...ID,...JD->...IJ', du, vb)
+    da = -ein('...KI,...KJ->...IJ', t, ein('...KL,...JL->...KJ', dt, t))  # -(T^T dT T^T)
+    gamma = jnp.where(strict, jnp.exp(jnp.where(strict, gdiff, 0.0)), 0.0)
+    kk = ein('...IK,...JK->...IJ', k, k)
+    dag = jnp.where(strict, da, 0.0) * gamma
+    dab = dag * beta[..., :, None]
+    dk = dkb * (beta * eg)[..., None] + ein('...IJ,...JK->...IK', dab, k) + ein('...IJ,...IK->...JK', dab, k)
+    dv = dvb * beta[..., None]
+    dbeta = jnp.sum(dkb * k * eg[..., None], -1) + jnp.sum(dvb * v, -1) + jnp.sum(dag * kk, -1)
+    m = dab * kk  # dA ⊙ A
+    before = (jnp.arange(c)[:, None] < jnp.arange(c)[None, :]).astype(jnp.float32)  # [j, l] = j < l
+    x = ein('...IJ,JL->...IL', m, before)
+    dg = jnp.sum(jnp.where(jnp.arange(c)[:, None] >= jnp.arange(c)[None, :], x, 0.0), -2)
+    s = jnp.sum(dkb * kb, -1)
+    dg = dg + jnp.flip(jnp.cumsum(jnp.flip(s, -1), -1), -1)
+    unvec = lambda x: jnp.moveaxis(x, 3, 2).reshape(x.shape[0], -1, x.shape[2])
+    return _unchunked(dk), _unchunked(dv), unvec(dg), unvec(dbeta)

@@ -37,16 +37,20 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
 from effattn.ops.common.dispatch import default_backend
-from effattn.ops.gated_delta_rule._wy import chunk_outputs, wy_prep
+from effattn.ops.gated_delta_rule._kernel_common import (
+    _F32,
+    _chunk_slice,
+    _Ctx,
+    _Gates,
+    _next_pow2,
+    _nn,
+    _nt,
+    _params,
+    _tn,
+)
+from effattn.ops.gated_delta_rule._wy import chunk_outputs, wy_prep_bwd
+from effattn.ops.gated_delta_rule._wy_kernel import wy_kernel
 
-try:  # jax 0.10 / 0.11: Triton-specific compiler parameters
-    from jax.experimental.pallas import triton as _plgpu
-    _CompilerParams = getattr(_plgpu, 'CompilerParams', None) or _plgpu.TritonCompilerParams
-except (ImportError, AttributeError):  # pragma: no cover
-    _CompilerParams = None
-
-_F32 = jnp.float32
-_LOG2E = 1.4426950408889634
 _MAX_HEAD_DIM = 128
 
 
@@ -59,79 +63,12 @@ class KernelConfig:
     num_stages: int = 3
     num_warps_bwd: int = 8
     num_stages_bwd: int = 3
+    num_warps_wy: int = 4    # WY/UT-transform kernel (one program per chunk)
 
 
 DEFAULT_CONFIG = KernelConfig()
 
 
-def _next_pow2(n: int, lo: int = 16) -> int:
-    return max(lo, 1 << (int(n) - 1).bit_length())
-
-
-@dataclasses.dataclass(frozen=True)
-class _Ctx:
-    dt: object      # dtype of the kernel dot operands
-    scale: float
-    chunk: int
-
-    @property
-    def fp32(self) -> bool:
-        return self.dt == jnp.float32
-
-    @property
-    def prec(self):
-        return jax.lax.Precision.HIGHEST if self.fp32 else None
-
-    @property
-    def xla_prec(self):
-        """Precision of the XLA (fp32) parts: IEEE for fp32 inputs, the default (TF32 on GPU) for bf16."""
-        return jax.lax.Precision.HIGHEST if self.fp32 else jax.lax.Precision.DEFAULT
-
-
-def _dot(a, b, ca: int, cb: int, ctx: _Ctx):
-    """Contracts a's axis ca with b's axis cb, both cast to ctx.dt; fp32 result."""
-    return jax.lax.dot_general(a.astype(ctx.dt), b.astype(ctx.dt), (((ca,), (cb,)), ((), ())),
-                               precision=ctx.prec, preferred_element_type=_F32)
-
-
-def _nn(a, b, ctx):  # a @ b
-    return _dot(a, b, 1, 0, ctx)
-
-
-def _nt(a, b, ctx):  # a @ b^T
-    return _dot(a, b, 1, 1, ctx)
-
-
-def _tn(a, b, ctx):  # a^T @ b
-    return _dot(a, b, 0, 0, ctx)
-
-
-class _Gates:
-    """Chunk-local log decays of one chunk from g [C] fp32, in base 2 (one exp2 each), by masked sums."""
-
-    def __init__(self, g, ctx: _Ctx):
-        c = g.shape[0]
-        g = g * _LOG2E
-        idx = jnp.arange(c, dtype=jnp.int32)
-        self.row, self.col = idx[:, None], idx[None, :]
-        upto = jnp.where(self.col <= self.row, g[None, :], 0.0)
-        self.gi = jnp.sum(upto, axis=1)                                              # G_i
-        self.rj = jnp.sum(jnp.where(self.col > self.row, g[None, :], 0.0), axis=1)  # G_C - G_j
-        self.gl = jnp.sum(g)                                                         # G_C
-        if ctx.fp32:  # segment sums term by term (an exact 0/1 dot): no cancellation in G_i - G_j
-            self._log = _dot(upto, (self.row > self.col).astype(_F32), 1, 0, ctx)
-        else:
-            self._log = self.gi[:, None] - self.gi[None, :]
-
-    def gamma(self):
-        return jnp.exp2(jnp.where(self.row >= self.col, self._log, -jnp.inf))
-
-
-def _chunk_slice(c, size):
-    return pl.ds(pl.multiple_of(c * size, size), size)
-
-
-# ----------------------------------------------------------------------------------------------------
 # Kernels. Refs: q, k, w [Tp, Kp] (one batch, head), u, o, do [Tp, BV] (a value tile), g [Tp] fp32,
 # states [Kp, BV] fp32, stacked chunk states [N * Kp, BV] fp32.
 
@@ -201,13 +138,6 @@ def _state_tile(rows, bv):
     return pl.BlockSpec((None, None, rows, bv), lambda b, h, r: (b, h, 0, r))
 
 
-def _params(interpret, ctx: _Ctx, num_warps, num_stages):
-    if interpret or _CompilerParams is None:
-        return {}
-    if ctx.fp32:  # fp32 tiles are twice as large (shared memory; see simple_gla/pallas.py)
-        num_stages = min(num_stages, 2)
-    return {'compiler_params': _CompilerParams(num_warps=num_warps, num_stages=num_stages)}
-
 
 def _forward(q, k, w, u, g, h0, ctx, cfg, interpret, store):
     b, tp, h, kp = q.shape
@@ -257,32 +187,33 @@ def _gates_bht(g):
 
 
 def _run_forward(q, k, v, g, beta, h0, ctx, cfg, interpret, store):
-    w, u = wy_prep(k, v, g, beta, ctx.chunk, ctx.xla_prec)
-    w, u = w.astype(ctx.dt), u.astype(ctx.dt)
-    return _forward(q, k, w, u, _gates_bht(g), h0, ctx, cfg, interpret, store)
+    """(o, ht, chunk-start states or None, (W, U, T))."""
+    w, u, t = wy_kernel(k, v, _gates_bht(g), _gates_bht(beta), ctx, cfg.num_warps_wy, interpret)
+    o, ht, s_starts = _forward(q, k, w, u, _gates_bht(g), h0, ctx, cfg, interpret, store)
+    return o, ht, s_starts, (w, u, t)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7, 8))
 def _core(q, k, v, g, beta, h0, ctx, cfg, interpret):
-    o, ht, _ = _run_forward(q, k, v, g, beta, h0, ctx, cfg, interpret, False)
+    o, ht, _, _ = _run_forward(q, k, v, g, beta, h0, ctx, cfg, interpret, False)
     return o, ht
 
 
 def _core_fwd(q, k, v, g, beta, h0, ctx, cfg, interpret):
-    o, ht, s_starts = _run_forward(q, k, v, g, beta, h0, ctx, cfg, interpret, True)
-    return (o, ht), (q, k, v, g, beta, h0, s_starts)
+    o, ht, s_starts, wut = _run_forward(q, k, v, g, beta, h0, ctx, cfg, interpret, True)
+    return (o, ht), (q, k, v, g, beta, h0, s_starts, wut)
 
 
 def _core_bwd(ctx, cfg, interpret, res, cts):
-    q, k, v, g, beta, h0, s_starts = res
+    q, k, v, g, beta, h0, s_starts, (w, u, t) = res
     do, dht = cts
     chunk, prec = ctx.chunk, ctx.xla_prec
-    (w, u), prep_vjp = jax.vjp(lambda *x: wy_prep(*x, chunk, prec), k, v, g, beta)
-    ds_ends, dh0 = _state_grads(q, k, w.astype(ctx.dt), do.astype(ctx.dt), _gates_bht(g),
-                                dht.astype(_F32), ctx, cfg, interpret)
-    _, out_vjp = jax.vjp(lambda *x: chunk_outputs(*x, s_starts, ctx.scale, chunk, prec), q, k, w, u, g)
+    ds_ends, dh0 = _state_grads(q, k, w, do.astype(ctx.dt), _gates_bht(g), dht.astype(_F32), ctx, cfg,
+                                interpret)
+    _, out_vjp = jax.vjp(lambda *x: chunk_outputs(*x, s_starts, ctx.scale, chunk, prec),
+                         q, k, w.astype(_F32), u.astype(_F32), g)
     dq, dk_o, dw, du, dg_o = out_vjp((do.astype(_F32), ds_ends))
-    dk_p, dv, dg_p, dbeta = prep_vjp((dw, du))
+    dk_p, dv, dg_p, dbeta = wy_prep_bwd(k, v, g, beta, t, dw, du, chunk, prec)
     cast = lambda x, ref: x.astype(ref.dtype)
     return (cast(dq, q), cast(dk_o + dk_p, k), cast(dv, v), cast(dg_o + dg_p, g), cast(dbeta, beta),
             None if h0 is None else cast(dh0, h0))
