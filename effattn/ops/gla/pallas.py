@@ -6,17 +6,19 @@ Layout: one program per (batch, head, value tile) walks the chunks with a fori_l
 of C rows (G = chunk-local inclusive cumsum of g [C, K], R_j = sum_{l>j} g_l, G_C = sum_l g_l; q scaled):
   O_c     = (Q_c ⊙ e^G) S_c + A V_c,              A_ij = sum_k q_ik k_jk e^{G_ik - G_jk}  (i >= j)
   S_{c+1} = diag(e^{G_C}) S_c + (K_c ⊙ e^R)^T V_c
-Chunk C = 16 and A pairwise: the per-channel decay cannot be factored as (Q e^G)(K e^-G)^T (e^-G overflows),
-so some pairs need one exp per (i, j, k). With secondary chunking (chunk C, sub-chunks c, ALGORITHMS.md
-section 5) a chunk costs C c K pairwise exps for the diagonal sub-blocks plus C K per sub-chunk reference
-for the off-diagonal factors: (c + C/c) K exps per row, 20 K at C = 64, c = 16 (and 36 K counting the
-masked upper half the pairwise loop also evaluates); a chunk of 16 done wholly pairwise costs 16 K per row
-(32 K with the masked half), the same order, with none of the sub-block bookkeeping that Triton makes hard
-(no value slicing: every sub-block would need its own masked copies) and with [16, K] fp32 tiles instead of
-[64, K], which leaves registers for the [K, V] states. The inter-chunk dots do the same flops at C = 16 as at
-C = 64 (as M = 16 tensor-core tiles), the state update just runs 4x as often. A is built one key column j at
-a time: e^{G_i - G_j} [C, K] for all rows i, masked to i >= j (rows of G and k are extracted by masked sums,
-so that G_i - G_j is exactly 0 on the diagonal).
+Intra part (the main difficulty): the per-channel decay cannot be factored as (Q e^G)(K e^-G)^T over a chunk
+(e^-G overflows), so some pairs need one exp per (i, j, k). Chunk C = 16, split into two half-blocks of 8
+rows: the quadrant (rows 8..15) x (columns 0..7) is one dot of factors <= 1 about the reference row 7,
+A = (Q ⊙ e^{G-G_7})(K ⊙ e^{G_7-G})^T (secondary chunking, ALGORITHMS.md section 5), the two 8 x 8 diagonal
+blocks are pairwise: 7 steps, step j pairs every row with key j of its own half ([C, K] exps, masked to the
+strict lower triangle; the diagonal has no decay). Cost: (7 + 2) exps per row and channel (+ 2 for the
+inter-chunk factors). Why not FLA's chunk 64 with sub-chunks of 16: its diagonal sub-blocks cost 16 and its
+off-diagonal factors 4 per row (more exps, and every masked half-evaluated pair costs too), its [64, K] fp32
+tiles leave few registers for the [K, V] states (simple_gla's chunk-64 kernels already hit the 255-register
+cap), and Triton has no value slicing, so each of its sub-blocks needs its own masked copies. The inter-chunk
+dots do the same flops at C = 16 (as M = 16 tensor-core tiles); the state update runs 4x as often.
+config.chunk = 32 or 64 also works (half-blocks of 16 or 32, pairwise cost growing with them); for tuning.
+Rows of G and k are extracted by masked sums, so that the exponents are exact on the diagonal.
 
 Backward (custom VJP), two sweeps in one launch (grid axis 2 picks the role), no stored state:
   dq  (forward in time, per key tile, S recomputed):  dQ = sum_j dA_ij k_j e^{G_i-G_j} + e^G ⊙ dO S_c^T
@@ -28,8 +30,8 @@ Both sweeps evaluate the pairwise exps once per chunk and use them for everythin
 Gate gradient (ALGORITHMS.md section 0, per channel): dg_l = sum_{t>=l} (q_t dq_t - k_t dk_t) + sum_v S_T dS_T,
 a sum over query-key pairs (i, j) with j < l <= i in which pairs with both ends >= l cancel. Regrouped as in
 simple_gla/pallas.py so that nothing large cancels in bf16:
-  - intra-chunk pairs from the fp32 products P_ijk = q_ik dA_ij k_jk e^{G_ik-G_jk} (i > j): row sum minus column
-    sum per position (the gate-free diagonal never enters);
+  - intra-chunk pairs, P_ijk = q_ik dA_ij k_jk e^{G_ik-G_jk} (i > j): row sum minus column sum per position,
+    q ⊙ dQ_strict - k ⊙ dK_strict in fp32 (the gate-free diagonal never enters; the quadrant dots are precise);
   - cross-chunk pairs through the state: q ⊙ (dO S^T) e^G and k ⊙ (V dS_q^T) e^R, with S and dS_q used to ~2^-17
     in bf16 (`precise_dg`: each fp32 operand split into two bf16 dot operands);
   - keys paired with d final_state, E_j = e^{sum_{l>j} g} k_j (v_j dS_T), summed forward (dS = dS_q + λ dS_T, λ
@@ -91,33 +93,106 @@ def _cumsum_dot(mask, g, ctx: _GCtx):
 
 
 class _Gates:
-  """Chunk-local log decays of one chunk from g [C, K] (base 2)."""
+  """Chunk-local log decays of one chunk from g [C, K] (base 2) and the pair structure of its intra part.
+
+  The chunk's lower triangle splits into two diagonal half-blocks (p = C/2 rows each) and the quadrant
+  (rows >= p) x (columns < p). The quadrant is one dot of factors <= 1 about the reference row p-1 (secondary
+  chunking, ALGORITHMS.md section 5): A_ij = (q_i e^{G_i-G_ref}) (k_j e^{G_ref-G_j})^T. The half-blocks are
+  pairwise: step j pairs every row with the key of sub-index j of its own half (`key`), strictly below the
+  diagonal; the diagonal itself has no decay.
+  """
 
   def __init__(self, g, ctx: _GCtx):
     c = g.shape[0]
+    self.p = p = c // 2
     g = _f32(g)
     idx = jnp.arange(c, dtype=jnp.int32)
     self.row, self.col = idx[:, None], idx[None, :]
     self.G = _cumsum_dot(self.col <= self.row, g, ctx) * _LOG2E   # G_i = sum_{l<=i} g_l
     self.R = _cumsum_dot(self.col > self.row, g, ctx) * _LOG2E    # R_j = sum_{l>j} g_l
     self.gl = jnp.sum(g, axis=0) * _LOG2E                         # G_C [K]
+    self.lo = self.row < p                                        # rows of the first half
+    self.sub = jnp.where(self.lo, self.row, self.row - p)         # row index within its half
+    ref = self.row_of(self.G, p - 1)
+    self.qfac = jnp.exp2(jnp.where(self.lo, -jnp.inf, self.G - ref))  # e^{G_i - G_ref}, second half
+    self.kfac = jnp.exp2(jnp.where(self.lo, ref - self.G, -jnp.inf))  # e^{G_ref - G_j}, first half
 
   def row_of(self, x, j):
     """x[j, :] as [1, K] (a masked sum: exact, and Triton has no slicing)."""
     return jnp.sum(jnp.where(self.row == j, x, 0.0), axis=0)[None, :]
 
-  def col_of(self, x, j):
-    """x[:, j] as [C, 1]."""
-    return jnp.sum(jnp.where(self.col == j, x, 0.0), axis=1)[:, None]
+  def key(self, x, j):
+    """[C, K]: on each row, the row of x of the key it pairs with at step j (sub-index j of its half)."""
+    return jnp.where(self.lo, self.row_of(x, j), self.row_of(x, self.p + j))
 
   def pair(self, j):
-    """[C, K]: e^{G_i - G_j} for rows i >= j, else 0."""
-    return jnp.exp2(jnp.where(self.row >= j, self.G - self.row_of(self.G, j), -jnp.inf))
+    """[C, K]: e^{G_i - G_key} for rows of sub-index > j, else 0."""
+    return jnp.exp2(jnp.where(self.sub > j, self.G - self.key(self.G, j), -jnp.inf))
+
+  def _at_key(self, j):
+    return self.col == jnp.where(self.lo, j, self.p + j)
+
+  def take(self, m, j):
+    """m [C, C] at (i, column of i's key at step j), as [C, 1]."""
+    return jnp.sum(jnp.where(self._at_key(j), m, 0.0), axis=1)[:, None]
+
+  def put(self, m, j, val):
+    """m [C, C] with val [C, 1] written at (i, column of i's key at step j) for rows of sub-index > j."""
+    return jnp.where(self._at_key(j) & (self.sub > j), val, m)
+
+  def add_keys(self, x, j, contrib):
+    """x [C, K] plus contrib [C(query), K] summed over each half's queries into that half's key row."""
+    top = jnp.sum(jnp.where(self.lo, contrib, 0.0), axis=0)[None, :]
+    bot = jnp.sum(jnp.where(self.lo, 0.0, contrib), axis=0)[None, :]
+    return x + jnp.where(self.row == j, top, jnp.where(self.row == self.p + j, bot, 0.0))
+
+  def diag(self, m):
+    """diag of m [C, C] as [C, 1]."""
+    return jnp.sum(jnp.where(self.row == self.col, m, 0.0), axis=1)[:, None]
+
+  def intra_a(self, qf, kf, ctx):
+    """A [C, C] fp32 (i >= j), from qf (scaled) and kf [C, K] fp32."""
+    a = _dd(qf * self.qfac, kf * self.kfac, 1, 1, ctx)
+    a = jnp.where(self.row == self.col, jnp.sum(qf * kf, axis=1)[:, None], a)
+    for j in range(self.p - 1):
+      a = self.put(a, j, jnp.sum(qf * self.pair(j) * self.key(kf, j), axis=1)[:, None])
+    return a
+
+  def intra_grads(self, da, qf, kf, ctx, precise):
+    """Strictly-lower parts of dQ = (dA ⊙ decay) K and dK = (dA ⊙ decay)^T Q, per channel (da: dO V^T)."""
+    dq = _ddp(da, kf * self.kfac, 1, 0, ctx, precise) * self.qfac
+    dk = _ddp(da, qf * self.qfac, 0, 0, ctx, precise) * self.kfac
+    for j in range(self.p - 1):
+      e = self.pair(j)
+      dq = dq + self.take(da, j) * e * self.key(kf, j)
+      dk = self.add_keys(dk, j, self.take(da, j) * qf * e)
+    return dq, dk
+
+  def intra_a_dk(self, qf, kf, da, ctx):
+    """intra_a and the full intra dK (diagonal included) from one pass over the pairwise exps."""
+    qq = qf * self.qfac
+    a = _dd(qq, kf * self.kfac, 1, 1, ctx)
+    a = jnp.where(self.row == self.col, jnp.sum(qf * kf, axis=1)[:, None], a)
+    dk = _dd(da, qq, 0, 0, ctx) * self.kfac + self.diag(da) * qf
+    for j in range(self.p - 1):
+      qe = qf * self.pair(j)
+      a = self.put(a, j, jnp.sum(qe * self.key(kf, j), axis=1)[:, None])
+      dk = self.add_keys(dk, j, self.take(da, j) * qe)
+    return a, dk
 
 
 def _dd(x, y, ca, cb, ctx):
   """dot of two fp32 intermediates, both rounded to ctx.dt."""
   return _dot(x.astype(ctx.dt), y.astype(ctx.dt), ca, cb, ctx)
+
+
+def _ddp(x, y, ca, cb, ctx, precise):
+  """_dd, or to ~2^-16 if precise (bf16: x = xh + xl, y = yh + yl, three dots)."""
+  if ctx.fp32 or not precise:
+    return _dd(x, y, ca, cb, ctx)
+  xh, yh = x.astype(ctx.dt), y.astype(ctx.dt)
+  xl, yl = (x - _f32(xh)).astype(ctx.dt), (y - _f32(yh)).astype(ctx.dt)
+  return _dot(xh, yh, ca, cb, ctx) + _dot(xh, yl, ca, cb, ctx) + _dot(xl, yh, ca, cb, ctx)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -135,10 +210,7 @@ def _fwd_kernel(q_ref, k_ref, v_ref, g_ref, *rest, ctx: _GCtx, has_h0: bool):
     qc, kc, vc = q_ref[sl, :], k_ref[sl, :], v_ref[sl, :]
     gt = _Gates(g_ref[sl, :], ctx)
     qf, kf = _f32(qc) * scale, _f32(kc)
-    a = jnp.zeros((chunk, chunk), _F32)
-    for j in range(chunk):
-      aj = jnp.sum(qf * gt.pair(j) * gt.row_of(kf, j), axis=1)
-      a = jnp.where(gt.col == j, aj[:, None], a)
+    a = gt.intra_a(qf, kf, ctx)
     o = _dd(qf * jnp.exp2(gt.G), s, 1, 0, ctx) + _dot_f32_lhs(a, vc, 1, 0, ctx, False)
     o_ref[sl, :] = o.astype(o_ref.dtype)
     kd = kf * jnp.exp2(gt.R)
@@ -165,18 +237,11 @@ def _dq_role(kt, q_ref, k_ref, v_ref, do_ref, g_ref, h0_ref, dq_ref, dgq_ref, *,
     gt = _Gates(g_ref[sl, ks], ctx)
     qf, kf = _f32(qc) * scale, _f32(kc)
     da = _dot(doc, vc, 1, 1, ctx)                         # dO V^T [C(i), C(j)]
-    dq_intra = jnp.zeros((chunk, bk), _F32)
-    p_row = jnp.zeros((chunk, bk), _F32)
-    p_col = jnp.zeros((chunk, bk), _F32)
-    for j in range(chunk):
-      t = gt.col_of(da, j) * (gt.pair(j) * gt.row_of(kf, j))  # dA_ij k_j e^{G_i - G_j}
-      dq_intra = dq_intra + t
-      p = jnp.where(gt.row > j, qf * t, 0.0)              # P_ij, i > j
-      p_row = p_row + p
-      p_col = jnp.where(gt.row == j, jnp.sum(p, axis=0)[None, :], p_col)
+    dq_s, dk_s = gt.intra_grads(da, qf, kf, ctx, precise)  # strictly-lower pairs only
     dq_inter = _dot_f32_rhs(doc, s, 1, 1, ctx, precise) * jnp.exp2(gt.G)  # e^G ⊙ dO S^T
-    dq_ref[sl, ks] = ((dq_intra + dq_inter) * scale).astype(dq_ref.dtype)
-    dgq_ref[sl, ks] = p_row - p_col + qf * dq_inter
+    dq_ref[sl, ks] = ((dq_s + gt.diag(da) * kf + dq_inter) * scale).astype(dq_ref.dtype)
+    # intra pairs: rowsum(P) - colsum(P), P_ijk = q_ik dA_ij k_jk e^{G_ik-G_jk} (i > j; the diagonal cancels)
+    dgq_ref[sl, ks] = qf * dq_s - kf * dk_s + qf * dq_inter
     kd = kf * jnp.exp2(gt.R)
     return jnp.exp2(gt.gl)[:, None] * s + _dot_f32_lhs(kd, vc, 0, 0, ctx, precise)
 
@@ -188,22 +253,17 @@ def _dkv_role(q_ref, k_ref, v_ref, do_ref, g_ref, dht_ref, dk_ref, dv_ref, dgk_r
   """Backward sweep over all of K and V: dk, dv, dh0 and the key-side gate terms k ⊙ dk_q (pairs with later
   queries) and E (pairs with d final_state). dS is carried as dS_q + λ dS_T (λ [K]: decay to the end)."""
   tp, kp = q_ref.shape
-  n = tp // ctx.chunk
-  chunk, scale = ctx.chunk, ctx.scale
+  chunk = ctx.chunk
+  n = tp // chunk
 
   def body(i, carry):
     dsq, lam = carry
     sl = _chunk_slice(n - 1 - i, chunk)
     qc, kc, vc, doc = q_ref[sl, :], k_ref[sl, :], v_ref[sl, :], do_ref[sl, :]
     gt = _Gates(g_ref[sl, :], ctx)
-    qf, kf = _f32(qc) * scale, _f32(kc)
+    qf, kf = _f32(qc) * ctx.scale, _f32(kc)
     da = _dot(doc, vc, 1, 1, ctx)
-    a = jnp.zeros((chunk, chunk), _F32)
-    dk_intra = jnp.zeros((chunk, kp), _F32)
-    for j in range(chunk):
-      qe = qf * gt.pair(j)                                # q_i e^{G_i - G_j}, i >= j
-      a = jnp.where(gt.col == j, jnp.sum(qe * gt.row_of(kf, j), axis=1)[:, None], a)
-      dk_intra = jnp.where(gt.row == j, jnp.sum(gt.col_of(da, j) * qe, axis=0)[None, :], dk_intra)
+    a, dk_intra = gt.intra_a_dk(qf, kf, da, ctx)
     er = jnp.exp2(gt.R)
     kd = kf * er
     dht = dht_ref[...].astype(_F32)
