@@ -1,7 +1,7 @@
 """Per-chunk (parallel over chunks) algebra of the gated delta rule, pure jnp, for the Pallas kernel's wrapper.
 
 ALGORITHMS.md section 6 (Yang et al. 2024 App. B, WY/UT transform). Layout: inputs [B, Tp, H, D] with
-Tp = N C, viewed as [B, N, C, H, D]; chunk states [B, H, N, K, V]. All fp32.
+Tp = N C, viewed as [B, H, N, C, D]; chunk states [B, H, N, K, V]. All fp32.
 
   wy_prep:        A = strictly-lower(diag(beta)(K K^T * Gamma)), [W | U] = (I + A)^-1 [diag(beta) K e^G | diag(beta) V]
   chunk_outputs:  V' = U - W S_c, O_c = (s Q e^G) S_c + (s Q K^T * Gamma) V', S_{c+1} = e^{G_C} S_c + (K e^{G_C - G})^T V'
@@ -21,16 +21,16 @@ _HI = jax.lax.Precision.HIGHEST
 
 
 def _chunked(x, chunk):
-    """[B, Tp, H, D] -> [B, N, H, C, D]; [B, Tp, H] -> [B, N, H, C]."""
+    """[B, Tp, H, D] -> [B, H, N, C, D]; [B, Tp, H] -> [B, H, N, C] (the chunk states' batch order)."""
     b, tp = x.shape[:2]
     x = x.reshape(b, tp // chunk, chunk, *x.shape[2:])
-    return jnp.moveaxis(x, 2, 3)
+    return jnp.moveaxis(x, 3, 1)
 
 
 def _unchunked(x):
-    """[B, N, H, C, D] -> [B, Tp, H, D]."""
-    b, n, h, c, d = x.shape
-    return jnp.moveaxis(x, 3, 2).reshape(b, n * c, h, d)
+    """[B, H, N, C, D] -> [B, Tp, H, D]."""
+    b, h, n, c, d = x.shape
+    return jnp.moveaxis(x, 1, 3).reshape(b, n * c, h, d)
 
 
 def _gates(g):
@@ -64,7 +64,7 @@ def wy_prep(k, v, g, beta, chunk, precision=_HI):
 def chunk_outputs(q, k, w, u, g, s_starts, scale, chunk, precision=_HI):
     """o [B, Tp, H, V] and chunk-end states [B, H, N, K, V] given every chunk's start state."""
     q, k, w, u, g = (_chunked(x.astype(jnp.float32), chunk) for x in (q, k, w, u, g))
-    s = jnp.moveaxis(s_starts, 2, 1)  # [B, N, H, K, V]
+    s = s_starts
     gcum, gdiff, causal = _gates(g)
     ein = lambda eq, a, b: jnp.einsum(eq, a, b, precision=precision)
     vp = u - ein('...CK,...KV->...CV', w, s)
@@ -73,7 +73,7 @@ def chunk_outputs(q, k, w, u, g, s_starts, scale, chunk, precision=_HI):
     o = ein('...CK,...KV->...CV', qg, s) + ein('...IJ,...JV->...IV', aqk, vp)
     kd = k * jnp.exp(gdiff[..., -1, :])[..., None]  # G_C - G_j
     s_end = jnp.exp(gcum[..., -1])[..., None, None] * s + ein('...CK,...CV->...KV', kd, vp)
-    return _unchunked(o), jnp.moveaxis(s_end, 1, 2)
+    return _unchunked(o), s_end
 
 
 def wy_prep_bwd(k, v, g, beta, t, dw, du, chunk, precision=_HI):
@@ -108,5 +108,5 @@ def wy_prep_bwd(k, v, g, beta, t, dw, du, chunk, precision=_HI):
     dg = jnp.sum(jnp.where(jnp.arange(c)[:, None] >= jnp.arange(c)[None, :], x, 0.0), -2)
     s = jnp.sum(dkb * kb, -1)
     dg = dg + jnp.flip(jnp.cumsum(jnp.flip(s, -1), -1), -1)
-    unvec = lambda x: jnp.moveaxis(x, 3, 2).reshape(x.shape[0], -1, x.shape[2])
+    unvec = lambda x: jnp.moveaxis(x, 1, 3).reshape(x.shape[0], -1, x.shape[1])
     return _unchunked(dk), _unchunked(dv), unvec(dg), unvec(dbeta)

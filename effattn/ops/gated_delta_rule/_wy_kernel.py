@@ -37,7 +37,6 @@ def _wy_kernel(k_ref, v_ref, g_ref, beta_ref, w_ref, u_ref, t_ref, *, ctx: _Ctx)
     blk = [pl.ds(i * _BLK, _BLK) for i in range(nb)]
     g = [g_ref[s] * _LOG2E for s in blk]  # base 2: one exp2 per decay
     beta = [beta_ref[s] for s in blk]
-    k = [k_ref[s, :] for s in blk]
     gsum = [jnp.sum(x) for x in g]
     gin = [jnp.sum(jnp.where(col <= row, x[None, :], 0.0), axis=1) for x in g]   # Σ_{l<=r} in block
     gout = [jnp.sum(jnp.where(col > row, x[None, :], 0.0), axis=1) for x in g]   # Σ_{l>s} in block
@@ -54,7 +53,7 @@ def _wy_kernel(k_ref, v_ref, g_ref, beta_ref, w_ref, u_ref, t_ref, *, ctx: _Ctx)
     a = {}
     for i in range(nb):
         for j in range(i + 1):
-            kk = _nt(k[i], k[j], ctx) * beta[i][:, None]
+            kk = _nt(k_ref[blk[i], :], k_ref[blk[j], :], ctx) * beta[i][:, None]
             lg = log_gamma(i, j)
             if i == j:
                 a[i, j] = jnp.where(row > col, kk * jnp.exp2(jnp.where(row > col, lg, 0.0)), 0.0)
@@ -80,12 +79,13 @@ def _wy_kernel(k_ref, v_ref, g_ref, beta_ref, w_ref, u_ref, t_ref, *, ctx: _Ctx)
             t[i, j] = -_dot32(t[i, i], acc)
 
     prefix = [sum(gsum[:i], jnp.float32(0.0)) for i in range(nb)]
-    kb = [k[j].astype(_F32) * (beta[j] * jnp.exp2(prefix[j] + gin[j]))[:, None] for j in range(nb)]
-    vb = [v_ref[blk[j], :].astype(_F32) * beta[j][:, None] for j in range(nb)]
+    # Operands reloaded (L1-resident) at each use rather than held: fewer live registers.
+    kb = lambda j: k_ref[blk[j], :].astype(_F32) * (beta[j] * jnp.exp2(prefix[j] + gin[j]))[:, None]
+    vb = lambda j: v_ref[blk[j], :].astype(_F32) * beta[j][:, None]
     zero = jnp.zeros((_BLK, _BLK), _F32)
     for i in range(nb):
-        w = sum(_nn(t[i, j], kb[j], ctx) for j in range(i + 1))
-        u = sum(_nn(t[i, j], vb[j], ctx) for j in range(i + 1))
+        w = sum(_nn(t[i, j], kb(j), ctx) for j in range(i + 1))
+        u = sum(_nn(t[i, j], vb(j), ctx) for j in range(i + 1))
         w_ref[blk[i], :] = w.astype(w_ref.dtype)
         u_ref[blk[i], :] = u.astype(u_ref.dtype)
         for j in range(nb):

@@ -6,10 +6,10 @@ gated rule with g = 0. Per chunk c (G chunk-local cumsum of g, Γ_ij = e^{G_i - 
   A = strictly-lower(diag(β)(K K^T ⊙ Γ)),  [W | U] = (I + A)^{-1} [diag(β) K ⊙ e^G | diag(β) V]   (parallel)
   V' = U - W S_c,  O_c = (Q ⊙ e^G) S_c + (Q K^T ⊙ Γ) V',  S_{c+1} = e^{G_C} S_c + (K ⊙ e^{G_C - G})^T V'
 
-Design (why this split). Only the state recurrence is sequential, so only it is a Pallas kernel:
-  - W, U (the triangular solve) are plain XLA batched matmuls over all chunks (_wy.wy_prep, fp32; the
-    inverse by blocked forward substitution, common/triangular.py). A Triton triangular solve needs row
-    access the Triton lowering does not give (no value slicing), and XLA's batched matmuls are efficient.
+Design (why this split). Three Pallas kernels and a parallel XLA backward:
+  - WY kernel (_wy_kernel.py), one program per (batch, head, chunk): A, T = (I + A)^{-1} (16-row blocks,
+    forward substitution, block merge, as fla's solve_tril), W, U; T is written out for the backward.
+    In XLA the blocked inverse is ~100 small ops (launch-bound at B=4, T=4096, H=16); in-kernel it is free.
   - Forward kernel, Lightning Attention-2 layout as in simple_gla/pallas.py: one program per (batch, head,
     value tile) walks the chunks with a fori_loop and keeps the fp32 state [K, BV] on chip; value tiling
     is exact because each column of S evolves independently given W and U. It writes o, the final
@@ -18,13 +18,16 @@ Design (why this split). Only the state recurrence is sequential, so only it is 
     dV'_c = (Q K^T ⊙ Γ)^T dO_c + (K ⊙ e^{G_C - G}) dS_{c+1},
     dS_c  = e^{G_C} dS_{c+1} + (Q ⊙ e^G)^T dO_c - W^T dV'_c,   dS_N = d final_state, d h0 = dS_0,
     writing every chunk-end cotangent dS_{c+1}.
-  - Everything else is parallel over chunks given S_c and dS_{c+1}: jax.vjp of the pure-jnp per-chunk
-    output map (_wy.chunk_outputs) and of wy_prep gives dq, dk, dv, dβ, dg (all fp32 XLA; autodiff of the
-    exact algebra, so no hand-derived gate-gradient cancellation can go wrong).
+  - Everything else is parallel over chunks given S_c and dS_{c+1}, so it is fp32 XLA batched matmuls:
+    jax.vjp of the per-chunk output map (_wy.chunk_outputs: dq, dk, dW, dU, dg) and the closed-form
+    backward of the WY transform through the saved T (_wy.wy_prep_bwd: dA = -T^T dT T^T, ...; dk, dv,
+    dβ, dg). Autodiff of exact per-chunk algebra leaves no hand-derived gate-gradient cancellation to get
+    wrong; the straddling-pair sum for dg through Γ is exact (no reverse-cumsum cancellation).
 
 Numerics: fp32 inputs use IEEE fp32 dots (Precision.HIGHEST) everywhere; bf16 inputs use bf16 kernel
-dots (W, U, V', S rounded to bf16 before each dot, as FLA) with fp32 accumulation and fp32 states, while
-the XLA parts stay fp32 (default matmul precision). Triton lowering constraints as in simple_gla/pallas.py:
+dots (W, U, V', S rounded to bf16 before each dot, as FLA) with fp32 accumulation and fp32 states; the
+triangular inverse is fp32 (IEEE) in both modes; the XLA parts are fp32 (default matmul precision, TF32
+on GPU, for bf16 inputs). Triton lowering constraints as in simple_gla/pallas.py:
 no value slicing or cumsum (masked sums), power-of-two blocks (K, V padded to >= 16, T to the chunk).
 """
 from __future__ import annotations
