@@ -20,10 +20,11 @@ dots do the same flops at C = 16 (as M = 16 tensor-core tiles); the state update
 config.chunk = 32 or 64 also works (half-blocks of 16 or 32, pairwise cost growing with them); for tuning.
 Rows of G and k are extracted by masked sums, so that the exponents are exact on the diagonal.
 
-Backward (custom VJP), two sweeps in one launch (grid axis 2 picks the role), no stored state:
+Backward (custom VJP), sweeps in one launch (grid axis 2 picks the role), no stored state:
   dq  (forward in time, per key tile, S recomputed):  dQ = sum_j dA_ij k_j e^{G_i-G_j} + e^G ⊙ dO S_c^T
-  dk, dv (backward in time, whole K and V):           dK = sum_i dA_ij q_i e^{G_i-G_j} + e^R ⊙ V dS_{c+1}^T
-                                                      dV = A^T dO + (K ⊙ e^R) dS_{c+1}
+  dk  (backward in time, per key tile):               dK = sum_i dA_ij q_i e^{G_i-G_j} + e^R ⊙ V dS_{c+1}^T
+  dv  (backward in time, per value tile, all of K):   dV = A^T dO + (K ⊙ e^R) dS_{c+1}
+By default (fuse_dkv) dk and dv are one sweep over all of K and V, sharing its pairwise exps.
   dA = dO V^T (i >= j); dS_c = diag(e^{G_C}) dS_{c+1} + (Q ⊙ e^G)^T dO, dS_N = d final_state, dh0 = dS_0.
 Both sweeps evaluate the pairwise exps once per chunk and use them for everything that needs them.
 
@@ -52,8 +53,20 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
 from effattn.ops.common.dispatch import default_backend
-from effattn.ops.simple_gla.pallas import (_F32, _LOG2E, _MAX_HEAD_DIM, _chunk_slice, _Ctx, _dot, _dot_f32_lhs,
-                                           _dot_f32_rhs, _f32, _next_pow2, _pad_axis, _params)
+from effattn.ops.simple_gla.pallas import (
+  _F32,
+  _LOG2E,
+  _MAX_HEAD_DIM,
+  _chunk_slice,
+  _Ctx,
+  _dot,
+  _dot_f32_lhs,
+  _dot_f32_rhs,
+  _f32,
+  _next_pow2,
+  _pad_axis,
+  _params,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,7 +74,11 @@ class KernelConfig:
   """Tile widths and Triton launch parameters (untuned first guesses; see benchmark_fn)."""
   chunk: int = 16            # rows per chunk (16, 32 or 64); the pairwise cost per row grows with it
   block_v: int = 64          # forward: value-tile width of each program
-  block_k_bwd: int = 128     # backward dq sweep: key-tile width (the dk/dv sweep takes all of K and V)
+  block_k_dq: int = 128      # backward dq sweeps: key-tile width
+  fuse_dkv: bool = True      # backward: one dk + dv sweep over all of K and V (fewest pairwise exps, but
+                             # [K, V] fp32 states); else dk sweeps per key tile and dv sweeps per value tile
+  block_k_bwd: int = 64      # backward dk sweeps (fuse_dkv False): key-tile width
+  block_v_bwd: int = 64      # backward dv sweeps (fuse_dkv False): value-tile width
   num_warps: int = 4
   num_stages: int = 2
   num_warps_bwd: int = 8
@@ -168,15 +185,18 @@ class _Gates:
       dk = self.add_keys(dk, j, self.take(da, j) * qf * e)
     return dq, dk
 
-  def intra_a_dk(self, qf, kf, da, ctx):
-    """intra_a and the full intra dK (diagonal included) from one pass over the pairwise exps."""
+  def intra_a_dk(self, qf, kf, da, ctx, want_a=True):
+    """intra_a (None unless want_a) and the full intra dK (diagonal included), one pass over the exps."""
     qq = qf * self.qfac
-    a = _dd(qq, kf * self.kfac, 1, 1, ctx)
-    a = jnp.where(self.row == self.col, jnp.sum(qf * kf, axis=1)[:, None], a)
+    a = None
+    if want_a:
+      a = _dd(qq, kf * self.kfac, 1, 1, ctx)
+      a = jnp.where(self.row == self.col, jnp.sum(qf * kf, axis=1)[:, None], a)
     dk = _dd(da, qq, 0, 0, ctx) * self.kfac + self.diag(da) * qf
     for j in range(self.p - 1):
       qe = qf * self.pair(j)
-      a = self.put(a, j, jnp.sum(qe * self.key(kf, j), axis=1)[:, None])
+      if want_a:
+        a = self.put(a, j, jnp.sum(qe * self.key(kf, j), axis=1)[:, None])
       dk = self.add_keys(dk, j, self.take(da, j) * qe)
     return a, dk
 
@@ -248,44 +268,68 @@ def _dq_role(kt, q_ref, k_ref, v_ref, do_ref, g_ref, h0_ref, dq_ref, dgq_ref, *,
   jax.lax.fori_loop(0, tp // chunk, body, s0)
 
 
-def _dkv_role(q_ref, k_ref, v_ref, do_ref, g_ref, dht_ref, dk_ref, dv_ref, dgk_ref, dge_ref, dh0_ref, *,
-              ctx, precise):
-  """Backward sweep over all of K and V: dk, dv, dh0 and the key-side gate terms k ⊙ dk_q (pairs with later
-  queries) and E (pairs with d final_state). dS is carried as dS_q + λ dS_T (λ [K]: decay to the end)."""
-  tp, kp = q_ref.shape
+def _dk_role(kt, q_ref, k_ref, v_ref, do_ref, g_ref, dht_ref, dk_ref, dgk_ref, dge_ref, dh0_ref, dv_ref, *,
+             ctx, bk, precise):
+  """Backward sweep for key tile kt (all of V): dk, dh0 rows and the key-side gate terms k ⊙ dk_q (pairs with
+  later queries) and E (pairs with d final_state); dS is carried as dS_q + λ dS_T (λ [bk]: decay to the end).
+  With dv_ref (fused, bk = K) also dv, from the same pairwise exps."""
+  tp = q_ref.shape[0]
+  vp = v_ref.shape[-1]
   chunk = ctx.chunk
   n = tp // chunk
+  ks = pl.ds(0, bk) if isinstance(kt, int) else pl.ds(pl.multiple_of(kt * bk, bk), bk)  # (fused: kt = 0)
 
   def body(i, carry):
     dsq, lam = carry
     sl = _chunk_slice(n - 1 - i, chunk)
-    qc, kc, vc, doc = q_ref[sl, :], k_ref[sl, :], v_ref[sl, :], do_ref[sl, :]
-    gt = _Gates(g_ref[sl, :], ctx)
+    qc, kc, vc, doc = q_ref[sl, ks], k_ref[sl, ks], v_ref[sl, :], do_ref[sl, :]
+    gt = _Gates(g_ref[sl, ks], ctx)
     qf, kf = _f32(qc) * ctx.scale, _f32(kc)
     da = _dot(doc, vc, 1, 1, ctx)
-    a, dk_intra = gt.intra_a_dk(qf, kf, da, ctx)
+    a, dk_intra = gt.intra_a_dk(qf, kf, da, ctx, want_a=dv_ref is not None)
     er = jnp.exp2(gt.R)
     kd = kf * er
-    dht = dht_ref[...].astype(_F32)
-    dv = (_dot_f32_lhs(a, doc, 0, 0, ctx, False) + _dd(kd, dsq, 1, 0, ctx)
-          + _dd(kd * lam[None, :], dht, 1, 0, ctx))
-    dv_ref[sl, :] = dv.astype(dv_ref.dtype)
+    dht = dht_ref[ks, :].astype(_F32)
+    if dv_ref is not None:
+      dv = (_dot_f32_lhs(a, doc, 0, 0, ctx, False) + _dd(kd, dsq, 1, 0, ctx)
+            + _dd(kd * lam[None, :], dht, 1, 0, ctx))
+      dv_ref[sl, :] = dv.astype(dv_ref.dtype)
     dk_q = _dot_f32_rhs(vc, dsq, 1, 1, ctx, precise)     # V dS_q^T
     dk_t = _dot_f32_rhs(vc, dht, 1, 1, ctx, precise)     # V dS_T^T
-    dk_ref[sl, :] = (dk_intra + (dk_q + lam[None, :] * dk_t) * er).astype(dk_ref.dtype)
-    dgk_ref[sl, :] = kd * dk_q
-    dge_ref[sl, :] = kd * dk_t * lam[None, :]
+    dk_ref[sl, ks] = (dk_intra + (dk_q + lam[None, :] * dk_t) * er).astype(dk_ref.dtype)
+    dgk_ref[sl, ks] = kd * dk_q
+    dge_ref[sl, ks] = kd * dk_t * lam[None, :]
     decay = jnp.exp2(gt.gl)
     qd = qf * jnp.exp2(gt.G)
     return decay[:, None] * dsq + _dot_f32_lhs(qd, doc, 0, 0, ctx, precise), lam * decay
 
-  vp = v_ref.shape[-1]
-  dsq, lam = jax.lax.fori_loop(0, n, body, (jnp.zeros((kp, vp), _F32), jnp.ones((kp,), _F32)))
-  dh0_ref[...] = dsq + lam[:, None] * dht_ref[...].astype(_F32)
+  dsq, lam = jax.lax.fori_loop(0, n, body, (jnp.zeros((bk, vp), _F32), jnp.ones((bk,), _F32)))
+  dh0_ref[ks, :] = dsq + lam[:, None] * dht_ref[ks, :].astype(_F32)
 
 
-def _bwd_kernel(q_ref, k_ref, v_ref, do_ref, g_ref, *rest, nk, has_h0, bk, ctx, precise):
-  """Grid axis 2: [0, nk) dq sweeps (one per key tile), nk: the dk / dv sweep."""
+def _dv_role(vt, q_ref, k_ref, do_ref, g_ref, dht_ref, dv_ref, *, ctx, bv):
+  """Backward sweep for value tile vt (all of K): dv = A^T dO + (K ⊙ e^R) dS_{c+1}."""
+  tp = q_ref.shape[0]
+  chunk = ctx.chunk
+  n = tp // chunk
+  vs = pl.ds(pl.multiple_of(vt * bv, bv), bv)
+
+  def body(i, ds):
+    sl = _chunk_slice(n - 1 - i, chunk)
+    qc, kc, doc = q_ref[sl, :], k_ref[sl, :], do_ref[sl, vs]
+    gt = _Gates(g_ref[sl, :], ctx)
+    qf, kf = _f32(qc) * ctx.scale, _f32(kc)
+    a = gt.intra_a(qf, kf, ctx)
+    dv = _dot_f32_lhs(a, doc, 0, 0, ctx, False) + _dd(kf * jnp.exp2(gt.R), ds, 1, 0, ctx)
+    dv_ref[sl, vs] = dv.astype(dv_ref.dtype)
+    return jnp.exp2(gt.gl)[:, None] * ds + _dot_f32_lhs(qf * jnp.exp2(gt.G), doc, 0, 0, ctx, False)
+
+  jax.lax.fori_loop(0, n, body, dht_ref[:, vs].astype(_F32))
+
+
+def _bwd_kernel(q_ref, k_ref, v_ref, do_ref, g_ref, *rest, has_h0, nq, nk, bq, bk, bv, ctx, precise):
+  """Grid axis 2: [0, nq) dq sweeps (key tiles of bq); then, fused (nk = 0), one dk + dv sweep over all of K
+  and V; else nk dk sweeps (key tiles of bk) and the dv sweeps (value tiles of bv)."""
   if has_h0:
     h0_ref, dht_ref, *outs = rest
   else:
@@ -294,14 +338,25 @@ def _bwd_kernel(q_ref, k_ref, v_ref, do_ref, g_ref, *rest, nk, has_h0, bk, ctx, 
   dq_ref, dk_ref, dv_ref, dgq_ref, dgk_ref, dge_ref, dh0_ref = outs
   r = pl.program_id(2)
 
-  @pl.when(r < nk)
+  @pl.when(r < nq)
   def _():
-    _dq_role(r, q_ref, k_ref, v_ref, do_ref, g_ref, h0_ref, dq_ref, dgq_ref, ctx=ctx, bk=bk, precise=precise)
+    _dq_role(r, q_ref, k_ref, v_ref, do_ref, g_ref, h0_ref, dq_ref, dgq_ref, ctx=ctx, bk=bq, precise=precise)
 
-  @pl.when(r == nk)
+  if nk == 0:
+    @pl.when(r == nq)
+    def _():
+      _dk_role(0, q_ref, k_ref, v_ref, do_ref, g_ref, dht_ref, dk_ref, dgk_ref, dge_ref, dh0_ref, dv_ref,
+               ctx=ctx, bk=q_ref.shape[-1], precise=precise)
+    return
+
+  @pl.when((r >= nq) & (r < nq + nk))
   def _():
-    _dkv_role(q_ref, k_ref, v_ref, do_ref, g_ref, dht_ref, dk_ref, dv_ref, dgk_ref, dge_ref, dh0_ref,
-              ctx=ctx, precise=precise)
+    _dk_role(r - nq, q_ref, k_ref, v_ref, do_ref, g_ref, dht_ref, dk_ref, dgk_ref, dge_ref, dh0_ref, None,
+             ctx=ctx, bk=bk, precise=precise)
+
+  @pl.when(r >= nq + nk)
+  def _():
+    _dv_role(r - nq - nk, q_ref, k_ref, do_ref, g_ref, dht_ref, dv_ref, ctx=ctx, bv=bv)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -335,16 +390,18 @@ def _backward(q, k, v, g, h0, do, dht, ctx, cfg, interpret):
   """Returns dq, dk [B,Tp,H,Kp], dv [B,Tp,H,Vp] (input dtype), dgq, dgk, dge [B,Tp,H,Kp] fp32, dh0 fp32."""
   b, tp, h, kp = q.shape
   vp = v.shape[-1]
-  bk = min(cfg.block_k_bwd, kp)
-  nk = kp // bk
+  bq, bk, bv = min(cfg.block_k_dq, kp), min(cfg.block_k_bwd, kp), min(cfg.block_v_bwd, vp)
+  nq = kp // bq
+  nk, nv = (0, 1) if cfg.fuse_dkv else (kp // bk, vp // bv)
   has_h0 = h0 is not None
   qk, vv, st = _row_spec(tp, kp), _row_spec(tp, vp), _state_spec(kp, vp)
   dt_k = jax.ShapeDtypeStruct((b, tp, h, kp), q.dtype)
   dt_v = jax.ShapeDtypeStruct((b, tp, h, vp), q.dtype)
   dg_shape = jax.ShapeDtypeStruct((b, tp, h, kp), _F32)
-  kernel = functools.partial(_bwd_kernel, nk=nk, has_h0=has_h0, bk=bk, ctx=ctx, precise=cfg.precise_dg)
+  kernel = functools.partial(_bwd_kernel, has_h0=has_h0, nq=nq, nk=nk, bq=bq, bk=bk, bv=bv, ctx=ctx,
+                             precise=cfg.precise_dg)
   return pl.pallas_call(
-      kernel, grid=(b, h, nk + 1),
+      kernel, grid=(b, h, nq + nk + nv),
       in_specs=[qk, qk, vv, vv, qk, *([st] if has_h0 else []), st],
       out_specs=[qk, qk, vv, qk, qk, qk, st],
       out_shape=[dt_k, dt_k, dt_v, dg_shape, dg_shape, dg_shape, jax.ShapeDtypeStruct((b, h, kp, vp), _F32)],
