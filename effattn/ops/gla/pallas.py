@@ -472,3 +472,25 @@ def kernel_gla(q, k, v, g, *, scale, initial_state=None, segment_ids=None, chunk
   o, ht = _core(pad(q, kp, dtype), pad(k, kp, dtype), pad(v, vp, dtype), pad(g, kp, gdt), h0, ctx, cfg,
                 bool(interpret))
   return o[:, :t, :, :vd].astype(q.dtype), ht[:, :, :kd, :vd]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Benchmark hooks (for benchmarks/ops_gpu.py).
+
+def benchmark_fn(config: KernelConfig | None = None):
+  """fn(q, k, v, g) -> o, the kernel at one configuration (default scale)."""
+  return lambda q, k, v, g: kernel_gla(q, k, v, g, scale=q.shape[-1] ** -0.5, config=config)[0]
+
+
+def tune_candidates(base: KernelConfig = DEFAULT_CONFIG) -> dict[str, list[KernelConfig]]:
+  """Configurations worth timing on the GPU, {'fwd': [...], 'fwd_bwd': [...]}, all derived from base: time the
+  'fwd' list, then call again with base = the fastest of it and time that call's 'fwd_bwd' list."""
+  fwd = [dataclasses.replace(base, chunk=c, block_v=bv, num_warps=w, num_stages=s)
+         for c in (16, 32) for bv in (32, 64, 128) for w in (4, 8) for s in (1, 2, 3)
+         if not (bv == 128 and w == 4)]
+  bwd = [dataclasses.replace(base, fuse_dkv=True, block_k_dq=bq, num_warps_bwd=w, num_stages_bwd=s)
+         for bq in (64, 128) for w in (4, 8) for s in (1, 2)]
+  bwd += [dataclasses.replace(base, fuse_dkv=False, block_k_dq=bq, block_k_bwd=bk, block_v_bwd=bv,
+                              num_warps_bwd=w, num_stages_bwd=s)
+          for bq in (64, 128) for bk in (32, 64) for bv in (32, 64) for w in (4, 8) for s in (1, 2)]
+  return {'fwd': fwd, 'fwd_bwd': bwd}
