@@ -259,6 +259,54 @@ def tune(shape, budget_s: float, log) -> tuple[sg_pallas.KernelConfig, list[dict
   return best[1], rows
 
 
+FLASH_FWD_CONFIGS = ((128, 64, 8, 3), (128, 64, 4, 2), (128, 64, 8, 2), (128, 128, 8, 2), (128, 32, 4, 3),
+                     (64, 64, 4, 3), (64, 128, 4, 2), (64, 64, 4, 2), (128, 64, 4, 3))
+FLASH_BWD_CONFIGS = ((64, 64, 8, 2), (64, 64, 4, 2), (64, 64, 4, 3), (64, 128, 8, 2), (128, 64, 8, 2),
+                     (32, 64, 4, 2), (64, 32, 4, 2), (128, 128, 8, 1))
+
+
+def tune_flash(op: str, shape, budget_s: float, window: int, log) -> tuple[object, list[dict]]:
+  """Times flash-kernel configurations (block_q, block_k, warps, stages) of sigmoid or windowed softmax."""
+  from effattn.ops.softmax_attention import pallas as flash
+  x, do = jax_inputs('softmax', *shape)
+  start, rows = time.perf_counter(), []
+  score = 'sigmoid' if op == 'sigmoid' else 'softmax'
+  bias = -float(np.log(shape[1])) if score == 'sigmoid' else None
+
+  def run(cfg, what):
+    if time.perf_counter() - start > budget_s:
+      return None
+    fn = lambda q, k, v: flash.flash_attention(q, k, v, score=score, causal=True, scale=q.shape[-1] ** -0.5,
+                                               window=None if score == 'sigmoid' else window, bias=bias,
+                                               config=cfg)
+    fwd, fwd_bwd = jax_fns(fn, tuple(x))
+    try:
+      call = (lambda: fwd(x)) if what == 'fwd' else (lambda: fwd_bwd(x, do))
+      ms = 1e3 * time_calls(call, jax_sync)
+    except Exception as e:  # noqa: BLE001  (a configuration Triton cannot compile)
+      log(f'  tune {op} {what} {cfg}: failed: {type(e).__name__}: {str(e)[:200]}')
+      ms = None
+    rows.append({'op': op, 'mode': what, 'config': dataclasses.asdict(cfg), 'ms': ms})
+    log(f'  tune {op} {what:7s} {ms if ms is None else round(ms, 3)} ms  {dataclasses.asdict(cfg)}')
+    return ms
+
+  best = (None, flash.DEFAULT_CONFIG)
+  for bq, bk, w, st in FLASH_FWD_CONFIGS:
+    cfg = dataclasses.replace(flash.DEFAULT_CONFIG, block_q=bq, block_k=bk, num_warps=w, num_stages=st)
+    ms = run(cfg, 'fwd')
+    if ms is not None and (best[0] is None or ms < best[0]):
+      best = (ms, cfg)
+  if score == 'sigmoid':
+    run(dataclasses.replace(best[1], fast_rcp=False), 'fwd')
+  fcfg, best = best[1], (None, best[1])
+  for bq, bk, w, st in FLASH_BWD_CONFIGS:
+    cfg = dataclasses.replace(fcfg, block_q_bwd=bq, block_k_bwd=bk, num_warps_bwd=w, num_stages_bwd=st)
+    ms = run(cfg, 'fwd_bwd')
+    if ms is not None and (best[0] is None or ms < best[0]):
+      best = (ms, cfg)
+  return best[1], rows
+
+
 def kernel_fn(op, cfg, window):
   return simple_gla_kernel_fn(cfg) if op == 'simple_gla' else effattn_op(op, 'kernel', window)
 
@@ -365,6 +413,7 @@ def main(argv=None):
   p.add_argument('--quick', action='store_true', help='one small shape, no tuning')
   p.add_argument('--tune', action='store_true', help='time kernel configurations at the first shape first')
   p.add_argument('--tune-budget-s', type=float, default=150.0)
+  p.add_argument('--tune-flash', default='', help='sigmoid and/or softmax_window: time flash-kernel configs first')
   p.add_argument('--ops', default='simple_gla', help=f'comma-separated, of {",".join(OPS)}, or "all"')
   p.add_argument('--impls', default='kernel,chunk,fla,cudnn,sdpa,xla',
                  help='restrict every op to these impls (softmax baselines: cudnn, sdpa, xla)')
@@ -430,6 +479,13 @@ def main(argv=None):
   if args.tune and not args.quick and 'simple_gla' in ops_list:
     log(f'tuning at {shapes[0]} (budget {args.tune_budget_s:.0f} s)')
     cfg, result['tune'] = tune(shapes[0], args.tune_budget_s, log)
+  for op in [o for o in args.tune_flash.split(',') if o]:
+    log(f'tuning the flash kernel for {op} at {shapes[0]} (budget {args.tune_budget_s:.0f} s)')
+    best, tune_rows = tune_flash(op, shapes[0], args.tune_budget_s, args.window, log)
+    result['tune'] += tune_rows
+    result.setdefault('flash_config', {})[op] = dataclasses.asdict(best)
+    log(f'  best {op}: {dataclasses.asdict(best)}')
+    save()
   result['config'] = dataclasses.asdict(cfg)
   log(f'kernel config: {result["config"]}')
   save()
