@@ -18,7 +18,7 @@ tiles leave few registers for the [K, V] states (simple_gla's chunk-64 kernels a
 cap), and Triton has no value slicing, so each of its sub-blocks needs its own masked copies. The inter-chunk
 dots do the same flops at C = 16 (as M = 16 tensor-core tiles); the state update runs 4x as often.
 config.chunk = 32 or 64 also works (half-blocks of 16 or 32, pairwise cost growing with them); for tuning.
-Rows of G and k are extracted by masked sums, so that the exponents are exact on the diagonal.
+The key rows each step needs (of k and of G) are loaded / kept as [1, K] rows, not extracted from tiles.
 
 Backward (custom VJP), sweeps in one launch (grid axis 2 picks the role), no stored state:
   dq  (forward in time, per key tile, S recomputed):  dQ = sum_j dA_ij k_j e^{G_i-G_j} + e^G ⊙ dO S_c^T
@@ -39,8 +39,8 @@ simple_gla/pallas.py so that nothing large cancels in bf16:
     the per-channel decay to the end), plus e^{sum g} sum_v h0 dS_T.
 The cumulative sums over T run in jnp on [B, T, H, K] fp32 arrays (three written by the kernel).
 
-Chunk cumsums of g are 0/1-matrix dots: IEEE fp32 (Precision.HIGHEST) for fp32 inputs, else two bf16 dots
-(g = hi + lo, ~2^-17; one if g is bf16 already). Gates are used in base 2 (one MUFU.EX2 per exp).
+Chunk cumsums of g are fp32 running sums of g rows loaded one at a time (see _Gates); gates are used in base 2
+(one MUFU.EX2 per exp).
 Triton lowering constraints as in simple_gla/pallas.py: no value slices, no cumsum, power-of-two blocks.
 """
 from __future__ import annotations
@@ -57,7 +57,6 @@ from effattn.ops.simple_gla.pallas import (
   _F32,
   _LOG2E,
   _MAX_HEAD_DIM,
-  _chunk_slice,
   _Ctx,
   _dot,
   _dot_f32_lhs,
@@ -89,62 +88,67 @@ class KernelConfig:
 DEFAULT_CONFIG = KernelConfig()
 
 
-@dataclasses.dataclass(frozen=True)
-class _GCtx(_Ctx):
-  split_g: bool = True       # g is wider than bf16: its cumsum dots take g = hi + lo
-
-
 # ----------------------------------------------------------------------------------------------------
-# In-kernel helpers (values already loaded from refs).
-
-def _cumsum_dot(mask, g, ctx: _GCtx):
-  """mask [C, C] bool (row i sums the g_l with mask[i, l]) @ g [C, K] fp32, to ~2^-17 or better."""
-  if ctx.fp32:
-    return _dot(mask.astype(_F32), g, 1, 0, ctx)
-  m = mask.astype(jnp.bfloat16)
-  hi = g.astype(jnp.bfloat16)
-  out = _dot(m, hi, 1, 0, ctx)
-  if ctx.split_g:
-    out = out + _dot(m, (g - hi.astype(_F32)).astype(jnp.bfloat16), 1, 0, ctx)
-  return out
-
+# In-kernel helpers.
 
 class _Gates:
-  """Chunk-local log decays of one chunk from g [C, K] (base 2) and the pair structure of its intra part.
+  """Chunk-local log decays (base 2) of the chunk at row `start` and the pair structure of its intra part.
+
+  G is built from running sums of g rows loaded one at a time (no cumsum in Triton): the same fp32 values give
+  the rows of G and the key rows each pair needs (`key`), so that exponents stay consistent, with no masked
+  reductions to extract rows (those cross warps on the GPU). R_j = sum_{l>j} g_l likewise in fp32 mode (exact
+  for fp32's 1e-5), else G_C - G.
 
   The chunk's lower triangle splits into two diagonal half-blocks (p = C/2 rows each) and the quadrant
   (rows >= p) x (columns < p). The quadrant is one dot of factors <= 1 about the reference row p-1 (secondary
   chunking, ALGORITHMS.md section 5): A_ij = (q_i e^{G_i-G_ref}) (k_j e^{G_ref-G_j})^T. The half-blocks are
-  pairwise: step j pairs every row with the key of sub-index j of its own half (`key`), strictly below the
-  diagonal; the diagonal itself has no decay.
+  pairwise: step j pairs every row with the key of sub-index j of its own half, strictly below the diagonal;
+  the diagonal itself has no decay.
   """
 
-  def __init__(self, g, ctx: _GCtx):
-    c = g.shape[0]
+  def __init__(self, g_ref, start, ks, ctx: _Ctx):
+    c = ctx.chunk
     self.p = p = c // 2
-    g = _f32(g)
+    self.start, self.ks = start, ks
     idx = jnp.arange(c, dtype=jnp.int32)
     self.row, self.col = idx[:, None], idx[None, :]
-    self.G = _cumsum_dot(self.col <= self.row, g, ctx) * _LOG2E   # G_i = sum_{l<=i} g_l
-    self.R = _cumsum_dot(self.col > self.row, g, ctx) * _LOG2E    # R_j = sum_{l>j} g_l
-    self.gl = jnp.sum(g, axis=0) * _LOG2E                         # G_C [K]
+    gs = [self.load_row(g_ref, r) * _LOG2E for r in range(c)]    # [1, K] each
+    self.gs = [gs[0]]
+    for r in range(1, c):
+      self.gs.append(self.gs[-1] + gs[r])                         # G_r
+    self.G = self._stack(self.gs)
+    self.gl = jnp.sum(self.gs[-1], axis=0)                        # G_C [K]
+    if ctx.fp32:
+      rs = [jnp.zeros_like(gs[0])]
+      for r in range(c - 1, 0, -1):
+        rs.append(rs[-1] + gs[r])                                 # R_{r-1}
+      self.R = self._stack(rs[::-1])
+    else:
+      self.R = self.gs[-1] - self.G
     self.lo = self.row < p                                        # rows of the first half
     self.sub = jnp.where(self.lo, self.row, self.row - p)         # row index within its half
-    ref = self.row_of(self.G, p - 1)
+    ref = self.gs[p - 1]
     self.qfac = jnp.exp2(jnp.where(self.lo, -jnp.inf, self.G - ref))  # e^{G_i - G_ref}, second half
     self.kfac = jnp.exp2(jnp.where(self.lo, ref - self.G, -jnp.inf))  # e^{G_ref - G_j}, first half
 
-  def row_of(self, x, j):
-    """x[j, :] as [1, K] (a masked sum: exact, and Triton has no slicing)."""
-    return jnp.sum(jnp.where(self.row == j, x, 0.0), axis=0)[None, :]
+  def load_row(self, ref, r):
+    """Row start + r of ref (this program's key tile), fp32 [1, K]."""
+    return _f32(ref[pl.ds(self.start + r, 1), self.ks])
 
-  def key(self, x, j):
-    """[C, K]: on each row, the row of x of the key it pairs with at step j (sub-index j of its half)."""
-    return jnp.where(self.lo, self.row_of(x, j), self.row_of(x, self.p + j))
+  def _stack(self, rows):
+    out = jnp.zeros((len(rows), rows[0].shape[-1]), _F32)
+    for r, x in enumerate(rows):
+      out = jnp.where(self.row == r, x, out)
+    return out
+
+  def key_rows(self, ref, j):
+    """[C, K]: on each row, the row of ref of the key it pairs with at step j (sub-index j of its half)."""
+    return jnp.where(self.lo, self.load_row(ref, j), self.load_row(ref, self.p + j))
 
   def pair(self, j):
     """[C, K]: e^{G_i - G_key} for rows of sub-index > j, else 0."""
-    return jnp.exp2(jnp.where(self.sub > j, self.G - self.key(self.G, j), -jnp.inf))
+    gk = jnp.where(self.lo, self.gs[j], self.gs[self.p + j])
+    return jnp.exp2(jnp.where(self.sub > j, self.G - gk, -jnp.inf))
 
   def _at_key(self, j):
     return self.col == jnp.where(self.lo, j, self.p + j)
@@ -167,25 +171,25 @@ class _Gates:
     """diag of m [C, C] as [C, 1]."""
     return jnp.sum(jnp.where(self.row == self.col, m, 0.0), axis=1)[:, None]
 
-  def intra_a(self, qf, kf, ctx):
+  def intra_a(self, qf, kf, k_ref, ctx):
     """A [C, C] fp32 (i >= j), from qf (scaled) and kf [C, K] fp32."""
     a = _dd(qf * self.qfac, kf * self.kfac, 1, 1, ctx)
     a = jnp.where(self.row == self.col, jnp.sum(qf * kf, axis=1)[:, None], a)
     for j in range(self.p - 1):
-      a = self.put(a, j, jnp.sum(qf * self.pair(j) * self.key(kf, j), axis=1)[:, None])
+      a = self.put(a, j, jnp.sum(qf * self.pair(j) * self.key_rows(k_ref, j), axis=1)[:, None])
     return a
 
-  def intra_grads(self, da, qf, kf, ctx, precise):
+  def intra_grads(self, da, qf, kf, k_ref, ctx, precise):
     """Strictly-lower parts of dQ = (dA ⊙ decay) K and dK = (dA ⊙ decay)^T Q, per channel (da: dO V^T)."""
     dq = _ddp(da, kf * self.kfac, 1, 0, ctx, precise) * self.qfac
     dk = _ddp(da, qf * self.qfac, 0, 0, ctx, precise) * self.kfac
     for j in range(self.p - 1):
       e = self.pair(j)
-      dq = dq + self.take(da, j) * e * self.key(kf, j)
+      dq = dq + self.take(da, j) * e * self.key_rows(k_ref, j)
       dk = self.add_keys(dk, j, self.take(da, j) * qf * e)
     return dq, dk
 
-  def intra_a_dk(self, qf, kf, da, ctx, want_a=True):
+  def intra_a_dk(self, qf, kf, k_ref, da, ctx, want_a=True):
     """intra_a (None unless want_a) and the full intra dK (diagonal included), one pass over the exps."""
     qq = qf * self.qfac
     a = None
@@ -196,7 +200,7 @@ class _Gates:
     for j in range(self.p - 1):
       qe = qf * self.pair(j)
       if want_a:
-        a = self.put(a, j, jnp.sum(qe * self.key(kf, j), axis=1)[:, None])
+        a = self.put(a, j, jnp.sum(qe * self.key_rows(k_ref, j), axis=1)[:, None])
       dk = self.add_keys(dk, j, self.take(da, j) * qe)
     return a, dk
 
@@ -218,7 +222,7 @@ def _ddp(x, y, ca, cb, ctx, precise):
 # ----------------------------------------------------------------------------------------------------
 # Forward: grid (B, H, Vp / BV).
 
-def _fwd_kernel(q_ref, k_ref, v_ref, g_ref, *rest, ctx: _GCtx, has_h0: bool):
+def _fwd_kernel(q_ref, k_ref, v_ref, g_ref, *rest, ctx: _Ctx, has_h0: bool):
   h0_ref, o_ref, ht_ref = rest if has_h0 else (None, *rest)
   tp, kp = q_ref.shape
   bv = v_ref.shape[-1]
@@ -226,11 +230,12 @@ def _fwd_kernel(q_ref, k_ref, v_ref, g_ref, *rest, ctx: _GCtx, has_h0: bool):
   s0 = h0_ref[...].astype(_F32) if has_h0 else jnp.zeros((kp, bv), _F32)
 
   def body(c, s):
-    sl = _chunk_slice(c, chunk)
+    start = pl.multiple_of(c * chunk, chunk)
+    sl = pl.ds(start, chunk)
     qc, kc, vc = q_ref[sl, :], k_ref[sl, :], v_ref[sl, :]
-    gt = _Gates(g_ref[sl, :], ctx)
+    gt = _Gates(g_ref, start, slice(None), ctx)
     qf, kf = _f32(qc) * scale, _f32(kc)
-    a = gt.intra_a(qf, kf, ctx)
+    a = gt.intra_a(qf, kf, k_ref, ctx)
     o = _dd(qf * jnp.exp2(gt.G), s, 1, 0, ctx) + _dot_f32_lhs(a, vc, 1, 0, ctx, False)
     o_ref[sl, :] = o.astype(o_ref.dtype)
     kd = kf * jnp.exp2(gt.R)
@@ -251,13 +256,14 @@ def _dq_role(kt, q_ref, k_ref, v_ref, do_ref, g_ref, h0_ref, dq_ref, dgq_ref, *,
   s0 = h0_ref[ks, :].astype(_F32) if h0_ref is not None else jnp.zeros((bk, vp), _F32)
 
   def body(c, s):
-    sl = _chunk_slice(c, chunk)
+    start = pl.multiple_of(c * chunk, chunk)
+    sl = pl.ds(start, chunk)
     qc, kc = q_ref[sl, ks], k_ref[sl, ks]
     vc, doc = v_ref[sl, :], do_ref[sl, :]
-    gt = _Gates(g_ref[sl, ks], ctx)
+    gt = _Gates(g_ref, start, ks, ctx)
     qf, kf = _f32(qc) * scale, _f32(kc)
     da = _dot(doc, vc, 1, 1, ctx)                         # dO V^T [C(i), C(j)]
-    dq_s, dk_s = gt.intra_grads(da, qf, kf, ctx, precise)  # strictly-lower pairs only
+    dq_s, dk_s = gt.intra_grads(da, qf, kf, k_ref, ctx, precise)  # strictly-lower pairs only
     dq_inter = _dot_f32_rhs(doc, s, 1, 1, ctx, precise) * jnp.exp2(gt.G)  # e^G ⊙ dO S^T
     dq_ref[sl, ks] = ((dq_s + gt.diag(da) * kf + dq_inter) * scale).astype(dq_ref.dtype)
     # intra pairs: rowsum(P) - colsum(P), P_ijk = q_ik dA_ij k_jk e^{G_ik-G_jk} (i > j; the diagonal cancels)
@@ -281,12 +287,13 @@ def _dk_role(kt, q_ref, k_ref, v_ref, do_ref, g_ref, dht_ref, dk_ref, dgk_ref, d
 
   def body(i, carry):
     dsq, lam = carry
-    sl = _chunk_slice(n - 1 - i, chunk)
+    start = pl.multiple_of((n - 1 - i) * chunk, chunk)
+    sl = pl.ds(start, chunk)
     qc, kc, vc, doc = q_ref[sl, ks], k_ref[sl, ks], v_ref[sl, :], do_ref[sl, :]
-    gt = _Gates(g_ref[sl, ks], ctx)
+    gt = _Gates(g_ref, start, ks, ctx)
     qf, kf = _f32(qc) * ctx.scale, _f32(kc)
     da = _dot(doc, vc, 1, 1, ctx)
-    a, dk_intra = gt.intra_a_dk(qf, kf, da, ctx, want_a=dv_ref is not None)
+    a, dk_intra = gt.intra_a_dk(qf, kf, k_ref, da, ctx, want_a=dv_ref is not None)
     er = jnp.exp2(gt.R)
     kd = kf * er
     dht = dht_ref[ks, :].astype(_F32)
@@ -315,11 +322,12 @@ def _dv_role(vt, q_ref, k_ref, do_ref, g_ref, dht_ref, dv_ref, *, ctx, bv):
   vs = pl.ds(pl.multiple_of(vt * bv, bv), bv)
 
   def body(i, ds):
-    sl = _chunk_slice(n - 1 - i, chunk)
+    start = pl.multiple_of((n - 1 - i) * chunk, chunk)
+    sl = pl.ds(start, chunk)
     qc, kc, doc = q_ref[sl, :], k_ref[sl, :], do_ref[sl, vs]
-    gt = _Gates(g_ref[sl, :], ctx)
+    gt = _Gates(g_ref, start, slice(None), ctx)
     qf, kf = _f32(qc) * ctx.scale, _f32(kc)
-    a = gt.intra_a(qf, kf, ctx)
+    a = gt.intra_a(qf, kf, k_ref, ctx)
     dv = _dot_f32_lhs(a, doc, 0, 0, ctx, False) + _dd(kf * jnp.exp2(gt.R), ds, 1, 0, ctx)
     dv_ref[sl, vs] = dv.astype(dv_ref.dtype)
     return jnp.exp2(gt.gl)[:, None] * ds + _dot_f32_lhs(qf * jnp.exp2(gt.G), doc, 0, 0, ctx, False)
@@ -468,7 +476,7 @@ def kernel_gla(q, k, v, g, *, scale, initial_state=None, segment_ids=None, chunk
   h0 = None
   if initial_state is not None:
     h0 = _pad_axis(_pad_axis(initial_state.astype(_F32), 2, kp), 3, vp)
-  ctx = _GCtx(jnp.dtype(dtype), float(scale), cfg.chunk, split_g=gdt != jnp.bfloat16)
+  ctx = _Ctx(jnp.dtype(dtype), float(scale), cfg.chunk)
   o, ht = _core(pad(q, kp, dtype), pad(k, kp, dtype), pad(v, vp, dtype), pad(g, kp, gdt), h0, ctx, cfg,
                 bool(interpret))
   return o[:, :t, :, :vd].astype(q.dtype), ht[:, :, :kd, :vd]
