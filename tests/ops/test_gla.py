@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib
 
 import jax
 import jax.numpy as jnp
@@ -149,7 +150,9 @@ def test_final_state_only_when_asked():
   assert gla(q, k, v, g, impl='recurrent')[1] is None
 
 
-def test_auto_order():
+def test_auto_order(monkeypatch):
+  """Off GPU ('kernel' comes first on GPU: test_gla_kernel.py)."""
+  monkeypatch.setattr(importlib.import_module('effattn.ops.gla'), 'default_backend', lambda: 'cpu')
   one, many = jnp.zeros((1, 1, 1, 8)), jnp.zeros((1, 5, 1, 8))
   assert _auto_order(one)[0] == 'recurrent'
   assert _auto_order(many)[0] == 'chunk'
