@@ -70,8 +70,9 @@ from effattn.ops.simple_gla.pallas import (
 
 @dataclasses.dataclass(frozen=True)
 class KernelConfig:
-  """Tile widths and Triton launch parameters (untuned first guesses; see benchmark_fn)."""
-  chunk: int = 16            # rows per chunk (16, 32 or 64); the pairwise cost per row grows with it
+  """Tile widths and Triton launch parameters: untuned first guesses (no GPU was at hand; tune_candidates)."""
+  chunk: int = 16            # rows per chunk (16, 32 or 64); the pairwise cost per row grows with it, and fp32
+                             # accuracy at extreme gates drops (dg 1.3e-6 at 16, 7.9e-6 at 64; n = 0.1)
   block_v: int = 64          # forward: value-tile width of each program
   block_k_dq: int = 128      # backward dq sweeps: key-tile width
   fuse_dkv: bool = True      # backward: one dk + dv sweep over all of K and V (fewest pairwise exps, but
@@ -95,7 +96,7 @@ class _Gates:
   """Chunk-local log decays (base 2) of the chunk at row `start` and the pair structure of its intra part.
 
   G is built from running sums of g rows loaded one at a time (no cumsum in Triton): the same fp32 values give
-  the rows of G and the key rows each pair needs (`key`), so that exponents stay consistent, with no masked
+  the rows of G and the key rows each pair needs (`pair`), so that exponents stay consistent, with no masked
   reductions to extract rows (those cross warps on the GPU). R_j = sum_{l>j} g_l likewise in fp32 mode (exact
   for fp32's 1e-5), else G_C - G.
 
