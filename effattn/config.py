@@ -147,6 +147,8 @@ class Config:
     checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
     mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
     name: str = 'run'  # a label for the run (used in the default workdir name)
+    # the kinds `python -m effattn.compare` trains when --kinds is not given; () = every known kind
+    compare_kinds: tuple = ()
 
 
 def _to_config_dict(obj: Any) -> Any:

@@ -54,18 +54,21 @@ _MAX_HEAD_DIM = 128
 class KernelConfig:
     """Tile sizes (powers of two >= 16, capped at T rounded up) and Triton launch parameters.
 
-    Untuned starting points (FlashAttention-2 / jax's Pallas attention on the H100 class): 8 warps
-    because the fp32 accumulators of a 128-wide head fill the registers of 4. Without an explicit
-    config, fp32 inputs use block_q <= 64 (their tiles take twice the shared memory).
+    Defaults: the fastest of `benchmarks/ops_gpu.py --tune-flash sigmoid` on the H200 (B=4, T=4096,
+    H=16, D=128, bf16, causal; benchmarks/results/ops_gpu_flash_tune.json): forward 0.665 ms at
+    128 x 32 tiles, 4 warps, 3 stages (0.769 ms at 128 x 64, 8 warps); forward+backward 2.58 ms with
+    4 backward warps (5.68 ms with 8). Windowed softmax uses the same tiles (not tuned apart; it
+    measured 0.28 ms forward at window 512 with the earlier 128 x 64, 8-warp tiles). Without an
+    explicit config, fp32 inputs use block_q <= 64 (their tiles take twice the shared memory).
     """
 
     block_q: int = 128  # forward: queries per program
-    block_k: int = 64  # forward: keys per loop step
-    num_warps: int = 8
+    block_k: int = 32  # forward: keys per loop step
+    num_warps: int = 4
     num_stages: int = 3
     block_q_bwd: int = 64  # backward: queries per dQ program / per dK, dV loop step
     block_k_bwd: int = 64  # backward: keys per dK, dV program / per dQ loop step
-    num_warps_bwd: int = 8
+    num_warps_bwd: int = 4
     num_stages_bwd: int = 2
     fast_rcp: bool = True  # sigmoid on GPU, bf16/fp16: rcp.approx (1 MUFU op), not IEEE division
 
