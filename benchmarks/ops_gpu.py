@@ -343,7 +343,7 @@ def bench_shape(shape, ops_impls, cfg, args, log) -> list[dict]:
   for op, impls in ops_impls:
     x, do = jax_inputs(op if op in LINEAR_OPS else 'softmax', *shape)
     for impl in impls:
-      for mode in ('fwd', 'fwd_bwd'):
+      for mode in args.modes.split(','):
         row = {'op': op, 'shape': list(shape), 'impl': impl, 'mode': mode, 'ms': None, 'note': ''}
         try:
           if impl == 'xla' and b * h * t * t * 4 / 2**30 > args.xla_max_gib:
@@ -417,6 +417,7 @@ def main(argv=None):
   p.add_argument('--ops', default='simple_gla', help=f'comma-separated, of {",".join(OPS)}, or "all"')
   p.add_argument('--impls', default='kernel,chunk,fla,cudnn,sdpa,xla',
                  help='restrict every op to these impls (softmax baselines: cudnn, sdpa, xla)')
+  p.add_argument('--modes', default='fwd,fwd_bwd', help='fwd and/or fwd_bwd')
   p.add_argument('--window', type=int, default=512, help='softmax_window: keys per query, self included')
   p.add_argument('--xla-max-gib', type=float, default=8.0)
   p.add_argument('--budget-s', type=float, default=1e9, help='stop starting new shapes after this long')
