@@ -70,7 +70,13 @@ from effattn.ops.simple_gla.pallas import (
 
 @dataclasses.dataclass(frozen=True)
 class KernelConfig:
-  """Tile widths and Triton launch parameters: untuned first guesses (no GPU was at hand; tune_candidates)."""
+  """Tile widths and Triton launch parameters: untuned first guesses (no GPU was at hand; tune_candidates).
+
+  Compiled offline for sm_90 (jax 0.10.2's Triton IR at B=4, T=4096, H=16, K=V=128 bf16, triton 3.6, ptxas -v):
+  forward 227 registers at 4 warps, 184 at 8, no spills; fused backward 255 registers with ~1 KB of spills at
+  8 warps (4.5 KB at 4; the dk/dv role's [K, V] fp32 states), split backward (fuse_dkv False, 64-wide tiles)
+  32 bytes at 8 warps.
+  """
   chunk: int = 16            # rows per chunk (16, 32 or 64); the pairwise cost per row grows with it, and fp32
                              # accuracy at extreme gates drops (dg 1.3e-6 at 16, 7.9e-6 at 64; n = 0.1)
   block_v: int = 64          # forward: value-tile width of each program
@@ -95,10 +101,9 @@ DEFAULT_CONFIG = KernelConfig()
 class _Gates:
   """Chunk-local log decays (base 2) of the chunk at row `start` and the pair structure of its intra part.
 
-  G is built from running sums of g rows loaded one at a time (no cumsum in Triton): the same fp32 values give
-  the rows of G and the key rows each pair needs (`pair`), so that exponents stay consistent, with no masked
-  reductions to extract rows (those cross warps on the GPU). R_j = sum_{l>j} g_l likewise in fp32 mode (exact
-  for fp32's 1e-5), else G_C - G.
+  G is built from running sums of g rows loaded one at a time (no cumsum in Triton, and no masked reductions
+  to extract rows, which cross warps on the GPU). R_j = sum_{l>j} g_l likewise in fp32 mode (for fp32's 1e-5),
+  else G_C - G.
 
   The chunk's lower triangle splits into two diagonal half-blocks (p = C/2 rows each) and the quadrant
   (rows >= p) x (columns < p). The quadrant is one dot of factors <= 1 about the reference row p-1 (secondary
@@ -110,25 +115,30 @@ class _Gates:
   def __init__(self, g_ref, start, ks, ctx: _Ctx):
     c = ctx.chunk
     self.p = p = c // 2
-    self.start, self.ks = start, ks
+    self.g_ref, self.start, self.ks = g_ref, start, ks
     idx = jnp.arange(c, dtype=jnp.int32)
     self.row, self.col = idx[:, None], idx[None, :]
-    gs = [self.load_row(g_ref, r) * _LOG2E for r in range(c)]    # [1, K] each
-    self.gs = [gs[0]]
+    acc = self.g_first = self.g_row(0)                            # G_r, [1, K]
+    self.G = jnp.where(self.row == 0, acc, jnp.zeros((c, acc.shape[-1]), _F32))
     for r in range(1, c):
-      self.gs.append(self.gs[-1] + gs[r])                         # G_r
-    self.G = self._stack(self.gs)
-    self.gl = jnp.sum(self.gs[-1], axis=0)                        # G_C [K]
+      acc = acc + self.g_row(r)
+      self.G = jnp.where(self.row == r, acc, self.G)
+      if r == p - 1:
+        ref = acc
+      if r == p:
+        self.g_mid = acc
+    self.gl = jnp.sum(acc, axis=0)                                # G_C [K]
     if ctx.fp32:
-      rs = [jnp.zeros_like(gs[0])]
-      for r in range(c - 1, 0, -1):
-        rs.append(rs[-1] + gs[r])                                 # R_{r-1}
-      self.R = self._stack(rs[::-1])
+      racc = jnp.zeros_like(acc)
+      self.R = jnp.zeros_like(self.G)
+      for r in range(c - 1, -1, -1):
+        self.R = jnp.where(self.row == r, racc, self.R)
+        if r:
+          racc = racc + self.g_row(r)
     else:
-      self.R = self.gs[-1] - self.G
+      self.R = acc - self.G
     self.lo = self.row < p                                        # rows of the first half
     self.sub = jnp.where(self.lo, self.row, self.row - p)         # row index within its half
-    ref = self.gs[p - 1]
     self.qfac = jnp.exp2(jnp.where(self.lo, -jnp.inf, self.G - ref))  # e^{G_i - G_ref}, second half
     self.kfac = jnp.exp2(jnp.where(self.lo, ref - self.G, -jnp.inf))  # e^{G_ref - G_j}, first half
 
@@ -136,20 +146,23 @@ class _Gates:
     """Row start + r of ref (this program's key tile), fp32 [1, K]."""
     return _f32(ref[pl.ds(self.start + r, 1), self.ks])
 
-  def _stack(self, rows):
-    out = jnp.zeros((len(rows), rows[0].shape[-1]), _F32)
-    for r, x in enumerate(rows):
-      out = jnp.where(self.row == r, x, out)
-    return out
+  def g_row(self, r):
+    return self.load_row(self.g_ref, r) * _LOG2E
 
   def key_rows(self, ref, j):
     """[C, K]: on each row, the row of ref of the key it pairs with at step j (sub-index j of its half)."""
     return jnp.where(self.lo, self.load_row(ref, j), self.load_row(ref, self.p + j))
 
-  def pair(self, j):
-    """[C, K]: e^{G_i - G_key} for rows of sub-index > j, else 0."""
-    gk = jnp.where(self.lo, self.gs[j], self.gs[self.p + j])
-    return jnp.exp2(jnp.where(self.sub > j, self.G - gk, -jnp.inf))
+  def fold(self, body, init):
+    """Runs st = body(j, e, st) for j = 0 .. p-2, e = [C, K] e^{G_i - G_key} on rows of sub-index > j (else 0).
+    The exponent sum_{key < l <= i} g_l is carried from step to step (minus the next key's g row); a fori_loop,
+    not unrolled, to bound the live registers."""
+    def step(j, carry):
+      x, st = carry
+      st = body(j, jnp.exp2(jnp.where(self.sub > j, x, -jnp.inf)), st)
+      return x - jnp.where(self.lo, self.g_row(j + 1), self.g_row(self.p + j + 1)), st
+    x = self.G - jnp.where(self.lo, self.g_first, self.g_mid)
+    return jax.lax.fori_loop(0, self.p - 1, step, (x, init))[1]
 
   def _at_key(self, j):
     return self.col == jnp.where(self.lo, j, self.p + j)
@@ -176,19 +189,18 @@ class _Gates:
     """A [C, C] fp32 (i >= j), from qf (scaled) and kf [C, K] fp32."""
     a = _dd(qf * self.qfac, kf * self.kfac, 1, 1, ctx)
     a = jnp.where(self.row == self.col, jnp.sum(qf * kf, axis=1)[:, None], a)
-    for j in range(self.p - 1):
-      a = self.put(a, j, jnp.sum(qf * self.pair(j) * self.key_rows(k_ref, j), axis=1)[:, None])
-    return a
+    return self.fold(lambda j, e, a: self.put(a, j, jnp.sum(qf * e * self.key_rows(k_ref, j), axis=1)[:, None]),
+                     a)
 
   def intra_grads(self, da, qf, kf, k_ref, ctx, precise):
     """Strictly-lower parts of dQ = (dA ⊙ decay) K and dK = (dA ⊙ decay)^T Q, per channel (da: dO V^T)."""
     dq = _ddp(da, kf * self.kfac, 1, 0, ctx, precise) * self.qfac
     dk = _ddp(da, qf * self.qfac, 0, 0, ctx, precise) * self.kfac
-    for j in range(self.p - 1):
-      e = self.pair(j)
-      dq = dq + self.take(da, j) * e * self.key_rows(k_ref, j)
-      dk = self.add_keys(dk, j, self.take(da, j) * qf * e)
-    return dq, dk
+    def body(j, e, st):
+      dq, dk = st
+      t = self.take(da, j) * e
+      return dq + t * self.key_rows(k_ref, j), self.add_keys(dk, j, t * qf)
+    return self.fold(body, (dq, dk))
 
   def intra_a_dk(self, qf, kf, k_ref, da, ctx, want_a=True):
     """intra_a (None unless want_a) and the full intra dK (diagonal included), one pass over the exps."""
@@ -198,12 +210,13 @@ class _Gates:
       a = _dd(qq, kf * self.kfac, 1, 1, ctx)
       a = jnp.where(self.row == self.col, jnp.sum(qf * kf, axis=1)[:, None], a)
     dk = _dd(da, qq, 0, 0, ctx) * self.kfac + self.diag(da) * qf
-    for j in range(self.p - 1):
-      qe = qf * self.pair(j)
+    def body(j, e, st):
+      a, dk = st
+      qe = qf * e
       if want_a:
         a = self.put(a, j, jnp.sum(qe * self.key_rows(k_ref, j), axis=1)[:, None])
-      dk = self.add_keys(dk, j, self.take(da, j) * qe)
-    return a, dk
+      return a, self.add_keys(dk, j, self.take(da, j) * qe)
+    return self.fold(body, (a, dk))
 
 
 def _dd(x, y, ca, cb, ctx):
