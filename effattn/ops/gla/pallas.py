@@ -37,7 +37,9 @@ simple_gla/pallas.py so that nothing large cancels in bf16:
     in bf16 (`precise_dg`: each fp32 operand split into two bf16 dot operands);
   - keys paired with d final_state, E_j = e^{sum_{l>j} g} k_j (v_j dS_T), summed forward (dS = dS_q + λ dS_T, λ
     the per-channel decay to the end), plus e^{sum g} sum_v h0 dS_T.
-The cumulative sums over T run in jnp on [B, T, H, K] fp32 arrays (three written by the kernel).
+The cumulative sums run in the kernel within chunks (dots with 0/1 matrices) and, for the key terms, across
+chunks in the reverse sweep; jnp adds only the sums of [B, N, H, K] chunk totals, in one elementwise pass over
+the three [B, T, H, K] fp32 arrays the kernel writes (no cumsum over T of full-size arrays in XLA).
 
 Chunk cumsums of g are fp32 running sums of g rows loaded one at a time (see _Gates); gates are used in base 2
 (one MUFU.EX2 per exp).
@@ -73,9 +75,9 @@ class KernelConfig:
   """Tile widths and Triton launch parameters: untuned first guesses (no GPU was at hand; tune_candidates).
 
   Compiled offline for sm_90 (jax 0.10.2's Triton IR at B=4, T=4096, H=16, K=V=128 bf16, triton 3.6, ptxas -v):
-  forward 227 registers at 4 warps, 184 at 8, no spills; fused backward 255 registers with ~1 KB of spills at
-  8 warps (4.5 KB at 4; the dk/dv role's [K, V] fp32 states), split backward (fuse_dkv False, 64-wide tiles)
-  32 bytes at 8 warps.
+  forward 227 registers at 4 warps, 184 at 8, no spills; fused backward 255 registers with ~1.3 KB of spills
+  at 8 warps (4.5 KB at 4; the dk/dv role's [K, V] fp32 states), split backward (fuse_dkv False, 64-wide
+  tiles) 48 bytes at 8 warps.
   """
   chunk: int = 16            # rows per chunk (16, 32 or 64); the pairwise cost per row grows with it, and fp32
                              # accuracy at extreme gates drops (dg 1.3e-6 at 16, 7.9e-6 at 64; n = 0.1)
@@ -233,6 +235,13 @@ def _ddp(x, y, ca, cb, ctx, precise):
   return _dot(xh, yh, ca, cb, ctx) + _dot(xh, yl, ca, cb, ctx) + _dot(xl, yh, ca, cb, ctx)
 
 
+def _local_cumsum(x, gt, ctx, precise, reverse):
+  """Chunk-local cumulative sum of x [C, K] fp32 over rows: inclusive from the end if reverse, else exclusive
+  from the start; a dot with a 0/1 matrix (x to ~2^-17 in bf16 if precise)."""
+  mask = gt.col >= gt.row if reverse else gt.col < gt.row
+  return _dot_f32_rhs(mask.astype(ctx.dt), x, 1, 0, ctx, precise)
+
+
 # ----------------------------------------------------------------------------------------------------
 # Forward: grid (B, H, Vp / BV).
 
@@ -261,8 +270,9 @@ def _fwd_kernel(q_ref, k_ref, v_ref, g_ref, *rest, ctx: _Ctx, has_h0: bool):
 # ----------------------------------------------------------------------------------------------------
 # Backward roles. Refs hold whole [Tp, Kp] / [Tp, Vp] rows of one (batch, head).
 
-def _dq_role(kt, q_ref, k_ref, v_ref, do_ref, g_ref, h0_ref, dq_ref, dgq_ref, *, ctx, bk, precise):
-  """Forward sweep for key tile kt: dq and the query-side gate terms rowsum(P) - colsum(P) + q ⊙ dq_inter."""
+def _dq_role(kt, q_ref, k_ref, v_ref, do_ref, g_ref, h0_ref, dq_ref, dgq_ref, dgq_tot_ref, *, ctx, bk, precise):
+  """Forward sweep for key tile kt: dq and the query-side gate terms x = rowsum(P) - colsum(P) + q ⊙ dq_inter,
+  as their chunk-local reverse cumsum and chunk totals (the sum over later chunks is added in jnp)."""
   tp = q_ref.shape[0]
   vp = v_ref.shape[-1]
   chunk, scale = ctx.chunk, ctx.scale
@@ -281,18 +291,21 @@ def _dq_role(kt, q_ref, k_ref, v_ref, do_ref, g_ref, h0_ref, dq_ref, dgq_ref, *,
     dq_inter = _dot_f32_rhs(doc, s, 1, 1, ctx, precise) * jnp.exp2(gt.G)  # e^G ⊙ dO S^T
     dq_ref[sl, ks] = ((dq_s + gt.diag(da) * kf + dq_inter) * scale).astype(dq_ref.dtype)
     # intra pairs: rowsum(P) - colsum(P), P_ijk = q_ik dA_ij k_jk e^{G_ik-G_jk} (i > j; the diagonal cancels)
-    dgq_ref[sl, ks] = qf * dq_s - kf * dk_s + qf * dq_inter
+    x = qf * dq_s - kf * dk_s + qf * dq_inter
+    dgq_ref[sl, ks] = _local_cumsum(x, gt, ctx, precise, reverse=True)
+    dgq_tot_ref[pl.ds(c, 1), ks] = jnp.sum(x, axis=0)[None, :]
     kd = kf * jnp.exp2(gt.R)
     return jnp.exp2(gt.gl)[:, None] * s + _dot_f32_lhs(kd, vc, 0, 0, ctx, precise)
 
   jax.lax.fori_loop(0, tp // chunk, body, s0)
 
 
-def _dk_role(kt, q_ref, k_ref, v_ref, do_ref, g_ref, dht_ref, dk_ref, dgk_ref, dge_ref, dh0_ref, dv_ref, *,
-             ctx, bk, precise):
+def _dk_role(kt, q_ref, k_ref, v_ref, do_ref, g_ref, dht_ref, dk_ref, dgk_ref, dge_ref, dge_tot_ref, dh0_ref,
+             dv_ref, *, ctx, bk, precise):
   """Backward sweep for key tile kt (all of V): dk, dh0 rows and the key-side gate terms k ⊙ dk_q (pairs with
-  later queries) and E (pairs with d final_state); dS is carried as dS_q + λ dS_T (λ [bk]: decay to the end).
-  With dv_ref (fused, bk = K) also dv, from the same pairwise exps."""
+  later queries; reverse cumsum over T, carried) and E (pairs with d final_state; chunk-local exclusive cumsum
+  and chunk totals). dS is carried as dS_q + λ dS_T (λ [bk]: decay to the end). With dv_ref (fused, bk = K)
+  also dv, from the same pairwise exps."""
   tp = q_ref.shape[0]
   vp = v_ref.shape[-1]
   chunk = ctx.chunk
@@ -300,7 +313,7 @@ def _dk_role(kt, q_ref, k_ref, v_ref, do_ref, g_ref, dht_ref, dk_ref, dgk_ref, d
   ks = pl.ds(0, bk) if isinstance(kt, int) else pl.ds(pl.multiple_of(kt * bk, bk), bk)  # (fused: kt = 0)
 
   def body(i, carry):
-    dsq, lam = carry
+    dsq, lam, acc = carry
     start = pl.multiple_of((n - 1 - i) * chunk, chunk)
     sl = pl.ds(start, chunk)
     qc, kc, vc, doc = q_ref[sl, ks], k_ref[sl, ks], v_ref[sl, :], do_ref[sl, :]
@@ -318,13 +331,17 @@ def _dk_role(kt, q_ref, k_ref, v_ref, do_ref, g_ref, dht_ref, dk_ref, dgk_ref, d
     dk_q = _dot_f32_rhs(vc, dsq, 1, 1, ctx, precise)     # V dS_q^T
     dk_t = _dot_f32_rhs(vc, dht, 1, 1, ctx, precise)     # V dS_T^T
     dk_ref[sl, ks] = (dk_intra + (dk_q + lam[None, :] * dk_t) * er).astype(dk_ref.dtype)
-    dgk_ref[sl, ks] = kd * dk_q
-    dge_ref[sl, ks] = kd * dk_t * lam[None, :]
+    xk, xe = kd * dk_q, kd * dk_t * lam[None, :]
+    dgk_ref[sl, ks] = _local_cumsum(xk, gt, ctx, precise, reverse=True) + acc[None, :]
+    dge_ref[sl, ks] = _local_cumsum(xe, gt, ctx, precise, reverse=False)
+    dge_tot_ref[pl.ds(n - 1 - i, 1), ks] = jnp.sum(xe, axis=0)[None, :]
     decay = jnp.exp2(gt.gl)
     qd = qf * jnp.exp2(gt.G)
-    return decay[:, None] * dsq + _dot_f32_lhs(qd, doc, 0, 0, ctx, precise), lam * decay
+    return (decay[:, None] * dsq + _dot_f32_lhs(qd, doc, 0, 0, ctx, precise), lam * decay,
+            acc + jnp.sum(xk, axis=0))
 
-  dsq, lam = jax.lax.fori_loop(0, n, body, (jnp.zeros((bk, vp), _F32), jnp.ones((bk,), _F32)))
+  init = (jnp.zeros((bk, vp), _F32), jnp.ones((bk,), _F32), jnp.zeros((bk,), _F32))
+  dsq, lam, _ = jax.lax.fori_loop(0, n, body, init)
   dh0_ref[ks, :] = dsq + lam[:, None] * dht_ref[ks, :].astype(_F32)
 
 
@@ -357,24 +374,25 @@ def _bwd_kernel(q_ref, k_ref, v_ref, do_ref, g_ref, *rest, has_h0, nq, nk, bq, b
   else:
     h0_ref = None
     dht_ref, *outs = rest
-  dq_ref, dk_ref, dv_ref, dgq_ref, dgk_ref, dge_ref, dh0_ref = outs
+  dq_ref, dk_ref, dv_ref, dgq_ref, dgq_tot_ref, dgk_ref, dge_ref, dge_tot_ref, dh0_ref = outs
   r = pl.program_id(2)
+  dk_refs = (dk_ref, dgk_ref, dge_ref, dge_tot_ref, dh0_ref)
 
   @pl.when(r < nq)
   def _():
-    _dq_role(r, q_ref, k_ref, v_ref, do_ref, g_ref, h0_ref, dq_ref, dgq_ref, ctx=ctx, bk=bq, precise=precise)
+    _dq_role(r, q_ref, k_ref, v_ref, do_ref, g_ref, h0_ref, dq_ref, dgq_ref, dgq_tot_ref, ctx=ctx, bk=bq,
+             precise=precise)
 
   if nk == 0:
     @pl.when(r == nq)
     def _():
-      _dk_role(0, q_ref, k_ref, v_ref, do_ref, g_ref, dht_ref, dk_ref, dgk_ref, dge_ref, dh0_ref, dv_ref,
-               ctx=ctx, bk=q_ref.shape[-1], precise=precise)
+      _dk_role(0, q_ref, k_ref, v_ref, do_ref, g_ref, dht_ref, *dk_refs, dv_ref, ctx=ctx, bk=q_ref.shape[-1],
+               precise=precise)
     return
 
   @pl.when((r >= nq) & (r < nq + nk))
   def _():
-    _dk_role(r - nq, q_ref, k_ref, v_ref, do_ref, g_ref, dht_ref, dk_ref, dgk_ref, dge_ref, dh0_ref, None,
-             ctx=ctx, bk=bk, precise=precise)
+    _dk_role(r - nq, q_ref, k_ref, v_ref, do_ref, g_ref, dht_ref, *dk_refs, None, ctx=ctx, bk=bk, precise=precise)
 
   @pl.when(r >= nq + nk)
   def _():
@@ -409,7 +427,8 @@ def _forward(q, k, v, g, h0, ctx, cfg, interpret):
 
 
 def _backward(q, k, v, g, h0, do, dht, ctx, cfg, interpret):
-  """Returns dq, dk [B,Tp,H,Kp], dv [B,Tp,H,Vp] (input dtype), dgq, dgk, dge [B,Tp,H,Kp] fp32, dh0 fp32."""
+  """Returns dq, dk [B,Tp,H,Kp], dv [B,Tp,H,Vp] (input dtype), the gate terms dgq, dgk, dge [B,Tp,H,Kp] and
+  chunk totals dgq_tot, dge_tot [B,N,H,Kp] (fp32; see the dq and dk roles), dh0 fp32."""
   b, tp, h, kp = q.shape
   vp = v.shape[-1]
   bq, bk, bv = min(cfg.block_k_dq, kp), min(cfg.block_k_bwd, kp), min(cfg.block_v_bwd, vp)
@@ -420,13 +439,17 @@ def _backward(q, k, v, g, h0, do, dht, ctx, cfg, interpret):
   dt_k = jax.ShapeDtypeStruct((b, tp, h, kp), q.dtype)
   dt_v = jax.ShapeDtypeStruct((b, tp, h, vp), q.dtype)
   dg_shape = jax.ShapeDtypeStruct((b, tp, h, kp), _F32)
+  n = tp // ctx.chunk
+  tot_shape = jax.ShapeDtypeStruct((b, n, h, kp), _F32)
+  tot = pl.BlockSpec((None, n, None, kp), lambda b, h, r: (b, 0, h, 0))
   kernel = functools.partial(_bwd_kernel, has_h0=has_h0, nq=nq, nk=nk, bq=bq, bk=bk, bv=bv, ctx=ctx,
                              precise=cfg.precise_dg)
   return pl.pallas_call(
       kernel, grid=(b, h, nq + nk + nv),
       in_specs=[qk, qk, vv, vv, qk, *([st] if has_h0 else []), st],
-      out_specs=[qk, qk, vv, qk, qk, qk, st],
-      out_shape=[dt_k, dt_k, dt_v, dg_shape, dg_shape, dg_shape, jax.ShapeDtypeStruct((b, h, kp, vp), _F32)],
+      out_specs=[qk, qk, vv, qk, tot, qk, qk, tot, st],
+      out_shape=[dt_k, dt_k, dt_v, dg_shape, tot_shape, dg_shape, dg_shape, tot_shape,
+                 jax.ShapeDtypeStruct((b, h, kp, vp), _F32)],
       interpret=interpret, name='gla_bwd',
       **_params(interpret, ctx, cfg.num_warps_bwd, cfg.num_stages_bwd))(
           q, k, v, do, g, *([h0] if has_h0 else []), dht)
@@ -445,11 +468,16 @@ def _core_bwd(ctx, cfg, interpret, res, cts):
   q, k, v, g, h0 = res
   do, dht = cts
   dht = dht.astype(_F32)
-  dq, dk, dv, dgq, dgk, dge, dh0 = _backward(q, k, v, g, h0, do.astype(q.dtype), dht, ctx, cfg, interpret)
+  dq, dk, dv, dgq, dgq_tot, dgk, dge, dge_tot, dh0 = _backward(q, k, v, g, h0, do.astype(q.dtype), dht, ctx,
+                                                                cfg, interpret)
   # dg_l = sum_{t>=l} (q_t dq_t - k_t dk_t) + sum_v S_T dS_T, regrouped (module docstring): reverse cumsum of
-  # the query-key terms, plus sum_{j<l} E_j, plus e^{sum g} sum_v h0 dS_T.
-  rev = jnp.flip(jnp.cumsum(jnp.flip(dgq - dgk, 1), axis=1), 1)
-  dg = rev + jnp.cumsum(dge, axis=1) - dge
+  # the query-key terms, plus sum_{j<l} E_j, plus e^{sum g} sum_v h0 dS_T. The kernel did the cumsums within
+  # chunks (and all of the key terms'); here only the [B, N, H, K] chunk totals are summed, then broadcast.
+  b, tp, h, kp = dgq.shape
+  later = jnp.flip(jnp.cumsum(jnp.flip(dgq_tot, 1), axis=1), 1) - dgq_tot    # sum over later chunks
+  earlier = jnp.cumsum(dge_tot, axis=1) - dge_tot                           # sum over earlier chunks
+  chunked = lambda x: x.reshape(b, tp // ctx.chunk, ctx.chunk, h, kp)
+  dg = (chunked(dgq - dgk + dge) + (later + earlier)[:, :, None]).reshape(b, tp, h, kp)
   if h0 is not None:
     dg = dg + (jnp.exp(jnp.sum(_f32(g), axis=1)) * jnp.sum(h0 * dht, axis=-1))[:, None]
   return dq, dk, dv, dg.astype(g.dtype), (None if h0 is None else dh0.astype(h0.dtype))
