@@ -39,7 +39,7 @@ simple_gla/pallas.py so that nothing large cancels in bf16:
     the per-channel decay to the end), plus e^{sum g} sum_v h0 dS_T.
 The cumulative sums run in the kernel within chunks (dots with 0/1 matrices) and, for the key terms, across
 chunks in the reverse sweep; jnp adds only the sums of [B, N, H, K] chunk totals, in one elementwise pass over
-the three [B, T, H, K] fp32 arrays the kernel writes (no cumsum over T of full-size arrays in XLA).
+the two [B, T, H, K] fp32 arrays the kernel writes (no cumsum over T of full-size arrays in XLA).
 
 Chunk cumsums of g are fp32 running sums of g rows loaded one at a time (see _Gates); gates are used in base 2
 (one MUFU.EX2 per exp).
@@ -300,11 +300,11 @@ def _dq_role(kt, q_ref, k_ref, v_ref, do_ref, g_ref, h0_ref, dq_ref, dgq_ref, dg
   jax.lax.fori_loop(0, tp // chunk, body, s0)
 
 
-def _dk_role(kt, q_ref, k_ref, v_ref, do_ref, g_ref, dht_ref, dk_ref, dgk_ref, dge_ref, dge_tot_ref, dh0_ref,
-             dv_ref, *, ctx, bk, precise):
+def _dk_role(kt, q_ref, k_ref, v_ref, do_ref, g_ref, dht_ref, dk_ref, dgk_ref, dge_tot_ref, dh0_ref, dv_ref, *,
+             ctx, bk, precise):
   """Backward sweep for key tile kt (all of V): dk, dh0 rows and the key-side gate terms k ⊙ dk_q (pairs with
   later queries; reverse cumsum over T, carried) and E (pairs with d final_state; chunk-local exclusive cumsum
-  and chunk totals). dS is carried as dS_q + λ dS_T (λ [bk]: decay to the end). With dv_ref (fused, bk = K)
+  and chunk totals), the two written as one array (E part minus k part). dS is carried as dS_q + λ dS_T (λ [bk]: decay to the end). With dv_ref (fused, bk = K)
   also dv, from the same pairwise exps."""
   tp = q_ref.shape[0]
   vp = v_ref.shape[-1]
@@ -332,8 +332,8 @@ def _dk_role(kt, q_ref, k_ref, v_ref, do_ref, g_ref, dht_ref, dk_ref, dgk_ref, d
     dk_t = _dot_f32_rhs(vc, dht, 1, 1, ctx, precise)     # V dS_T^T
     dk_ref[sl, ks] = (dk_intra + (dk_q + lam[None, :] * dk_t) * er).astype(dk_ref.dtype)
     xk, xe = kd * dk_q, kd * dk_t * lam[None, :]
-    dgk_ref[sl, ks] = _local_cumsum(xk, gt, ctx, precise, reverse=True) + acc[None, :]
-    dge_ref[sl, ks] = _local_cumsum(xe, gt, ctx, precise, reverse=False)
+    dgk_ref[sl, ks] = (_local_cumsum(xe, gt, ctx, precise, reverse=False)
+                       - (_local_cumsum(xk, gt, ctx, precise, reverse=True) + acc[None, :]))
     dge_tot_ref[pl.ds(n - 1 - i, 1), ks] = jnp.sum(xe, axis=0)[None, :]
     decay = jnp.exp2(gt.gl)
     qd = qf * jnp.exp2(gt.G)
@@ -374,9 +374,9 @@ def _bwd_kernel(q_ref, k_ref, v_ref, do_ref, g_ref, *rest, has_h0, nq, nk, bq, b
   else:
     h0_ref = None
     dht_ref, *outs = rest
-  dq_ref, dk_ref, dv_ref, dgq_ref, dgq_tot_ref, dgk_ref, dge_ref, dge_tot_ref, dh0_ref = outs
+  dq_ref, dk_ref, dv_ref, dgq_ref, dgq_tot_ref, dgk_ref, dge_tot_ref, dh0_ref = outs
   r = pl.program_id(2)
-  dk_refs = (dk_ref, dgk_ref, dge_ref, dge_tot_ref, dh0_ref)
+  dk_refs = (dk_ref, dgk_ref, dge_tot_ref, dh0_ref)
 
   @pl.when(r < nq)
   def _():
@@ -427,8 +427,8 @@ def _forward(q, k, v, g, h0, ctx, cfg, interpret):
 
 
 def _backward(q, k, v, g, h0, do, dht, ctx, cfg, interpret):
-  """Returns dq, dk [B,Tp,H,Kp], dv [B,Tp,H,Vp] (input dtype), the gate terms dgq, dgk, dge [B,Tp,H,Kp] and
-  chunk totals dgq_tot, dge_tot [B,N,H,Kp] (fp32; see the dq and dk roles), dh0 fp32."""
+  """Returns dq, dk [B,Tp,H,Kp], dv [B,Tp,H,Vp] (input dtype), the gate terms dgq, dgk [B,Tp,H,Kp] and chunk
+  totals dgq_tot, dge_tot [B,N,H,Kp] (fp32; see the dq and dk roles), dh0 fp32."""
   b, tp, h, kp = q.shape
   vp = v.shape[-1]
   bq, bk, bv = min(cfg.block_k_dq, kp), min(cfg.block_k_bwd, kp), min(cfg.block_v_bwd, vp)
@@ -447,8 +447,8 @@ def _backward(q, k, v, g, h0, do, dht, ctx, cfg, interpret):
   return pl.pallas_call(
       kernel, grid=(b, h, nq + nk + nv),
       in_specs=[qk, qk, vv, vv, qk, *([st] if has_h0 else []), st],
-      out_specs=[qk, qk, vv, qk, tot, qk, qk, tot, st],
-      out_shape=[dt_k, dt_k, dt_v, dg_shape, tot_shape, dg_shape, dg_shape, tot_shape,
+      out_specs=[qk, qk, vv, qk, tot, qk, tot, st],
+      out_shape=[dt_k, dt_k, dt_v, dg_shape, tot_shape, dg_shape, tot_shape,
                  jax.ShapeDtypeStruct((b, h, kp, vp), _F32)],
       interpret=interpret, name='gla_bwd',
       **_params(interpret, ctx, cfg.num_warps_bwd, cfg.num_stages_bwd))(
@@ -468,8 +468,8 @@ def _core_bwd(ctx, cfg, interpret, res, cts):
   q, k, v, g, h0 = res
   do, dht = cts
   dht = dht.astype(_F32)
-  dq, dk, dv, dgq, dgq_tot, dgk, dge, dge_tot, dh0 = _backward(q, k, v, g, h0, do.astype(q.dtype), dht, ctx,
-                                                                cfg, interpret)
+  dq, dk, dv, dgq, dgq_tot, dgk, dge_tot, dh0 = _backward(q, k, v, g, h0, do.astype(q.dtype), dht, ctx, cfg,
+                                                           interpret)
   # dg_l = sum_{t>=l} (q_t dq_t - k_t dk_t) + sum_v S_T dS_T, regrouped (module docstring): reverse cumsum of
   # the query-key terms, plus sum_{j<l} E_j, plus e^{sum g} sum_v h0 dS_T. The kernel did the cumsums within
   # chunks (and all of the key terms'); here only the [B, N, H, K] chunk totals are summed, then broadcast.
@@ -477,7 +477,7 @@ def _core_bwd(ctx, cfg, interpret, res, cts):
   later = jnp.flip(jnp.cumsum(jnp.flip(dgq_tot, 1), axis=1), 1) - dgq_tot    # sum over later chunks
   earlier = jnp.cumsum(dge_tot, axis=1) - dge_tot                           # sum over earlier chunks
   chunked = lambda x: x.reshape(b, tp // ctx.chunk, ctx.chunk, h, kp)
-  dg = (chunked(dgq - dgk + dge) + (later + earlier)[:, :, None]).reshape(b, tp, h, kp)
+  dg = (chunked(dgq + dgk) + (later + earlier)[:, :, None]).reshape(b, tp, h, kp)
   if h0 is not None:
     dg = dg + (jnp.exp(jnp.sum(_f32(g), axis=1)) * jnp.sum(h0 * dht, axis=-1))[:, None]
   return dq, dk, dv, dg.astype(g.dtype), (None if h0 is None else dh0.astype(h0.dtype))
