@@ -87,7 +87,7 @@ class KernelConfig:
                              # [K, V] fp32 states); else dk sweeps per key tile and dv sweeps per value tile
   block_k_bwd: int = 64      # backward dk sweeps (fuse_dkv False): key-tile width
   block_v_bwd: int = 64      # backward dv sweeps (fuse_dkv False): value-tile width
-  num_warps: int = 4
+  num_warps: int = 8         # one program per SM at B H (V / block_v) ~ 132: 8 warps = 2 per scheduler
   num_stages: int = 2
   num_warps_bwd: int = 8
   num_stages_bwd: int = 2
