@@ -75,9 +75,9 @@ class KernelConfig:
   """Tile widths and Triton launch parameters: untuned first guesses (no GPU was at hand; tune_candidates).
 
   Compiled offline for sm_90 (jax 0.10.2's Triton IR at B=4, T=4096, H=16, K=V=128 bf16, triton 3.6, ptxas -v):
-  forward 227 registers at 4 warps, 184 at 8, no spills; fused backward 255 registers with ~1.3 KB of spills
-  at 8 warps (4.5 KB at 4; the dk/dv role's [K, V] fp32 states), split backward (fuse_dkv False, 64-wide
-  tiles) 48 bytes at 8 warps.
+  forward 227 registers at 4 warps, 184 at 8, no spills; fused backward 255 registers with ~0.8 KB of spills
+  at 8 warps (4.3 KB at 4; the dk/dv role's [K, V] fp32 state), 72 KB shared memory; split backward
+  (fuse_dkv False, 64-wide tiles) 16 bytes at 8 warps.
   """
   chunk: int = 16            # rows per chunk (16, 32 or 64); the pairwise cost per row grows with it, and fp32
                              # accuracy at extreme gates drops (dg 1.3e-6 at 16, 7.9e-6 at 64; n = 0.1)
@@ -300,12 +300,16 @@ def _dq_role(kt, q_ref, k_ref, v_ref, do_ref, g_ref, h0_ref, dq_ref, dgq_ref, dg
   jax.lax.fori_loop(0, tp // chunk, body, s0)
 
 
-def _dk_role(kt, q_ref, k_ref, v_ref, do_ref, g_ref, dht_ref, dk_ref, dgk_ref, dge_tot_ref, dh0_ref, dv_ref, *,
-             ctx, bk, precise):
+def _dk_role(kt, q_ref, k_ref, v_ref, do_ref, g_ref, dht_ref, dhtd_ref, w_ref, dk_ref, dgk_ref, dge_tot_ref,
+             dh0_ref, dv_ref, *, ctx, bk, precise):
   """Backward sweep for key tile kt (all of V): dk, dh0 rows and the key-side gate terms k ⊙ dk_q (pairs with
   later queries; reverse cumsum over T, carried) and E (pairs with d final_state; chunk-local exclusive cumsum
-  and chunk totals), the two written as one array (E part minus k part). dS is carried as dS_q + λ dS_T (λ [bk]: decay to the end). With dv_ref (fused, bk = K)
-  also dv, from the same pairwise exps."""
+  and chunk totals), the two written as one array (E part minus k part). With dv_ref (fused, bk = K) also dv,
+  from the same pairwise exps.
+
+  The state gradient is carried as dS = dS_q + λ dS_T (λ [bk]: the decay to the end). The dS_T terms come from
+  outside, so that no fp32 [K, V] copy of dS_T sits in registers: W = V dS_T^T [Tp, K] (w_ref, to ~2^-17) and
+  dS_T in the dot dtype (dhtd_ref, for dv)."""
   tp = q_ref.shape[0]
   vp = v_ref.shape[-1]
   chunk = ctx.chunk
@@ -323,15 +327,14 @@ def _dk_role(kt, q_ref, k_ref, v_ref, do_ref, g_ref, dht_ref, dk_ref, dgk_ref, d
     a, dk_intra = gt.intra_a_dk(qf, kf, k_ref, da, ctx, want_a=dv_ref is not None)
     er = jnp.exp2(gt.R)
     kd = kf * er
-    dht = dht_ref[ks, :].astype(_F32)
     if dv_ref is not None:
       dv = (_dot_f32_lhs(a, doc, 0, 0, ctx, False) + _dd(kd, dsq, 1, 0, ctx)
-            + _dd(kd * lam[None, :], dht, 1, 0, ctx))
+            + _dot_f32_lhs(kd * lam[None, :], dhtd_ref[...], 1, 0, ctx, False))
       dv_ref[sl, :] = dv.astype(dv_ref.dtype)
     dk_q = _dot_f32_rhs(vc, dsq, 1, 1, ctx, precise)     # V dS_q^T
-    dk_t = _dot_f32_rhs(vc, dht, 1, 1, ctx, precise)     # V dS_T^T
-    dk_ref[sl, ks] = (dk_intra + (dk_q + lam[None, :] * dk_t) * er).astype(dk_ref.dtype)
-    xk, xe = kd * dk_q, kd * dk_t * lam[None, :]
+    wl = w_ref[sl, ks] * lam[None, :]                     # λ ⊙ V dS_T^T
+    dk_ref[sl, ks] = (dk_intra + (dk_q + wl) * er).astype(dk_ref.dtype)
+    xk, xe = kd * dk_q, kd * wl
     dgk_ref[sl, ks] = (_local_cumsum(xe, gt, ctx, precise, reverse=False)
                        - (_local_cumsum(xk, gt, ctx, precise, reverse=True) + acc[None, :]))
     dge_tot_ref[pl.ds(n - 1 - i, 1), ks] = jnp.sum(xe, axis=0)[None, :]
@@ -370,10 +373,10 @@ def _bwd_kernel(q_ref, k_ref, v_ref, do_ref, g_ref, *rest, has_h0, nq, nk, bq, b
   """Grid axis 2: [0, nq) dq sweeps (key tiles of bq); then, fused (nk = 0), one dk + dv sweep over all of K
   and V; else nk dk sweeps (key tiles of bk) and the dv sweeps (value tiles of bv)."""
   if has_h0:
-    h0_ref, dht_ref, *outs = rest
+    h0_ref, dht_ref, dhtd_ref, w_ref, *outs = rest
   else:
     h0_ref = None
-    dht_ref, *outs = rest
+    dht_ref, dhtd_ref, w_ref, *outs = rest
   dq_ref, dk_ref, dv_ref, dgq_ref, dgq_tot_ref, dgk_ref, dge_tot_ref, dh0_ref = outs
   r = pl.program_id(2)
   dk_refs = (dk_ref, dgk_ref, dge_tot_ref, dh0_ref)
@@ -386,13 +389,14 @@ def _bwd_kernel(q_ref, k_ref, v_ref, do_ref, g_ref, *rest, has_h0, nq, nk, bq, b
   if nk == 0:
     @pl.when(r == nq)
     def _():
-      _dk_role(0, q_ref, k_ref, v_ref, do_ref, g_ref, dht_ref, *dk_refs, dv_ref, ctx=ctx, bk=q_ref.shape[-1],
+      _dk_role(0, q_ref, k_ref, v_ref, do_ref, g_ref, dht_ref, dhtd_ref, w_ref, *dk_refs, dv_ref, ctx=ctx, bk=q_ref.shape[-1],
                precise=precise)
     return
 
   @pl.when((r >= nq) & (r < nq + nk))
   def _():
-    _dk_role(r - nq, q_ref, k_ref, v_ref, do_ref, g_ref, dht_ref, *dk_refs, None, ctx=ctx, bk=bk, precise=precise)
+    _dk_role(r - nq, q_ref, k_ref, v_ref, do_ref, g_ref, dht_ref, dhtd_ref, w_ref, *dk_refs, None, ctx=ctx, bk=bk,
+             precise=precise)
 
   @pl.when(r >= nq + nk)
   def _():
@@ -426,6 +430,17 @@ def _forward(q, k, v, g, h0, ctx, cfg, interpret):
       **_params(interpret, ctx, cfg.num_warps, cfg.num_stages))(q, k, v, g, *([h0] if has_h0 else []))
 
 
+def _v_dht(v, dht, ctx):
+  """W = V dS_T^T [B,Tp,H,Kp] fp32: IEEE fp32 for fp32 inputs, else two bf16 products (dS_T = hi + lo, ~2^-17)."""
+  eq = 'BTHV,BHKV->BTHK'
+  if ctx.fp32:
+    return jnp.einsum(eq, v, dht, precision=jax.lax.Precision.HIGHEST, preferred_element_type=_F32)
+  hi = dht.astype(v.dtype)
+  lo = (dht - hi.astype(_F32)).astype(v.dtype)
+  return (jnp.einsum(eq, v, hi, preferred_element_type=_F32)
+          + jnp.einsum(eq, v, lo, preferred_element_type=_F32))
+
+
 def _backward(q, k, v, g, h0, do, dht, ctx, cfg, interpret):
   """Returns dq, dk [B,Tp,H,Kp], dv [B,Tp,H,Vp] (input dtype), the gate terms dgq, dgk [B,Tp,H,Kp] and chunk
   totals dgq_tot, dge_tot [B,N,H,Kp] (fp32; see the dq and dk roles), dh0 fp32."""
@@ -446,13 +461,13 @@ def _backward(q, k, v, g, h0, do, dht, ctx, cfg, interpret):
                              precise=cfg.precise_dg)
   return pl.pallas_call(
       kernel, grid=(b, h, nq + nk + nv),
-      in_specs=[qk, qk, vv, vv, qk, *([st] if has_h0 else []), st],
+      in_specs=[qk, qk, vv, vv, qk, *([st] if has_h0 else []), st, st, qk],
       out_specs=[qk, qk, vv, qk, tot, qk, tot, st],
       out_shape=[dt_k, dt_k, dt_v, dg_shape, tot_shape, dg_shape, tot_shape,
                  jax.ShapeDtypeStruct((b, h, kp, vp), _F32)],
       interpret=interpret, name='gla_bwd',
       **_params(interpret, ctx, cfg.num_warps_bwd, cfg.num_stages_bwd))(
-          q, k, v, do, g, *([h0] if has_h0 else []), dht)
+          q, k, v, do, g, *([h0] if has_h0 else []), dht, dht.astype(ctx.dt), _v_dht(v, dht, ctx))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7))
