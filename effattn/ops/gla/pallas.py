@@ -18,15 +18,18 @@ tiles leave few registers for the [K, V] states (simple_gla's chunk-64 kernels a
 cap), and Triton has no value slicing, so each of its sub-blocks needs its own masked copies. The inter-chunk
 dots do the same flops at C = 16 (as M = 16 tensor-core tiles); the state update runs 4x as often.
 config.chunk = 32 or 64 also works (half-blocks of 16 or 32, pairwise cost growing with them); for tuning.
-The key rows each step needs (of k and of G) are loaded / kept as [1, K] rows, not extracted from tiles.
+The key rows of k each step needs are loaded as [1, K] rows and its exponent is carried from step to step:
+nothing is extracted from tiles by masked reductions (those cross warps on the GPU).
+Not yet timed on a GPU (none was at hand): KernelConfig's defaults are guesses, tune_candidates lists the rest.
 
 Backward (custom VJP), sweeps in one launch (grid axis 2 picks the role), no stored state:
   dq  (forward in time, per key tile, S recomputed):  dQ = sum_j dA_ij k_j e^{G_i-G_j} + e^G ⊙ dO S_c^T
   dk  (backward in time, per key tile):               dK = sum_i dA_ij q_i e^{G_i-G_j} + e^R ⊙ V dS_{c+1}^T
   dv  (backward in time, per value tile, all of K):   dV = A^T dO + (K ⊙ e^R) dS_{c+1}
-By default (fuse_dkv) dk and dv are one sweep over all of K and V, sharing its pairwise exps.
   dA = dO V^T (i >= j); dS_c = diag(e^{G_C}) dS_{c+1} + (Q ⊙ e^G)^T dO, dS_N = d final_state, dh0 = dS_0.
-Both sweeps evaluate the pairwise exps once per chunk and use them for everything that needs them.
+By default (fuse_dkv) dk and dv are one sweep over all of K and V, so the backward evaluates the pairwise exps
+twice per chunk (dq sweep, dk/dv sweep), each time for everything that needs them. The d final_state terms of
+the dk sweep, W = V dS_N^T, are one jnp einsum beforehand (keeps an fp32 [K, V] dS_N out of registers).
 
 Gate gradient (ALGORITHMS.md section 0, per channel): dg_l = sum_{t>=l} (q_t dq_t - k_t dk_t) + sum_v S_T dS_T,
 a sum over query-key pairs (i, j) with j < l <= i in which pairs with both ends >= l cancel. Regrouped as in
