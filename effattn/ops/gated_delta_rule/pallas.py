@@ -263,7 +263,12 @@ def kernel_gated_delta_rule(q, k, v, g, beta, *, scale, initial_state=None, segm
     tp = -(-t // chunk) * chunk
     kp, vp = _next_pow2(kd), _next_pow2(vd)
     pad = lambda x, d: _pad_axis(_pad_axis(x.astype(dtype), 1, tp), 3, d)
-    g = jnp.zeros((b, t, h), _F32) if g is None else g.astype(_F32)
+    if g is None:
+        # Behind a barrier: XLA otherwise constant-folds the backward's cumulative sums of this
+        # constant ([B, H, N, C, C] reduce-windows), which took minutes to compile at T = 4096.
+        g = jax.lax.optimization_barrier(jnp.zeros((b, t, h), _F32))
+    else:
+        g = g.astype(_F32)
     g, beta = _pad_axis(g, 1, tp), _pad_axis(beta.astype(_F32), 1, tp)
     h0 = None
     if initial_state is not None:
