@@ -337,9 +337,9 @@ def bench_one(op, impl, shape, mode, x, do, cfg, args) -> float:
   return 1e3 * time_calls(call, jax_sync)
 
 
-def bench_shape(shape, ops_impls, cfg, args, log) -> list[dict]:
+def bench_shape(shape, ops_impls, cfg, args, log, on_row) -> None:
+  """Times every (op, impl, mode) at one shape; on_row(row) stores each row as soon as it is measured."""
   b, t, h, _ = shape
-  rows = []
   for op, impls in ops_impls:
     x, do = jax_inputs(op if op in LINEAR_OPS else 'softmax', *shape)
     for impl in impls:
@@ -356,8 +356,7 @@ def bench_shape(shape, ops_impls, cfg, args, log) -> list[dict]:
             traceback.print_exc()
         log(f'  {op:16s} {shape!s:22s} {impl:7s} {mode:8s} '
             f'{"-" if row["ms"] is None else format(row["ms"], ".3f"):>8s} ms {row["note"]}')
-        rows.append(row)
-  return rows
+        on_row(row)
 
 
 def row_op(r) -> str:
@@ -502,8 +501,7 @@ def main(argv=None):
     if time.perf_counter() - start > args.budget_s:
       log(f'budget spent: skipping {shape}')
       continue
-    result['rows'] += bench_shape(shape, ops_impls, cfg, args, log)
-    save()
+    bench_shape(shape, ops_impls, cfg, args, log, lambda row: (result['rows'].append(row), save()))
   result['meta']['wall_s'] = round(time.perf_counter() - start, 1)
   save()
   print(f'\n{meta["device"]}, jax {meta["versions"]["jax"]}, bf16 causal, ms (median):')
