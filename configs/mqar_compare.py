@@ -25,6 +25,7 @@ def get_config():
     c.model.layers = 'base_conv,*'
     c.data.vocab_size = c.model.vocab_size = 512
     c.data.train_settings = ((64, 4), (256, 16))
+    c.data.mix_per_batch = True  # a (64, 4) batch costs a quarter of a (256, 16) one
     c.data.eval_settings = ((256, 16),)
     c.data.seq_len = 256
     c.data.eval_examples = 256

@@ -83,6 +83,8 @@ class DataConfig:
     # MQAR (seq_len, num_kv_pairs) mixture for training, and the settings reported at evaluation
     train_settings: tuple = ((64, 4),)
     train_weights: tuple = ()  # mixture weights per train setting; () = equal
+    # MQAR: one setting per batch, each batch only as long as its setting (else per row, padded)
+    mix_per_batch: bool = False
     eval_settings: tuple = ((64, 4),)
     eval_examples: int = 1000  # examples per evaluation setting
     power_a: float = 0.01  # MQAR query-gap power law

@@ -192,11 +192,15 @@ class MQARStream:
     `batch(step)` depends only on (seed, step): it draws from np.random.default_rng([seed, step]), so the data position
     to checkpoint is the step number. Each example's setting is drawn ∝ the settings' weights; rows are right-padded to
     the longest seq_len with input 0 and label -100 (a causal model's outputs on the real tokens are unaffected).
+    per_batch=True draws one setting per batch instead, and the batch is only as long as that setting: a mixture of
+    short and long settings then costs what its tokens cost, not the longest length for every row (the train step
+    compiles once per length).
     """
 
     def __init__(self, settings: Sequence[MQARSetting], batch_size: int, *, vocab_size: int = 8192,
-                 power_a: float = 0.01, random_non_queries: bool = True, seed: int = 0):
+                 power_a: float = 0.01, random_non_queries: bool = True, seed: int = 0, per_batch: bool = False):
         self.settings = _as_settings(settings)
+        self.per_batch = bool(per_batch)
         self.batch_size = _check_int('batch_size', batch_size, 1)
         self.seed = _check_int('seed', seed, 0)
         for s in self.settings:
@@ -215,12 +219,21 @@ class MQARStream:
         return max(s.num_kv_pairs for s in self.settings)
 
     def batch(self, step: int) -> dict[str, np.ndarray]:
-        """dict(inputs=int32 [B, L_max], labels=int32 [B, L_max], setting=int32 [B] index into self.settings)."""
+        """dict(inputs=int32 [B, L], labels=int32 [B, L], setting=int32 [B] index into self.settings).
+
+        L is the longest seq_len, or with per_batch the seq_len of the batch's one setting.
+        """
         step = _check_int('step', step, 0)
         rng = np.random.default_rng([self.seed, step])
-        setting = rng.choice(len(self.settings), size=self.batch_size, p=self.probs).astype(np.int32)
-        inputs = np.zeros((self.batch_size, self.seq_len), dtype=np.int32)
-        labels = np.full((self.batch_size, self.seq_len), IGNORE_INDEX, dtype=np.int32)
+        if self.per_batch:
+            one = rng.choice(len(self.settings), p=self.probs)
+            setting = np.full(self.batch_size, one, dtype=np.int32)
+            length = self.settings[one].seq_len
+        else:
+            setting = rng.choice(len(self.settings), size=self.batch_size, p=self.probs).astype(np.int32)
+            length = self.seq_len
+        inputs = np.zeros((self.batch_size, length), dtype=np.int32)
+        labels = np.full((self.batch_size, length), IGNORE_INDEX, dtype=np.int32)
         for i, s in enumerate(self.settings):
             rows = np.flatnonzero(setting == i)
             if rows.size == 0:

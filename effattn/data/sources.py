@@ -37,6 +37,7 @@ def train_stream(cfg: Config):
         power_a=d.power_a,
         random_non_queries=d.random_non_queries,
         seed=d.seed,
+        per_batch=d.mix_per_batch,
     )
 
 

@@ -135,7 +135,7 @@ def train_and_evaluate(
     predict = make_predict(model_def, head)
     nll = make_nll(model_def)  # text: eval loss and perplexity
     eval_sets = None
-    tokens_per_step = cfg.train.batch_size * cfg.data.seq_len
+    step_tokens = {}  # step -> tokens in its batch (MQAR mix_per_batch batches differ in length)
 
     def evaluate(step: int) -> dict:
         nonlocal eval_sets
@@ -157,8 +157,8 @@ def train_and_evaluate(
 
     bar = None if quiet else ProgressBar(cfg.train.steps, start)
     pending = None  # (step, device metrics) not yet checked
-    interval = {'loss': 0.0, 'accuracy': 0.0, 'n': 0}
-    last_time, last_step = None, start
+    interval = {'loss': 0.0, 'accuracy': 0.0, 'n': 0, 'tokens': 0}
+    last_time = None
     saved_step = start if restored is not None else -1
     results = {}
 
@@ -177,16 +177,18 @@ def train_and_evaluate(
         return host
 
     def log(step: int, host: dict) -> None:
-        nonlocal last_time, last_step
+        nonlocal last_time
         interval['loss'] += host['loss']
         interval['accuracy'] += host['accuracy']
         interval['n'] += 1
+        tokens = step_tokens.pop(step, 0)
         if last_time is None:  # the first step includes compilation: start the clock after it
-            last_time, last_step = time.perf_counter(), step + 1
+            last_time = time.perf_counter()
             return
+        interval['tokens'] += tokens
         if (step + 1) % cfg.train.log_every == 0 or step + 1 == cfg.train.steps:
             now = time.perf_counter()
-            tps = tokens_per_step * (step + 1 - last_step) / max(now - last_time, 1e-9)
+            tps = interval['tokens'] / max(now - last_time, 1e-9)
             throughput.append(tps)
             n = interval['n']
             values = {
@@ -201,8 +203,8 @@ def train_and_evaluate(
                 bar.update(
                     0, loss=values['train/loss'], acc=values['train/accuracy'], tok_s=f'{tps:,.0f}'
                 )
-            interval.update(loss=0.0, accuracy=0.0, n=0)
-            last_time, last_step = now, step + 1
+            interval.update(loss=0.0, accuracy=0.0, n=0, tokens=0)
+            last_time = now
 
     interrupted = reached = False
     throughput = []  # tokens/s per logging interval (compilation excluded)
@@ -212,6 +214,7 @@ def train_and_evaluate(
             for step in range(start, cfg.train.steps):
                 batch = data.next()
                 batch = {k: batch[k] for k in ('inputs', 'labels', 'segment_ids') if k in batch}
+                step_tokens[step] = int(batch['inputs'].size)
                 state, metrics = train_step(state, parallel.shard_batch(batch, mesh))
                 if pending is not None:
                     log(pending[0], check(*pending))

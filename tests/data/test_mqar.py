@@ -248,3 +248,18 @@ def test_speed():
     generate_mqar(rng, 256, 256, 64)
     generate_mqar(rng, 256, 256, 16)
     assert time.perf_counter() - t < 1.0
+
+
+def test_per_batch_mixture_gives_one_setting_per_batch_at_its_length():
+    settings = [MQARSetting(64, 4), MQARSetting(256, 16)]
+    stream = MQARStream(settings, 8, vocab_size=512, per_batch=True, seed=3)
+    lengths = set()
+    for step in range(12):
+        b = stream.batch(step)
+        (one,) = set(b['setting'].tolist())
+        length = settings[one].seq_len
+        lengths.add(length)
+        assert b['inputs'].shape == b['labels'].shape == (8, length)
+        assert ((b['labels'] != -100).sum(axis=1) == settings[one].num_kv_pairs).all()
+        np.testing.assert_array_equal(b['inputs'], stream.batch(step)['inputs'])  # deterministic
+    assert lengths == {64, 256}
