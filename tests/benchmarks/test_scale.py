@@ -7,12 +7,13 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCRIPT = os.path.join(ROOT, 'benchmarks', 'scale.py')
-PLAN = 'softmax:128:2:data=1;softmax:128:2:data=2;gla:256:1:data=1;gla:256:1:sequence=2'
+PLAN = 'softmax:128:2:data=1;softmax:128:2:fsdp=2;gla:256:1:data=1;gla:256:1:sequence=2'
 
 
 def test_tiny_plan_on_two_cpu_devices(tmp_path):
     out = tmp_path / 'scale.json'
-    env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2',
+    flags = os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=2'
+    env = dict(os.environ, XLA_FLAGS=flags.strip(),
                JAX_PLATFORMS='cpu')
     cmd = [sys.executable, SCRIPT, '--tiny', '--in-process', '--plan', PLAN, '--steps', '2',
            '--warmup', '1', '--out', str(out)]
