@@ -5,20 +5,9 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
-from jax.experimental import pallas as pl
 
-try:  # jax 0.10 / 0.11: Triton-specific compiler parameters
-    from jax.experimental.pallas import triton as _plgpu
-    _CompilerParams = getattr(_plgpu, 'CompilerParams', None) or _plgpu.TritonCompilerParams
-except (ImportError, AttributeError):  # pragma: no cover
-    _CompilerParams = None
-
-_F32 = jnp.float32
-_LOG2E = 1.4426950408889634
-
-
-def _next_pow2(n: int, lo: int = 16) -> int:
-    return max(lo, 1 << (int(n) - 1).bit_length())
+from effattn.ops.common.pallas_triton import F32 as _F32
+from effattn.ops.common.pallas_triton import CompilerParams as _CompilerParams
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,31 +46,6 @@ def _nt(a, b, ctx):  # a @ b^T
 
 def _tn(a, b, ctx):  # a^T @ b
     return _dot(a, b, 0, 0, ctx)
-
-
-class _Gates:
-    """Chunk-local log decays of one chunk from g [C] fp32, in base 2 (one exp2 each), by masked sums."""
-
-    def __init__(self, g, ctx: _Ctx):
-        c = g.shape[0]
-        g = g * _LOG2E
-        idx = jnp.arange(c, dtype=jnp.int32)
-        self.row, self.col = idx[:, None], idx[None, :]
-        upto = jnp.where(self.col <= self.row, g[None, :], 0.0)
-        self.gi = jnp.sum(upto, axis=1)                                              # G_i
-        self.rj = jnp.sum(jnp.where(self.col > self.row, g[None, :], 0.0), axis=1)  # G_C - G_j
-        self.gl = jnp.sum(g)                                                         # G_C
-        if ctx.fp32:  # segment sums term by term (an exact 0/1 dot): no cancellation in G_i - G_j
-            self._log = _dot(upto, (self.row > self.col).astype(_F32), 1, 0, ctx)
-        else:
-            self._log = self.gi[:, None] - self.gi[None, :]
-
-    def gamma(self):
-        return jnp.exp2(jnp.where(self.row >= self.col, self._log, -jnp.inf))
-
-
-def _chunk_slice(c, size):
-    return pl.ds(pl.multiple_of(c * size, size), size)
 
 
 # ----------------------------------------------------------------------------------------------------

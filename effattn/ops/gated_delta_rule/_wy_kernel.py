@@ -19,7 +19,9 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
-from effattn.ops.gated_delta_rule._kernel_common import _F32, _LOG2E, _Ctx, _nn, _nt, _params
+from effattn.ops.common.pallas_triton import F32 as _F32
+from effattn.ops.common.pallas_triton import LOG2E as _LOG2E
+from effattn.ops.gated_delta_rule._kernel_common import _Ctx, _nn, _nt, _params
 
 _BLK = 16
 _HI = jax.lax.Precision.HIGHEST

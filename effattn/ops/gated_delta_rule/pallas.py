@@ -40,17 +40,12 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
 from effattn.ops.common.dispatch import default_backend
-from effattn.ops.gated_delta_rule._kernel_common import (
-    _F32,
-    _chunk_slice,
-    _Ctx,
-    _Gates,
-    _next_pow2,
-    _nn,
-    _nt,
-    _params,
-    _tn,
-)
+from effattn.ops.common.pallas_triton import F32 as _F32
+from effattn.ops.common.pallas_triton import Gates
+from effattn.ops.common.pallas_triton import chunk_slice as _chunk_slice
+from effattn.ops.common.pallas_triton import next_pow2 as _next_pow2
+from effattn.ops.common.pallas_triton import pad_axis as _pad_axis
+from effattn.ops.gated_delta_rule._kernel_common import _Ctx, _nn, _nt, _params, _tn
 from effattn.ops.gated_delta_rule._wy import chunk_outputs, wy_prep_bwd
 from effattn.ops.gated_delta_rule._wy_kernel import wy_kernel
 
@@ -90,7 +85,7 @@ def _fwd_kernel(q_ref, k_ref, w_ref, u_ref, g_ref, *rest, ctx: _Ctx, has_h0: boo
         if store:
             s_ref[_chunk_slice(c, kp), :] = s
         qc, kc = q_ref[sl, :], k_ref[sl, :]
-        gt = _Gates(g_ref[sl], ctx)
+        gt = Gates(g_ref[sl], ctx.fp32)
         vp = u_ref[sl, :].astype(_F32) - _nn(w_ref[sl, :], s, ctx)  # V' = U - W S_c
         p = _nt(qc, kc, ctx) * (gt.gamma() * scale)
         o = _nn(qc, s, ctx) * (scale * jnp.exp2(gt.gi))[:, None] + _nn(p, vp, ctx)
@@ -111,7 +106,7 @@ def _bwd_kernel(q_ref, k_ref, w_ref, do_ref, g_ref, dht_ref, ds_ref, dh0_ref, *,
         ds_ref[_chunk_slice(c, kp), :] = ds
         sl = _chunk_slice(c, ctx.chunk)
         qc, kc, doc = q_ref[sl, :], k_ref[sl, :], do_ref[sl, :]
-        gt = _Gates(g_ref[sl], ctx)
+        gt = Gates(g_ref[sl], ctx.fp32)
         p = _nt(qc, kc, ctx) * (gt.gamma() * scale)
         kd = kc.astype(_F32) * jnp.exp2(gt.rj)[:, None]
         dvp = _tn(p, doc, ctx) + _nn(kd, ds, ctx)
@@ -223,14 +218,6 @@ def _core_bwd(ctx, cfg, interpret, res, cts):
 
 
 _core.defvjp(_core_fwd, _core_bwd)
-
-
-def _pad_axis(x, axis, size):
-    if x.shape[axis] == size:
-        return x
-    widths = [(0, 0)] * x.ndim
-    widths[axis] = (0, size - x.shape[axis])
-    return jnp.pad(x, widths)
 
 
 def kernel_gated_delta_rule(q, k, v, g, beta, *, scale, initial_state=None, segment_ids=None,

@@ -58,17 +58,17 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
 from effattn.ops.common.dispatch import default_backend
+from effattn.ops.common.pallas_triton import F32 as _F32
+from effattn.ops.common.pallas_triton import LOG2E as _LOG2E
+from effattn.ops.common.pallas_triton import next_pow2 as _next_pow2
+from effattn.ops.common.pallas_triton import pad_axis as _pad_axis
 from effattn.ops.simple_gla.pallas import (
-  _F32,
-  _LOG2E,
   _MAX_HEAD_DIM,
   _Ctx,
   _dot,
   _dot_f32_lhs,
   _dot_f32_rhs,
   _f32,
-  _next_pow2,
-  _pad_axis,
   _params,
 )
 

@@ -48,15 +48,13 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
 from effattn.ops.common.dispatch import default_backend
+from effattn.ops.common.pallas_triton import F32 as _F32
+from effattn.ops.common.pallas_triton import CompilerParams as _CompilerParams
+from effattn.ops.common.pallas_triton import Gates
+from effattn.ops.common.pallas_triton import chunk_slice as _chunk_slice
+from effattn.ops.common.pallas_triton import next_pow2 as _next_pow2
+from effattn.ops.common.pallas_triton import pad_axis as _pad_axis
 
-try:  # jax 0.10 / 0.11: Triton-specific compiler parameters
-  from jax.experimental.pallas import triton as _plgpu
-  _CompilerParams = getattr(_plgpu, 'CompilerParams', None) or getattr(_plgpu, 'TritonCompilerParams')
-except (ImportError, AttributeError):  # pragma: no cover
-  _CompilerParams = None
-
-_F32 = jnp.float32
-_LOG2E = 1.4426950408889634
 _MAX_HEAD_DIM = 128  # K and V; larger heads fall back ('auto') to the chunk form
 
 
@@ -83,10 +81,6 @@ class KernelConfig:
 
 
 DEFAULT_CONFIG = KernelConfig()
-
-
-def _next_pow2(n: int, lo: int = 16) -> int:
-  return max(lo, 1 << (int(n) - 1).bit_length())
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -145,43 +139,6 @@ def _dot_f32_rhs(a, x, ca, cb, ctx, precise):
   return parts[0] if len(parts) == 1 else parts[0] + parts[1]
 
 
-class _Gates:
-  """Chunk-local log decays of one chunk from g [C] fp32 (masked sums: Triton has no cumsum or slice).
-
-  All in base 2 (g log2(e)), so that every decay is one exp2 (a single MUFU.EX2 on the GPU; __nv_expf
-  costs ~10 instructions, and a chunk needs C^2 of them). Use `exp` below, not jnp.exp.
-  """
-
-  def __init__(self, g, ctx: _Ctx):
-    c = g.shape[0]
-    g = g * _LOG2E
-    idx = jnp.arange(c, dtype=jnp.int32)
-    self.row, self.col = idx[:, None], idx[None, :]
-    upto = jnp.where(self.col <= self.row, g[None, :], 0.0)        # [i, l] = g_l for l <= i
-    self.gi = jnp.sum(upto, axis=1)                                # G_i = sum_{l<=i} g_l
-    self.rj = jnp.sum(jnp.where(self.col > self.row, g[None, :], 0.0), axis=1)  # R_j = sum_{l>j} g_l
-    self.gl = jnp.sum(g)                                           # G_C
-    if ctx.fp32:
-      # segsum[i, j] = sum_{j<l<=i} g_l as an IEEE fp32 dot with a 0/1 matrix: term by term, so that
-      # G_i - G_j does not lose |G| * 2^-24 to cancellation (|G| reaches hundreds for fast gates).
-      self._log = _dot(upto, (self.row > self.col).astype(_F32), 1, 0, ctx)
-    else:  # bf16 tolerances absorb that cancellation
-      self._log = self.gi[:, None] - self.gi[None, :]
-
-  def gamma(self):
-    """Γ_ij = e^{G_i - G_j} for i >= j, else 0."""
-    return jnp.exp2(jnp.where(self.row >= self.col, self._log, -jnp.inf))
-
-  @staticmethod
-  def exp(x):
-    """e^x for x = gi, rj or gl (held in base 2)."""
-    return jnp.exp2(x)
-
-
-def _chunk_slice(c, chunk):
-  return pl.ds(pl.multiple_of(c * chunk, chunk), chunk)
-
-
 def _f32(x):
   return x.astype(_F32)
 
@@ -202,7 +159,7 @@ def _fwd_kernel(q_ref, k_ref, v_ref, g_ref, *rest, ctx: _Ctx, has_h0: bool):
   def body(c, s):
     sl = _chunk_slice(c, chunk)
     qc, kc, vc = q_ref[sl, :], k_ref[sl, :], v_ref[sl, :]
-    gt = _Gates(g_ref[sl], ctx)
+    gt = Gates(g_ref[sl], ctx.fp32)
     p = _nt(qc, kc, ctx) * (gt.gamma() * scale)
     o = (_dot_f32_rhs(qc, s, 1, 0, ctx, False) * (scale * gt.exp(gt.gi))[:, None]
          + _dot_f32_lhs(p, vc, 1, 0, ctx, False))
@@ -235,7 +192,7 @@ def _dq_role(kt, q_ref, k_ref, v_ref, do_ref, g_ref, h0_ref, dq_ref, dgq_ref, *,
     sl = _chunk_slice(c, ctx.chunk)
     qc, kc = q_ref[sl, ks], k_ref[sl, ks]
     vc, doc = v_ref[sl, :], do_ref[sl, :]
-    gt = _Gates(g_ref[sl], ctx)
+    gt = Gates(g_ref[sl], ctx.fp32)
     # Statement order keeps few [C, C] fp32 matrices live at once (register pressure).
     dag = _nt(doc, vc, ctx) * gt.gamma()   # dO V^T ⊙ Γ, exact products
     p = jnp.where(gt.row > gt.col, dag * (_nt(qc, kc, ctx) * scale), 0.0)  # this key tile's part of P
@@ -266,7 +223,7 @@ def _dk_role(kt, q_ref, k_ref, v_ref, do_ref, g_ref, dht_ref, dk_ref, dgk_ref, d
     sl = _chunk_slice(n - 1 - i, ctx.chunk)
     qc, kc = q_ref[sl, ks], k_ref[sl, ks]
     vc, doc = v_ref[sl, :], do_ref[sl, :]
-    gt = _Gates(g_ref[sl], ctx)
+    gt = Gates(g_ref[sl], ctx.fp32)
     er = gt.exp(gt.rj)
     dk_intra = _dot_f32_lhs(_nt(doc, vc, ctx) * gt.gamma(), qc, 0, 0, ctx, False)  # (dO V^T ⊙ Γ)^T Q
     dk_q = _dot_f32_rhs(vc, dsq, 1, 1, ctx, precise)                          # V dS_q^T
@@ -293,7 +250,7 @@ def _dv_role(vt, q_ref, k_ref, do_ref, g_ref, dht_ref, dv_ref, *, ctx, bv):
   def body(i, ds):
     sl = _chunk_slice(n - 1 - i, ctx.chunk)
     qc, kc, doc = q_ref[sl, :], k_ref[sl, :], do_ref[sl, vs]
-    gt = _Gates(g_ref[sl], ctx)
+    gt = Gates(g_ref[sl], ctx.fp32)
     p = _nt(qc, kc, ctx) * (gt.gamma() * scale)  # [C(i), C(j)]
     dv = (_dot_f32_lhs(p, doc, 0, 0, ctx, False)
           + _dot_f32_rhs(kc, ds, 1, 0, ctx, False) * gt.exp(gt.rj)[:, None])
@@ -459,14 +416,6 @@ def _core_bwd(ctx, cfg, interpret, res, cts):
 
 
 _core.defvjp(_core_fwd, _core_bwd)
-
-
-def _pad_axis(x, axis, size):
-  if x.shape[axis] == size:
-    return x
-  widths = [(0, 0)] * x.ndim
-  widths[axis] = (0, size - x.shape[axis])
-  return jnp.pad(x, widths)
 
 
 def kernel_simple_gla(q, k, v, g, *, scale, initial_state=None, segment_ids=None, chunk_size=64,

@@ -36,17 +36,12 @@ from jax import lax
 from jax.experimental import pallas as pl
 
 from effattn.ops.common.dispatch import default_backend
+from effattn.ops.common.pallas_triton import F32 as _F32
+from effattn.ops.common.pallas_triton import LOG2E as _LOG2E
+from effattn.ops.common.pallas_triton import CompilerParams as _CompilerParams
+from effattn.ops.common.pallas_triton import inline_asm as _inline_asm
+from effattn.ops.common.pallas_triton import next_pow2 as _next_pow2
 
-try:  # jax 0.10 / 0.11: Triton-specific compiler parameters and inline asm
-    from jax.experimental.pallas import triton as _plgpu
-
-    _CompilerParams = getattr(_plgpu, 'CompilerParams', None) or _plgpu.TritonCompilerParams
-    _inline_asm = getattr(_plgpu, 'elementwise_inline_asm', None)
-except (ImportError, AttributeError):  # pragma: no cover
-    _CompilerParams, _inline_asm = None, None
-
-_F32 = jnp.float32
-_LOG2E = 1.4426950408889634
 _MAX_HEAD_DIM = 128
 
 
@@ -94,10 +89,6 @@ class _Spec:
     @property
     def prec(self):
         return lax.Precision.HIGHEST if self.dt == jnp.float32 else None
-
-
-def _next_pow2(n: int, lo: int = 16) -> int:
-    return max(lo, 1 << (int(n) - 1).bit_length())
 
 
 # ------------------------------------------------------------------------------------------------

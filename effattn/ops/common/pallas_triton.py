@@ -1,0 +1,76 @@
+"""Helpers shared by the Pallas kernels written for the Triton lowering (simple_gla, gla, the delta rules,
+flash attention): launch parameters, padding to power-of-two blocks, chunk slices, chunk-local gates.
+
+Everything here is Triton-lowering safe (no value slices, no cumsum) and also runs in interpret mode.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import pallas as pl
+
+try:  # jax 0.10 / 0.11: Triton-specific compiler parameters and inline asm
+    from jax.experimental.pallas import triton as _plgpu
+
+    CompilerParams = getattr(_plgpu, 'CompilerParams', None) or _plgpu.TritonCompilerParams
+    inline_asm = getattr(_plgpu, 'elementwise_inline_asm', None)
+except (ImportError, AttributeError):  # pragma: no cover
+    CompilerParams, inline_asm = None, None
+
+F32 = jnp.float32
+LOG2E = 1.4426950408889634
+
+
+def next_pow2(n: int, lo: int = 16) -> int:
+    """The smallest power of two >= n and >= lo (Triton block shapes are powers of two)."""
+    return max(lo, 1 << (int(n) - 1).bit_length())
+
+
+def pad_axis(x, axis: int, size: int):
+    """x zero-padded at the end of `axis` to `size` (no copy when it already has that size)."""
+    if x.shape[axis] == size:
+        return x
+    widths = [(0, 0)] * x.ndim
+    widths[axis] = (0, size - x.shape[axis])
+    return jnp.pad(x, widths)
+
+
+def chunk_slice(c, size: int):
+    """Rows [c * size, (c + 1) * size) of a ref, aligned for the Triton lowering."""
+    return pl.ds(pl.multiple_of(c * size, size), size)
+
+
+class Gates:
+    """Chunk-local log decays of one chunk from g [C] fp32 (masked sums: Triton has no cumsum or slice).
+
+    All in base 2 (g log2(e)), so that every decay is one exp2 (a single MUFU.EX2 on the GPU; __nv_expf
+    costs ~10 instructions, and a chunk needs C^2 of them). Use `exp` below, not jnp.exp.
+    """
+
+    def __init__(self, g, fp32: bool):
+        c = g.shape[0]
+        g = g * LOG2E
+        idx = jnp.arange(c, dtype=jnp.int32)
+        self.row, self.col = idx[:, None], idx[None, :]
+        upto = jnp.where(self.col <= self.row, g[None, :], 0.0)  # [i, l] = g_l for l <= i
+        self.gi = jnp.sum(upto, axis=1)  # G_i = sum_{l<=i} g_l
+        self.rj = jnp.sum(jnp.where(self.col > self.row, g[None, :], 0.0), axis=1)  # sum_{l>j} g_l
+        self.gl = jnp.sum(g)  # G_C
+        if fp32:
+            # segsum[i, j] = sum_{j<l<=i} g_l as an IEEE fp32 dot with a 0/1 matrix: term by term, so
+            # that G_i - G_j does not lose |G| * 2^-24 to cancellation (|G| reaches hundreds for fast
+            # gates).
+            self._log = jax.lax.dot_general(
+                upto, (self.row > self.col).astype(F32), (((1,), (0,)), ((), ())),
+                precision=jax.lax.Precision.HIGHEST, preferred_element_type=F32)
+        else:  # bf16 tolerances absorb that cancellation
+            self._log = self.gi[:, None] - self.gi[None, :]
+
+    def gamma(self):
+        """Γ_ij = e^{G_i - G_j} for i >= j, else 0."""
+        return jnp.exp2(jnp.where(self.row >= self.col, self._log, -jnp.inf))
+
+    @staticmethod
+    def exp(x):
+        """e^x for x = gi, rj or gl (held in base 2)."""
+        return jnp.exp2(x)
