@@ -202,18 +202,25 @@ def _core_fwd(q, k, v, g, beta, h0, ctx, cfg, interpret):
     return (o, ht), (q, k, v, g, beta, h0, s_starts, wut)
 
 
-def _core_bwd(ctx, cfg, interpret, res, cts):
-    q, k, v, g, beta, h0, s_starts, (w, u, t) = res
-    do, dht = cts
+def _chunk_grads(q, k, v, g, beta, s_starts, ds_ends, wut, do, ctx):
+    """Everything of the backward but the state sweep, parallel over chunks: (dq, dk, dv, dg, dbeta) fp32."""
+    w, u, t = wut
     chunk, prec = ctx.chunk, ctx.xla_prec
-    ds_ends, dh0 = _state_grads(q, k, w, do.astype(ctx.dt), _gates_bht(g), dht.astype(_F32), ctx, cfg,
-                                interpret)
     _, out_vjp = jax.vjp(lambda *x: chunk_outputs(*x, s_starts, ctx.scale, chunk, prec),
                          q, k, w.astype(_F32), u.astype(_F32), g)
     dq, dk_o, dw, du, dg_o = out_vjp((do.astype(_F32), ds_ends))
     dk_p, dv, dg_p, dbeta = wy_prep_bwd(k, v, g, beta, t, dw, du, chunk, prec)
+    return dq, dk_o + dk_p, dv, dg_o + dg_p, dbeta
+
+
+def _core_bwd(ctx, cfg, interpret, res, cts):
+    q, k, v, g, beta, h0, s_starts, wut = res
+    do, dht = cts
+    ds_ends, dh0 = _state_grads(q, k, wut[0], do.astype(ctx.dt), _gates_bht(g), dht.astype(_F32), ctx, cfg,
+                                interpret)
+    dq, dk, dv, dg, dbeta = _chunk_grads(q, k, v, g, beta, s_starts, ds_ends, wut, do, ctx)
     cast = lambda x, ref: x.astype(ref.dtype)
-    return (cast(dq, q), cast(dk_o + dk_p, k), cast(dv, v), cast(dg_o + dg_p, g), cast(dbeta, beta),
+    return (cast(dq, q), cast(dk, k), cast(dv, v), cast(dg, g), cast(dbeta, beta),
             None if h0 is None else cast(dh0, h0))
 
 

@@ -1,0 +1,82 @@
+"""Timing hook for the (gated) delta-rule Pallas kernels: each piece of pallas.py as a jitted zero-arg callable.
+
+    parts = benchmark_parts(4, 4096, 16, 128, jnp.bfloat16)
+    jax.block_until_ready(parts['wy']())
+
+Pieces: 'wy' (WY/UT kernel), 'fwd_state' (forward state kernel given W, U; o and final state only),
+'fwd_state_store' (the same, also writing the chunk-start states, as under jax.grad), 'fwd' (whole
+forward), 'bwd_state' (reverse state-gradient kernel), 'bwd_xla' (the per-chunk backward pieces given
+the stored states and state cotangents), 'fwd_bwd' (forward + backward of sum(o * do) + sum(ht)).
+"""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from effattn.ops.common.pallas_triton import F32
+from effattn.ops.gated_delta_rule import pallas as P
+from effattn.ops.gated_delta_rule._kernel_common import _Ctx
+from effattn.ops.gated_delta_rule._wy_kernel import wy_kernel
+
+
+def _inputs(b, t, h, d, dtype, gated, seed=0):
+    ks = jax.random.split(jax.random.PRNGKey(seed), 6)
+    l2 = lambda x: x / jnp.linalg.norm(x, axis=-1, keepdims=True)
+    q = l2(jax.random.normal(ks[0], (b, t, h, d), F32)).astype(dtype)
+    k = l2(jax.random.normal(ks[1], (b, t, h, d), F32)).astype(dtype)
+    v = jax.random.normal(ks[2], (b, t, h, d), F32).astype(dtype)
+    g = jax.nn.log_sigmoid(jax.random.normal(ks[3], (b, t, h), F32)) if gated else None
+    beta = jax.nn.sigmoid(jax.random.normal(ks[4], (b, t, h), F32))
+    do = jax.random.normal(ks[5], (b, t, h, d), F32).astype(dtype)
+    return q, k, v, g, beta, do
+
+
+def benchmark_parts(b, t, h, d, dtype, gated: bool = True, chunk: int = 64, config=None, interpret=None):
+    """{name: jitted zero-arg callable} for each piece at B=b, T=t (a multiple of chunk), H=h, K=V=d."""
+    dtype = jnp.dtype(dtype)
+    cfg = P.DEFAULT_CONFIG if config is None else config
+    if interpret is None:
+        interpret = jax.default_backend() != 'gpu'
+    q, k, v, g, beta, do = _inputs(b, t, h, d, dtype, gated)
+    scale = d ** -0.5
+    ctx = _Ctx(dtype, float(scale), chunk)
+    g32 = jnp.zeros((b, t, h), F32) if g is None else g
+    gb, betab = P._gates_bht(g32), P._gates_bht(beta)
+
+    wy = jax.jit(lambda k, v, gb, betab: wy_kernel(k, v, gb, betab, ctx, cfg.num_warps_wy, interpret))
+    w, u, tt = jax.block_until_ready(wy(k, v, gb, betab))
+
+    def fwd_state(q, k, w, u, gb, store):
+        return P._forward(q, k, w, u, gb, None, ctx, cfg, interpret, store)
+    fs = jax.jit(functools.partial(fwd_state, store=False))
+    fss = jax.jit(functools.partial(fwd_state, store=True))
+    _, _, s_starts = jax.block_until_ready(fss(q, k, w, u, gb))
+
+    def fwd(q, k, v, g, beta):
+        return P.kernel_gated_delta_rule(q, k, v, g, beta, scale=scale, chunk_size=chunk, config=cfg,
+                                         interpret=interpret)
+
+    dht = jnp.zeros((b, h, d, d), F32)
+    bs = jax.jit(lambda q, k, w, do, gb, dht: P._state_grads(q, k, w, do, gb, dht, ctx, cfg, interpret))
+    ds_ends, _ = jax.block_until_ready(bs(q, k, w, do, gb, dht))
+    bx = jax.jit(lambda q, k, v, g, beta, s, ds, w, u, tt, do: P._chunk_grads(
+        q, k, v, g, beta, s, ds, (w, u, tt), do, ctx))
+
+    def loss(q, k, v, g, beta):
+        o, ht = fwd(q, k, v, g, beta)
+        return jnp.sum(o.astype(F32) * do.astype(F32)) + jnp.sum(ht)
+    argnums = (0, 1, 2, 4) if g is None else (0, 1, 2, 3, 4)
+    fb = jax.jit(jax.grad(loss, argnums=argnums))
+
+    p = functools.partial
+    return {
+        'wy': p(wy, k, v, gb, betab),
+        'fwd_state': p(fs, q, k, w, u, gb),
+        'fwd_state_store': p(fss, q, k, w, u, gb),
+        'fwd': p(jax.jit(fwd), q, k, v, g, beta),
+        'bwd_state': p(bs, q, k, w, do, gb, dht),
+        'bwd_xla': p(bx, q, k, v, g32, beta, s_starts, ds_ends, w, u, tt, do),
+        'fwd_bwd': p(fb, q, k, v, g, beta),
+    }
