@@ -10,6 +10,7 @@ run without the mask are fully visible.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib
 import math
@@ -25,6 +26,7 @@ from effattn.ops.sigmoid_attention import sigmoid_attention
 from effattn.ops.softmax_attention import softmax_attention
 from effattn.ops.softmax_attention._blockwise import attention_mask
 from effattn.ops.softmax_attention.pallas import (
+    DEFAULT_CONFIG,
     KernelConfig,
     _key_loops,
     _query_loops,
@@ -52,6 +54,7 @@ class Case(NamedTuple):
     dtype: str = 'float32'
     b: int = 1
     small: bool = True  # SMALL blocks, else the default config
+    math: str = 'rcp'  # KernelConfig.sigmoid_math
 
     def __str__(self):
         opts = [
@@ -61,6 +64,7 @@ class Case(NamedTuple):
             '' if not self.sinks else f'sinks{self.sinks}',
             self.dtype,
             '' if self.small else 'default-blocks',
+            '' if self.math == 'rcp' else self.math,
         ]
         return '-'.join(o for o in opts if o)
 
@@ -109,6 +113,8 @@ GPU_CASES = [
     Case('sigmoid', 1000, k=128, v=128, window=256, dtype='bfloat16', small=False),
     Case('sigmoid', 1000, k=128, v=128, causal=False, dtype='bfloat16', small=False),
     Case('sigmoid', 777, k=96, v=96, small=False),
+    *(Case('sigmoid', 2048, h=4, hkv=2, k=128, v=128, dtype='bfloat16', small=False, math=m)
+      for m in ('newton', 'f16x2')),
 ]
 
 
@@ -136,7 +142,7 @@ def _fwd_bwd(args, do, *, case: Case, impl: str):
         else:
             f = lambda q, k, v, b: sigmoid_attention(q, k, v, bias=b, impl='naive', **opts)
     else:
-        cfg = SMALL if case.small else None
+        cfg = dataclasses.replace(SMALL if case.small else DEFAULT_CONFIG, sigmoid_math=case.math)
         scale = case.k**-0.5
         window = None if case.window is None or case.window >= case.t else case.window
 
@@ -175,6 +181,22 @@ def _check(case: Case):
 @pytest.mark.parametrize('case', CASES, ids=str)
 def test_matches_naive(case):
     _check(case)
+
+
+MATH_CASES = [Case('sigmoid', 130, h=4, hkv=2, k=64, v=64, dtype='bfloat16', math=m) for m in ('newton', 'f16x2')]
+
+
+@pytest.mark.parametrize('case', MATH_CASES, ids=str)
+def test_sigmoid_math_variants_match_naive(case):
+    """The Newton reciprocal and the fp16 exp2 (modelled with jnp ops in interpret mode) keep bf16 accuracy."""
+    _check(case)
+
+
+def test_unknown_sigmoid_math_raises():
+    (q, k, v, _), _ = make_inputs(Case('sigmoid', 16))
+    with pytest.raises(ValueError, match='sigmoid_math'):
+        flash_attention(q, k, v, score='sigmoid', causal=True, scale=0.1, window=None,
+                        config=dataclasses.replace(SMALL, sigmoid_math='fast'))
 
 
 @pytest.mark.parametrize('t,bq,bk', [(130, 32, 16), (130, 16, 32), (40, 32, 32), (1, 16, 16)])

@@ -65,7 +65,12 @@ class KernelConfig:
     block_k_bwd: int = 64  # backward: keys per dK, dV program / per dQ loop step
     num_warps_bwd: int = 4
     num_stages_bwd: int = 2
-    fast_rcp: bool = True  # sigmoid on GPU, bf16/fp16: rcp.approx (1 MUFU op), not IEEE division
+    # sigmoid on GPU, bf16/fp16 inputs: how sigma(x) = 1 / (1 + 2^a) is evaluated (see _sigmoid_probs):
+    # 'ieee' (exp2 + IEEE division), 'rcp' (ex2.approx + rcp.approx: 2 MUFU ops per score),
+    # 'newton' (ex2.approx + an FMA-only Newton reciprocal: 1 MUFU op), 'f16x2' (ex2.approx.f16x2, two
+    # scores per MUFU op, + the Newton reciprocal). fp32 inputs and interpret mode always use 'ieee' math
+    # (interpret mode models 'newton' and 'f16x2' with jnp ops so that their error is tested on CPU).
+    sigmoid_math: str = 'rcp'
 
 
 DEFAULT_CONFIG = KernelConfig()
@@ -84,7 +89,7 @@ class _Spec:
     tp: int  # padded length
     groups: int  # query heads per kv head
     dt: object  # dtype of the dot operands
-    fast_rcp: bool
+    sigmoid_math: str
 
     @property
     def prec(self):
@@ -198,21 +203,48 @@ def _dot(a, b, ca: int, cb: int, sp: _Spec):
     )
 
 
-def _rcp(x, sp: _Spec, interpret: bool):
-    if sp.fast_rcp and not interpret and _inline_asm is not None and sp.dt != jnp.float32:
-        return _inline_asm(
-            'rcp.approx.ftz.f32 $0, $1;',
-            args=[x],
-            constraints='=f,f',
-            pack=1,
-            result_shape_dtypes=[jax.ShapeDtypeStruct(x.shape, x.dtype)],
-        )[0]
-    return 1.0 / x
+_SIGMOID_MATH = ('ieee', 'rcp', 'newton', 'f16x2')
+_RCP_MAGIC = 0x7EF311C3  # initial reciprocal guess from the exponent bits (max relative error ~12%)
+
+
+def _asm(code: str, x, dtype, constraints: str, pack: int):
+    return _inline_asm(code, args=[x], constraints=constraints, pack=pack,
+                       result_shape_dtypes=[jax.ShapeDtypeStruct(x.shape, dtype)])[0]
+
+
+def _rcp_newton(x):
+    """1 / x for x >= 1 (finite) with FMA-pipe ops only: bit-trick guess, two Newton steps (rel. error
+    ~2e-4 < bf16's 2^-9), so the sigmoid costs one MUFU op per score like softmax's exp2."""
+    r = lax.bitcast_convert_type(jnp.int32(_RCP_MAGIC) - lax.bitcast_convert_type(x, jnp.int32), _F32)
+    r = r * (2.0 - x * r)
+    return r * (2.0 - x * r)
 
 
 def _sigmoid_probs(sp, qk, bias2, masked, mask_fn, interpret):
-    """sigma(s qk + b) = 1 / (1 + 2^(-(s qk + b) log2 e)); bias2 = -b log2 e. 0 where masked."""
-    p = _rcp(1.0 + jnp.exp2(qk * (-sp.scale * _LOG2E) + bias2), sp, interpret)
+    """sigma(s qk + b) = 1 / (1 + 2^a), a = -(s qk + b) log2 e; bias2 = -b log2 e. 0 where masked.
+
+    FlashSigmoid's cost is the MUFU (special-function) pipe: exp2 plus a reciprocal is two MUFU ops per
+    score against softmax's one, so config.sigmoid_math trades them for FMA-pipe work (see KernelConfig).
+    a is clamped to 126 so that 1 + 2^a stays finite for the Newton reciprocal (sigma < 2^-126 is 0).
+    """
+    a = qk * (-sp.scale * _LOG2E) + bias2
+    math = sp.sigmoid_math if sp.dt != jnp.float32 else 'ieee'
+    gpu = not interpret and _inline_asm is not None
+    if math == 'rcp' and gpu:
+        e = _asm('ex2.approx.ftz.f32 $0, $1;', a, _F32, '=f,f', 1)
+        p = _asm('rcp.approx.ftz.f32 $0, $1;', 1.0 + e, _F32, '=f,f', 1)
+    elif math in ('newton', 'f16x2'):
+        a = jnp.minimum(a, 126.0)
+        if math == 'f16x2':  # 2^a in fp16 (10-bit mantissa); overflow (a >= 16) gives inf -> sigma = 0
+            a16 = a.astype(jnp.float16)
+            e = (_asm('ex2.approx.f16x2 $0, $1;', a16, jnp.float16, '=r,r', 2) if gpu
+                 else jnp.exp2(a16.astype(_F32)).astype(jnp.float16)).astype(_F32)
+            e = jnp.minimum(e, 2.0 ** 126)
+        else:
+            e = _asm('ex2.approx.ftz.f32 $0, $1;', a, _F32, '=f,f', 1) if gpu else jnp.exp2(a)
+        p = _rcp_newton(1.0 + e)
+    else:
+        p = 1.0 / (1.0 + jnp.exp2(a))
     return jnp.where(mask_fn(), p, 0.0) if masked else p
 
 
@@ -563,10 +595,12 @@ def flash_attention(
         tp=tp,
         groups=h // k.shape[2],
         dt=dtype,
-        fast_rcp=cfg.fast_rcp,
+        sigmoid_math=cfg.sigmoid_math,
     )
     if score not in ('softmax', 'sigmoid'):
         raise ValueError(f"score must be 'softmax' or 'sigmoid'; got {score!r}")
+    if cfg.sigmoid_math not in _SIGMOID_MATH:
+        raise ValueError(f'KernelConfig.sigmoid_math must be one of {_SIGMOID_MATH}; got {cfg.sigmoid_math!r}')
     bias = jnp.zeros((), _F32) if bias is None else jnp.asarray(bias, _F32)
     o = _core(
         _pad(q.astype(dtype), tp, kp),
