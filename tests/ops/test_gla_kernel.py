@@ -105,15 +105,15 @@ def test_matches_naive(case):
 
 
 @pytest.mark.parametrize('n', [0.1, 1])
-def test_chunk_32_and_separate_dk_dv_sweeps(n):
-  """config.chunk = 32; several value tiles in the forward, several key tiles in the dq and dk sweeps and
-  value tiles in the dv sweeps (fuse_dkv False)."""
-  cfg = KernelConfig(chunk=32, block_v=16, block_k_dq=16, fuse_dkv=False, block_k_bwd=32, block_v_bwd=16)
+def test_chunk_32_and_small_tiles(n):
+  """config.chunk = 32 (two sub-blocks); several value tiles in the forward, several key tiles in the dq and dk
+  sweeps and value tiles in the dv sweeps."""
+  cfg = KernelConfig(chunk=32, block_v=16, block_k_bwd=16, block_v_bwd=16)
   _check(Case(1, 70, 1, 48, 40, n=n, h0=True), functools.partial(kernel_gla, config=cfg))
 
 
-def test_separate_dk_dv_sweeps_bf16():
-  cfg = KernelConfig(fuse_dkv=False, block_k_bwd=16, block_v_bwd=16)
+def test_chunk_16_small_tiles_bf16():
+  cfg = KernelConfig(chunk=16, block_k_bwd=16, block_v_bwd=16)
   _check(Case(1, 100, 1, 32, 32, n=0.1, h0=True, dtype='bfloat16'), functools.partial(kernel_gla, config=cfg))
 
 
@@ -177,8 +177,8 @@ def test_long_bf16_finite(n):
 
 
 @pytest.mark.parametrize('dtype, cfg', [('bfloat16', KernelConfig()), ('float32', KernelConfig()),
-                                        ('bfloat16', KernelConfig(fuse_dkv=False, block_k_dq=16, block_k_bwd=16,
-                                                                  block_v_bwd=16, chunk=32))])
+                                        ('bfloat16', KernelConfig(block_v=16, block_k_bwd=16, block_v_bwd=16,
+                                                                  chunk=32))])
 def test_lowers_to_triton(dtype, cfg):
   """Forward and backward lower through Pallas' Triton lowering (cross-platform, no GPU needed): catches
   primitives or indexing that only interpret mode accepts."""
@@ -190,4 +190,4 @@ def test_lowers_to_triton(dtype, cfg):
     return jnp.sum(o.astype(jnp.float32)) + jnp.sum(ht)
   text = jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3, 4))).trace(q, q, q, g, h0).lower(
       lowering_platforms=('cuda',)).as_text()
-  assert text.count('triton') >= 2  # the forward and the backward kernel
+  assert text.count('triton') >= 2  # the forward kernels (the backward ones follow)
