@@ -16,12 +16,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import TOL, assert_close
 
 from effattn.ops.simple_gla import simple_gla
 from effattn.ops.simple_gla.naive import naive_simple_gla
 from effattn.ops.simple_gla.pallas import KernelConfig, kernel_simple_gla
 from effattn.ops.simple_gla.slopes import transnormer_g_gamma
-from helpers import TOL, assert_close
 
 ON_GPU = jax.default_backend() == 'gpu'
 simple_gla_mod = importlib.import_module('effattn.ops.simple_gla')  # the package, not the function
@@ -108,6 +108,15 @@ def test_three_backward_launches_and_small_tiles():
   slow gates over several chunks of 32."""
   cfg = KernelConfig(block_v=16, block_k_bwd=16, block_v_bwd=32, fuse_bwd=False)
   _check(Case(1, 130, 1, 60, 48, n=16, h0=True, chunk=32), functools.partial(kernel_simple_gla, config=cfg))
+
+
+@pytest.mark.parametrize('case', [Case(1, 256, 2, 32, 32, n=1, h0=True, chunk=16),
+                                  Case(2, 256, 1, 16, 48, n=0.1, h0=False, chunk=32, dtype='bfloat16')], ids=str)
+def test_sequence_split_matches_naive(case):
+  """Long-T / small-batch path (ops/common/sequence_split.py): 4 segments from the program target, run as
+  batch rows and stitched by the segment-state scan; outputs, final state and every gradient exact."""
+  cfg = KernelConfig(split_programs=4 * case.b * case.h, split_min_len=32)
+  _check(case, functools.partial(kernel_simple_gla, config=cfg))
 
 
 def test_g_gamma_through_the_public_op():

@@ -54,6 +54,7 @@ from effattn.ops.common.pallas_triton import Gates
 from effattn.ops.common.pallas_triton import chunk_slice as _chunk_slice
 from effattn.ops.common.pallas_triton import next_pow2 as _next_pow2
 from effattn.ops.common.pallas_triton import pad_axis as _pad_axis
+from effattn.ops.common.sequence_split import num_segments, sm_count, split_over_segments
 
 _MAX_HEAD_DIM = 128  # K and V; larger heads fall back ('auto') to the chunk form
 
@@ -78,6 +79,11 @@ class KernelConfig:
   fuse_bwd: bool = True      # the three backward sweeps in one launch (else three launches)
   precise_dg: bool = True    # bf16: gate-gradient terms to ~2^-17 (two bf16 dots per fp32 operand;
                              # fwd+bwd 1.52 ms, 0.99 ms without, but dg's error then grows with T)
+  # Long T at small B * H (ops/common/sequence_split.py): cut the sequence into segments run as batch rows
+  # until there are up to split_programs programs (None: 2 per SM on GPU, no split elsewhere; 0: never),
+  # keeping segments of >= split_min_len rows.
+  split_programs: int | None = None
+  split_min_len: int = 1024
 
 
 DEFAULT_CONFIG = KernelConfig()
@@ -352,7 +358,7 @@ def _backward(q, k, v, g, h0, do, dht, ctx, cfg, interpret):
   bk, bv = min(cfg.block_k_bwd, kp), min(cfg.block_v_bwd, vp)
   nk, nv = kp // bk, vp // bv
   has_h0 = h0 is not None
-  kw = dict(ctx=ctx, precise=cfg.precise_dg)
+  kw = {'ctx': ctx, 'precise': cfg.precise_dg}
   params = _params(interpret, ctx, cfg.num_warps_bwd, cfg.num_stages_bwd)
   dq_shape = jax.ShapeDtypeStruct((b, tp, h, kp), q.dtype)
   dv_shape = jax.ShapeDtypeStruct((b, tp, h, vp), q.dtype)
@@ -452,6 +458,17 @@ def kernel_simple_gla(q, k, v, g, *, scale, initial_state=None, segment_ids=None
   h0 = None
   if initial_state is not None:
     h0 = _pad_axis(_pad_axis(initial_state.astype(_F32), 2, kp), 3, vp)
+  target = cfg.split_programs
+  if target is None:
+    target = 2 * sm_count() if backend == 'gpu' else 0
+  segments = num_segments(b, h, t, -(-vp // min(cfg.block_v, vp)), chunk, target_programs=target,
+                          min_len=cfg.split_min_len)
+  if segments > 1:
+    whole = dataclasses.replace(cfg, split_programs=0)
+    kernel = lambda q, k, v, g: kernel_simple_gla(q, k, v, g, scale=scale, chunk_size=chunk, config=whole,
+                                                  interpret=interpret)
+    return split_over_segments(kernel, q, k, v, g, scale=float(scale), initial_state=initial_state,
+                               segments=segments)
   ctx = _Ctx(jnp.dtype(dtype), float(scale), chunk)
   o, ht = _core(pad(q, kp), pad(k, kp), pad(v, vp), gp, h0, ctx, cfg, bool(interpret))
   return o[:, :t, :, :vd].astype(q.dtype), ht[:, :, :kd, :vd]

@@ -1,0 +1,80 @@
+"""Sequence splitting for the Lightning-layout kernels at long T and small B * H: segments in parallel.
+
+The kernels of simple_gla and gla walk the chunks of one (batch, head, value tile) in one program, so a
+call has B * H * V / BV programs: 1024 at B = 32, T = 2048, H = 16, V = 128 (BV = 64), but 32 at B = 1,
+T = 65536 on a GPU of 132 SMs. Time per token would then grow with T at fixed B * T. For a linear
+recurrence with a diagonal decay (Yang et al. 2024, GLA, arXiv 2312.06635, eq. 1; ALGORITHMS.md
+sections 4-5), S_t = diag(a_t) S_{t-1} + k_t v_t^T, o_t = S_t^T q_t, cut the sequence into P segments
+and let G_t = sum of log a from the segment's start to t (inclusive). Then, exactly,
+  o_t      = o_t^loc + S_start(s)^T (q_t ⊙ e^{G_t}),
+  S_end(s) = diag(e^{G_last(s)}) S_start(s) + S_loc(s),      S_start(s + 1) = S_end(s),
+where o^loc and S_loc are the kernel's outputs on each segment started from a zero state (segments
+become batch rows: P times the programs). The segment states combine by an associative scan of the
+affine maps S -> diag(e^{G_last}) S + S_loc (log P depth); the correction is one batched matmul.
+This is flash-linear-attention's split state passing (fla/ops/common/chunk_h_split.py) in XLA around
+an unchanged kernel. Gradients come from autodiff of these ops and the kernel's own custom VJP.
+The delta rule is not diagonal in S (its transition is I - beta k k^T), so this does not apply there.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+_F32 = jnp.float32
+
+
+def sm_count(default: int = 132) -> int:
+  """Streaming multiprocessors of the first device (jax's core_count on GPU), else `default`."""
+  return int(getattr(jax.devices()[0], 'core_count', 0) or default)
+
+
+def num_segments(b: int, h: int, t: int, value_tiles: int, chunk: int, *, target_programs: int,
+                 min_len: int) -> int:
+  """The largest power of two P with B * H * value_tiles * P <= target_programs, T divisible by P * chunk
+  and segments of at least min_len rows (1: no split)."""
+  programs, p = b * h * value_tiles, 1
+  while (programs * p * 2 <= target_programs and t % (p * 2 * chunk) == 0 and t // (p * 2) >= min_len):
+    p *= 2
+  return p
+
+
+def _combine(earlier, later):
+  """Composes the affine state maps S -> a S + b of two consecutive runs of segments (earlier first)."""
+  a1, b1 = earlier
+  a2, b2 = later
+  return a1 * a2, a2 * b1 + b2
+
+
+def split_over_segments(kernel, q, k, v, g, *, scale: float, initial_state, segments: int):
+  """Runs `kernel` on `segments` equal cuts of the sequence at once and stitches them exactly.
+
+  kernel(q, k, v, g) -> (o [B', T', H, V] in q's dtype, final state fp32 [B', H, K, V]), from a zero
+  state, where q, k: [B', T', H, K], v: [B', T', H, V], g: None, [B', T', H] (scalar log decay) or
+  [B', T', H, K] (per channel). Returns (o [B, T, H, V] in q's dtype, final state fp32 [B, H, K, V]).
+  """
+  b, t, h, kd = q.shape
+  vd = v.shape[-1]
+  p, ts = segments, t // segments
+  cut = lambda x: None if x is None else x.reshape(b * p, ts, *x.shape[2:])
+  o_loc, s_loc = kernel(cut(q), cut(k), cut(v), cut(g))
+  s_loc = s_loc.reshape(b, p, h, kd, vd)
+  if g is None:
+    gcum = jnp.zeros((b, p, ts, h, 1), _F32)
+  else:
+    gs = g.astype(_F32).reshape(b, p, ts, h, -1)  # [B, P, T', H, 1 or K]
+    gcum = jnp.cumsum(gs, axis=2)
+  decay_last = jnp.exp(gcum[:, :, -1])[..., None]  # [B, P, H, 1 or K, 1]
+  decay_last = jnp.broadcast_to(decay_last, (b, p, h, kd, 1))
+  a_in, s_end = lax.associative_scan(_combine, (decay_last, s_loc), axis=1)  # from a zero state
+  if initial_state is not None:
+    s_end = s_end + a_in * initial_state.astype(_F32)[:, None]
+  first = (jnp.zeros((b, 1, h, kd, vd), _F32) if initial_state is None
+           else initial_state.astype(_F32)[:, None])
+  s_start = jnp.concatenate([first, s_end[:, :-1]], axis=1)  # [B, P, H, K, V]
+  dot_dtype = q.dtype if q.dtype != _F32 else _F32
+  q_dec = (q.astype(_F32).reshape(b, p, ts, h, kd) * (scale * jnp.exp(gcum))).astype(dot_dtype)
+  corr = jnp.einsum('bpthk,bphkv->bpthv', q_dec, s_start.astype(dot_dtype), preferred_element_type=_F32,
+                    precision=lax.Precision.HIGHEST if dot_dtype == _F32 else None)
+  o = o_loc.reshape(b, p, ts, h, vd).astype(_F32) + corr
+  return o.reshape(b, t, h, vd).astype(q.dtype), s_end[:, -1]
