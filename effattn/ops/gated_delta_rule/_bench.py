@@ -5,8 +5,8 @@
 
 Pieces: 'wy' (WY/UT kernel), 'fwd_state' (forward state kernel given W, U; o and final state only),
 'fwd_state_store' (the same, also writing the chunk-start states, as under jax.grad), 'fwd' (whole
-forward), 'bwd_state' (reverse state-gradient kernel), 'bwd_xla' (the per-chunk backward pieces given
-the stored states and state cotangents), 'fwd_bwd' (forward + backward of sum(o * do) + sum(ht)).
+forward), 'bwd_state' (reverse state-gradient kernel), 'bwd_xla' (the per-chunk backward given the
+stored states and state cotangents: a Pallas kernel now, the name kept), 'fwd_bwd' (forward + backward of sum(o * do) + sum(ht)).
 """
 from __future__ import annotations
 
@@ -62,7 +62,7 @@ def benchmark_parts(b, t, h, d, dtype, gated: bool = True, chunk: int = 64, conf
     bs = jax.jit(lambda q, k, w, do, gb, dht: P._state_grads(q, k, w, do, gb, dht, ctx, cfg, interpret))
     ds_ends, _ = jax.block_until_ready(bs(q, k, w, do, gb, dht))
     bx = jax.jit(lambda q, k, v, g, beta, s, ds, w, u, tt, do: P._chunk_grads(
-        q, k, v, g, beta, s, ds, (w, u, tt), do, ctx))
+        q, k, v, g, beta, s, ds, (w, u, tt), do, ctx, cfg, interpret))
 
     def loss(q, k, v, g, beta):
         o, ht = fwd(q, k, v, g, beta)

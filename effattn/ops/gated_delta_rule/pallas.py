@@ -6,7 +6,7 @@ gated rule with g = 0. Per chunk c (G chunk-local cumsum of g, Γ_ij = e^{G_i - 
   A = strictly-lower(diag(β)(K K^T ⊙ Γ)),  [W | U] = (I + A)^{-1} [diag(β) K ⊙ e^G | diag(β) V]   (parallel)
   V' = U - W S_c,  O_c = (Q ⊙ e^G) S_c + (Q K^T ⊙ Γ) V',  S_{c+1} = e^{G_C} S_c + (K ⊙ e^{G_C - G})^T V'
 
-Design (why this split). Three Pallas kernels and a parallel XLA backward:
+Design (why this split). Four Pallas kernels:
   - WY kernel (_wy_kernel.py), one program per (batch, head, chunk): A, T = (I + A)^{-1} (16-row blocks,
     forward substitution, block merge, as fla's solve_tril), W, U; T is written out for the backward.
     In XLA the blocked inverse is ~100 small ops (launch-bound at B=4, T=4096, H=16); in-kernel it is free.
@@ -18,16 +18,15 @@ Design (why this split). Three Pallas kernels and a parallel XLA backward:
     dV'_c = (Q K^T ⊙ Γ)^T dO_c + (K ⊙ e^{G_C - G}) dS_{c+1},
     dS_c  = e^{G_C} dS_{c+1} + (Q ⊙ e^G)^T dO_c - W^T dV'_c,   dS_N = d final_state, d h0 = dS_0,
     writing every chunk-end cotangent dS_{c+1}.
-  - Everything else is parallel over chunks given S_c and dS_{c+1}, so it is fp32 XLA batched matmuls:
-    jax.vjp of the per-chunk output map (_wy.chunk_outputs: dq, dk, dW, dU, dg) and the closed-form
-    backward of the WY transform through the saved T (_wy.wy_prep_bwd: dA = -T^T dT T^T, ...; dk, dv,
-    dβ, dg). Autodiff of exact per-chunk algebra leaves no hand-derived gate-gradient cancellation to get
-    wrong; the straddling-pair sum for dg through Γ is exact (no reverse-cumsum cancellation).
+  - Everything else is parallel over chunks given S_c and dS_{c+1}: one program per (batch, head, chunk)
+    (_bwd_kernel.py, as fla's chunk_bwd_dqkwg + prepare_wy_repr_bwd fused) differentiates the per-chunk
+    output map (_wy.chunk_outputs) and the WY transform through the saved T in closed form, writing dq,
+    dk, dv, dg, dβ; dg sums the pairs straddling each position (no reverse-cumsum cancellation). _wy.py
+    keeps the same per-chunk algebra in jnp, the tests' reference for the WY pieces.
 
 Numerics: fp32 inputs use IEEE fp32 dots (Precision.HIGHEST) everywhere; bf16 inputs use bf16 kernel
 dots (W, U, V', S rounded to bf16 before each dot, as FLA) with fp32 accumulation and fp32 states; the
-triangular inverse is fp32 (IEEE) in both modes; the XLA parts are fp32 (default matmul precision, TF32
-on GPU, for bf16 inputs). Triton lowering constraints as in simple_gla/pallas.py:
+triangular inverse is fp32 (IEEE) in both modes. Triton lowering constraints as in simple_gla/pallas.py:
 no value slicing or cumsum (masked sums), power-of-two blocks (K, V padded to >= 16, T to the chunk).
 """
 from __future__ import annotations
@@ -45,8 +44,8 @@ from effattn.ops.common.pallas_triton import Gates
 from effattn.ops.common.pallas_triton import chunk_slice as _chunk_slice
 from effattn.ops.common.pallas_triton import next_pow2 as _next_pow2
 from effattn.ops.common.pallas_triton import pad_axis as _pad_axis
+from effattn.ops.gated_delta_rule._bwd_kernel import chunk_grads_kernel
 from effattn.ops.gated_delta_rule._kernel_common import _Ctx, _nn, _nt, _params, _tn
-from effattn.ops.gated_delta_rule._wy import chunk_outputs, wy_prep_bwd
 from effattn.ops.gated_delta_rule._wy_kernel import wy_kernel
 
 _MAX_HEAD_DIM = 128
@@ -62,6 +61,9 @@ class KernelConfig:
     num_warps_bwd: int = 8
     num_stages_bwd: int = 3
     num_warps_wy: int = 4    # WY/UT-transform kernel (one program per chunk)
+    block_v_chunk: int = 64  # per-chunk backward kernel: value columns per step
+    num_warps_chunk: int = 8
+    num_stages_chunk: int = 1
 
 
 DEFAULT_CONFIG = KernelConfig()
@@ -157,13 +159,11 @@ def _forward(q, k, w, u, g, h0, ctx, cfg, interpret, store):
         functools.partial(_fwd_kernel, ctx=ctx, has_h0=has_h0, store=store), grid=(b, h, vp // bv),
         in_specs=in_specs, out_specs=out_specs, out_shape=out_shape, interpret=interpret,
         name='gated_delta_rule_fwd', **_params(interpret, ctx, cfg.num_warps, cfg.num_stages))(*args)
-    if store:
-        return outs[0], outs[1], outs[2].reshape(b, h, n, kp, vp)
-    return outs[0], outs[1], None
+    return outs[0], outs[1], (outs[2] if store else None)
 
 
 def _state_grads(q, k, w, do, g, dht, ctx, cfg, interpret):
-    """Chunk-end state cotangents [B,H,N,Kp,Vp] and d initial_state [B,H,Kp,Vp] (fp32)."""
+    """Chunk-end state cotangents [B,H,N*Kp,Vp] and d initial_state [B,H,Kp,Vp] (fp32)."""
     b, tp, h, kp = q.shape
     vp = do.shape[-1]
     n = tp // ctx.chunk
@@ -177,7 +177,7 @@ def _state_grads(q, k, w, do, g, dht, ctx, cfg, interpret):
                    jax.ShapeDtypeStruct((b, h, kp, vp), _F32)],
         interpret=interpret, name='gated_delta_rule_bwd',
         **_params(interpret, ctx, cfg.num_warps_bwd, cfg.num_stages_bwd))(q, k, w, do, g, dht)
-    return ds.reshape(b, h, n, kp, vp), dh0
+    return ds, dh0
 
 
 def _gates_bht(g):
@@ -202,15 +202,13 @@ def _core_fwd(q, k, v, g, beta, h0, ctx, cfg, interpret):
     return (o, ht), (q, k, v, g, beta, h0, s_starts, wut)
 
 
-def _chunk_grads(q, k, v, g, beta, s_starts, ds_ends, wut, do, ctx):
-    """Everything of the backward but the state sweep, parallel over chunks: (dq, dk, dv, dg, dbeta) fp32."""
+def _chunk_grads(q, k, v, g, beta, s_starts, ds_ends, wut, do, ctx, cfg, interpret):
+    """Everything of the backward but the state sweep, one program per chunk: dq, dk, dv (ctx.dt), dg, dbeta."""
     w, u, t = wut
-    chunk, prec = ctx.chunk, ctx.xla_prec
-    _, out_vjp = jax.vjp(lambda *x: chunk_outputs(*x, s_starts, ctx.scale, chunk, prec),
-                         q, k, w.astype(_F32), u.astype(_F32), g)
-    dq, dk_o, dw, du, dg_o = out_vjp((do.astype(_F32), ds_ends))
-    dk_p, dv, dg_p, dbeta = wy_prep_bwd(k, v, g, beta, t, dw, du, chunk, prec)
-    return dq, dk_o + dk_p, dv, dg_o + dg_p, dbeta
+    dq, dk, dv, dg, dbeta = chunk_grads_kernel(
+        q, k, v, w, u, do, _gates_bht(g), _gates_bht(beta), t, s_starts, ds_ends, ctx, cfg.block_v_chunk,
+        cfg.num_warps_chunk, cfg.num_stages_chunk, interpret)
+    return dq, dk, dv, _gates_bht(dg), _gates_bht(dbeta)
 
 
 def _core_bwd(ctx, cfg, interpret, res, cts):
@@ -218,7 +216,8 @@ def _core_bwd(ctx, cfg, interpret, res, cts):
     do, dht = cts
     ds_ends, dh0 = _state_grads(q, k, wut[0], do.astype(ctx.dt), _gates_bht(g), dht.astype(_F32), ctx, cfg,
                                 interpret)
-    dq, dk, dv, dg, dbeta = _chunk_grads(q, k, v, g, beta, s_starts, ds_ends, wut, do, ctx)
+    dq, dk, dv, dg, dbeta = _chunk_grads(q, k, v, g, beta, s_starts, ds_ends, wut, do.astype(ctx.dt), ctx, cfg,
+                                         interpret)
     cast = lambda x, ref: x.astype(ref.dtype)
     return (cast(dq, q), cast(dk, k), cast(dv, v), cast(dg, g), cast(dbeta, beta),
             None if h0 is None else cast(dh0, h0))

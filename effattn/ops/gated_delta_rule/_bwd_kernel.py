@@ -1,0 +1,115 @@
+"""Pallas kernel for the per-chunk part of the gated delta rule's backward, one program per (b, h, chunk).
+
+ALGORITHMS.md section 6 (Yang et al. 2024 App. B; as fla's chunk_bwd_dqkwg + prepare_wy_repr_bwd fused).
+Given the chunk-start state S, the chunk-end state cotangent dS' (from the reverse sweep) and dO, with
+V' = U - W S, P = s (Q K^T ⊙ Γ), dP = dO V'^T:
+  dV' = P^T dO + (K ⊙ e^{G_C - G}) dS',   dW = -dV' S^T,   dU = dV',
+  dQ  = s e^G ⊙ (dO S^T) + (dP ⊙ s Γ) K,   dK_o = (dP ⊙ s Γ)^T Q + e^{G_C - G} ⊙ (V' dS'^T),
+then the WY backward through the saved T = (I + A)^{-1}, kb = diag(β e^G) K, vb = diag(β) V:
+  dvb = T^T dU, dkb = T^T dW = -dvb S^T,  dA = -strictly-lower(dkb W^T + dvb U^T) = -strictly-lower(dvb V'^T),
+  dK = dK_o + dkb ⊙ β e^G + dab K + dab^T K  (dab = diag(β)(dA ⊙ Γ)),  dV = β dvb,
+  dβ = Σ_k dkb ⊙ K e^G + Σ_k dvb ⊙ V + Σ_j (dA ⊙ Γ ⊙ K K^T)_ij.
+Gate gradient: every log-decay cotangent is either a node term (of G_i) or a pair term (of G_i - G_j,
+i >= j); dg_l = Σ_{i>=l} node_i + Σ_{i>=l>j} pair_ij (pairs straddling l, summed without cancellation,
+as _wy.wy_prep_bwd), + Σ_{j<l} (cotangent of G_C - G_j) + cotangent of G_C.
+
+Value columns are taken in tiles of bv (loaded from refs with pl.ds) to bound the live registers.
+"""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import pallas as pl
+
+from effattn.ops.common.pallas_triton import F32 as _F32
+from effattn.ops.common.pallas_triton import Gates
+from effattn.ops.gated_delta_rule._kernel_common import _Ctx, _nn, _nt, _params, _tn
+
+_HI = jax.lax.Precision.HIGHEST
+
+
+def _bwd_chunk_kernel(q_ref, k_ref, v_ref, w_ref, u_ref, do_ref, g_ref, beta_ref, t_ref, s_ref, ds_ref,
+                      dq_ref, dk_ref, dv_ref, dg_ref, dbeta_ref, *, ctx: _Ctx, bv: int):
+    c, kp = q_ref.shape
+    vp = v_ref.shape[-1]
+    scale = ctx.scale
+    gt = Gates(g_ref[...], ctx.fp32)
+    row, col = gt.row, gt.col
+    eg, dec, egc = jnp.exp2(gt.gi), jnp.exp2(gt.rj), jnp.exp2(gt.gl)
+    beta = beta_ref[...]
+    k, w = k_ref[...], w_ref[...]
+    t = t_ref[...].astype(ctx.dt)
+    p = _nt(q_ref[...], k, ctx) * (gt.gamma() * scale)
+    qs, ebeta = scale * eg, beta * eg
+
+    # dkb = T^T dW = -dvb S^T and dA = -(dkb W^T + dvb U^T) = -dvb V'^T (dvb = T^T dV'), so dW is never
+    # formed; dq and dk accumulate by row-scaled left operands (in-place dot accumulation).
+    dp = jnp.zeros((c, c), _F32)
+    da = jnp.zeros((c, c), _F32)
+    dq = jnp.zeros((c, kp), _F32)
+    dk = jnp.zeros((c, kp), _F32)
+    dbeta = jnp.zeros((c,), _F32)
+    tail = jnp.zeros((c,), _F32)   # Σ_k (V' dS'^T ⊙ K e^{G_C - G})_jk: of G_C - G_j
+    dkbk = jnp.zeros((c,), _F32)   # Σ_k (dkb ⊙ K)_jk
+    dgc = jnp.float32(0.0)
+    for j in range(vp // bv):
+        vs = pl.ds(j * bv, bv)
+        s, dsn = s_ref[:, vs], ds_ref[:, vs]
+        u, do = u_ref[:, vs], do_ref[:, vs]
+        vn = u.astype(_F32) - _nn(w, s, ctx)                     # V'
+        dp += _nt(do, vn, ctx)
+        kds = dec[:, None] * _nn(k, dsn, ctx)                   # (K ⊙ e^{G_C - G}) dS'
+        dvn = _tn(p, do, ctx) + kds                              # dV' = dU
+        dvb = _tn(t, dvn, ctx)
+        dv_ref[:, vs] = (dvb * beta[:, None]).astype(dv_ref.dtype)
+        dbeta += jnp.sum(dvb * v_ref[:, vs].astype(_F32), axis=1)
+        da -= _nt(dvb, vn, ctx)
+        dq += _nt(do.astype(_F32) * qs[:, None], s, ctx)
+        dk += _nt(vn * dec[:, None], dsn, ctx) - _nt(dvb * ebeta[:, None], s, ctx)
+        tail += jnp.sum(vn * kds, axis=1)
+        dkbk -= jnp.sum(dvb * _nn(k, s, ctx), axis=1)
+        dgc += jnp.sum(s.astype(_F32) * dsn.astype(_F32))
+
+    # Operands reloaded (L1/L2-resident) and Γ recomputed rather than held through the loop.
+    q, gam = q_ref[...], gt.gamma()
+    dps = dp * (gam * scale)
+    node = jnp.sum(dq * q.astype(_F32), axis=1) + dkbk * ebeta  # of G_i through e^G q and kb
+    dq_ref[...] = (dq + _nn(dps, k, ctx)).astype(dq_ref.dtype)
+    kk = _nt(k, k, ctx)
+    dag = jnp.where(row > col, da, 0.0) * gam
+    dab = dag * beta[:, None]
+    dk = dk + _tn(dps, q, ctx) + _nn(dab, k, ctx) + _tn(dab, k, ctx)
+    dk_ref[...] = dk.astype(dk_ref.dtype)
+    dbeta_ref[...] = dbeta + dkbk * eg + jnp.sum(dag * kk, axis=1)
+    pair = dp * p + dab * kk                                    # of G_i - G_j through Γ in P and in A
+
+    before = (row < col).astype(_F32)                           # [j, l] = j < l
+    straddle = jax.lax.dot_general(pair, before, (((1,), (0,)), ((), ())), precision=_HI,
+                                   preferred_element_type=_F32)  # [i, l] = Σ_{j<l} pair_ij
+    dg = jnp.sum(jnp.where(row >= col, straddle + node[:, None], 0.0), axis=0)
+    dg += jnp.sum(jnp.where(row < col, tail[:, None], 0.0), axis=0)
+    dg_ref[...] = dg + egc * dgc
+
+
+def chunk_grads_kernel(q, k, v, w, u, do, g, beta, t, s_starts, ds_ends, ctx: _Ctx, bv: int, num_warps: int,
+                       num_stages: int, interpret: bool):
+    """q, k, w [B,Tp,H,Kp], v, u, do [B,Tp,H,Vp] (ctx.dt), g, beta [B,H,Tp] fp32, t [B,Tp,H,C],
+    s_starts, ds_ends [B,H,N*Kp,Vp] -> dq, dk [B,Tp,H,Kp], dv [B,Tp,H,Vp] (ctx.dt), dg, dbeta [B,H,Tp] fp32."""
+    b, tp, h, kp = q.shape
+    vp = v.shape[-1]
+    c = ctx.chunk
+    bv = min(bv, vp)
+    rows = lambda d: pl.BlockSpec((None, c, None, d), lambda b, h, n: (b, n, h, 0))
+    vec = pl.BlockSpec((None, None, c), lambda b, h, n: (b, h, n))
+    state = pl.BlockSpec((None, None, kp, vp), lambda b, h, n: (b, h, n, 0))
+    sd = lambda d: jax.ShapeDtypeStruct((b, tp, h, d), ctx.dt)
+    gv = jax.ShapeDtypeStruct((b, h, tp), _F32)
+    return pl.pallas_call(
+        functools.partial(_bwd_chunk_kernel, ctx=ctx, bv=bv), grid=(b, h, tp // c),
+        in_specs=[rows(kp), rows(kp), rows(vp), rows(kp), rows(vp), rows(vp), vec, vec, rows(c), state, state],
+        out_specs=[rows(kp), rows(kp), rows(vp), vec, vec],
+        out_shape=[sd(kp), sd(kp), sd(vp), gv, gv],
+        interpret=interpret, name='gated_delta_rule_bwd_chunk',
+        **_params(interpret, ctx, num_warps, num_stages))(q, k, v, w, u, do, g, beta, t, s_starts, ds_ends)
