@@ -6,14 +6,15 @@ T = 65536 on a GPU of 132 SMs. Time per token would then grow with T at fixed B 
 recurrence with a diagonal decay (Yang et al. 2024, GLA, arXiv 2312.06635, eq. 1; ALGORITHMS.md
 sections 4-5), S_t = diag(a_t) S_{t-1} + k_t v_t^T, o_t = S_t^T q_t, cut the sequence into P segments
 and let G_t = sum of log a from the segment's start to t (inclusive). Then, exactly,
-  o_t      = o_t^loc + S_start(s)^T (q_t ⊙ e^{G_t}),
-  S_end(s) = diag(e^{G_last(s)}) S_start(s) + S_loc(s),      S_start(s + 1) = S_end(s),
-where o^loc and S_loc are the kernel's outputs on each segment started from a zero state (segments
-become batch rows: P times the programs). The segment states combine by an associative scan of the
-affine maps S -> diag(e^{G_last}) S + S_loc (log P depth); the correction is one batched matmul.
+  S_loc(s)     = sum_{t in s} diag(e^{G_last - G_t}) k_t v_t^T      (one batched matmul, all segments)
+  S_start(s+1) = diag(e^{G_last(s)}) S_start(s) + S_loc(s)         (associative scan over segments)
+and the kernel runs once on the segments as batch rows (P times the programs), each from its own
+initial state S_start(s). Extra cost: the state matmul (2 T K V flops per head, reading k and v once)
+and a log2(P)-deep scan of [K, V] states, far less than stitching the outputs (reading q, writing o).
 This is flash-linear-attention's split state passing (fla/ops/common/chunk_h_split.py) in XLA around
-an unchanged kernel. Gradients come from autodiff of these ops and the kernel's own custom VJP.
-The delta rule is not diagonal in S (its transition is I - beta k k^T), so this does not apply there.
+an unchanged kernel. Gradients come from autodiff of these ops and the kernel's own custom VJP (its
+initial-state gradient). The delta rule is not diagonal in S (its transition is I - beta k k^T), so this
+does not apply there.
 """
 from __future__ import annotations
 
@@ -46,35 +47,34 @@ def _combine(earlier, later):
   return a1 * a2, a2 * b1 + b2
 
 
-def split_over_segments(kernel, q, k, v, g, *, scale: float, initial_state, segments: int):
-  """Runs `kernel` on `segments` equal cuts of the sequence at once and stitches them exactly.
+def split_over_segments(kernel, q, k, v, g, *, initial_state, segments: int):
+  """Runs `kernel` on `segments` equal cuts of the sequence at once, each from its exact initial state.
 
-  kernel(q, k, v, g) -> (o [B', T', H, V] in q's dtype, final state fp32 [B', H, K, V]), from a zero
-  state, where q, k: [B', T', H, K], v: [B', T', H, V], g: None, [B', T', H] (scalar log decay) or
-  [B', T', H, K] (per channel). Returns (o [B, T, H, V] in q's dtype, final state fp32 [B, H, K, V]).
+  kernel(q, k, v, g, h0) -> (o [B', T', H, V] in q's dtype, final state fp32 [B', H, K, V]), where
+  q, k: [B', T', H, K], v: [B', T', H, V], g: None, [B', T', H] (scalar log decay) or [B', T', H, K]
+  (per channel), h0 fp32 [B', H, K, V]. Returns (o [B, T, H, V], final state fp32 [B, H, K, V]).
   """
   b, t, h, kd = q.shape
   vd = v.shape[-1]
   p, ts = segments, t // segments
   cut = lambda x: None if x is None else x.reshape(b * p, ts, *x.shape[2:])
-  o_loc, s_loc = kernel(cut(q), cut(k), cut(v), cut(g))
-  s_loc = s_loc.reshape(b, p, h, kd, vd)
   if g is None:
-    gcum = jnp.zeros((b, p, ts, h, 1), _F32)
+    to_end = jnp.ones((b, p, ts, h, 1), _F32)
+    decay_last = jnp.ones((b, p, h, kd, 1), _F32)
   else:
-    gs = g.astype(_F32).reshape(b, p, ts, h, -1)  # [B, P, T', H, 1 or K]
-    gcum = jnp.cumsum(gs, axis=2)
-  decay_last = jnp.exp(gcum[:, :, -1])[..., None]  # [B, P, H, 1 or K, 1]
-  decay_last = jnp.broadcast_to(decay_last, (b, p, h, kd, 1))
+    gcum = jnp.cumsum(g.astype(_F32).reshape(b, p, ts, h, -1), axis=2)  # [B, P, T', H, 1 or K]
+    to_end = jnp.exp(gcum[:, :, -1:] - gcum)  # <= 1: decay from row t to the segment's end
+    decay_last = jnp.broadcast_to(jnp.exp(gcum[:, :, -1])[..., None], (b, p, h, kd, 1))
+  dot_dtype = jnp.promote_types(k.dtype, v.dtype)
+  k_dec = (k.reshape(b, p, ts, h, kd).astype(_F32) * to_end).astype(dot_dtype)
+  s_loc = jnp.einsum('bpthk,bpthv->bphkv', k_dec, v.reshape(b, p, ts, h, vd).astype(dot_dtype),
+                     preferred_element_type=_F32,
+                     precision=lax.Precision.HIGHEST if dot_dtype == _F32 else None)
   a_in, s_end = lax.associative_scan(_combine, (decay_last, s_loc), axis=1)  # from a zero state
+  first = jnp.zeros((b, 1, h, kd, vd), _F32)
   if initial_state is not None:
-    s_end = s_end + a_in * initial_state.astype(_F32)[:, None]
-  first = (jnp.zeros((b, 1, h, kd, vd), _F32) if initial_state is None
-           else initial_state.astype(_F32)[:, None])
-  s_start = jnp.concatenate([first, s_end[:, :-1]], axis=1)  # [B, P, H, K, V]
-  dot_dtype = q.dtype if q.dtype != _F32 else _F32
-  q_dec = (q.astype(_F32).reshape(b, p, ts, h, kd) * (scale * jnp.exp(gcum))).astype(dot_dtype)
-  corr = jnp.einsum('bpthk,bphkv->bpthv', q_dec, s_start.astype(dot_dtype), preferred_element_type=_F32,
-                    precision=lax.Precision.HIGHEST if dot_dtype == _F32 else None)
-  o = o_loc.reshape(b, p, ts, h, vd).astype(_F32) + corr
-  return o.reshape(b, t, h, vd).astype(q.dtype), s_end[:, -1]
+    h0 = initial_state.astype(_F32)[:, None]
+    s_end, first = s_end + a_in * h0, h0
+  s_start = jnp.concatenate([first, s_end[:, :-1]], axis=1).reshape(b * p, h, kd, vd)
+  o, _ = kernel(cut(q), cut(k), cut(v), cut(g), s_start)
+  return o.reshape(b, t, h, vd), s_end[:, -1]

@@ -465,10 +465,9 @@ def kernel_simple_gla(q, k, v, g, *, scale, initial_state=None, segment_ids=None
                           min_len=cfg.split_min_len)
   if segments > 1:
     whole = dataclasses.replace(cfg, split_programs=0)
-    kernel = lambda q, k, v, g: kernel_simple_gla(q, k, v, g, scale=scale, chunk_size=chunk, config=whole,
-                                                  interpret=interpret)
-    return split_over_segments(kernel, q, k, v, g, scale=float(scale), initial_state=initial_state,
-                               segments=segments)
+    kernel = lambda q, k, v, g, h0: kernel_simple_gla(q, k, v, g, scale=scale, initial_state=h0,
+                                                      chunk_size=chunk, config=whole, interpret=interpret)
+    return split_over_segments(kernel, q, k, v, g, initial_state=initial_state, segments=segments)
   ctx = _Ctx(jnp.dtype(dtype), float(scale), chunk)
   o, ht = _core(pad(q, kp), pad(k, kp), pad(v, vp), gp, h0, ctx, cfg, bool(interpret))
   return o[:, :t, :, :vd].astype(q.dtype), ht[:, :, :kd, :vd]
