@@ -82,12 +82,13 @@ def _fwd_kernel(q_ref, k_ref, g_ref, a_ref, *, ctx):
   a_ref[...] = jax.lax.fori_loop(0, SUB, step, a).astype(a_ref.dtype)
 
 
-def _bwd_kernel(q_ref, k_ref, g_ref, v_ref, do_ref, dq_ref, dk_ref, *, ctx, precise):
-  """Strict intra-chunk dq (w.r.t. the scaled q) and dk of the block's rows, fp32."""
+def _bwd_kernel(q_ref, k_ref, g_ref, v_ref, do_ref, dq_ref, dk_ref, daii_ref, *, ctx, precise):
+  """Strict intra-chunk dq (w.r.t. the scaled q) and dk of the block's rows, fp32, and the diagonal dA_ii."""
   r0, rows, ri, crow, col, sidx = _block(ctx)
   r1 = r0 + SUB
   da = jnp.where(col <= ri, _dot(do_ref[rows, :], v_ref[...], 1, 1, ctx), 0.0)   # dA_ij, i in block [SUB, C]
   dat = jnp.where(col >= ri, _dot(v_ref[rows, :], do_ref[...], 1, 1, ctx), 0.0)  # dA_ij, j in block [SUB(j), C(i)]
+  daii_ref[...] = jnp.sum(jnp.where(col == ri, da, 0.0), axis=1)
   gq = g_ref[rows, :]
   g = g_ref[...]
   gn, gm = _row(g_ref, r0), _row(g_ref, r1 - 1)
@@ -133,13 +134,15 @@ def intra_a(q, k, g, ctx, cfg, interpret):
 
 
 def intra_grads(q, k, g, v, do, ctx, cfg, interpret):
-  """Strict intra-chunk (dq w.r.t. scaled q, dk), fp32 [B, Tp, H, Kp] each."""
+  """Strict intra-chunk (dq w.r.t. scaled q, dk), fp32 [B, Tp, H, Kp] each, and dA_ii = dO_i . V_i [B, H, Tp]."""
   b, tp, h, kp = q.shape
   vp = v.shape[-1]
   cs, cv, out = _chunk_spec(ctx, kp), _chunk_spec(ctx, vp), _sub_spec(kp)
   shape = jax.ShapeDtypeStruct((b, tp, h, kp), F32)
+  diag = pl.BlockSpec((None, None, SUB), lambda b, h, p: (b, h, p))
   return pl.pallas_call(
       functools.partial(_bwd_kernel, ctx=ctx, precise=cfg.precise_dg), grid=(b, h, tp // SUB),
-      in_specs=[cs, cs, cs, cv, cv], out_specs=[out, out], out_shape=[shape, shape], interpret=interpret,
+      in_specs=[cs, cs, cs, cv, cv], out_specs=[out, out, diag],
+      out_shape=[shape, shape, jax.ShapeDtypeStruct((b, h, tp), F32)], interpret=interpret,
       name='gla_intra_bwd', **_params(interpret, ctx, cfg.num_warps_intra, cfg.num_stages_intra))(q, k, g, v, do)
 

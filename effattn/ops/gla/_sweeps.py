@@ -7,10 +7,11 @@ cumsum of g in base 2, G_l its last row, loaded as a [1, K] row; q scaled):
   dk sweep (reverse, key tile):          dK = dK_strict + dA_ii Q + e^{G_l - G} ⊙ V dS_{c+1}^T
   dv sweep (reverse, value tile):        dV = A^T dO + (K ⊙ e^{G_l - G}) dS_{c+1}
   dS_c = diag(e^{G_l}) dS_{c+1} + (Q ⊙ e^G)^T dO, dS_N = d final_state, d initial_state = dS_0; dA_ii = dO_i . V_i.
-The dq and dk sweeps also write the gate-gradient terms (see pallas.py): x_q = q ⊙ (dq_strict + dq_inter) as its
-chunk-local reverse cumsum and chunk totals; x_k = k ⊙ dk_strict + (k ⊙ e^{G_l-G}) ⊙ V dS_q^T, reverse-summed over
-T in the dk sweep, and E = (k ⊙ e^{G_l-G}) ⊙ λ ⊙ V dS_T^T (keys paired with d final_state; dS = dS_q + λ dS_T,
-λ the decay to the end), chunk-local exclusive cumsum and chunk totals.
+The dq and dk sweeps also write the per-position gate-gradient terms (see pallas.py), fp32, with their chunk
+totals: x_q = q ⊙ (dq_strict + dq_inter) (dq sweep); y = x_k + E (dk sweep), x_k = k ⊙ dk_strict
++ (k ⊙ e^{G_l-G}) ⊙ V dS_q^T and E = (k ⊙ e^{G_l-G}) ⊙ λ ⊙ V dS_T^T (keys paired with d final_state; the state
+gradient is carried as dS = dS_q + λ dS_T, λ the decay to the end), and sum_T x_k. The chunk-local cumulative sums
+are left to one fused XLA pass: as 0/1-matrix dots in the sweeps they spilled registers (~1.3 KB at 8 warps).
 """
 from __future__ import annotations
 
@@ -33,15 +34,6 @@ def _gates(g_ref, c, ks, chunk):
 def _col(row):
   """[1, K] -> [K, 1]."""
   return jnp.sum(row, axis=0)[:, None]
-
-
-def _local_cumsum(x, ctx, precise, reverse):
-  """Chunk-local cumsum of x [C, K] fp32 over rows: inclusive from the end if reverse, else exclusive from the
-  start; a dot with a 0/1 matrix (x to ~2^-17 in bf16 if precise)."""
-  idx = jnp.arange(x.shape[0], dtype=jnp.int32)
-  row, col = idx[:, None], idx[None, :]
-  mask = col >= row if reverse else col < row
-  return _dot_f32_rhs(mask.astype(ctx.dt), x, 1, 0, ctx, precise)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -91,3 +83,150 @@ def forward(q, k, v, g, a, h0, ctx, cfg, interpret):
       out_shape=[jax.ShapeDtypeStruct((b, tp, h, vp), q.dtype), jax.ShapeDtypeStruct((b, h, kp, vp), F32)],
       interpret=interpret, name='gla_fwd',
       **_params(interpret, ctx, cfg.num_warps, cfg.num_stages))(q, k, v, g, a, *([h0] if has_h0 else []))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Backward roles. Refs hold whole [Tp, Kp] / [Tp, Vp] rows of one (batch, head); each role loads its tile.
+
+def _dq_role(kt, q_ref, k_ref, v_ref, do_ref, g_ref, dqs_ref, daii_ref, h0_ref, dq_ref, dgq_ref, dgq_tot_ref, *, ctx, bk,
+             precise):
+  """Forward sweep for key tile kt: dq and the query-side gate terms x_q with their chunk totals."""
+  tp = q_ref.shape[0]
+  vp = v_ref.shape[-1]
+  chunk, scale = ctx.chunk, ctx.scale
+  ks = pl.ds(pl.multiple_of(kt * bk, bk), bk)
+  s0 = h0_ref[ks, :].astype(F32) if h0_ref is not None else jnp.zeros((bk, vp), F32)
+
+  def body(c, s):
+    sl = chunk_slice(c, chunk)
+    g, gl = _gates(g_ref, c, ks, chunk)
+    vc, doc = v_ref[sl, :], do_ref[sl, :]
+    kf = _f32(k_ref[sl, ks])
+    dq_s = dqs_ref[sl, ks]
+    dq_inter = _dot_f32_rhs(doc, s, 1, 1, ctx, precise) * jnp.exp2(g)           # e^G ⊙ dO S^T
+    daii = daii_ref[sl][:, None]
+    dq_ref[sl, ks] = ((dq_s + daii * kf + dq_inter) * scale).astype(dq_ref.dtype)
+    x = (_f32(q_ref[sl, ks]) * scale) * (dq_s + dq_inter)
+    dgq_ref[sl, ks] = x
+    dgq_tot_ref[pl.ds(c, 1), ks] = jnp.sum(x, axis=0)[None, :]
+    return jnp.exp2(_col(gl)) * s + _dot_f32_lhs(kf * jnp.exp2(gl - g), vc, 0, 0, ctx, precise)
+
+  jax.lax.fori_loop(0, tp // chunk, body, s0)
+
+
+def _dk_role(kt, q_ref, k_ref, v_ref, do_ref, g_ref, dks_ref, daii_ref, w_ref, dht_ref, dk_ref, dgk_ref, dgk_tot_ref,
+             xk_tot_ref, dh0_ref, *, ctx, bk, precise):
+  """Reverse sweep for key tile kt: dk, dh0 rows and the key-side gate terms y = x_k + E, their chunk totals and
+  sum_T x_k. dS is carried as dS_q + λ dS_T; the dS_T terms come from W = V dS_T^T [Tp, K] (w_ref, fp32, computed
+  outside) so that no fp32 dS_T tile sits in registers."""
+  tp = q_ref.shape[0]
+  vp = v_ref.shape[-1]
+  chunk, scale = ctx.chunk, ctx.scale
+  n = tp // chunk
+  ks = pl.ds(pl.multiple_of(kt * bk, bk), bk)
+
+  def body(i, carry):
+    dsq, lam, acc = carry
+    c = n - 1 - i
+    sl = chunk_slice(c, chunk)
+    g, gl = _gates(g_ref, c, ks, chunk)
+    vc, doc = v_ref[sl, :], do_ref[sl, :]
+    qf, kf = _f32(q_ref[sl, ks]) * scale, _f32(k_ref[sl, ks])
+    dk_s = dks_ref[sl, ks]
+    er = jnp.exp2(gl - g)
+    kd = kf * er
+    dk_q = _dot_f32_rhs(vc, dsq, 1, 1, ctx, precise)                             # V dS_q^T
+    wl = w_ref[sl, ks] * lam                                                     # λ ⊙ V dS_T^T
+    daii = daii_ref[sl][:, None]
+    dk_ref[sl, ks] = (dk_s + daii * qf + (dk_q + wl) * er).astype(dk_ref.dtype)
+    xk = kd * dk_q + kf * dk_s
+    y = xk + kd * wl
+    dgk_ref[sl, ks] = y
+    dgk_tot_ref[pl.ds(c, 1), ks] = jnp.sum(y, axis=0)[None, :]
+    dsq = jnp.exp2(_col(gl)) * dsq + _dot_f32_lhs(qf * jnp.exp2(g), doc, 0, 0, ctx, precise)
+    return dsq, lam * jnp.exp2(gl), acc + jnp.sum(xk, axis=0)[None, :]
+
+  init = (jnp.zeros((bk, vp), F32), jnp.ones((1, bk), F32), jnp.zeros((1, bk), F32))
+  dsq, lam, acc = jax.lax.fori_loop(0, n, body, init)
+  dh0_ref[ks, :] = dsq + _col(lam) * dht_ref[ks, :].astype(F32)
+  xk_tot_ref[:, ks] = acc
+
+
+def _dv_role(vt, q_ref, k_ref, do_ref, g_ref, a_ref, dht_ref, dv_ref, *, ctx, bv):
+  """Reverse sweep for value tile vt (all of K): dv = A^T dO + (K ⊙ e^{G_l - G}) dS_{c+1}."""
+  tp = q_ref.shape[0]
+  chunk = ctx.chunk
+  n = tp // chunk
+  vs = pl.ds(pl.multiple_of(vt * bv, bv), bv)
+
+  def body(i, ds):
+    c = n - 1 - i
+    sl = chunk_slice(c, chunk)
+    g, gl = _gates(g_ref, c, slice(None), chunk)
+    doc = do_ref[sl, vs]
+    dv = _dot(a_ref[sl, :], doc, 0, 0, ctx) + _dd(_f32(k_ref[sl, :]) * jnp.exp2(gl - g), ds, 1, 0, ctx)
+    dv_ref[sl, vs] = dv.astype(dv_ref.dtype)
+    qd = _f32(q_ref[sl, :]) * (ctx.scale * jnp.exp2(g))
+    return jnp.exp2(_col(gl)) * ds + _dot_f32_lhs(qd, doc, 0, 0, ctx, False)
+
+  jax.lax.fori_loop(0, n, body, dht_ref[:, vs].astype(F32))
+
+
+def _bwd_kernel(q_ref, k_ref, v_ref, do_ref, g_ref, a_ref, dqs_ref, dks_ref, daii_ref, w_ref, dht_ref, *rest, has_h0, nk,
+                bk, bv, ctx, precise):
+  """Grid axis 2: [0, nk) dq sweeps, [nk, 2 nk) dk sweeps (key tiles of bk), then the dv sweeps (value tiles
+  of bv)."""
+  h0_ref, *outs = rest if has_h0 else (None, *rest)
+  dq_ref, dk_ref, dv_ref, dgq_ref, dgq_tot_ref, dgk_ref, dgk_tot_ref, xk_tot_ref, dh0_ref = outs
+  r = pl.program_id(2)
+
+  @pl.when(r < nk)
+  def _():
+    _dq_role(r, q_ref, k_ref, v_ref, do_ref, g_ref, dqs_ref, daii_ref, h0_ref, dq_ref, dgq_ref, dgq_tot_ref, ctx=ctx, bk=bk,
+             precise=precise)
+
+  @pl.when((r >= nk) & (r < 2 * nk))
+  def _():
+    _dk_role(r - nk, q_ref, k_ref, v_ref, do_ref, g_ref, dks_ref, daii_ref, w_ref, dht_ref, dk_ref, dgk_ref, dgk_tot_ref,
+             xk_tot_ref, dh0_ref, ctx=ctx, bk=bk, precise=precise)
+
+  @pl.when(r >= 2 * nk)
+  def _():
+    _dv_role(r - 2 * nk, q_ref, k_ref, do_ref, g_ref, a_ref, dht_ref, dv_ref, ctx=ctx, bv=bv)
+
+
+def _v_dht(v, dht, ctx):
+  """W = V dS_T^T [B,Tp,H,Kp] fp32: IEEE fp32 for fp32 inputs, else two bf16 products (dS_T = hi + lo, ~2^-17)."""
+  eq = 'BTHV,BHKV->BTHK'
+  if ctx.fp32:
+    return jnp.einsum(eq, v, dht, precision=jax.lax.Precision.HIGHEST, preferred_element_type=F32)
+  hi = dht.astype(v.dtype)
+  lo = (dht - hi.astype(F32)).astype(v.dtype)
+  return jnp.einsum(eq, v, hi, preferred_element_type=F32) + jnp.einsum(eq, v, lo, preferred_element_type=F32)
+
+
+def backward(q, k, v, g, a, dq_s, dk_s, daii, h0, do, dht, ctx, cfg, interpret):
+  """Returns dq, dk [B,Tp,H,Kp], dv [B,Tp,H,Vp] (input dtype), the gate terms x_q, y [B,Tp,H,Kp] with their
+  chunk totals [B,N,H,Kp] and sum_T x_k [B,H,1,Kp] (fp32), dh0 fp32. g = G; dq_s, dk_s, daii from _intra.py."""
+  b, tp, h, kp = q.shape
+  vp = v.shape[-1]
+  bk, bv = min(cfg.block_k_bwd, kp), min(cfg.block_v_bwd, vp)
+  nk, nv = kp // bk, vp // bv
+  has_h0 = h0 is not None
+  qk, vv, st = _row_spec(tp, kp), _row_spec(tp, vp), _state_spec(kp, vp)
+  n = tp // ctx.chunk
+  dt_k = jax.ShapeDtypeStruct((b, tp, h, kp), q.dtype)
+  dg_shape = jax.ShapeDtypeStruct((b, tp, h, kp), F32)
+  tot_shape = jax.ShapeDtypeStruct((b, n, h, kp), F32)
+  tot = pl.BlockSpec((None, n, None, kp), lambda b, h, r: (b, 0, h, 0))
+  kernel = functools.partial(_bwd_kernel, has_h0=has_h0, nk=nk, bk=bk, bv=bv, ctx=ctx, precise=cfg.precise_dg)
+  return pl.pallas_call(
+      kernel, grid=(b, h, 2 * nk + nv),
+      in_specs=[qk, qk, vv, vv, qk, _row_spec(tp, ctx.chunk), qk, qk,
+                pl.BlockSpec((None, None, tp), lambda b, h, r: (b, h, 0)), qk, st, *([st] if has_h0 else [])],
+      out_specs=[qk, qk, vv, qk, tot, qk, tot, pl.BlockSpec((None, None, 1, kp), lambda b, h, r: (b, h, 0, 0)), st],
+      out_shape=[dt_k, dt_k, jax.ShapeDtypeStruct((b, tp, h, vp), q.dtype), dg_shape, tot_shape, dg_shape,
+                 tot_shape, jax.ShapeDtypeStruct((b, h, 1, kp), F32), jax.ShapeDtypeStruct((b, h, kp, vp), F32)],
+      interpret=interpret, name='gla_bwd',
+      **_params(interpret, ctx, cfg.num_warps_bwd, cfg.num_stages_bwd))(
+          q, k, v, do, g, a, dq_s, dk_s, daii, _v_dht(v, dht, ctx), dht, *([h0] if has_h0 else []))

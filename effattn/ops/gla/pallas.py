@@ -28,8 +28,8 @@ nothing large cancels in bf16:
     ~2^-17 in bf16 (`precise_dg`: each fp32 operand split into two bf16 dot operands);
   - keys paired with d final_state, E_j = e^{sum_{l>j} g} k_j (v_j dS_T), summed forward (dS = dS_q + λ dS_T, λ
     the per-channel decay to the end), plus e^{sum g} sum_v h0 dS_T.
-The cumulative sums run in the kernel within chunks (dots with 0/1 matrices) and, for the key terms, across
-chunks in the reverse sweep; jnp adds only the sums of [B, N, H, K] chunk totals.
+The sweeps write these terms per position with their chunk totals; one fused XLA pass does the cumulative sums
+within chunks and adds the sums over later / earlier chunks of the [B, N, H, K] totals.
 
 Triton lowering constraints as in simple_gla/pallas.py: no value slices (sub-blocks and rows are loaded from refs
 with pl.ds), no cumsum, power-of-two blocks (K, V, T padded).
@@ -55,6 +55,9 @@ from effattn.ops.simple_gla.pallas import _MAX_HEAD_DIM, _Ctx
 class KernelConfig:
   """Chunk, tile widths and Triton launch parameters (first guesses, not yet timed; see tune_candidates)."""
   chunk: int = 64            # rows per chunk (16, 32 or 64; sub-blocks of 16)
+  chunk_fp32: int = 16       # fp32 inputs use min(chunk, chunk_fp32): exponent differences G_i - G_j of stored
+                             # fp32 G lose |G| 2^-24, and |G| grows with the chunk (dg rel. error at n = 0.1,
+                             # T = 777: 4.3e-6 at 16, 7.5e-6 at 32, 1.1e-5 at 64; DESIGN.md's fp32 bound is 1e-5)
   block_v: int = 64          # forward sweep: value-tile width of each program
   num_warps: int = 8         # forward sweep
   num_stages: int = 3
@@ -96,13 +99,27 @@ def _core_fwd(q, k, v, g, h0, ctx, cfg, interpret):
 
 
 def _core_bwd(ctx, cfg, interpret, res, cts):
-  # TEMPORARY: the chunk form's VJP (the kernel backward follows).
-  from effattn.ops.gla.chunk import gla_chunk
-  q, k, v, g, h0, _ = res
-  f = lambda q, k, v, g, h0: gla_chunk(q, k, v, g, scale=ctx.scale, initial_state=h0)
-  _, vjp = jax.vjp(f, q, k, v, g, h0)
+  q, k, v, g, h0, a = res
   do, dht = cts
-  return vjp((do, dht))
+  do, dht = do.astype(q.dtype), dht.astype(_F32)
+  gc = _chunk_cumsum(g, ctx.chunk)
+  dq_s, dk_s, daii = _intra.intra_grads(q, k, gc, v, do, ctx, cfg, interpret)
+  dq, dk, dv, xq, xq_tot, y, y_tot, xk_tot, dh0 = _sweeps.backward(q, k, v, gc, a, dq_s, dk_s, daii, h0, do,
+                                                                    dht, ctx, cfg, interpret)
+  # dg_l = sum_{t>=l} (x_q - x_k)_t + sum_{t<l} E_t + e^{sum g} sum_v h0 dS_T (module docstring), with
+  # sum_{t>=l} x_k = sum_T x_k - sum_{t<l} x_k: reverse cumsum of x_q, exclusive cumsum of y = x_k + E, each
+  # within chunks here (one fused pass) plus the sums over later / earlier chunks of the kernel's chunk totals.
+  b, tp, h, kp = xq.shape
+  n, c = tp // ctx.chunk, ctx.chunk
+  chunked = lambda x: x.reshape(b, n, c, h, kp)
+  later = jnp.flip(jnp.cumsum(jnp.flip(xq_tot, 1), axis=1), 1) - xq_tot       # sums over later chunks
+  earlier = jnp.cumsum(y_tot, axis=1) - y_tot                                 # sums over earlier chunks
+  xq5, y5 = chunked(xq), chunked(y)
+  local = jnp.flip(jnp.cumsum(jnp.flip(xq5, 2), axis=2), 2) + jnp.cumsum(y5, axis=2) - y5
+  dg = (local + (later + earlier)[:, :, None] - xk_tot.reshape(b, 1, 1, h, kp)).reshape(b, tp, h, kp)
+  if h0 is not None:
+    dg = dg + (jnp.exp(jnp.sum(g.astype(_F32), axis=1)) * jnp.sum(h0 * dht, axis=-1))[:, None]
+  return dq, dk, dv, dg.astype(g.dtype), (None if h0 is None else dh0.astype(h0.dtype))
 
 
 _core.defvjp(_core_fwd, _core_bwd)
@@ -128,19 +145,20 @@ def kernel_gla(q, k, v, g, *, scale, initial_state=None, segment_ids=None, chunk
     raise NotImplementedError(f'the gla kernel takes head dims up to {_MAX_HEAD_DIM} (its tiles are sized '
                               f'for that); got K={q.shape[-1]}, V={v.shape[-1]}')
   cfg = DEFAULT_CONFIG if config is None else config
-  if cfg.chunk not in (16, 32, 64):
-    raise NotImplementedError(f'the gla kernel needs config.chunk in (16, 32, 64); got {cfg.chunk}')
   t, kd, vd = q.shape[1], q.shape[-1], v.shape[-1]
   dtype = jnp.promote_types(q.dtype, jnp.bfloat16)  # fp16 / bf16 / fp32 kernels; mixed inputs promote
   dtype = jnp.promote_types(jnp.promote_types(dtype, k.dtype), v.dtype)
-  tp = -(-t // cfg.chunk) * cfg.chunk
+  chunk = min(cfg.chunk, cfg.chunk_fp32) if dtype == jnp.float32 else cfg.chunk
+  if chunk not in (16, 32, 64):
+    raise NotImplementedError(f'the gla kernel needs config.chunk in (16, 32, 64); got {chunk}')
+  tp = -(-t // chunk) * chunk
   kp, vp = _next_pow2(kd), _next_pow2(vd)
   pad = lambda x, d, dt: _pad_axis(_pad_axis(x.astype(dt), 1, tp), 3, d)
   gdt = g.dtype if g.dtype in (jnp.bfloat16, jnp.float32) else _F32
   h0 = None
   if initial_state is not None:
     h0 = _pad_axis(_pad_axis(initial_state.astype(_F32), 2, kp), 3, vp)
-  ctx = _Ctx(jnp.dtype(dtype), float(scale), cfg.chunk)
+  ctx = _Ctx(jnp.dtype(dtype), float(scale), chunk)
   o, ht = _core(pad(q, kp, dtype), pad(k, kp, dtype), pad(v, vp, dtype), pad(g, kp, gdt), h0, ctx, cfg,
                 bool(interpret))
   return o[:, :t, :, :vd].astype(q.dtype), ht[:, :, :kd, :vd]
