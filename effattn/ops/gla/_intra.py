@@ -8,14 +8,18 @@ non-increasing along the chunk for gates g <= 0. Rows i, j are chunk indices, r0
 Forward, A_ij = scale sum_k q_ik k_jk e^{G_ik - G_jk} (i >= j), the rows of block r:
   keys j < r0 (earlier blocks): one dot about the reference row n = r0, both factors <= 1,
       A_ij = (q_i ⊙ e^{G_i - G_n}) (k_j ⊙ e^{G_n - G_j})^T;
-  keys of block r (the diagonal block): pairwise, one key column per step ([16, K] exps; the diagonal i = j has
-      no decay, and e^{G_n - G_j} for j > n could overflow, so no dot there).
+  keys of block r (the diagonal block): pairwise, [16, 16, w] fp32 tiles of e^{G_i - G_j} per slice of w key
+      channels (the diagonal i = j has no decay, and e^{G_n - G_j} for j > n could overflow, so no dot there),
+      placed into A's columns by a dot with a 0/1 selection matrix (Triton has no value slices or concatenation).
 Backward, the strict (i > j) parts of dq_i = sum_j dA_ij k_j e^{G_i - G_j} and dk_j = sum_i dA_ij q_i e^{G_i - G_j}
 (dA = dO V^T, i >= j) for the rows of block r: dq from the keys of earlier blocks about n = r0 as above, dk from
 the queries of later blocks about m = r0 + 15 (e^{G_i - G_m} e^{G_m - G_j}, both <= 1), and the diagonal block
-pairwise, dq and dk from the same [16, K] exps per step. The diagonal terms dA_ii k_i, dA_ii q_i are added by the
-sweeps. With `precise` (bf16) the dots take two bf16 halves of each fp32 operand (~2^-16): the gate gradient
-takes row minus column sums of these pairs, which must cancel to better than bf16.
+pairwise, dq and dk from the same [16, 16, w] exps. The diagonal terms dA_ii k_i, dA_ii q_i are added by the
+sweeps (dA_ii is written here). With `precise` (bf16) the dots take two bf16 halves of each fp32 operand (~2^-16):
+the gate gradient takes row minus column sums of these pairs, which must cancel to better than bf16.
+Why no sequential loop over key rows (the previous design): its steps are latency-bound (a row load, [16, K] exps
+and a reduction each); the [16, 16, w] tiles keep the exps independent. The work is parallel over B H T / 16
+programs, so the sweeps do only dots.
 """
 from __future__ import annotations
 
@@ -46,71 +50,76 @@ def _ddp(x, y, ca, cb, ctx, precise):
 
 
 def _block(ctx):
-  """(r0, rows of the block as a ref index, its row indices [SUB, 1], chunk row indices [C, 1] and column
-  indices [1, C], step indices [SUB, 1])."""
+  """(r0, rows of the block as a ref index, row indices [SUB, 1] in the chunk, chunk row indices [C, 1] and
+  column indices [1, C], (i, j) index pair [SUB, SUB] within the block)."""
   nsub = ctx.chunk // SUB
   r0 = pl.multiple_of((pl.program_id(2) % nsub) * SUB, SUB)
-  sidx = jnp.arange(SUB, dtype=jnp.int32)[:, None]
+  sidx = jnp.arange(SUB, dtype=jnp.int32)
   cidx = jnp.arange(ctx.chunk, dtype=jnp.int32)
-  return r0, pl.ds(r0, SUB), r0 + sidx, cidx[:, None], cidx[None, :], sidx
+  return r0, pl.ds(r0, SUB), r0 + sidx[:, None], cidx[:, None], cidx[None, :], (sidx[:, None], sidx[None, :])
 
 
-def _row(ref, j):
-  """Row j of ref as fp32 [1, K]."""
-  return _f32(ref[pl.ds(j, 1), :])
+def _slices(kp, width, body):
+  """Runs body(cs) for the key-channel slices cs (pl.ds) of the given width: bounds the [SUB, SUB, width] fp32
+  pairwise tiles of the diagonal blocks."""
+  w = min(width, kp)
+
+  def step(t, carry):
+    return body(pl.ds(pl.multiple_of(t * w, w), w), carry)
+  return step, kp // w
 
 
-def _take(m, j, col):
-  """Column j of m [SUB, C] as [SUB, 1] (a reduction within rows)."""
-  return jnp.sum(jnp.where(col == j, m, 0.0), axis=1)[:, None]
+def _pair_decay(gq, mask):
+  """[SUB(i), SUB(j), w] e^{G_i - G_j} where mask [SUB, SUB], else 0; gq [SUB, w] the block's G rows."""
+  return jnp.exp2(jnp.where(mask[:, :, None], gq[:, None, :] - gq[None, :, :], -jnp.inf))
 
 
-def _fwd_kernel(q_ref, k_ref, g_ref, a_ref, *, ctx):
+def _fwd_kernel(q_ref, k_ref, g_ref, a_ref, *, ctx, width):
   """Rows r0 .. r0+15 of A [C, C] (zero above the diagonal), in a_ref's dtype."""
-  r0, rows, _, crow, col, sidx = _block(ctx)
-  qf = _f32(q_ref[rows, :]) * ctx.scale
-  gq = g_ref[rows, :]
-  gn = _row(g_ref, r0)
-  kfac = jnp.exp2(jnp.where(crow < r0, gn - g_ref[...], -jnp.inf))  # e^{G_n - G_j}, keys of earlier blocks
-  a = _dd(qf * jnp.exp2(gq - gn), _f32(k_ref[...]) * kfac, 1, 1, ctx)
+  r0, rows, _, crow, col, (si, sj) = _block(ctx)
 
-  def step(jj, a):
-    j = r0 + jj
-    e = jnp.exp2(jnp.where(sidx >= jj, gq - _row(g_ref, j), -jnp.inf))
-    return jnp.where(col == j, jnp.sum(qf * _row(k_ref, j) * e, axis=1)[:, None], a)
+  def body(cs, carry):
+    a, ad = carry
+    qf = _f32(q_ref[rows, cs]) * ctx.scale
+    gq, gn = g_ref[rows, cs], g_ref[pl.ds(r0, 1), cs]
+    kfac = jnp.exp2(jnp.where(crow < r0, gn - g_ref[:, cs], -jnp.inf))  # e^{G_n - G_j}, keys of earlier blocks
+    a = a + _dd(qf * jnp.exp2(gq - gn), _f32(k_ref[:, cs]) * kfac, 1, 1, ctx)
+    kb = _f32(k_ref[rows, cs])
+    ad = ad + jnp.sum(qf[:, None, :] * kb[None, :, :] * _pair_decay(gq, si >= sj), axis=2)
+    return a, ad
 
-  a_ref[...] = jax.lax.fori_loop(0, SUB, step, a).astype(a_ref.dtype)
+  step, n = _slices(q_ref.shape[-1], width, body)
+  a, ad = jax.lax.fori_loop(0, n, step, (jnp.zeros((SUB, ctx.chunk), F32), jnp.zeros((SUB, SUB), F32)))
+  # the diagonal block into columns r0 .. r0+15: a dot with a 0/1 selection matrix (no value slices in Triton;
+  # exact: one nonzero per column, and A is stored in the dot dtype anyway)
+  sel = (col == r0 + si).astype(ctx.dt)
+  a_ref[...] = (a + _dot(ad.astype(ctx.dt), sel, 1, 0, ctx)).astype(a_ref.dtype)
 
 
-def _bwd_kernel(q_ref, k_ref, g_ref, v_ref, do_ref, dq_ref, dk_ref, daii_ref, *, ctx, precise):
+def _bwd_kernel(q_ref, k_ref, g_ref, v_ref, do_ref, dq_ref, dk_ref, daii_ref, *, ctx, precise, width):
   """Strict intra-chunk dq (w.r.t. the scaled q) and dk of the block's rows, fp32, and the diagonal dA_ii."""
-  r0, rows, ri, crow, col, sidx = _block(ctx)
+  r0, rows, _, crow, col, (si, sj) = _block(ctx)
   r1 = r0 + SUB
-  da = jnp.where(col <= ri, _dot(do_ref[rows, :], v_ref[...], 1, 1, ctx), 0.0)   # dA_ij, i in block [SUB, C]
-  dat = jnp.where(col >= ri, _dot(v_ref[rows, :], do_ref[...], 1, 1, ctx), 0.0)  # dA_ij, j in block [SUB(j), C(i)]
-  daii_ref[...] = jnp.sum(jnp.where(col == ri, da, 0.0), axis=1)
-  gq = g_ref[rows, :]
-  g = g_ref[...]
-  gn, gm = _row(g_ref, r0), _row(g_ref, r1 - 1)
-  kfac = jnp.exp2(jnp.where(crow < r0, gn - g, -jnp.inf))     # keys of earlier blocks
-  dq = _ddp(jnp.where(col < r0, da, 0.0), _f32(k_ref[...]) * kfac, 1, 0, ctx, precise) * jnp.exp2(gq - gn)
-  qfac = jnp.exp2(jnp.where(crow >= r1, g - gm, -jnp.inf))    # queries of later blocks
-  dk = (_ddp(jnp.where(col >= r1, dat, 0.0), _f32(q_ref[...]) * (qfac * ctx.scale), 1, 0, ctx, precise)
-        * jnp.exp2(gm - gq))
+  da = jnp.where(col < r0, _dot(do_ref[rows, :], v_ref[...], 1, 1, ctx), 0.0)    # dA_ij, earlier keys j
+  dat = jnp.where(col >= r1, _dot(v_ref[rows, :], do_ref[...], 1, 1, ctx), 0.0)  # [j, i]: dA_ij, later queries i
+  dd = _dot(do_ref[rows, :], v_ref[rows, :], 1, 1, ctx)                          # the diagonal block
+  daii_ref[...] = jnp.sum(jnp.where(si == sj, dd, 0.0), axis=1)
+  dd = jnp.where(si > sj, dd, 0.0)
 
-  def step(jj, carry):
-    dq, dk = carry
-    j = r0 + jj
-    gj = _row(g_ref, j)
-    # e^{-|G_i - G_j|} for the pairs (block row, row j) on either side; the masks of dA pick the side
-    e = jnp.exp2(jnp.where(sidx > jj, gq - gj, jnp.where(sidx < jj, gj - gq, -jnp.inf)))
-    dq = dq + _take(da, j, col) * _row(k_ref, j) * e
-    dk = dk + _take(dat, j, col) * (_row(q_ref, j) * ctx.scale) * e
-    return dq, dk
+  def body(cs, carry):
+    g, gq = g_ref[:, cs], g_ref[rows, cs]
+    gn, gm = g_ref[pl.ds(r0, 1), cs], g_ref[pl.ds(r1 - 1, 1), cs]
+    kfac = jnp.exp2(jnp.where(crow < r0, gn - g, -jnp.inf))
+    dq = _ddp(da, _f32(k_ref[:, cs]) * kfac, 1, 0, ctx, precise) * jnp.exp2(gq - gn)
+    qfac = jnp.exp2(jnp.where(crow >= r1, g - gm, -jnp.inf))
+    dk = _ddp(dat, _f32(q_ref[:, cs]) * (qfac * ctx.scale), 1, 0, ctx, precise) * jnp.exp2(gm - gq)
+    w = dd[:, :, None] * _pair_decay(gq, si > sj)                                 # [i, j, k]
+    dq_ref[:, cs] = dq + jnp.sum(w * _f32(k_ref[rows, cs])[None, :, :], axis=1)
+    dk_ref[:, cs] = dk + jnp.sum(w * (_f32(q_ref[rows, cs]) * ctx.scale)[:, None, :], axis=0)
+    return carry
 
-  dq, dk = jax.lax.fori_loop(0, SUB, step, (dq, dk))
-  dq_ref[...] = dq
-  dk_ref[...] = dk
+  step, n = _slices(q_ref.shape[-1], width, body)
+  jax.lax.fori_loop(0, n, step, 0)
 
 
 def _chunk_spec(ctx, d):
@@ -127,7 +136,7 @@ def intra_a(q, k, g, ctx, cfg, interpret):
   b, tp, h, kp = q.shape
   cs = _chunk_spec(ctx, kp)
   return pl.pallas_call(
-      functools.partial(_fwd_kernel, ctx=ctx), grid=(b, h, tp // SUB),
+      functools.partial(_fwd_kernel, ctx=ctx, width=cfg.intra_width), grid=(b, h, tp // SUB),
       in_specs=[cs, cs, cs], out_specs=_sub_spec(ctx.chunk),
       out_shape=jax.ShapeDtypeStruct((b, tp, h, ctx.chunk), ctx.dt), interpret=interpret, name='gla_intra_fwd',
       **_params(interpret, ctx, cfg.num_warps_intra, cfg.num_stages_intra))(q, k, g)
@@ -141,7 +150,7 @@ def intra_grads(q, k, g, v, do, ctx, cfg, interpret):
   shape = jax.ShapeDtypeStruct((b, tp, h, kp), F32)
   diag = pl.BlockSpec((None, None, SUB), lambda b, h, p: (b, h, p))
   return pl.pallas_call(
-      functools.partial(_bwd_kernel, ctx=ctx, precise=cfg.precise_dg), grid=(b, h, tp // SUB),
+      functools.partial(_bwd_kernel, ctx=ctx, precise=cfg.precise_dg, width=cfg.intra_width), grid=(b, h, tp // SUB),
       in_specs=[cs, cs, cs, cv, cv], out_specs=[out, out, diag],
       out_shape=[shape, shape, jax.ShapeDtypeStruct((b, h, tp), F32)], interpret=interpret,
       name='gla_intra_bwd', **_params(interpret, ctx, cfg.num_warps_intra, cfg.num_stages_intra))(q, k, g, v, do)

@@ -63,6 +63,7 @@ class KernelConfig:
   num_stages: int = 3
   num_warps_intra: int = 4   # intra kernels (one program per 16-row block)
   num_stages_intra: int = 1
+  intra_width: int = 32      # intra kernels: key channels per step ([16, 16, width] fp32 pairwise tiles)
   block_k_bwd: int = 64      # backward dq / dk sweeps: key-tile width
   block_v_bwd: int = 64      # backward dv sweeps: value-tile width
   num_warps_bwd: int = 8
