@@ -6,7 +6,8 @@ As fla's chunk_scaled_dot_kkt + solve_tril (Yang et al. 2024 App. B): the chunk 
 (loaded from refs with pl.ds: the Triton lowering cannot slice values); each diagonal block is inverted
 by forward substitution (T_r = e_r - A_r T, rows picked by masked sums), the blocks are merged by block
 forward substitution T_ij = -T_ii Σ_{j<=m<i} A_im T_mj (fp32 dots), then W and U are block sums of dots.
-The inverse is always fp32 (IEEE dots); it is written out (fp32 [B, Tp, H, C]) for the backward.
+The inverse is always fp32 (IEEE dots); it is written out ([B, Tp, H, C] in the input dtype, as fla's A:
+the backward's dots round it to that) for the backward.
 
 Gate exponents never subtract two large cumsums: for blocks i > j, G_r - G_s = (Σ_{l>s in block j} g_l)
 + (block sums strictly between) + (Σ_{l<=r in block i} g_l), all terms of one sign.
@@ -91,11 +92,11 @@ def _wy_kernel(k_ref, v_ref, g_ref, beta_ref, w_ref, u_ref, t_ref, *, ctx: _Ctx)
         w_ref[blk[i], :] = w.astype(w_ref.dtype)
         u_ref[blk[i], :] = u.astype(u_ref.dtype)
         for j in range(nb):
-            t_ref[blk[i], blk[j]] = t[i, j] if j <= i else zero
+            t_ref[blk[i], blk[j]] = (t[i, j] if j <= i else zero).astype(t_ref.dtype)
 
 
 def wy_kernel(k, v, g, beta, ctx: _Ctx, num_warps: int, interpret: bool):
-    """k [B,Tp,H,Kp], v [B,Tp,H,Vp] (ctx.dt), g, beta [B,H,Tp] fp32 -> W, U (ctx.dt), T [B,Tp,H,C] fp32."""
+    """k [B,Tp,H,Kp], v [B,Tp,H,Vp] (ctx.dt), g, beta [B,H,Tp] fp32 -> W, U, T [B,Tp,H,C] (ctx.dt)."""
     b, tp, h, kp = k.shape
     vp = v.shape[-1]
     c = ctx.chunk
@@ -105,6 +106,6 @@ def wy_kernel(k, v, g, beta, ctx: _Ctx, num_warps: int, interpret: bool):
         functools.partial(_wy_kernel, ctx=ctx), grid=(b, h, tp // c),
         in_specs=[rows(kp), rows(vp), vec, vec], out_specs=[rows(kp), rows(vp), rows(c)],
         out_shape=[jax.ShapeDtypeStruct((b, tp, h, kp), ctx.dt), jax.ShapeDtypeStruct((b, tp, h, vp), ctx.dt),
-                   jax.ShapeDtypeStruct((b, tp, h, c), _F32)],
+                   jax.ShapeDtypeStruct((b, tp, h, c), ctx.dt)],
         interpret=interpret, name='gated_delta_rule_wy',
         **_params(interpret, ctx, num_warps, 1))(k, v, g, beta)
