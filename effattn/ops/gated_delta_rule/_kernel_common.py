@@ -36,6 +36,14 @@ def _dot(a, b, ca: int, cb: int, ctx: _Ctx):
                                precision=ctx.prec, preferred_element_type=_F32)
 
 
+def _wide(a, b, ca: int, cb: int, ctx: _Ctx):
+    """As _dot with fp32 operands: IEEE for fp32 inputs, TF32 on the GPU for bf16 (where the backward needs
+    more than bf16 operands to stay within the bf16 tolerance)."""
+    prec = jax.lax.Precision.HIGHEST if ctx.fp32 else jax.lax.Precision.DEFAULT
+    return jax.lax.dot_general(a.astype(_F32), b.astype(_F32), (((ca,), (cb,)), ((), ())), precision=prec,
+                               preferred_element_type=_F32)
+
+
 def _nn(a, b, ctx):  # a @ b
     return _dot(a, b, 1, 0, ctx)
 
