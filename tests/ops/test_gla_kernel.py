@@ -108,12 +108,12 @@ def test_matches_naive(case):
 def test_chunk_32_and_small_tiles(n):
   """config.chunk = 32 (two sub-blocks, in fp32 too); several value tiles in the forward, several key tiles in the dq and dk
   sweeps and value tiles in the dv sweeps."""
-  cfg = KernelConfig(chunk=32, chunk_fp32=32, block_v=16, block_k_bwd=16, block_v_bwd=16)
+  cfg = KernelConfig(chunk=32, chunk_fp32=32, block_v=16, block_k_dq=16, block_k_dk=16, block_v_bwd=16)
   _check(Case(1, 70, 1, 48, 40, n=n, h0=True), functools.partial(kernel_gla, config=cfg))
 
 
 def test_chunk_16_small_tiles_bf16():
-  cfg = KernelConfig(chunk=16, block_k_bwd=16, block_v_bwd=16)
+  cfg = KernelConfig(chunk=16, block_k_dq=16, block_k_dk=16, block_v_bwd=16)
   _check(Case(1, 100, 1, 32, 32, n=0.1, h0=True, dtype='bfloat16'), functools.partial(kernel_gla, config=cfg))
 
 
@@ -177,7 +177,7 @@ def test_long_bf16_finite(n):
 
 
 @pytest.mark.parametrize('dtype, cfg', [('bfloat16', KernelConfig()), ('float32', KernelConfig()),
-                                        ('bfloat16', KernelConfig(block_v=16, block_k_bwd=16, block_v_bwd=16,
+                                        ('bfloat16', KernelConfig(block_v=16, block_k_dq=16, block_k_dk=16, block_v_bwd=16,
                                                                   chunk=32))])
 def test_lowers_to_triton(dtype, cfg):
   """Forward and backward lower through Pallas' Triton lowering (cross-platform, no GPU needed): catches

@@ -14,8 +14,8 @@ Forward, A_ij = scale sum_k q_ik k_jk e^{G_ik - G_jk} (i >= j), the rows of bloc
 Backward, the strict (i > j) parts of dq_i = sum_j dA_ij k_j e^{G_i - G_j} and dk_j = sum_i dA_ij q_i e^{G_i - G_j}
 (dA = dO V^T, i >= j) for the rows of block r: dq from the keys of earlier blocks about n = r0 as above, dk from
 the queries of later blocks about m = r0 + 15 (e^{G_i - G_m} e^{G_m - G_j}, both <= 1), and the diagonal block
-pairwise, dq and dk from the same [16, 16, w] exps. The diagonal terms dA_ii k_i, dA_ii q_i are added by the
-sweeps (dA_ii is written here). With `precise` (bf16) the dots take two bf16 halves of each fp32 operand (~2^-16):
+pairwise, dq and dk from the same [16, 16, w] exps; plus the gate-free diagonal terms dA_ii k_i, dA_ii q_i, and the
+intra-pair gate term q ⊙ dq_strict - k ⊙ dk_strict (so that the sweeps need neither). With `precise` (bf16) the dots take two bf16 halves of each fp32 operand (~2^-16):
 the gate gradient takes row minus column sums of these pairs, which must cancel to better than bf16.
 Why no sequential loop over key rows (the previous design): its steps are latency-bound (a row load, [16, K] exps
 and a reduction each); the [16, 16, w] tiles keep the exps independent. The work is parallel over B H T / 16
@@ -96,14 +96,15 @@ def _fwd_kernel(q_ref, k_ref, g_ref, a_ref, *, ctx, width):
   a_ref[...] = (a + _dot(ad.astype(ctx.dt), sel, 1, 0, ctx)).astype(a_ref.dtype)
 
 
-def _bwd_kernel(q_ref, k_ref, g_ref, v_ref, do_ref, dq_ref, dk_ref, daii_ref, *, ctx, precise, width):
-  """Strict intra-chunk dq (w.r.t. the scaled q) and dk of the block's rows, fp32, and the diagonal dA_ii."""
+def _bwd_kernel(q_ref, k_ref, g_ref, v_ref, do_ref, dq_ref, dk_ref, x_ref, *, ctx, precise, width):
+  """For the block's rows, fp32: the intra-chunk dq (w.r.t. the scaled q) and dk, diagonal terms included, and the
+  intra-pair gate term x = q ⊙ dq_strict - k ⊙ dk_strict."""
   r0, rows, _, crow, col, (si, sj) = _block(ctx)
   r1 = r0 + SUB
   da = jnp.where(col < r0, _dot(do_ref[rows, :], v_ref[...], 1, 1, ctx), 0.0)    # dA_ij, earlier keys j
   dat = jnp.where(col >= r1, _dot(v_ref[rows, :], do_ref[...], 1, 1, ctx), 0.0)  # [j, i]: dA_ij, later queries i
   dd = _dot(do_ref[rows, :], v_ref[rows, :], 1, 1, ctx)                          # the diagonal block
-  daii_ref[...] = jnp.sum(jnp.where(si == sj, dd, 0.0), axis=1)
+  daii = jnp.sum(jnp.where(si == sj, dd, 0.0), axis=1)[:, None]
   dd = jnp.where(si > sj, dd, 0.0)
 
   def body(cs, carry):
@@ -113,9 +114,13 @@ def _bwd_kernel(q_ref, k_ref, g_ref, v_ref, do_ref, dq_ref, dk_ref, daii_ref, *,
     dq = _ddp(da, _f32(k_ref[:, cs]) * kfac, 1, 0, ctx, precise) * jnp.exp2(gq - gn)
     qfac = jnp.exp2(jnp.where(crow >= r1, g - gm, -jnp.inf))
     dk = _ddp(dat, _f32(q_ref[:, cs]) * (qfac * ctx.scale), 1, 0, ctx, precise) * jnp.exp2(gm - gq)
+    qb, kb = _f32(q_ref[rows, cs]) * ctx.scale, _f32(k_ref[rows, cs])
     w = dd[:, :, None] * _pair_decay(gq, si > sj)                                 # [i, j, k]
-    dq_ref[:, cs] = dq + jnp.sum(w * _f32(k_ref[rows, cs])[None, :, :], axis=1)
-    dk_ref[:, cs] = dk + jnp.sum(w * (_f32(q_ref[rows, cs]) * ctx.scale)[:, None, :], axis=0)
+    dq = dq + jnp.sum(w * kb[None, :, :], axis=1)
+    dk = dk + jnp.sum(w * qb[:, None, :], axis=0)
+    x_ref[:, cs] = qb * dq - kb * dk
+    dq_ref[:, cs] = dq + daii * kb
+    dk_ref[:, cs] = dk + daii * qb
     return carry
 
   step, n = _slices(q_ref.shape[-1], width, body)
@@ -143,15 +148,12 @@ def intra_a(q, k, g, ctx, cfg, interpret):
 
 
 def intra_grads(q, k, g, v, do, ctx, cfg, interpret):
-  """Strict intra-chunk (dq w.r.t. scaled q, dk), fp32 [B, Tp, H, Kp] each, and dA_ii = dO_i . V_i [B, H, Tp]."""
+  """Intra-chunk (dq w.r.t. scaled q, dk) and the intra-pair gate term, fp32 [B, Tp, H, Kp] each."""
   b, tp, h, kp = q.shape
   vp = v.shape[-1]
   cs, cv, out = _chunk_spec(ctx, kp), _chunk_spec(ctx, vp), _sub_spec(kp)
   shape = jax.ShapeDtypeStruct((b, tp, h, kp), F32)
-  diag = pl.BlockSpec((None, None, SUB), lambda b, h, p: (b, h, p))
   return pl.pallas_call(
       functools.partial(_bwd_kernel, ctx=ctx, precise=cfg.precise_dg, width=cfg.intra_width), grid=(b, h, tp // SUB),
-      in_specs=[cs, cs, cs, cv, cv], out_specs=[out, out, diag],
-      out_shape=[shape, shape, jax.ShapeDtypeStruct((b, h, tp), F32)], interpret=interpret,
+      in_specs=[cs, cs, cs, cv, cv], out_specs=[out, out, out], out_shape=[shape, shape, shape], interpret=interpret,
       name='gla_intra_bwd', **_params(interpret, ctx, cfg.num_warps_intra, cfg.num_stages_intra))(q, k, g, v, do)
-

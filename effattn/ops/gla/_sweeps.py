@@ -1,17 +1,19 @@
 """GLA inter-chunk sweeps in the Lightning Attention-2 layout (Qin et al. 2024, Alg. 1; as simple_gla/pallas.py):
 one program per (batch, head, value or key tile) walks the chunks with a fori_loop and keeps the fp32 state on chip.
-No pairwise work here: A and the strict intra-chunk gradients come from _intra.py. Per chunk (G chunk-local
-cumsum of g in base 2, G_l its last row, loaded as a [1, K] row; q scaled):
+No pairwise work here: A and the intra-chunk gradients come from _intra.py. Per chunk (G chunk-local cumsum of g in
+base 2, G_l its last row, loaded as a [1, K] row; q scaled):
   forward   O_c = (Q_c ⊙ e^G) S_c + A_c V_c,   S_{c+1} = diag(e^{G_l}) S_c + (K_c ⊙ e^{G_l - G})^T V_c
-  dq sweep (forward in time, key tile):  dQ = dQ_strict + dA_ii K + e^G ⊙ dO S_c^T
-  dk sweep (reverse, key tile):          dK = dK_strict + dA_ii Q + e^{G_l - G} ⊙ V dS_{c+1}^T
+  dq sweep (forward in time, key tile):  dQ = dQ_intra + e^G ⊙ dO S_c^T
+  dk sweep (reverse, key tile):          dK = dK_intra + e^{G_l - G} ⊙ V dS_{c+1}^T
   dv sweep (reverse, value tile):        dV = A^T dO + (K ⊙ e^{G_l - G}) dS_{c+1}
-  dS_c = diag(e^{G_l}) dS_{c+1} + (Q ⊙ e^G)^T dO, dS_N = d final_state, d initial_state = dS_0; dA_ii = dO_i . V_i.
+  dS_c = diag(e^{G_l}) dS_{c+1} + (Q ⊙ e^G)^T dO, dS_N = d final_state, d initial_state = dS_0.
 The dq and dk sweeps also write the per-position gate-gradient terms (see pallas.py), fp32, with their chunk
-totals: x_q = q ⊙ (dq_strict + dq_inter) (dq sweep); y = x_k + E (dk sweep), x_k = k ⊙ dk_strict
-+ (k ⊙ e^{G_l-G}) ⊙ V dS_q^T and E = (k ⊙ e^{G_l-G}) ⊙ λ ⊙ V dS_T^T (keys paired with d final_state; the state
-gradient is carried as dS = dS_q + λ dS_T, λ the decay to the end), and sum_T x_k. The chunk-local cumulative sums
-are left to one fused XLA pass: as 0/1-matrix dots in the sweeps they spilled registers (~1.3 KB at 8 warps).
+totals: x_q = q ⊙ dq_inter + x_intra (dq sweep; x_intra = q ⊙ dq_strict - k ⊙ dk_strict from _intra.py);
+y = x_k + E (dk sweep), x_k = (k ⊙ e^{G_l-G}) ⊙ V dS_q^T and E = (k ⊙ e^{G_l-G}) ⊙ λ ⊙ V dS_T^T (keys paired with
+d final_state; the state gradient is carried as dS = dS_q + λ dS_T, λ the decay to the end), and sum_T x_k.
+The chunk-local cumulative sums are left to one fused XLA pass: as 0/1-matrix dots in the sweeps they spilled
+registers (~1.3 KB at 8 warps). Everything else that could move out of the dk sweep did (its fp32 [bk, V] dS tile
+leaves few registers): sm_90, 8 warps, no spills at bk = 32 (~270 bytes at bk = 64).
 """
 from __future__ import annotations
 
@@ -88,7 +90,7 @@ def forward(q, k, v, g, a, h0, ctx, cfg, interpret):
 # ----------------------------------------------------------------------------------------------------
 # Backward roles. Refs hold whole [Tp, Kp] / [Tp, Vp] rows of one (batch, head); each role loads its tile.
 
-def _dq_role(kt, q_ref, k_ref, v_ref, do_ref, g_ref, dqs_ref, daii_ref, h0_ref, dq_ref, dgq_ref, dgq_tot_ref, *, ctx, bk,
+def _dq_role(kt, q_ref, k_ref, v_ref, do_ref, g_ref, dqi_ref, xi_ref, h0_ref, dq_ref, dgq_ref, dgq_tot_ref, *, ctx, bk,
              precise):
   """Forward sweep for key tile kt: dq and the query-side gate terms x_q with their chunk totals."""
   tp = q_ref.shape[0]
@@ -101,20 +103,18 @@ def _dq_role(kt, q_ref, k_ref, v_ref, do_ref, g_ref, dqs_ref, daii_ref, h0_ref, 
     sl = chunk_slice(c, chunk)
     g, gl = _gates(g_ref, c, ks, chunk)
     vc, doc = v_ref[sl, :], do_ref[sl, :]
-    kf = _f32(k_ref[sl, ks])
-    dq_s = dqs_ref[sl, ks]
     dq_inter = _dot_f32_rhs(doc, s, 1, 1, ctx, precise) * jnp.exp2(g)           # e^G ⊙ dO S^T
-    daii = daii_ref[sl][:, None]
-    dq_ref[sl, ks] = ((dq_s + daii * kf + dq_inter) * scale).astype(dq_ref.dtype)
-    x = (_f32(q_ref[sl, ks]) * scale) * (dq_s + dq_inter)
+    dq_ref[sl, ks] = ((dqi_ref[sl, ks] + dq_inter) * scale).astype(dq_ref.dtype)
+    x = (_f32(q_ref[sl, ks]) * scale) * dq_inter + xi_ref[sl, ks]
     dgq_ref[sl, ks] = x
     dgq_tot_ref[pl.ds(c, 1), ks] = jnp.sum(x, axis=0)[None, :]
-    return jnp.exp2(_col(gl)) * s + _dot_f32_lhs(kf * jnp.exp2(gl - g), vc, 0, 0, ctx, precise)
+    kd = _f32(k_ref[sl, ks]) * jnp.exp2(gl - g)
+    return jnp.exp2(_col(gl)) * s + _dot_f32_lhs(kd, vc, 0, 0, ctx, precise)
 
   jax.lax.fori_loop(0, tp // chunk, body, s0)
 
 
-def _dk_role(kt, q_ref, k_ref, v_ref, do_ref, g_ref, dks_ref, daii_ref, w_ref, dht_ref, dk_ref, dgk_ref, dgk_tot_ref,
+def _dk_role(kt, q_ref, k_ref, v_ref, do_ref, g_ref, dki_ref, w_ref, dht_ref, dk_ref, dgk_ref, dgk_tot_ref,
              xk_tot_ref, dh0_ref, *, ctx, bk, precise):
   """Reverse sweep for key tile kt: dk, dh0 rows and the key-side gate terms y = x_k + E, their chunk totals and
   sum_T x_k. dS is carried as dS_q + λ dS_T; the dS_T terms come from W = V dS_T^T [Tp, K] (w_ref, fp32, computed
@@ -131,19 +131,17 @@ def _dk_role(kt, q_ref, k_ref, v_ref, do_ref, g_ref, dks_ref, daii_ref, w_ref, d
     sl = chunk_slice(c, chunk)
     g, gl = _gates(g_ref, c, ks, chunk)
     vc, doc = v_ref[sl, :], do_ref[sl, :]
-    qf, kf = _f32(q_ref[sl, ks]) * scale, _f32(k_ref[sl, ks])
-    dk_s = dks_ref[sl, ks]
-    er = jnp.exp2(gl - g)
-    kd = kf * er
+    qf = _f32(q_ref[sl, ks]) * scale
+    # Statement order keeps one fp32 dS tile live (register pressure): dS's last use, then its update.
     dk_q = _dot_f32_rhs(vc, dsq, 1, 1, ctx, precise)                             # V dS_q^T
-    wl = w_ref[sl, ks] * lam                                                     # λ ⊙ V dS_T^T
-    daii = daii_ref[sl][:, None]
-    dk_ref[sl, ks] = (dk_s + daii * qf + (dk_q + wl) * er).astype(dk_ref.dtype)
-    xk = kd * dk_q + kf * dk_s
-    y = xk + kd * wl
+    dsq = jnp.exp2(_col(gl)) * dsq + _dot_f32_lhs(qf * jnp.exp2(g), doc, 0, 0, ctx, precise)
+    kd = _f32(k_ref[sl, ks]) * jnp.exp2(gl - g)
+    dk_t = w_ref[sl, ks] * lam                                                   # λ ⊙ V dS_T^T
+    dk_ref[sl, ks] = (dki_ref[sl, ks] + (dk_q + dk_t) * jnp.exp2(gl - g)).astype(dk_ref.dtype)
+    xk = kd * dk_q
+    y = xk + kd * dk_t
     dgk_ref[sl, ks] = y
     dgk_tot_ref[pl.ds(c, 1), ks] = jnp.sum(y, axis=0)[None, :]
-    dsq = jnp.exp2(_col(gl)) * dsq + _dot_f32_lhs(qf * jnp.exp2(g), doc, 0, 0, ctx, precise)
     return dsq, lam * jnp.exp2(gl), acc + jnp.sum(xk, axis=0)[None, :]
 
   init = (jnp.zeros((bk, vp), F32), jnp.ones((1, bk), F32), jnp.zeros((1, bk), F32))
@@ -172,27 +170,27 @@ def _dv_role(vt, q_ref, k_ref, do_ref, g_ref, a_ref, dht_ref, dv_ref, *, ctx, bv
   jax.lax.fori_loop(0, n, body, dht_ref[:, vs].astype(F32))
 
 
-def _bwd_kernel(q_ref, k_ref, v_ref, do_ref, g_ref, a_ref, dqs_ref, dks_ref, daii_ref, w_ref, dht_ref, *rest, has_h0, nk,
-                bk, bv, ctx, precise):
-  """Grid axis 2: [0, nk) dq sweeps, [nk, 2 nk) dk sweeps (key tiles of bk), then the dv sweeps (value tiles
-  of bv)."""
+def _bwd_kernel(q_ref, k_ref, v_ref, do_ref, g_ref, a_ref, dqi_ref, dki_ref, xi_ref, w_ref, dht_ref, *rest, has_h0,
+                nq, nk, bq, bk, bv, ctx, precise):
+  """Grid axis 2: [0, nq) dq sweeps (key tiles of bq), [nq, nq + nk) dk sweeps (key tiles of bk), then the dv
+  sweeps (value tiles of bv)."""
   h0_ref, *outs = rest if has_h0 else (None, *rest)
   dq_ref, dk_ref, dv_ref, dgq_ref, dgq_tot_ref, dgk_ref, dgk_tot_ref, xk_tot_ref, dh0_ref = outs
   r = pl.program_id(2)
 
-  @pl.when(r < nk)
+  @pl.when(r < nq)
   def _():
-    _dq_role(r, q_ref, k_ref, v_ref, do_ref, g_ref, dqs_ref, daii_ref, h0_ref, dq_ref, dgq_ref, dgq_tot_ref, ctx=ctx, bk=bk,
-             precise=precise)
+    _dq_role(r, q_ref, k_ref, v_ref, do_ref, g_ref, dqi_ref, xi_ref, h0_ref, dq_ref, dgq_ref, dgq_tot_ref, ctx=ctx,
+             bk=bq, precise=precise)
 
-  @pl.when((r >= nk) & (r < 2 * nk))
+  @pl.when((r >= nq) & (r < nq + nk))
   def _():
-    _dk_role(r - nk, q_ref, k_ref, v_ref, do_ref, g_ref, dks_ref, daii_ref, w_ref, dht_ref, dk_ref, dgk_ref, dgk_tot_ref,
+    _dk_role(r - nq, q_ref, k_ref, v_ref, do_ref, g_ref, dki_ref, w_ref, dht_ref, dk_ref, dgk_ref, dgk_tot_ref,
              xk_tot_ref, dh0_ref, ctx=ctx, bk=bk, precise=precise)
 
-  @pl.when(r >= 2 * nk)
+  @pl.when(r >= nq + nk)
   def _():
-    _dv_role(r - 2 * nk, q_ref, k_ref, do_ref, g_ref, a_ref, dht_ref, dv_ref, ctx=ctx, bv=bv)
+    _dv_role(r - nq - nk, q_ref, k_ref, do_ref, g_ref, a_ref, dht_ref, dv_ref, ctx=ctx, bv=bv)
 
 
 def _v_dht(v, dht, ctx):
@@ -205,13 +203,13 @@ def _v_dht(v, dht, ctx):
   return jnp.einsum(eq, v, hi, preferred_element_type=F32) + jnp.einsum(eq, v, lo, preferred_element_type=F32)
 
 
-def backward(q, k, v, g, a, dq_s, dk_s, daii, h0, do, dht, ctx, cfg, interpret):
+def backward(q, k, v, g, a, dq_i, dk_i, x_i, h0, do, dht, ctx, cfg, interpret):
   """Returns dq, dk [B,Tp,H,Kp], dv [B,Tp,H,Vp] (input dtype), the gate terms x_q, y [B,Tp,H,Kp] with their
-  chunk totals [B,N,H,Kp] and sum_T x_k [B,H,1,Kp] (fp32), dh0 fp32. g = G; dq_s, dk_s, daii from _intra.py."""
+  chunk totals [B,N,H,Kp] and sum_T x_k [B,H,1,Kp] (fp32), dh0 fp32. g = G; dq_i, dk_i, x_i from _intra.py."""
   b, tp, h, kp = q.shape
   vp = v.shape[-1]
-  bk, bv = min(cfg.block_k_bwd, kp), min(cfg.block_v_bwd, vp)
-  nk, nv = kp // bk, vp // bv
+  bq, bk, bv = min(cfg.block_k_dq, kp), min(cfg.block_k_dk, kp), min(cfg.block_v_bwd, vp)
+  nq, nk, nv = kp // bq, kp // bk, vp // bv
   has_h0 = h0 is not None
   qk, vv, st = _row_spec(tp, kp), _row_spec(tp, vp), _state_spec(kp, vp)
   n = tp // ctx.chunk
@@ -219,14 +217,14 @@ def backward(q, k, v, g, a, dq_s, dk_s, daii, h0, do, dht, ctx, cfg, interpret):
   dg_shape = jax.ShapeDtypeStruct((b, tp, h, kp), F32)
   tot_shape = jax.ShapeDtypeStruct((b, n, h, kp), F32)
   tot = pl.BlockSpec((None, n, None, kp), lambda b, h, r: (b, 0, h, 0))
-  kernel = functools.partial(_bwd_kernel, has_h0=has_h0, nk=nk, bk=bk, bv=bv, ctx=ctx, precise=cfg.precise_dg)
+  kernel = functools.partial(_bwd_kernel, has_h0=has_h0, nq=nq, nk=nk, bq=bq, bk=bk, bv=bv, ctx=ctx,
+                             precise=cfg.precise_dg)
   return pl.pallas_call(
-      kernel, grid=(b, h, 2 * nk + nv),
-      in_specs=[qk, qk, vv, vv, qk, _row_spec(tp, ctx.chunk), qk, qk,
-                pl.BlockSpec((None, None, tp), lambda b, h, r: (b, h, 0)), qk, st, *([st] if has_h0 else [])],
+      kernel, grid=(b, h, nq + nk + nv),
+      in_specs=[qk, qk, vv, vv, qk, _row_spec(tp, ctx.chunk), qk, qk, qk, qk, st, *([st] if has_h0 else [])],
       out_specs=[qk, qk, vv, qk, tot, qk, tot, pl.BlockSpec((None, None, 1, kp), lambda b, h, r: (b, h, 0, 0)), st],
       out_shape=[dt_k, dt_k, jax.ShapeDtypeStruct((b, tp, h, vp), q.dtype), dg_shape, tot_shape, dg_shape,
                  tot_shape, jax.ShapeDtypeStruct((b, h, 1, kp), F32), jax.ShapeDtypeStruct((b, h, kp, vp), F32)],
       interpret=interpret, name='gla_bwd',
       **_params(interpret, ctx, cfg.num_warps_bwd, cfg.num_stages_bwd))(
-          q, k, v, do, g, a, dq_s, dk_s, daii, _v_dht(v, dht, ctx), dht, *([h0] if has_h0 else []))
+          q, k, v, do, g, a, dq_i, dk_i, x_i, _v_dht(v, dht, ctx), dht, *([h0] if has_h0 else []))

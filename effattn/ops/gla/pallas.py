@@ -64,7 +64,8 @@ class KernelConfig:
   num_warps_intra: int = 4   # intra kernels (one program per 16-row block)
   num_stages_intra: int = 1
   intra_width: int = 32      # intra kernels: key channels per step ([16, 16, width] fp32 pairwise tiles)
-  block_k_bwd: int = 64      # backward dq / dk sweeps: key-tile width
+  block_k_dq: int = 64       # backward dq sweeps: key-tile width
+  block_k_dk: int = 32       # backward dk sweeps: key-tile width (64 spills ~270 bytes at 8 warps: fp32 [bk, V] dS)
   block_v_bwd: int = 64      # backward dv sweeps: value-tile width
   num_warps_bwd: int = 8
   num_stages_bwd: int = 3
@@ -104,9 +105,9 @@ def _core_bwd(ctx, cfg, interpret, res, cts):
   do, dht = cts
   do, dht = do.astype(q.dtype), dht.astype(_F32)
   gc = _chunk_cumsum(g, ctx.chunk)
-  dq_s, dk_s, daii = _intra.intra_grads(q, k, gc, v, do, ctx, cfg, interpret)
-  dq, dk, dv, xq, xq_tot, y, y_tot, xk_tot, dh0 = _sweeps.backward(q, k, v, gc, a, dq_s, dk_s, daii, h0, do,
-                                                                    dht, ctx, cfg, interpret)
+  dq_i, dk_i, x_i = _intra.intra_grads(q, k, gc, v, do, ctx, cfg, interpret)
+  dq, dk, dv, xq, xq_tot, y, y_tot, xk_tot, dh0 = _sweeps.backward(q, k, v, gc, a, dq_i, dk_i, x_i, h0, do, dht,
+                                                                    ctx, cfg, interpret)
   # dg_l = sum_{t>=l} (x_q - x_k)_t + sum_{t<l} E_t + e^{sum g} sum_v h0 dS_T (module docstring), with
   # sum_{t>=l} x_k = sum_T x_k - sum_{t<l} x_k: reverse cumsum of x_q, exclusive cumsum of y = x_k + E, each
   # within chunks here (one fused pass) plus the sums over later / earlier chunks of the kernel's chunk totals.
@@ -179,7 +180,7 @@ def tune_candidates(base: KernelConfig = DEFAULT_CONFIG) -> dict[str, list[Kerne
   fwd = [dataclasses.replace(base, chunk=c, block_v=bv, num_warps=w, num_stages=s, num_warps_intra=wi)
          for c in (32, 64) for bv in (32, 64, 128) for w in (4, 8) for s in (2, 3) for wi in (2, 4)
          if not (bv == 128 and w == 4)]
-  bwd = [dataclasses.replace(base, block_k_bwd=bk, block_v_bwd=bv, num_warps_bwd=w, num_stages_bwd=s)
-         for bk in (32, 64) for bv in (32, 64) for w in (4, 8) for s in (2, 3)]
+  bwd = [dataclasses.replace(base, block_k_dq=bq, block_k_dk=bk, block_v_bwd=bv, num_warps_bwd=w, num_stages_bwd=s)
+         for bq in (32, 64) for bk in (32, 64) for bv in (32, 64) for w in (4, 8) for s in (2, 3)]
   bwd += [dataclasses.replace(base, precise_dg=False)]
   return {'fwd': fwd, 'fwd_bwd': bwd}
