@@ -88,28 +88,28 @@ def _chunk_cumsum(g, chunk):
 
 
 def _forward(q, k, v, g, h0, ctx, cfg, interpret):
-  """(o, final state, A); q, k, g [B,Tp,H,Kp] (g raw log decays), v [B,Tp,H,Vp]."""
+  """(o, final state, A, G); q, k, g [B,Tp,H,Kp] (g raw log decays), v [B,Tp,H,Vp]."""
   gc = _chunk_cumsum(g, ctx.chunk)
   a = _intra.intra_a(q, k, gc, ctx, cfg, interpret)
   o, ht = _sweeps.forward(q, k, v, gc, a, h0, ctx, cfg, interpret)
-  return o, ht, a
+  return o, ht, a, gc
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7))
 def _core(q, k, v, g, h0, ctx, cfg, interpret):
-  return _forward(q, k, v, g, h0, ctx, cfg, interpret)[:2]
+  return tuple(_forward(q, k, v, g, h0, ctx, cfg, interpret)[:2])
 
 
 def _core_fwd(q, k, v, g, h0, ctx, cfg, interpret):
-  o, ht, a = _forward(q, k, v, g, h0, ctx, cfg, interpret)
-  return (o, ht), (q, k, v, g, h0, a)
+  o, ht, a, gc = _forward(q, k, v, g, h0, ctx, cfg, interpret)
+  # G replaces g (same size for fp32 g; g's dtype rides along as an empty array)
+  return (o, ht), (q, k, v, gc, h0, a, jnp.zeros((0,), g.dtype))
 
 
 def _core_bwd(ctx, cfg, interpret, res, cts):
-  q, k, v, g, h0, a = res
+  q, k, v, gc, h0, a, g_like = res
   do, dht = cts
   do, dht = do.astype(q.dtype), dht.astype(_F32)
-  gc = _chunk_cumsum(g, ctx.chunk)
   dq_i, dk_i, x_i = _intra.intra_grads(q, k, gc, v, do, ctx, cfg, interpret)
   dq, dk, dv, xq, xq_tot, y, y_tot, xk_tot, dh0 = _sweeps.backward(q, k, v, gc, a, dq_i, dk_i, x_i, h0, do, dht,
                                                                     ctx, cfg, interpret)
@@ -125,8 +125,9 @@ def _core_bwd(ctx, cfg, interpret, res, cts):
   local = jnp.flip(jnp.cumsum(jnp.flip(xq5, 2), axis=2), 2) + jnp.cumsum(y5, axis=2) - y5
   dg = (local + (later + earlier)[:, :, None] - xk_tot.reshape(b, 1, 1, h, kp)).reshape(b, tp, h, kp)
   if h0 is not None:
-    dg = dg + (jnp.exp(jnp.sum(g.astype(_F32), axis=1)) * jnp.sum(h0 * dht, axis=-1))[:, None]
-  return dq, dk, dv, dg.astype(g.dtype), (None if h0 is None else dh0.astype(h0.dtype))
+    g_sum = jnp.sum(gc[:, c - 1::c], axis=1) / _LOG2E                         # sum_T g from the chunk sums
+    dg = dg + (jnp.exp(g_sum) * jnp.sum(h0 * dht, axis=-1))[:, None]
+  return dq, dk, dv, dg.astype(g_like.dtype), (None if h0 is None else dh0.astype(h0.dtype))
 
 
 _core.defvjp(_core_fwd, _core_bwd)
