@@ -13,9 +13,12 @@ Gate gradient: every log-decay cotangent is either a node term (of G_i) or a pai
 i >= j); dg_l = Σ_{i>=l} node_i + Σ_{i>=l>j} pair_ij (pairs straddling l, summed without cancellation,
 as _wy.wy_prep_bwd), + Σ_{j<l} (cotangent of G_C - G_j) + cotangent of G_C.
 
-Value columns are taken in tiles of bv (loaded from refs with pl.ds) to bound the live registers. For
-bf16 inputs the dots that form dV' and take it on to dv, dβ, dA and dk have fp32 operands (TF32 on the
-GPU, _wide): with bf16 operands dk of DeltaNet at T = 1000, K = V = 128 exceeded the 5e-3 tolerance.
+Two programs per chunk (roles): one for dq and the gate terms through Q, one for everything else; both
+recompute V' and dP (cheap bf16 dots) so that neither holds the other's accumulators. Value columns are
+taken in tiles of bv (loaded from refs with pl.ds) to bound the live registers. For
+bf16 inputs the dots that form dV' and take it on to dv, dβ, dA and dk, and those of dq, have fp32
+operands (TF32 on the GPU, _wide): with bf16 operands dk of DeltaNet at T = 1000, K = V = 128 exceeded
+the 5e-3 tolerance (5.1e-3; 4.4e-3 now, dq 4.4e-3 -> 3.7e-3).
 """
 from __future__ import annotations
 
@@ -27,6 +30,7 @@ from jax.experimental import pallas as pl
 
 from effattn.ops.common.pallas_triton import F32 as _F32
 from effattn.ops.common.pallas_triton import Gates
+from effattn.ops.common.pallas_triton import chunk_slice as _chunk_slice
 from effattn.ops.gated_delta_rule._kernel_common import _Ctx, _nn, _nt, _params, _tn, _wide
 
 _HI = jax.lax.Precision.HIGHEST
@@ -44,67 +48,105 @@ def _tn32(a, b, ctx):
     return _wide(a, b, 0, 0, ctx)
 
 
-def _bwd_chunk_kernel(q_ref, k_ref, v_ref, w_ref, u_ref, do_ref, g_ref, beta_ref, t_ref, s_ref, ds_ref,
-                      dq_ref, dk_ref, dv_ref, dg_ref, dbeta_ref, *, ctx: _Ctx, bv: int):
+def _straddle_sum(pair, node, row, col, ctx: _Ctx):
+    """dg_l = Σ_{i>=l>j} pair_ij + Σ_{i>=l} node_i (pair: cotangents of G_i - G_j; node: of G_i)."""
+    before = (row < col).astype(_F32)                           # [j, l] = j < l
+    straddle = _nn32(pair, before, ctx)                         # [i, l] = Σ_{j<l} pair_ij (IEEE dots of
+    # K = 64 run on the FMA units with [4, 64] + [64, 4] operand slices per thread: spills; TF32 in bf16)
+    return jnp.sum(jnp.where(row >= col, straddle + node[:, None], 0.0), axis=0)
+
+
+def _dq_role(q_ref, k_ref, w_ref, u_ref, do_ref, s_ref, dq_ref, dg_ref, gt, *, ctx: _Ctx, bv: int):
+    """dq and the gate cotangents through Q (e^G q and Γ in P); wide dots (the role has registers to spare)."""
     c, kp = q_ref.shape
-    vp = v_ref.shape[-1]
     scale = ctx.scale
-    gt = Gates(g_ref[...], ctx.fp32)
+    w = w_ref[...]
+    qs = scale * jnp.exp2(gt.gi)
+
+    def tile(j, carry):
+        dp, dq = carry
+        vs = _chunk_slice(j, bv)
+        s, do = s_ref[:, vs], do_ref[:, vs]
+        vn = u_ref[:, vs].astype(_F32) - _nn32(w, s, ctx)       # V'
+        return dp + _nt32(do, vn, ctx), dq + _nt32(do.astype(_F32) * qs[:, None], s, ctx)
+
+    zero = (jnp.zeros((c, c), _F32), jnp.zeros((c, kp), _F32))
+    dp, dq = jax.lax.fori_loop(0, u_ref.shape[-1] // bv, tile, zero)
+    q, k, gam = q_ref[...], k_ref[...], gt.gamma()
+    dps = dp * (gam * scale)
+    node = jnp.sum(dq * q.astype(_F32), axis=1)
+    dq_ref[...] = (dq + _nn32(dps, k, ctx)).astype(dq_ref.dtype)
+    pair = dp * (_nt(q, k, ctx) * (gam * scale))
+    dg_ref[...] = _straddle_sum(pair, node, gt.row, gt.col, ctx)
+
+
+def _dk_role(q_ref, k_ref, v_ref, w_ref, u_ref, do_ref, beta_ref, t_ref, s_ref, ds_ref, dk_ref, dv_ref,
+             dg_ref, dbeta_ref, gt, *, ctx: _Ctx, bv: int):
+    """dk, dv, dβ and the remaining gate cotangents (through K, the state decay and the WY transform)."""
+    c, kp = q_ref.shape
+    scale = ctx.scale
     row, col = gt.row, gt.col
-    eg, dec, egc = jnp.exp2(gt.gi), jnp.exp2(gt.rj), jnp.exp2(gt.gl)
+    eg, dec = jnp.exp2(gt.gi), jnp.exp2(gt.rj)
     beta = beta_ref[...]
-    k, w = k_ref[...], w_ref[...]
-    t = t_ref[...].astype(_F32)
-    p = _nt(q_ref[...], k, ctx) * (gt.gamma() * scale)
-    qs, ebeta = scale * eg, beta * eg
+    p = _nt(q_ref[...], k_ref[...], ctx) * (gt.gamma() * scale)
+    ebeta = beta * eg
 
     # dkb = T^T dW = -dvb S^T and dA = -(dkb W^T + dvb U^T) = -dvb V'^T (dvb = T^T dV'), so dW is never
-    # formed; dq and dk accumulate by row-scaled left operands (in-place dot accumulation).
-    dp = jnp.zeros((c, c), _F32)
-    da = jnp.zeros((c, c), _F32)
-    dq = jnp.zeros((c, kp), _F32)
-    dk = jnp.zeros((c, kp), _F32)
-    dbeta = jnp.zeros((c,), _F32)
-    tail = jnp.zeros((c,), _F32)   # Σ_k (V' dS'^T ⊙ K e^{G_C - G})_jk: of G_C - G_j
-    dkbk = jnp.zeros((c,), _F32)   # Σ_k (dkb ⊙ K)_jk
-    dgc = jnp.float32(0.0)
-    for j in range(vp // bv):
-        vs = pl.ds(j * bv, bv)
+    # formed; dk accumulates by row-scaled left operands (in-place dot accumulation).
+    # tail: Σ_k (V' dS'^T ⊙ K e^{G_C - G})_jk, of G_C - G_j; dkbk: Σ_k (dkb ⊙ K)_jk.
+    def tile(j, carry):
+        dp, da, dk, dbeta, tail, dkbk, dgc = carry
+        vs = _chunk_slice(j, bv)
         s, dsn = s_ref[:, vs], ds_ref[:, vs]
-        u, do = u_ref[:, vs], do_ref[:, vs]
-        vn = u.astype(_F32) - _nn(w, s, ctx)                     # V'
+        do = do_ref[:, vs]
+        k, t = k_ref[...], t_ref[...].astype(_F32)              # reloaded (L1) rather than held: registers
+        vn = u_ref[:, vs].astype(_F32) - _nn(w_ref[...], s, ctx)  # V'
         dp += _nt(do, vn, ctx)
-        kds = dec[:, None] * _nn32(k, dsn, ctx)                   # (K ⊙ e^{G_C - G}) dS'
-        dvn = _tn32(p, do, ctx) + kds                              # dV' = dU
+        kds = dec[:, None] * _nn32(k, dsn, ctx)                 # (K ⊙ e^{G_C - G}) dS'
+        dvn = _tn32(p, do, ctx) + kds                           # dV' = dU
         dvb = _tn32(t, dvn, ctx)
         dv_ref[:, vs] = (dvb * beta[:, None]).astype(dv_ref.dtype)
         dbeta += jnp.sum(dvb * v_ref[:, vs].astype(_F32), axis=1)
         da -= _nt32(dvb, vn, ctx)
-        dq += _nt(do.astype(_F32) * qs[:, None], s, ctx)
         dk += _nt32(vn * dec[:, None], dsn, ctx) - _nt32(dvb * ebeta[:, None], s, ctx)
         tail += jnp.sum(vn * kds, axis=1)
         dkbk -= jnp.sum(dvb * _nn(k, s, ctx), axis=1)
         dgc += jnp.sum(s.astype(_F32) * dsn.astype(_F32))
+        return dp, da, dk, dbeta, tail, dkbk, dgc
+
+    cc, vec = jnp.zeros((c, c), _F32), jnp.zeros((c,), _F32)
+    zero = (cc, cc, jnp.zeros((c, kp), _F32), vec, vec, vec, jnp.float32(0.0))
+    dp, da, dk, dbeta, tail, dkbk, dgc = jax.lax.fori_loop(0, v_ref.shape[-1] // bv, tile, zero)
 
     # Operands reloaded (L1/L2-resident) and Γ recomputed rather than held through the loop.
-    q, gam = q_ref[...], gt.gamma()
+    q, k, gam = q_ref[...], k_ref[...], gt.gamma()
     dps = dp * (gam * scale)
-    node = jnp.sum(dq * q.astype(_F32), axis=1) + dkbk * ebeta  # of G_i through e^G q and kb
-    dq_ref[...] = (dq + _nn(dps, k, ctx)).astype(dq_ref.dtype)
     kk = _nt(k, k, ctx)
     dag = jnp.where(row > col, da, 0.0) * gam
     dab = dag * beta[:, None]
     dk = dk + _tn(dps, q, ctx) + _nn(dab, k, ctx) + _tn(dab, k, ctx)
     dk_ref[...] = dk.astype(dk_ref.dtype)
     dbeta_ref[...] = dbeta + dkbk * eg + jnp.sum(dag * kk, axis=1)
-    pair = dp * p + dab * kk                                    # of G_i - G_j through Γ in P and in A
-
-    before = (row < col).astype(_F32)                           # [j, l] = j < l
-    straddle = jax.lax.dot_general(pair, before, (((1,), (0,)), ((), ())), precision=_HI,
-                                   preferred_element_type=_F32)  # [i, l] = Σ_{j<l} pair_ij
-    dg = jnp.sum(jnp.where(row >= col, straddle + node[:, None], 0.0), axis=0)
+    dg = _straddle_sum(dab * kk, dkbk * ebeta, row, col, ctx)   # through A and kb
     dg += jnp.sum(jnp.where(row < col, tail[:, None], 0.0), axis=0)
-    dg_ref[...] = dg + egc * dgc
+    dg_ref[...] = dg + jnp.exp2(gt.gl) * dgc
+
+
+def _bwd_chunk_kernel(q_ref, k_ref, v_ref, w_ref, u_ref, do_ref, g_ref, beta_ref, t_ref, s_ref, ds_ref,
+                      dq_ref, dk_ref, dv_ref, dg_ref, dbeta_ref, *, ctx: _Ctx, bv: int):
+    """Grid axis 2 interleaves the two roles of each chunk (2 n + role): both read the same S, dS'
+    back to back (L2), and neither holds the other's accumulators (fewer registers)."""
+    gt = Gates(g_ref[...], ctx.fp32)
+    role = pl.program_id(2) % 2
+
+    @pl.when(role == 0)
+    def _():
+        _dq_role(q_ref, k_ref, w_ref, u_ref, do_ref, s_ref, dq_ref, dg_ref, gt, ctx=ctx, bv=bv)
+
+    @pl.when(role == 1)
+    def _():
+        _dk_role(q_ref, k_ref, v_ref, w_ref, u_ref, do_ref, beta_ref, t_ref, s_ref, ds_ref, dk_ref, dv_ref,
+                 dg_ref, dbeta_ref, gt, ctx=ctx, bv=bv)
 
 
 def chunk_grads_kernel(q, k, v, w, u, do, g, beta, t, s_starts, ds_ends, ctx: _Ctx, bv: int, num_warps: int,
@@ -115,15 +157,17 @@ def chunk_grads_kernel(q, k, v, w, u, do, g, beta, t, s_starts, ds_ends, ctx: _C
     vp = v.shape[-1]
     c = ctx.chunk
     bv = min(bv, vp)
-    rows = lambda d: pl.BlockSpec((None, c, None, d), lambda b, h, n: (b, n, h, 0))
-    vec = pl.BlockSpec((None, None, c), lambda b, h, n: (b, h, n))
-    state = pl.BlockSpec((None, None, kp, vp), lambda b, h, n: (b, h, n, 0))
+    rows = lambda d: pl.BlockSpec((None, c, None, d), lambda b, h, i: (b, i // 2, h, 0))
+    vec = pl.BlockSpec((None, None, c), lambda b, h, i: (b, h, i // 2))
+    state = pl.BlockSpec((None, None, kp, vp), lambda b, h, i: (b, h, i // 2, 0))
     sd = lambda d: jax.ShapeDtypeStruct((b, tp, h, d), ctx.dt)
-    gv = jax.ShapeDtypeStruct((b, h, tp), _F32)
-    return pl.pallas_call(
-        functools.partial(_bwd_chunk_kernel, ctx=ctx, bv=bv), grid=(b, h, tp // c),
+    dq, dk, dv, dg, dbeta = pl.pallas_call(
+        functools.partial(_bwd_chunk_kernel, ctx=ctx, bv=bv), grid=(b, h, 2 * (tp // c)),
         in_specs=[rows(kp), rows(kp), rows(vp), rows(kp), rows(vp), rows(vp), vec, vec, rows(c), state, state],
-        out_specs=[rows(kp), rows(kp), rows(vp), vec, vec],
-        out_shape=[sd(kp), sd(kp), sd(vp), gv, gv],
+        out_specs=[rows(kp), rows(kp), rows(vp),
+                   pl.BlockSpec((None, None, None, c), lambda b, h, i: (i % 2, b, h, i // 2)), vec],
+        out_shape=[sd(kp), sd(kp), sd(vp), jax.ShapeDtypeStruct((2, b, h, tp), _F32),
+                   jax.ShapeDtypeStruct((b, h, tp), _F32)],
         interpret=interpret, name='gated_delta_rule_bwd_chunk',
         **_params(interpret, ctx, num_warps, num_stages))(q, k, v, w, u, do, g, beta, t, s_starts, ds_ends)
+    return dq, dk, dv, dg[0] + dg[1], dbeta

@@ -63,7 +63,7 @@ class KernelConfig:
     num_warps_bwd: int = 8
     num_stages_bwd: int = 3
     num_warps_wy: int = 4    # WY/UT-transform kernel (one program per chunk)
-    block_v_chunk: int = 64  # per-chunk backward kernel: value columns per step
+    block_v_chunk: int = 32  # per-chunk backward kernel: value columns per step (64 spills 1.9 KB, 32 1.5)
     num_warps_chunk: int = 8
     num_stages_chunk: int = 1
 
