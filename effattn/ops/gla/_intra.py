@@ -74,8 +74,15 @@ def _pair_decay(gq, mask):
   return jnp.exp2(jnp.where(mask[:, :, None], gq[:, None, :] - gq[None, :, :], -jnp.inf))
 
 
-def _fwd_kernel(q_ref, k_ref, g_ref, a_ref, *, ctx, width):
-  """Rows r0 .. r0+15 of A [C, C] (zero above the diagonal), in a_ref's dtype."""
+def _gated(qf, kb, gq, g_ref, cs, ctx, qg_ref, kg_ref):
+  """The sweeps' factors of the block's rows, in the dot dtype: q ⊙ e^G and k ⊙ e^{G_l - G} (G_l the chunk's last
+  row), so that the sweeps that round them to it anyway load two tiles instead of q, k and fp32 G, and do no exps."""
+  qg_ref[:, cs] = (qf * jnp.exp2(gq)).astype(qg_ref.dtype)
+  kg_ref[:, cs] = (kb * jnp.exp2(g_ref[pl.ds(ctx.chunk - 1, 1), cs] - gq)).astype(kg_ref.dtype)
+
+
+def _fwd_kernel(q_ref, k_ref, g_ref, a_ref, qg_ref, kg_ref, *, ctx, width):
+  """Rows r0 .. r0+15 of A [C, C] (zero above the diagonal), in a_ref's dtype, and _gated's factors."""
   r0, rows, _, crow, col, (si, sj) = _block(ctx)
 
   def body(cs, carry):
@@ -86,6 +93,7 @@ def _fwd_kernel(q_ref, k_ref, g_ref, a_ref, *, ctx, width):
     a = a + _dd(qf * jnp.exp2(gq - gn), _f32(k_ref[:, cs]) * kfac, 1, 1, ctx)
     kb = _f32(k_ref[rows, cs])
     ad = ad + jnp.sum(qf[:, None, :] * kb[None, :, :] * _pair_decay(gq, si >= sj), axis=2)
+    _gated(qf, kb, gq, g_ref, cs, ctx, qg_ref, kg_ref)
     return a, ad
 
   step, n = _slices(q_ref.shape[-1], width, body)
@@ -96,9 +104,9 @@ def _fwd_kernel(q_ref, k_ref, g_ref, a_ref, *, ctx, width):
   a_ref[...] = (a + _dot(ad.astype(ctx.dt), sel, 1, 0, ctx)).astype(a_ref.dtype)
 
 
-def _bwd_kernel(q_ref, k_ref, g_ref, v_ref, do_ref, dq_ref, dk_ref, x_ref, *, ctx, precise, width):
+def _bwd_kernel(q_ref, k_ref, g_ref, v_ref, do_ref, dq_ref, dk_ref, x_ref, qg_ref, kg_ref, *, ctx, precise, width):
   """For the block's rows, fp32: the intra-chunk dq (w.r.t. the scaled q) and dk, diagonal terms included, and the
-  intra-pair gate term x = q ⊙ dq_strict - k ⊙ dk_strict."""
+  intra-pair gate term x = q ⊙ dq_strict - k ⊙ dk_strict; and _gated's factors (for the dv sweep)."""
   r0, rows, _, crow, col, (si, sj) = _block(ctx)
   r1 = r0 + SUB
   da = jnp.where(col < r0, _dot(do_ref[rows, :], v_ref[...], 1, 1, ctx), 0.0)    # dA_ij, earlier keys j
@@ -121,6 +129,7 @@ def _bwd_kernel(q_ref, k_ref, g_ref, v_ref, do_ref, dq_ref, dk_ref, x_ref, *, ct
     x_ref[:, cs] = qb * dq - kb * dk
     dq_ref[:, cs] = dq + daii * kb
     dk_ref[:, cs] = dk + daii * qb
+    _gated(qb, kb, gq, g_ref, cs, ctx, qg_ref, kg_ref)
     return carry
 
   step, n = _slices(q_ref.shape[-1], width, body)
@@ -137,23 +146,29 @@ def _sub_spec(d):
 
 
 def intra_a(q, k, g, ctx, cfg, interpret):
-  """A [B, Tp, H, C] in the dot dtype (it is rounded to it before A V anyway); q, k [B,Tp,H,Kp], g = G."""
+  """A [B, Tp, H, C], q ⊙ e^G and k ⊙ e^{G_l - G} [B, Tp, H, Kp], all in the dot dtype (A and the factors are
+  rounded to it before their dots anyway); q, k [B,Tp,H,Kp], g = G."""
   b, tp, h, kp = q.shape
   cs = _chunk_spec(ctx, kp)
+  fac = jax.ShapeDtypeStruct((b, tp, h, kp), ctx.dt)
   return pl.pallas_call(
       functools.partial(_fwd_kernel, ctx=ctx, width=cfg.intra_width), grid=(b, h, tp // SUB),
-      in_specs=[cs, cs, cs], out_specs=_sub_spec(ctx.chunk),
-      out_shape=jax.ShapeDtypeStruct((b, tp, h, ctx.chunk), ctx.dt), interpret=interpret, name='gla_intra_fwd',
+      in_specs=[cs, cs, cs], out_specs=[_sub_spec(ctx.chunk), _sub_spec(kp), _sub_spec(kp)],
+      out_shape=[jax.ShapeDtypeStruct((b, tp, h, ctx.chunk), ctx.dt), fac, fac], interpret=interpret,
+      name='gla_intra_fwd',
       **_params(interpret, ctx, cfg.num_warps_intra, cfg.num_stages_intra))(q, k, g)
 
 
 def intra_grads(q, k, g, v, do, ctx, cfg, interpret):
-  """Intra-chunk (dq w.r.t. scaled q, dk) and the intra-pair gate term, fp32 [B, Tp, H, Kp] each."""
+  """Intra-chunk (dq w.r.t. scaled q, dk) and the intra-pair gate term, fp32 [B, Tp, H, Kp] each; q ⊙ e^G and
+  k ⊙ e^{G_l - G} in the dot dtype."""
   b, tp, h, kp = q.shape
   vp = v.shape[-1]
   cs, cv, out = _chunk_spec(ctx, kp), _chunk_spec(ctx, vp), _sub_spec(kp)
   shape = jax.ShapeDtypeStruct((b, tp, h, kp), F32)
+  fac = jax.ShapeDtypeStruct((b, tp, h, kp), ctx.dt)
   return pl.pallas_call(
       functools.partial(_bwd_kernel, ctx=ctx, precise=cfg.precise_dg, width=cfg.intra_width), grid=(b, h, tp // SUB),
-      in_specs=[cs, cs, cs, cv, cv], out_specs=[out, out, out], out_shape=[shape, shape, shape], interpret=interpret,
-      name='gla_intra_bwd', **_params(interpret, ctx, cfg.num_warps_intra, cfg.num_stages_intra))(q, k, g, v, do)
+      in_specs=[cs, cs, cs, cv, cv], out_specs=[out] * 5, out_shape=[shape, shape, shape, fac, fac],
+      interpret=interpret, name='gla_intra_bwd',
+      **_params(interpret, ctx, cfg.num_warps_intra, cfg.num_stages_intra))(q, k, g, v, do)

@@ -24,7 +24,6 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
 from effattn.ops.common.pallas_triton import F32, chunk_slice
-from effattn.ops.gla._intra import _dd
 from effattn.ops.simple_gla.pallas import _dot, _dot_f32_lhs, _dot_f32_rhs, _f32, _params
 
 
@@ -41,22 +40,21 @@ def _col(row):
 # ----------------------------------------------------------------------------------------------------
 # Forward: grid (B, H, Vp / BV).
 
-def _fwd_kernel(q_ref, k_ref, v_ref, g_ref, a_ref, *rest, ctx, has_h0):
+def _fwd_kernel(qg_ref, kg_ref, v_ref, g_ref, a_ref, *rest, ctx, has_h0):
+  """qg = q ⊙ e^G, kg = k ⊙ e^{G_l - G} (from _intra.py, dot dtype); only G_l is read from G."""
   h0_ref, o_ref, ht_ref = rest if has_h0 else (None, *rest)
-  tp, kp = q_ref.shape
+  tp, kp = qg_ref.shape
   bv = v_ref.shape[-1]
   chunk = ctx.chunk
   s0 = h0_ref[...].astype(F32) if has_h0 else jnp.zeros((kp, bv), F32)
 
   def body(c, s):
     sl = chunk_slice(c, chunk)
-    g, gl = _gates(g_ref, c, slice(None), chunk)
     vc = v_ref[sl, :]
-    o = (_dd(_f32(q_ref[sl, :]) * (ctx.scale * jnp.exp2(g)), s, 1, 0, ctx)
-         + _dot(a_ref[sl, :], vc, 1, 0, ctx))
+    o = _dot_f32_rhs(qg_ref[sl, :], s, 1, 0, ctx, False) + _dot(a_ref[sl, :], vc, 1, 0, ctx)
     o_ref[sl, :] = o.astype(o_ref.dtype)
-    kd = _f32(k_ref[sl, :]) * jnp.exp2(gl - g)
-    return jnp.exp2(_col(gl)) * s + _dot_f32_lhs(kd, vc, 0, 0, ctx, False)
+    gl = g_ref[pl.ds(c * chunk + chunk - 1, 1), :]
+    return jnp.exp2(_col(gl)) * s + _dot(kg_ref[sl, :], vc, 0, 0, ctx)
 
   ht_ref[...] = jax.lax.fori_loop(0, tp // chunk, body, s0)
 
@@ -70,7 +68,8 @@ def _state_spec(kp, vp):
 
 
 def forward(q, k, v, g, a, h0, ctx, cfg, interpret):
-  """(o [B,Tp,H,Vp] in q's dtype, final state fp32); q, k, g = G [B,Tp,H,Kp], A [B,Tp,H,C]."""
+  """(o [B,Tp,H,Vp] in q's dtype, final state fp32); q, k: q ⊙ e^G, k ⊙ e^{G_l - G}; g = G [B,Tp,H,Kp];
+  A [B,Tp,H,C]."""
   b, tp, h, kp = q.shape
   vp = v.shape[-1]
   bv = min(cfg.block_v, vp)
@@ -150,9 +149,10 @@ def _dk_role(kt, q_ref, k_ref, v_ref, do_ref, g_ref, dki_ref, w_ref, dht_ref, dk
   xk_tot_ref[:, ks] = acc
 
 
-def _dv_role(vt, q_ref, k_ref, do_ref, g_ref, a_ref, dht_ref, dv_ref, *, ctx, bv):
-  """Reverse sweep for value tile vt (all of K): dv = A^T dO + (K ⊙ e^{G_l - G}) dS_{c+1}."""
-  tp = q_ref.shape[0]
+def _dv_role(vt, qg_ref, kg_ref, do_ref, g_ref, a_ref, dht_ref, dv_ref, *, ctx, bv):
+  """Reverse sweep for value tile vt (all of K): dv = A^T dO + (K ⊙ e^{G_l - G}) dS_{c+1}; qg, kg as in the
+  forward (only G_l is read from G)."""
+  tp = qg_ref.shape[0]
   chunk = ctx.chunk
   n = tp // chunk
   vs = pl.ds(pl.multiple_of(vt * bv, bv), bv)
@@ -160,18 +160,17 @@ def _dv_role(vt, q_ref, k_ref, do_ref, g_ref, a_ref, dht_ref, dv_ref, *, ctx, bv
   def body(i, ds):
     c = n - 1 - i
     sl = chunk_slice(c, chunk)
-    g, gl = _gates(g_ref, c, slice(None), chunk)
     doc = do_ref[sl, vs]
-    dv = _dot(a_ref[sl, :], doc, 0, 0, ctx) + _dd(_f32(k_ref[sl, :]) * jnp.exp2(gl - g), ds, 1, 0, ctx)
+    dv = _dot(a_ref[sl, :], doc, 0, 0, ctx) + _dot_f32_rhs(kg_ref[sl, :], ds, 1, 0, ctx, False)
     dv_ref[sl, vs] = dv.astype(dv_ref.dtype)
-    qd = _f32(q_ref[sl, :]) * (ctx.scale * jnp.exp2(g))
-    return jnp.exp2(_col(gl)) * ds + _dot_f32_lhs(qd, doc, 0, 0, ctx, False)
+    gl = g_ref[pl.ds(c * chunk + chunk - 1, 1), :]
+    return jnp.exp2(_col(gl)) * ds + _dot(qg_ref[sl, :], doc, 0, 0, ctx)
 
   jax.lax.fori_loop(0, n, body, dht_ref[:, vs].astype(F32))
 
 
-def _bwd_kernel(q_ref, k_ref, v_ref, do_ref, g_ref, a_ref, dqi_ref, dki_ref, xi_ref, w_ref, dht_ref, *rest, has_h0,
-                nq, nk, bq, bk, bv, ctx, precise):
+def _bwd_kernel(q_ref, k_ref, v_ref, do_ref, g_ref, a_ref, dqi_ref, dki_ref, xi_ref, qg_ref, kg_ref, w_ref, dht_ref,
+                *rest, has_h0, nq, nk, bq, bk, bv, ctx, precise):
   """Grid axis 2: [0, nq) dq sweeps (key tiles of bq), [nq, nq + nk) dk sweeps (key tiles of bk), then the dv
   sweeps (value tiles of bv)."""
   h0_ref, *outs = rest if has_h0 else (None, *rest)
@@ -190,7 +189,7 @@ def _bwd_kernel(q_ref, k_ref, v_ref, do_ref, g_ref, a_ref, dqi_ref, dki_ref, xi_
 
   @pl.when(r >= nq + nk)
   def _():
-    _dv_role(r - nq - nk, q_ref, k_ref, do_ref, g_ref, a_ref, dht_ref, dv_ref, ctx=ctx, bv=bv)
+    _dv_role(r - nq - nk, qg_ref, kg_ref, do_ref, g_ref, a_ref, dht_ref, dv_ref, ctx=ctx, bv=bv)
 
 
 def _v_dht(v, dht, ctx):
@@ -203,9 +202,9 @@ def _v_dht(v, dht, ctx):
   return jnp.einsum(eq, v, hi, preferred_element_type=F32) + jnp.einsum(eq, v, lo, preferred_element_type=F32)
 
 
-def backward(q, k, v, g, a, dq_i, dk_i, x_i, h0, do, dht, ctx, cfg, interpret):
+def backward(q, k, v, g, a, dq_i, dk_i, x_i, qg, kg, h0, do, dht, ctx, cfg, interpret):
   """Returns dq, dk [B,Tp,H,Kp], dv [B,Tp,H,Vp] (input dtype), the gate terms x_q, y [B,Tp,H,Kp] with their
-  chunk totals [B,N,H,Kp] and sum_T x_k [B,H,1,Kp] (fp32), dh0 fp32. g = G; dq_i, dk_i, x_i from _intra.py."""
+  chunk totals [B,N,H,Kp] and sum_T x_k [B,H,1,Kp] (fp32), dh0 fp32. g = G; the rest from _intra.py."""
   b, tp, h, kp = q.shape
   vp = v.shape[-1]
   bq, bk, bv = min(cfg.block_k_dq, kp), min(cfg.block_k_dk, kp), min(cfg.block_v_bwd, vp)
@@ -221,10 +220,10 @@ def backward(q, k, v, g, a, dq_i, dk_i, x_i, h0, do, dht, ctx, cfg, interpret):
                              precise=cfg.precise_dg)
   return pl.pallas_call(
       kernel, grid=(b, h, nq + nk + nv),
-      in_specs=[qk, qk, vv, vv, qk, _row_spec(tp, ctx.chunk), qk, qk, qk, qk, st, *([st] if has_h0 else [])],
+      in_specs=[qk, qk, vv, vv, qk, _row_spec(tp, ctx.chunk), qk, qk, qk, qk, qk, qk, st, *([st] if has_h0 else [])],
       out_specs=[qk, qk, vv, qk, tot, qk, tot, pl.BlockSpec((None, None, 1, kp), lambda b, h, r: (b, h, 0, 0)), st],
       out_shape=[dt_k, dt_k, jax.ShapeDtypeStruct((b, tp, h, vp), q.dtype), dg_shape, tot_shape, dg_shape,
                  tot_shape, jax.ShapeDtypeStruct((b, h, 1, kp), F32), jax.ShapeDtypeStruct((b, h, kp, vp), F32)],
       interpret=interpret, name='gla_bwd',
       **_params(interpret, ctx, cfg.num_warps_bwd, cfg.num_stages_bwd))(
-          q, k, v, do, g, a, dq_i, dk_i, x_i, _v_dht(v, dht, ctx), dht, *([h0] if has_h0 else []))
+          q, k, v, do, g, a, dq_i, dk_i, x_i, qg, kg, _v_dht(v, dht, ctx), dht, *([h0] if has_h0 else []))

@@ -56,8 +56,9 @@ class KernelConfig:
   """Chunk, tile widths and Triton launch parameters: first guesses, not yet timed (tune_candidates lists the rest).
 
   Compiled offline for sm_90 at the defaults (jax 0.10.2's Triton IR, B=4 T=4096 H=16 K=V=128 bf16, triton 3.6,
-  ptxas -v), registers / spills: intra fwd 128 / 0 (4 warps), output sweep 246 / 0 (8 warps, 3 stages), intra
-  bwd 255 / 0 (4 warps), backward sweeps 255 / 0 (8 warps, 3 stages). fp32 inputs (the checking path) spill.
+  ptxas -v), registers / spills: intra fwd 128 / 0 (4 warps, 2 stages), output sweep 128 / 0 (8 warps, 3 stages;
+  164 KB shared memory, so one program per SM; block_v 32 at 2 stages: 75 registers, 96 KB, two per SM), intra bwd
+  255 / 0 (4 warps), backward sweeps 255 / 0 (8 warps, 3 stages). fp32 inputs (the checking path) spill.
   """
   chunk: int = 64            # rows per chunk (16, 32 or 64; sub-blocks of 16)
   chunk_fp32: int = 16       # fp32 inputs use min(chunk, chunk_fp32): exponent differences G_i - G_j of stored
@@ -90,8 +91,8 @@ def _chunk_cumsum(g, chunk):
 def _forward(q, k, v, g, h0, ctx, cfg, interpret):
   """(o, final state, A, G); q, k, g [B,Tp,H,Kp] (g raw log decays), v [B,Tp,H,Vp]."""
   gc = _chunk_cumsum(g, ctx.chunk)
-  a = _intra.intra_a(q, k, gc, ctx, cfg, interpret)
-  o, ht = _sweeps.forward(q, k, v, gc, a, h0, ctx, cfg, interpret)
+  a, qg, kg = _intra.intra_a(q, k, gc, ctx, cfg, interpret)
+  o, ht = _sweeps.forward(qg, kg, v, gc, a, h0, ctx, cfg, interpret)
   return o, ht, a, gc
 
 
@@ -110,9 +111,9 @@ def _core_bwd(ctx, cfg, interpret, res, cts):
   q, k, v, gc, h0, a, g_like = res
   do, dht = cts
   do, dht = do.astype(q.dtype), dht.astype(_F32)
-  dq_i, dk_i, x_i = _intra.intra_grads(q, k, gc, v, do, ctx, cfg, interpret)
-  dq, dk, dv, xq, xq_tot, y, y_tot, xk_tot, dh0 = _sweeps.backward(q, k, v, gc, a, dq_i, dk_i, x_i, h0, do, dht,
-                                                                    ctx, cfg, interpret)
+  dq_i, dk_i, x_i, qg, kg = _intra.intra_grads(q, k, gc, v, do, ctx, cfg, interpret)
+  dq, dk, dv, xq, xq_tot, y, y_tot, xk_tot, dh0 = _sweeps.backward(q, k, v, gc, a, dq_i, dk_i, x_i, qg, kg, h0, do,
+                                                                    dht, ctx, cfg, interpret)
   # dg_l = sum_{t>=l} (x_q - x_k)_t + sum_{t<l} E_t + e^{sum g} sum_v h0 dS_T (module docstring), with
   # sum_{t>=l} x_k = sum_T x_k - sum_{t<l} x_k: reverse cumsum of x_q, exclusive cumsum of y = x_k + E, each
   # within chunks here (one fused pass) plus the sums over later / earlier chunks of the kernel's chunk totals.
