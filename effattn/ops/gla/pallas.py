@@ -9,15 +9,16 @@ chunk-local inclusive cumsum of g (fp32, base 2; one XLA pass) and G_l its last 
 Why this split: A needs per-channel pairwise decays, which cannot be one dot over a chunk (e^{-G} overflows).
 Evaluated inside the sequential chunk loop (the previous design, chunk 16) they made the loop latency-bound with
 only B H (V / BV) programs (H200, B=4 T=4096 H=16 K=V=128 bf16: fwd 2.38 ms, fwd+bwd 7.0 ms). Here:
-  1. _intra.py, parallel over (b, h, 16-row block): A by secondary chunking (dots about a reference row for
-     earlier blocks, pairwise [16, K] exps for the diagonal block), A stored in the dot dtype;
+  1. _intra.py, parallel over (b, h, 16-row block): A by secondary chunking (a dot about a reference row for the
+     earlier blocks, [16, 16, 32] pairwise exp tiles for the diagonal block), stored in the dot dtype, and the
+     sweeps' factors Q ⊙ e^G, K ⊙ e^{G_l - G} in the dot dtype (they are rounded to it before their dots anyway);
   2. _sweeps.py, one program per (b, h, value tile) walks the chunks with the fp32 state [K, BV] on chip and does
-     only dots and [C, K] exps (as simple_gla/pallas.py).
+     only dots (as simple_gla/pallas.py), reading one row G_l of G per chunk.
 Backward (custom VJP), the same split:
-  dA = dO V^T (i >= j); strict intra dq_i = sum_{j<i} dA_ij k_j e^{G_i-G_j}, dk_j = sum_{i>j} dA_ij q_i e^{G_i-G_j}
-  in _intra.py (parallel); the sweeps add the diagonal and inter-chunk terms (dq forward in time per key tile,
-  dk reverse per key tile, dv = A^T dO + (K ⊙ e^{G_l-G}) dS_{c+1} reverse per value tile; one launch, grid
-  axis 2 picks the role; A is saved by the forward).
+  dA = dO V^T (i >= j); intra dq_i = sum_{j<=i} dA_ij k_j e^{G_i-G_j}, dk_j = sum_{i>=j} dA_ij q_i e^{G_i-G_j} in
+  _intra.py (parallel); the sweeps add the inter-chunk terms (dq forward in time per key tile, dk reverse per key
+  tile, dv = A^T dO + (K ⊙ e^{G_l-G}) dS_{c+1} reverse per value tile; one launch, grid axis 2 picks the role).
+  The forward saves A and G (instead of g) for it; the state S and dS are recomputed, never stored.
 
 Gate gradient (ALGORITHMS.md section 0, per channel): dg_l = sum_{t>=l} (q_t dq_t - k_t dk_t) + sum_v S_T dS_T,
 a sum over query-key pairs (i, j) with j < l <= i in which pairs with both ends >= l cancel. Regrouped so that
