@@ -2,15 +2,16 @@
 
   A = strictly-lower(diag(β)(K K^T ⊙ Γ)),  T = (I + A)^{-1},  W = T (diag(β) K ⊙ e^G),  U = T diag(β) V.
 
-As fla's chunk_scaled_dot_kkt + solve_tril (Yang et al. 2024 App. B): the chunk is cut into 16-row blocks
-(loaded from refs with pl.ds: the Triton lowering cannot slice values); each diagonal block is inverted
-by forward substitution (T_r = e_r - A_r T, rows picked by masked sums), the blocks are merged by block
-forward substitution T_ij = -T_ii Σ_{j<=m<i} A_im T_mj (fp32 dots), then W and U are block sums of dots.
-The inverse is always fp32 (IEEE dots); it is written out ([B, Tp, H, C] in the input dtype, as fla's A:
-the backward's dots round it to that) for the backward.
-
-Gate exponents never subtract two large cumsums: for blocks i > j, G_r - G_s = (Σ_{l>s in block j} g_l)
-+ (block sums strictly between) + (Σ_{l<=r in block i} g_l), all terms of one sign.
+As fla's chunk_scaled_dot_kkt + solve_tril + recompute_w_u in one kernel (Yang et al. 2024 App. B):
+  1. A of the whole chunk as one [C, C] dot, written (fp32) to the T output, which serves as scratch;
+  2. A read back in 16 x 16 blocks (refs with pl.ds: the Triton lowering cannot slice values); each
+     diagonal block inverted by forward substitution (T_r = e_r - A_r T, row r of A loaded, as fla's
+     solve_tril), the blocks merged by block forward substitution T_ij = -T_ii Σ_{j<=m<i} A_im T_mj
+     (fp32 IEEE dots of 16 x 16 blocks);
+  3. T written over A, then W and U as [C, C] x [C, cols] dots of the input dtype.
+The steps talk through global memory (L1/L2-resident) with a CTA barrier between them on the GPU: blocks
+of a value cannot be taken in registers, and per-block K K^T dots (ten 16 x 16 accumulators) took all 255
+registers. T is fp32 ([B, Tp, H, C]) and is kept for the backward.
 """
 from __future__ import annotations
 
@@ -21,54 +22,46 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
 from effattn.ops.common.pallas_triton import F32 as _F32
-from effattn.ops.common.pallas_triton import LOG2E as _LOG2E
+from effattn.ops.common.pallas_triton import Gates
+from effattn.ops.common.pallas_triton import chunk_slice as _chunk_slice
 from effattn.ops.gated_delta_rule._kernel_common import _Ctx, _nn, _nt, _params
 
+try:
+    from jax.experimental.pallas.triton import debug_barrier as _debug_barrier
+except ImportError:  # pragma: no cover
+    _debug_barrier = None
+
 _BLK = 16
+_COLS = 64  # key / value columns per step of the W, U loop
 _HI = jax.lax.Precision.HIGHEST
 
 
-def _dot32(a, b):
-    """a @ b, fp32 IEEE."""
-    return jax.lax.dot_general(a, b, (((1,), (0,)), ((), ())), precision=_HI, preferred_element_type=_F32)
+def _dot32(a, b, interpret):
+    """a @ b in fp32: IEEE in interpret mode, 3xTF32 on the GPU (tensor cores, ~fp32 accuracy, as fla's
+    solve_tril can; IEEE dots run on the FMA units with whole operand rows per thread: 120 more registers)."""
+    prec = _HI if interpret else jax.lax.DotAlgorithmPreset.TF32_TF32_F32_X3
+    return jax.lax.dot_general(a, b, (((1,), (0,)), ((), ())), precision=prec, preferred_element_type=_F32)
 
 
-def _wy_kernel(k_ref, v_ref, g_ref, beta_ref, w_ref, u_ref, t_ref, *, ctx: _Ctx):
-    nb = k_ref.shape[0] // _BLK
+def _wy_kernel(k_ref, v_ref, g_ref, beta_ref, w_ref, u_ref, t_ref, *, ctx: _Ctx, interpret: bool):
+    c = k_ref.shape[0]
+    nb = c // _BLK
+    barrier = (lambda: None) if interpret else _debug_barrier
+    gt = Gates(g_ref[...], ctx.fp32)
+    k = k_ref[...]
+    t_ref[...] = jnp.where(gt.row > gt.col, _nt(k, k, ctx) * beta_ref[...][:, None] * gt.gamma(), 0.0)
+    del gt, k  # the gates are recomputed for W below rather than held (registers)
+    barrier()
+
+    blk = [pl.ds(i * _BLK, _BLK) for i in range(nb)]
     idx = jnp.arange(_BLK, dtype=jnp.int32)
     row, col = idx[:, None], idx[None, :]
-    blk = [pl.ds(i * _BLK, _BLK) for i in range(nb)]
-    g = [g_ref[s] * _LOG2E for s in blk]  # base 2: one exp2 per decay
-    beta = [beta_ref[s] for s in blk]
-    gsum = [jnp.sum(x) for x in g]
-    gin = [jnp.sum(jnp.where(col <= row, x[None, :], 0.0), axis=1) for x in g]   # Σ_{l<=r} in block
-    gout = [jnp.sum(jnp.where(col > row, x[None, :], 0.0), axis=1) for x in g]   # Σ_{l>s} in block
-
-    def log_gamma(i, j):  # [16, 16] = G_r - G_s for r in block i, s in block j
-        if i == j:
-            if ctx.fp32:  # term by term (0/1 dot), no cancellation
-                upto = jnp.where(col <= row, g[i][None, :], 0.0)
-                return _dot32(upto, (row > col).astype(_F32))
-            return gin[i][:, None] - gin[i][None, :]
-        mid = sum(gsum[j + 1:i], jnp.float32(0.0))
-        return gin[i][:, None] + gout[j][None, :] + mid
-
-    a = {}
-    for i in range(nb):
-        for j in range(i + 1):
-            kk = _nt(k_ref[blk[i], :], k_ref[blk[j], :], ctx) * beta[i][:, None]
-            lg = log_gamma(i, j)
-            if i == j:
-                a[i, j] = jnp.where(row > col, kk * jnp.exp2(jnp.where(row > col, lg, 0.0)), 0.0)
-            else:
-                a[i, j] = kk * jnp.exp2(lg)
-
     eye = (row == col).astype(_F32)
 
     def subst(r, ts):  # row r of every diagonal block: T_r = e_r - A_r T
         out = []
         for i, t in enumerate(ts):
-            a_r = jnp.sum(jnp.where(row == r, a[i, i], 0.0), axis=0)
+            a_r = t_ref[i * _BLK + r, blk[i]]
             new = (idx == r).astype(_F32) - jnp.sum(a_r[:, None] * t, axis=0)
             out.append(jnp.where(row == r, new[None, :], t))
         return tuple(out)
@@ -78,34 +71,46 @@ def _wy_kernel(k_ref, v_ref, g_ref, beta_ref, w_ref, u_ref, t_ref, *, ctx: _Ctx)
     for d in range(1, nb):
         for j in range(nb - d):
             i = j + d
-            acc = sum(_dot32(a[i, m], t[m, j]) for m in range(j, i))
-            t[i, j] = -_dot32(t[i, i], acc)
-
-    prefix = [sum(gsum[:i], jnp.float32(0.0)) for i in range(nb)]
-    # Operands reloaded (L1-resident) at each use rather than held: fewer live registers.
-    kb = lambda j: k_ref[blk[j], :].astype(_F32) * (beta[j] * jnp.exp2(prefix[j] + gin[j]))[:, None]
-    vb = lambda j: v_ref[blk[j], :].astype(_F32) * beta[j][:, None]
+            acc = sum(_dot32(t_ref[blk[i], blk[m]], t[m, j], interpret) for m in range(j, i))
+            t[i, j] = -_dot32(t[i, i], acc, interpret)
+    barrier()  # every read of A before T overwrites it
     zero = jnp.zeros((_BLK, _BLK), _F32)
     for i in range(nb):
-        w = sum(_nn(t[i, j], kb(j), ctx) for j in range(i + 1))
-        u = sum(_nn(t[i, j], vb(j), ctx) for j in range(i + 1))
-        w_ref[blk[i], :] = w.astype(w_ref.dtype)
-        u_ref[blk[i], :] = u.astype(u_ref.dtype)
         for j in range(nb):
-            t_ref[blk[i], blk[j]] = (t[i, j] if j <= i else zero).astype(t_ref.dtype)
+            t_ref[blk[i], blk[j]] = t[i, j] if j <= i else zero
+    barrier()
+
+    tf = t_ref[...]
+    beta = beta_ref[...]
+    kscale = beta * jnp.exp2(Gates(g_ref[...], False).gi)
+
+    def apply(x_ref, o_ref, rscale):  # O = T diag(rscale) X over column tiles
+        bc = min(_COLS, x_ref.shape[1])
+
+        def tile(ci, carry):
+            cs = _chunk_slice(ci, bc)
+            o_ref[:, cs] = _nn(tf, x_ref[:, cs].astype(_F32) * rscale[:, None], ctx).astype(o_ref.dtype)
+            return carry
+
+        jax.lax.fori_loop(0, x_ref.shape[1] // bc, tile, jnp.int32(0))
+
+    apply(k_ref, w_ref, kscale)
+    apply(v_ref, u_ref, beta)
 
 
 def wy_kernel(k, v, g, beta, ctx: _Ctx, num_warps: int, interpret: bool):
-    """k [B,Tp,H,Kp], v [B,Tp,H,Vp] (ctx.dt), g, beta [B,H,Tp] fp32 -> W, U, T [B,Tp,H,C] (ctx.dt)."""
+    """k [B,Tp,H,Kp], v [B,Tp,H,Vp] (ctx.dt), g, beta [B,H,Tp] fp32 -> W, U (ctx.dt), T [B,Tp,H,C] fp32."""
     b, tp, h, kp = k.shape
     vp = v.shape[-1]
     c = ctx.chunk
+    if _debug_barrier is None and not interpret:
+        raise NotImplementedError('the WY kernel needs jax.experimental.pallas.triton.debug_barrier')
     rows = lambda d: pl.BlockSpec((None, c, None, d), lambda b, h, n: (b, n, h, 0))
     vec = pl.BlockSpec((None, None, c), lambda b, h, n: (b, h, n))
     return pl.pallas_call(
-        functools.partial(_wy_kernel, ctx=ctx), grid=(b, h, tp // c),
+        functools.partial(_wy_kernel, ctx=ctx, interpret=interpret), grid=(b, h, tp // c),
         in_specs=[rows(kp), rows(vp), vec, vec], out_specs=[rows(kp), rows(vp), rows(c)],
         out_shape=[jax.ShapeDtypeStruct((b, tp, h, kp), ctx.dt), jax.ShapeDtypeStruct((b, tp, h, vp), ctx.dt),
-                   jax.ShapeDtypeStruct((b, tp, h, c), ctx.dt)],
+                   jax.ShapeDtypeStruct((b, tp, h, c), _F32)],
         interpret=interpret, name='gated_delta_rule_wy',
         **_params(interpret, ctx, num_warps, 1))(k, v, g, beta)

@@ -28,7 +28,7 @@ Design (why this split). Four Pallas kernels:
 
 Numerics: fp32 inputs use IEEE fp32 dots (Precision.HIGHEST) everywhere; bf16 inputs use bf16 kernel
 dots (W, U, V', S rounded to bf16 before each dot, as FLA) with fp32 accumulation and fp32 states; the
-triangular inverse is fp32 (IEEE) in both modes. Triton lowering constraints as in simple_gla/pallas.py:
+triangular inverse is fp32 in both modes (IEEE forward substitution, block merges in 3xTF32 on the GPU). Triton lowering constraints as in simple_gla/pallas.py:
 no value slicing or cumsum (masked sums), power-of-two blocks (K, V padded to >= 16, T to the chunk).
 """
 from __future__ import annotations
