@@ -82,24 +82,47 @@ def _gated(qf, kb, gq, g_ref, cs, ctx, qg_ref, kg_ref):
 
 
 def _fwd_kernel(q_ref, k_ref, g_ref, a_ref, qg_ref, kg_ref, *, ctx, width):
-  """Rows r0 .. r0+15 of A [C, C] (zero above the diagonal), in a_ref's dtype, and _gated's factors."""
+  """Rows r0 .. r0+15 of A [C, C] (zero above the diagonal), in a_ref's dtype, and _gated's factors.
+
+  The diagonal block splits once more into halves of 8 rows (L, H): pairs within a half are pairwise, a [16, 8, w]
+  exp tile (each row against the 8 keys of its own half, so no exps are spent on the masked upper triangle), and
+  the quadrant H x L is separable about the row r0 + 8 (a [16, 8, w] product, no exps): 152 w exps per slice
+  instead of 256 w."""
   r0, rows, _, crow, col, (si, sj) = _block(ctx)
+  h = SUB // 2
+  hi = si >= h                                         # [SUB, 1] rows of the second half
+  jp = jnp.arange(h, dtype=jnp.int32)[None, :]         # [1, 8] key index within a half
+  own = (si - jnp.where(hi, h, 0)) >= jp               # [SUB, 8] key jp of the row's own half at or before it
 
   def body(cs, carry):
-    a, ad = carry
+    a, a_own, a_quad = carry
     qf = _f32(q_ref[rows, cs]) * ctx.scale
     gq, gn = g_ref[rows, cs], g_ref[pl.ds(r0, 1), cs]
     kfac = jnp.exp2(jnp.where(crow < r0, gn - g_ref[:, cs], -jnp.inf))  # e^{G_n - G_j}, keys of earlier blocks
     a = a + _dd(qf * jnp.exp2(gq - gn), _f32(k_ref[:, cs]) * kfac, 1, 1, ctx)
-    kb = _f32(k_ref[rows, cs])
-    ad = ad + jnp.sum(qf[:, None, :] * kb[None, :, :] * _pair_decay(gq, si >= sj), axis=2)
-    _gated(qf, kb, gq, g_ref, cs, ctx, qg_ref, kg_ref)
-    return a, ad
+    g_lo, g_hi = g_ref[pl.ds(r0, h), cs], g_ref[pl.ds(r0 + h, h), cs]
+    k_lo, k_hi = _f32(k_ref[pl.ds(r0, h), cs]), _f32(k_ref[pl.ds(r0 + h, h), cs])
+    hi3 = hi[:, :, None]
+    g_own = jnp.where(hi3, g_hi[None], g_lo[None])     # [SUB, 8, w]: G of the row's own half's keys
+    k_own = jnp.where(hi3, k_hi[None], k_lo[None])
+    e = jnp.exp2(jnp.where(own[:, :, None], gq[:, None, :] - g_own, -jnp.inf))
+    a_own = a_own + jnp.sum(qf[:, None, :] * k_own * e, axis=2)
+    g_ref_row = g_ref[pl.ds(r0 + h, 1), cs]
+    qq = qf * jnp.exp2(jnp.where(hi, gq - g_ref_row, -jnp.inf))        # second-half rows only
+    kk = k_lo * jnp.exp2(g_ref_row - g_lo)
+    a_quad = a_quad + jnp.sum(qq[:, None, :] * kk[None, :, :], axis=2)
+    _gated(qf, _f32(k_ref[rows, cs]), gq, g_ref, cs, ctx, qg_ref, kg_ref)
+    return a, a_own, a_quad
 
   step, n = _slices(q_ref.shape[-1], width, body)
-  a, ad = jax.lax.fori_loop(0, n, step, (jnp.zeros((SUB, ctx.chunk), F32), jnp.zeros((SUB, SUB), F32)))
-  # the diagonal block into columns r0 .. r0+15: a dot with a 0/1 selection matrix (no value slices in Triton;
-  # exact: one nonzero per column, and A is stored in the dot dtype anyway)
+  z = jnp.zeros((SUB, h), F32)
+  a, a_own, a_quad = jax.lax.fori_loop(0, n, step, (jnp.zeros((SUB, ctx.chunk), F32), z, z))
+  # [SUB, 8] pieces -> the [SUB, SUB] diagonal block (0/1 selections summed, exact), then into columns r0 .. r0+15
+  # by a dot with a 0/1 selection matrix (no value slices or concatenation in Triton; exact: one nonzero per
+  # column, and A is stored in the dot dtype anyway)
+  jp3, j16 = jp[:, :, None], sj[:, None, :]            # [1, 8, 1], [1, 1, SUB]
+  ad = jnp.sum(jnp.where(j16 == jp3 + jnp.where(hi, h, 0)[:, :, None], a_own[:, :, None], 0.0)
+               + jnp.where(j16 == jp3, a_quad[:, :, None], 0.0), axis=1)
   sel = (col == r0 + si).astype(ctx.dt)
   a_ref[...] = (a + _dot(ad.astype(ctx.dt), sel, 1, 0, ctx)).astype(a_ref.dtype)
 
