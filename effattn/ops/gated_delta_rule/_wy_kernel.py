@@ -7,8 +7,8 @@ As fla's chunk_scaled_dot_kkt + solve_tril + recompute_w_u in one kernel (Yang e
   2. A read back in 16 x 16 blocks (refs with pl.ds: the Triton lowering cannot slice values); each
      diagonal block inverted by forward substitution (T_r = e_r - A_r T, row r of A loaded, as fla's
      solve_tril), the blocks merged by block forward substitution T_ij = -T_ii Σ_{j<=m<i} A_im T_mj
-     (fp32 IEEE dots of 16 x 16 blocks);
-  3. T written over A, then W and U as [C, C] x [C, cols] dots of the input dtype.
+     (fp32 dots of 16 x 16 blocks), each column block of T written over A's once A's is read;
+  3. W and U as [C, C] x [C, cols] dots of the input dtype.
 The steps talk through global memory (L1/L2-resident) with a CTA barrier between them on the GPU: blocks
 of a value cannot be taken in registers, and per-block K K^T dots (ten 16 x 16 accumulators) took all 255
 registers. T is fp32 ([B, Tp, H, C]) and is kept for the backward.
@@ -67,17 +67,17 @@ def _wy_kernel(k_ref, v_ref, g_ref, beta_ref, w_ref, u_ref, t_ref, *, ctx: _Ctx,
         return tuple(out)
 
     tdiag = jax.lax.fori_loop(1, _BLK, subst, tuple(eye for _ in range(nb)))
-    t = {(i, i): tdiag[i] for i in range(nb)}
-    for d in range(1, nb):
-        for j in range(nb - d):
-            i = j + d
-            acc = sum(_dot32(t_ref[blk[i], blk[m]], t[m, j], interpret) for m in range(j, i))
-            t[i, j] = -_dot32(t[i, i], acc, interpret)
-    barrier()  # every read of A before T overwrites it
     zero = jnp.zeros((_BLK, _BLK), _F32)
-    for i in range(nb):
-        for j in range(nb):
-            t_ref[blk[i], blk[j]] = t[i, j] if j <= i else zero
+    # Column-block by column-block, so that one column of T is live: column j needs A_im for m >= j
+    # only, so it overwrites A's column j once its reads are done (the barrier).
+    for j in range(nb):
+        t = {j: tdiag[j]}
+        for i in range(j + 1, nb):
+            acc = sum(_dot32(t_ref[blk[i], blk[m]], t[m], interpret) for m in range(j, i))
+            t[i] = -_dot32(tdiag[i], acc, interpret)
+        barrier()
+        for i in range(nb):
+            t_ref[blk[i], blk[j]] = t[i] if i >= j else zero
     barrier()
 
     tf = t_ref[...]
