@@ -129,14 +129,24 @@ def _fwd_kernel(q_ref, k_ref, g_ref, a_ref, qg_ref, kg_ref, *, ctx, width):
 
 def _bwd_kernel(q_ref, k_ref, g_ref, v_ref, do_ref, dq_ref, dk_ref, x_ref, qg_ref, kg_ref, *, ctx, precise, width):
   """For the block's rows, fp32: the intra-chunk dq (w.r.t. the scaled q) and dk, diagonal terms included, and the
-  intra-pair gate term x = q ⊙ dq_strict - k ⊙ dk_strict; and _gated's factors (for the dv sweep)."""
+  intra-pair gate term x = q ⊙ dq_strict - k ⊙ dk_strict; and _gated's factors (for the dv sweep). The diagonal
+  block in halves of 8 rows as in _fwd_kernel."""
   r0, rows, _, crow, col, (si, sj) = _block(ctx)
   r1 = r0 + SUB
+  h = SUB // 2
+  hi = si >= h
+  jp = jnp.arange(h, dtype=jnp.int32)[None, :]
+  own = (si - jnp.where(hi, h, 0)) > jp                # [SUB, 8] strictly earlier key of the row's own half
   da = jnp.where(col < r0, _dot(do_ref[rows, :], v_ref[...], 1, 1, ctx), 0.0)    # dA_ij, earlier keys j
   dat = jnp.where(col >= r1, _dot(v_ref[rows, :], do_ref[...], 1, 1, ctx), 0.0)  # [j, i]: dA_ij, later queries i
-  dd = _dot(do_ref[rows, :], v_ref[rows, :], 1, 1, ctx)                          # the diagonal block
+  dd = _dot(do_ref[rows, :], v_ref[rows, :], 1, 1, ctx)                          # the diagonal block [SUB, SUB]
   daii = jnp.sum(jnp.where(si == sj, dd, 0.0), axis=1)[:, None]
-  dd = jnp.where(si > sj, dd, 0.0)
+  # dd's own-half part [SUB, 8] (masked strict) and its H x L quadrant [SUB, 8] (zero on the first half's rows)
+  jp3, j16 = jp[:, :, None], sj[:, None, :]
+  dd_own = jnp.where(own, jnp.sum(jnp.where(j16 == jp3 + jnp.where(hi, h, 0)[:, :, None], dd[:, None, :], 0.0),
+                                  axis=2), 0.0)
+  dd_quad = jnp.where(hi, jnp.sum(jnp.where(j16 == jp3, dd[:, None, :], 0.0), axis=2), 0.0)
+  to_rows = si == jp + jnp.where(hi, h, 0)             # [SUB, 8]: row si is key jp of its half
 
   def body(cs, carry):
     g, gq = g_ref[:, cs], g_ref[rows, cs]
@@ -146,9 +156,20 @@ def _bwd_kernel(q_ref, k_ref, g_ref, v_ref, do_ref, dq_ref, dk_ref, x_ref, qg_re
     qfac = jnp.exp2(jnp.where(crow >= r1, g - gm, -jnp.inf))
     dk = _ddp(dat, _f32(q_ref[:, cs]) * (qfac * ctx.scale), 1, 0, ctx, precise) * jnp.exp2(gm - gq)
     qb, kb = _f32(q_ref[rows, cs]) * ctx.scale, _f32(k_ref[rows, cs])
-    w = dd[:, :, None] * _pair_decay(gq, si > sj)                                 # [i, j, k]
-    dq = dq + jnp.sum(w * kb[None, :, :], axis=1)
-    dk = dk + jnp.sum(w * qb[:, None, :], axis=0)
+    g_lo, g_hi = g_ref[pl.ds(r0, h), cs], g_ref[pl.ds(r0 + h, h), cs]
+    k_lo, k_hi = _f32(k_ref[pl.ds(r0, h), cs]), _f32(k_ref[pl.ds(r0 + h, h), cs])
+    hi3 = hi[:, :, None]
+    w = dd_own[:, :, None] * jnp.exp2(jnp.where(own[:, :, None], gq[:, None, :]
+                                                - jnp.where(hi3, g_hi[None], g_lo[None]), -jnp.inf))
+    dq = dq + jnp.sum(w * jnp.where(hi3, k_hi[None], k_lo[None]), axis=1)
+    u = w * qb[:, None, :]                                                        # [i, jp, k]
+    dk_lo, dk_hi = jnp.sum(jnp.where(hi3, 0.0, u), axis=0), jnp.sum(jnp.where(hi3, u, 0.0), axis=0)  # [8, w]
+    g8 = g_ref[pl.ds(r0 + h, 1), cs]
+    aq = jnp.exp2(jnp.where(hi, gq - g8, -jnp.inf))                               # second-half rows only
+    bk = jnp.exp2(g8 - g_lo)
+    dq = dq + aq * jnp.sum(dd_quad[:, :, None] * (k_lo * bk)[None], axis=1)
+    dk_lo = dk_lo + bk * jnp.sum(dd_quad[:, :, None] * (qb * aq)[:, None, :], axis=0)
+    dk = dk + jnp.sum(jnp.where(to_rows[:, :, None], jnp.where(hi3, dk_hi[None], dk_lo[None]), 0.0), axis=1)
     x_ref[:, cs] = qb * dq - kb * dk
     dq_ref[:, cs] = dq + daii * kb
     dk_ref[:, cs] = dk + daii * qb
