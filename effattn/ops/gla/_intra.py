@@ -8,18 +8,23 @@ non-increasing along the chunk for gates g <= 0. Rows i, j are chunk indices, r0
 Forward, A_ij = scale sum_k q_ik k_jk e^{G_ik - G_jk} (i >= j), the rows of block r:
   keys j < r0 (earlier blocks): one dot about the reference row n = r0, both factors <= 1,
       A_ij = (q_i ⊙ e^{G_i - G_n}) (k_j ⊙ e^{G_n - G_j})^T;
-  keys of block r (the diagonal block): pairwise, [16, 16, w] fp32 tiles of e^{G_i - G_j} per slice of w key
-      channels (the diagonal i = j has no decay, and e^{G_n - G_j} for j > n could overflow, so no dot there),
-      placed into A's columns by a dot with a 0/1 selection matrix (Triton has no value slices or concatenation).
+  keys of block r (the diagonal block), per slice of w key channels, in halves of 8 rows (L, H):
+      pairs within a half pairwise, a [16, 8, w] fp32 tile of e^{G_i - G_j} (each row against the keys of its own
+      half; the diagonal i = j has no decay, and e^{G_n - G_j} for j > n could overflow, so no dot there),
+      the quadrant H x L separable about the row r0 + 8 (a [16, 8, w] product, no exps): 152 w exps instead of
+      the 256 w of a [16, 16, w] tile. The pieces go into A's columns by 0/1 selections and a dot with a 0/1
+      selection matrix (exact; Triton has no value slices or concatenation).
 Backward, the strict (i > j) parts of dq_i = sum_j dA_ij k_j e^{G_i - G_j} and dk_j = sum_i dA_ij q_i e^{G_i - G_j}
 (dA = dO V^T, i >= j) for the rows of block r: dq from the keys of earlier blocks about n = r0 as above, dk from
-the queries of later blocks about m = r0 + 15 (e^{G_i - G_m} e^{G_m - G_j}, both <= 1), and the diagonal block
-pairwise, dq and dk from the same [16, 16, w] exps; plus the gate-free diagonal terms dA_ii k_i, dA_ii q_i, and the
-intra-pair gate term q ⊙ dq_strict - k ⊙ dk_strict (so that the sweeps need neither). With `precise` (bf16) the dots take two bf16 halves of each fp32 operand (~2^-16):
-the gate gradient takes row minus column sums of these pairs, which must cancel to better than bf16.
+the queries of later blocks about m = r0 + 15 (e^{G_i - G_m} e^{G_m - G_j}, both <= 1), and the diagonal block as
+in the forward, dq and dk from the same exps; plus the gate-free diagonal terms dA_ii k_i, dA_ii q_i, and the
+intra-pair gate term q ⊙ dq_strict - k ⊙ dk_strict (so that the sweeps need neither). With `precise` (bf16) the
+dots take two bf16 halves of each fp32 operand (~2^-16): the gate gradient takes row minus column sums of these
+pairs, which must cancel to better than bf16.
+Both kernels also write the sweeps' factors q ⊙ e^G and k ⊙ e^{G_l - G} in the dot dtype (_gated).
 Why no sequential loop over key rows (the previous design): its steps are latency-bound (a row load, [16, K] exps
-and a reduction each); the [16, 16, w] tiles keep the exps independent. The work is parallel over B H T / 16
-programs, so the sweeps do only dots.
+and a reduction each); the exp tiles here are independent. The work is parallel over B H T / 16 programs, so the
+sweeps do only dots.
 """
 from __future__ import annotations
 
