@@ -10,7 +10,7 @@ Why this split: A needs per-channel pairwise decays, which cannot be one dot ove
 Evaluated inside the sequential chunk loop (the previous design, chunk 16) they made the loop latency-bound with
 only B H (V / BV) programs (H200, B=4 T=4096 H=16 K=V=128 bf16: fwd 2.38 ms, fwd+bwd 7.0 ms). Here:
   1. _intra.py, parallel over (b, h, 16-row block): A by secondary chunking (a dot about a reference row for the
-     earlier blocks, [16, 16, 32] pairwise exp tiles for the diagonal block), stored in the dot dtype, and the
+     earlier blocks, [16, 8, 32] pairwise exp tiles for the diagonal block), stored in the dot dtype, and the
      sweeps' factors Q ⊙ e^G, K ⊙ e^{G_l - G} in the dot dtype (they are rounded to it before their dots anyway);
   2. _sweeps.py, one program per (b, h, value tile) walks the chunks with the fp32 state [K, BV] on chip and does
      only dots (as simple_gla/pallas.py), reading one row G_l of G per chunk.
@@ -70,7 +70,7 @@ class KernelConfig:
   num_stages: int = 3
   num_warps_intra: int = 4   # intra kernels (one program per 16-row block)
   num_stages_intra: int = 2
-  intra_width: int = 32      # intra kernels: key channels per step ([16, 16, width] fp32 pairwise tiles)
+  intra_width: int = 32      # intra kernels: key channels per step ([16, 8, width] fp32 pairwise tiles)
   block_k_dq: int = 64       # backward dq sweeps: key-tile width
   block_k_dk: int = 32       # backward dk sweeps: key-tile width (64 spills ~270 bytes at 8 warps: fp32 [bk, V] dS)
   block_v_bwd: int = 64      # backward dv sweeps: value-tile width
