@@ -156,10 +156,11 @@ def _bwd_kernel(q_ref, k_ref, g_ref, v_ref, do_ref, dq_ref, dk_ref, x_ref, qg_re
   def body(cs, carry):
     g, gq = g_ref[:, cs], g_ref[rows, cs]
     gn, gm = g_ref[pl.ds(r0, 1), cs], g_ref[pl.ds(r1 - 1, 1), cs]
-    kfac = jnp.exp2(jnp.where(crow < r0, gn - g, -jnp.inf))
-    dq = _ddp(da, _f32(k_ref[:, cs]) * kfac, 1, 0, ctx, precise) * jnp.exp2(gq - gn)
-    qfac = jnp.exp2(jnp.where(crow >= r1, g - gm, -jnp.inf))
-    dk = _ddp(dat, _f32(q_ref[:, cs]) * (qfac * ctx.scale), 1, 0, ctx, precise) * jnp.exp2(gm - gq)
+    # one exp tile for both sides: e^{G_n - G_j} on the earlier blocks' rows (keys for dq), e^{G_i - G_m} on the
+    # later blocks' rows (queries for dk); da and dat are zero outside those rows, and every entry is <= 1
+    fac = jnp.exp2(jnp.where(crow < r0, gn - g, jnp.where(crow >= r1, g - gm, -jnp.inf)))
+    dq = _ddp(da, _f32(k_ref[:, cs]) * fac, 1, 0, ctx, precise) * jnp.exp2(gq - gn)
+    dk = _ddp(dat, _f32(q_ref[:, cs]) * (fac * ctx.scale), 1, 0, ctx, precise) * jnp.exp2(gm - gq)
     qb, kb = _f32(q_ref[rows, cs]) * ctx.scale, _f32(k_ref[rows, cs])
     g_lo, g_hi = g_ref[pl.ds(r0, h), cs], g_ref[pl.ds(r0 + h, h), cs]
     k_lo, k_hi = _f32(k_ref[pl.ds(r0, h), cs]), _f32(k_ref[pl.ds(r0 + h, h), cs])
