@@ -65,18 +65,13 @@ def _block(ctx):
 
 
 def _slices(kp, width, body):
-  """Runs body(cs) for the key-channel slices cs (pl.ds) of the given width: bounds the [SUB, SUB, width] fp32
-  pairwise tiles of the diagonal blocks."""
+  """(step, count) for a fori_loop running body(cs, carry) over the key-channel slices cs (pl.ds) of the given
+  width: bounds the [SUB, 8, width] fp32 tiles of the diagonal blocks."""
   w = min(width, kp)
 
   def step(t, carry):
     return body(pl.ds(pl.multiple_of(t * w, w), w), carry)
   return step, kp // w
-
-
-def _pair_decay(gq, mask):
-  """[SUB(i), SUB(j), w] e^{G_i - G_j} where mask [SUB, SUB], else 0; gq [SUB, w] the block's G rows."""
-  return jnp.exp2(jnp.where(mask[:, :, None], gq[:, None, :] - gq[None, :, :], -jnp.inf))
 
 
 def _gated(qf, kb, gq, g_ref, cs, ctx, qg_ref, kg_ref):
