@@ -94,8 +94,8 @@ def _fwd_kernel(q_ref, k_ref, w_ref, u_ref, g_ref, *rest, ctx: _Ctx, has_h0: boo
         p = _nt(qc, kc, ctx) * (gt.gamma() * scale)
         o = _nn(qc, s, ctx) * (scale * jnp.exp2(gt.gi))[:, None] + _nn(p, vp, ctx)
         o_ref[sl, :] = o.astype(o_ref.dtype)
-        # (K ⊙ e^{G_C - G})^T V' with the decay on V' [C, BV], not on K [C, Kp]: fewer live registers.
-        return jnp.exp2(gt.gl) * s + _tn(kc, vp * jnp.exp2(gt.rj)[:, None], ctx)
+        kd = kc.astype(_F32) * jnp.exp2(gt.rj)[:, None]
+        return jnp.exp2(gt.gl) * s + _tn(kd, vp, ctx)
 
     ht_ref[...] = jax.lax.fori_loop(0, tp // chunk, body, s0)
 
@@ -112,9 +112,9 @@ def _bwd_kernel(q_ref, k_ref, w_ref, do_ref, g_ref, dht_ref, ds_ref, dh0_ref, *,
         qc, kc, doc = q_ref[sl, :], k_ref[sl, :], do_ref[sl, :]
         gt = Gates(g_ref[sl], ctx.fp32)
         p = _nt(qc, kc, ctx) * (gt.gamma() * scale)
-        dvp = _tn(p, doc, ctx) + _nn(kc, ds, ctx) * jnp.exp2(gt.rj)[:, None]
-        dod = doc.astype(_F32) * (scale * jnp.exp2(gt.gi))[:, None]  # decays on [C, BV] tiles, as forward
-        return jnp.exp2(gt.gl) * ds + _tn(qc, dod, ctx) - _tn(w_ref[sl, :], dvp, ctx)
+        dvp = _tn(p, doc, ctx) + _nn(kc, ds, ctx) * jnp.exp2(gt.rj)[:, None]  # decay on the [C, BV] tile
+        qd = qc.astype(_F32) * (scale * jnp.exp2(gt.gi))[:, None]
+        return jnp.exp2(gt.gl) * ds + _tn(qd, doc, ctx) - _tn(w_ref[sl, :], dvp, ctx)
 
     dh0_ref[...] = jax.lax.fori_loop(0, n, body, dht_ref[...].astype(_F32))
 
