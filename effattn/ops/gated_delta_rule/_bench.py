@@ -10,6 +10,7 @@ stored states and state cotangents: a Pallas kernel now, the name kept), 'fwd_bw
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
@@ -79,4 +80,19 @@ def benchmark_parts(b, t, h, d, dtype, gated: bool = True, chunk: int = 64, conf
         'bwd_state': p(bs, q, k, w, do, gb, dht),
         'bwd_xla': p(bx, q, k, v, g32, beta, s_starts, ds_ends, w, u, tt, do),
         'fwd_bwd': p(fb, q, k, v, g, beta),
+    }
+
+
+def tune_candidates(base=None) -> dict[str, list]:
+    """KernelConfigs worth timing per piece ({part: [config, ...]}), each varying only that piece's knobs."""
+    base = P.DEFAULT_CONFIG if base is None else base
+    rep = dataclasses.replace
+    return {
+        'wy': [rep(base, num_warps_wy=w) for w in (2, 4, 8)],
+        'fwd_state': [rep(base, block_v=bv, num_warps=w, num_stages=s)
+                      for bv in (32, 64, 128) for w in (4, 8) for s in (1, 2, 3)],
+        'bwd_state': [rep(base, block_v_bwd=bv, num_warps_bwd=w, num_stages_bwd=s)
+                      for bv in (32, 64) for w in (4, 8) for s in (1, 2, 3)],
+        'bwd_xla': [rep(base, block_v_chunk=bv, num_warps_chunk=w, num_stages_chunk=s)
+                    for bv in (16, 32, 64) for w in (4, 8) for s in (1, 2)],
     }
