@@ -11,7 +11,7 @@ The dq and dk sweeps also write the per-position gate-gradient terms (see pallas
 totals: x_q = q ⊙ dq_inter + x_intra (dq sweep; x_intra = q ⊙ dq_strict - k ⊙ dk_strict from _intra.py);
 y = x_k + E (dk sweep), x_k = (k ⊙ e^{G_l-G}) ⊙ V dS_q^T and E = (k ⊙ e^{G_l-G}) ⊙ λ ⊙ V dS_T^T (keys paired with
 d final_state; the state gradient is carried as dS = dS_q + λ dS_T, λ the decay to the end), and sum_T x_k.
-The chunk-local cumulative sums are left to one fused XLA pass: as 0/1-matrix dots in the sweeps they spilled
+The chunk-local cumulative sums are left to _scan.py: as 0/1-matrix dots in the sweeps they spilled
 registers (~1.3 KB at 8 warps). Everything else that could move out of the dk sweep did (its fp32 [bk, V] dS tile
 leaves few registers): sm_90, 8 warps, no spills at bk = 32 (~270 bytes at bk = 64).
 """

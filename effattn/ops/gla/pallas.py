@@ -3,7 +3,7 @@ ALGORITHMS.md sections 5 and 0), split as flash-linear-attention's chunk_gla: th
 kernels, the state recurrence in Lightning Attention-2 sweeps.
 
 GLA: S_t = diag(e^{g_t}) S_{t-1} + k_t^T v_t, o_t = q_t S_t (q scaled). Per chunk c of C = 64 rows, with G the
-chunk-local inclusive cumsum of g (fp32, base 2; one XLA pass) and G_l its last row:
+chunk-local inclusive cumsum of g (fp32, base 2; _scan.py) and G_l its last row:
   O_c     = (Q_c ⊙ e^G) S_c + A_c V_c,            A_ij = sum_k q_ik k_jk e^{G_ik - G_jk}   (i >= j)
   S_{c+1} = diag(e^{G_l}) S_c + (K_c ⊙ e^{G_l - G})^T V_c
 Why this split: A needs per-channel pairwise decays, which cannot be one dot over a chunk (e^{-G} overflows).
@@ -29,8 +29,8 @@ nothing large cancels in bf16:
     ~2^-17 in bf16 (`precise_dg`: each fp32 operand split into two bf16 dot operands);
   - keys paired with d final_state, E_j = e^{sum_{l>j} g} k_j (v_j dS_T), summed forward (dS = dS_q + λ dS_T, λ
     the per-channel decay to the end), plus e^{sum g} sum_v h0 dS_T.
-The sweeps write these terms per position with their chunk totals; one fused XLA pass does the cumulative sums
-within chunks and adds the sums over later / earlier chunks of the [B, N, H, K] totals.
+The sweeps write these terms per position with their chunk totals; _scan.py does the cumulative sums within chunks
+and adds the sums over later / earlier chunks of the [B, N, H, K] totals (jnp).
 
 Triton lowering constraints as in simple_gla/pallas.py: no value slices (sub-blocks and rows are loaded from refs
 with pl.ds), no cumsum, power-of-two blocks (K, V, T padded).
@@ -48,7 +48,7 @@ from effattn.ops.common.pallas_triton import F32 as _F32
 from effattn.ops.common.pallas_triton import LOG2E as _LOG2E
 from effattn.ops.common.pallas_triton import next_pow2 as _next_pow2
 from effattn.ops.common.pallas_triton import pad_axis as _pad_axis
-from effattn.ops.gla import _intra, _sweeps
+from effattn.ops.gla import _intra, _scan, _sweeps
 from effattn.ops.simple_gla.pallas import _MAX_HEAD_DIM, _Ctx
 
 
@@ -84,16 +84,9 @@ class KernelConfig:
 DEFAULT_CONFIG = KernelConfig()
 
 
-def _chunk_cumsum(g, chunk):
-  """G: chunk-local inclusive cumsum of g [B,Tp,H,Kp] in base 2, fp32."""
-  b, tp, h, kp = g.shape
-  gc = g.astype(_F32).reshape(b, tp // chunk, chunk, h, kp) * _LOG2E
-  return jnp.cumsum(gc, axis=2).reshape(b, tp, h, kp)
-
-
 def _forward(q, k, v, g, h0, ctx, cfg, interpret):
   """(o, final state, A, G); q, k, g [B,Tp,H,Kp] (g raw log decays), v [B,Tp,H,Vp]."""
-  gc = _chunk_cumsum(g, ctx.chunk)
+  gc = _scan.chunk_gates(g, ctx.chunk, interpret)
   a, qg, kg = _intra.intra_a(q, k, gc, ctx, cfg, interpret)
   o, ht = _sweeps.forward(qg, kg, v, gc, a, h0, ctx, cfg, interpret)
   return o, ht, a, gc
@@ -118,20 +111,18 @@ def _core_bwd(ctx, cfg, interpret, res, cts):
   dq, dk, dv, xq, xq_tot, y, y_tot, xk_tot, dh0 = _sweeps.backward(q, k, v, gc, a, dq_i, dk_i, x_i, qg, kg, h0, do,
                                                                     dht, ctx, cfg, interpret)
   # dg_l = sum_{t>=l} (x_q - x_k)_t + sum_{t<l} E_t + e^{sum g} sum_v h0 dS_T (module docstring), with
-  # sum_{t>=l} x_k = sum_T x_k - sum_{t<l} x_k: reverse cumsum of x_q, exclusive cumsum of y = x_k + E, each
-  # within chunks here (one fused pass) plus the sums over later / earlier chunks of the kernel's chunk totals.
-  b, tp, h, kp = xq.shape
-  n, c = tp // ctx.chunk, ctx.chunk
-  chunked = lambda x: x.reshape(b, n, c, h, kp)
+  # sum_{t>=l} x_k = sum_T x_k - sum_{t<l} x_k: reverse cumsum of x_q, exclusive cumsum of y = x_k + E, within
+  # chunks in _scan.py, plus per chunk the sums over later / earlier chunks of the kernel's chunk totals.
+  b, _, h, kp = xq.shape
+  c = ctx.chunk
   later = jnp.flip(jnp.cumsum(jnp.flip(xq_tot, 1), axis=1), 1) - xq_tot       # sums over later chunks
   earlier = jnp.cumsum(y_tot, axis=1) - y_tot                                 # sums over earlier chunks
-  xq5, y5 = chunked(xq), chunked(y)
-  local = jnp.flip(jnp.cumsum(jnp.flip(xq5, 2), axis=2), 2) + jnp.cumsum(y5, axis=2) - y5
-  dg = (local + (later + earlier)[:, :, None] - xk_tot.reshape(b, 1, 1, h, kp)).reshape(b, tp, h, kp)
+  off = later + earlier - xk_tot.reshape(b, 1, h, kp)
   if h0 is not None:
     g_sum = jnp.sum(gc[:, c - 1::c], axis=1) / _LOG2E                         # sum_T g from the chunk sums
-    dg = dg + (jnp.exp(g_sum) * jnp.sum(h0 * dht, axis=-1))[:, None]
-  return dq, dk, dv, dg.astype(g_like.dtype), (None if h0 is None else dh0.astype(h0.dtype))
+    off = off + (jnp.exp(g_sum) * jnp.sum(h0 * dht, axis=-1))[:, None]
+  dg = _scan.chunk_dg(xq, y, off, c, g_like.dtype, interpret)
+  return dq, dk, dv, dg, (None if h0 is None else dh0.astype(h0.dtype))
 
 
 _core.defvjp(_core_fwd, _core_bwd)

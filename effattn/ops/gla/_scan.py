@@ -1,0 +1,98 @@
+"""Chunk-local cumulative sums for the GLA kernels as Pallas kernels (grid (B, H, N): one chunk of C rows each).
+
+Why not jnp.cumsum: on GPU it lowers to a reduce-window (C reads per output element, strided by H K), for arrays
+as large as q. Here a cumulative sum over the C rows of a chunk is a dot with a 0/1 triangular matrix; the fp32
+operand is split into three bf16 parts (x = x1 + x2 + x3 to ~2^-24, each product with 0/1 exact), so three
+tensor-core dots with fp32 accumulation give fp32 accuracy for bf16 and fp32 inputs alike.
+  gates:     G = L (g log2 e),                        L_ij = [j <= i]   (the chunk's inclusive cumsum, base 2)
+  gate grad: dg = U x_q + L' y + off,                 U_ij = [j >= i], L'_ij = [j < i]
+(x_q, y and off as in pallas.py: reverse cumsum of x_q, exclusive cumsum of y, plus one row of offsets per chunk.)
+"""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import pallas as pl
+
+from effattn.ops.common.pallas_triton import F32, LOG2E
+from effattn.ops.common.pallas_triton import CompilerParams as _CompilerParams
+
+_BF16 = jnp.bfloat16
+
+
+def _tri(c, keep):
+  idx = jnp.arange(c, dtype=jnp.int32)
+  return keep(idx[:, None], idx[None, :]).astype(_BF16)
+
+
+def _sum_rows(m, x):
+  """m [C, C] 0/1 (bf16) times x [C, K] fp32, to fp32 accuracy (x split in three bf16 parts)."""
+  out = None
+  for _ in range(3):
+    p = x.astype(_BF16)
+    d = jax.lax.dot_general(m, p, (((1,), (0,)), ((), ())), preferred_element_type=F32)
+    out = d if out is None else out + d
+    x = x - p.astype(F32)
+  return out
+
+
+def _over_slices(kp, body, width=32):
+  """body(cs) for the column slices cs of the given width (bounds the fp32 tiles in registers)."""
+  w = min(width, kp)
+
+  def step(t, carry):
+    body(pl.ds(pl.multiple_of(t * w, w), w))
+    return carry
+  jax.lax.fori_loop(0, kp // w, step, 0)
+
+
+def _gates_kernel(g_ref, o_ref):
+  c, kp = g_ref.shape
+  lower = _tri(c, lambda i, j: j <= i)
+
+  def body(cs):
+    o_ref[:, cs] = _sum_rows(lower, g_ref[:, cs].astype(F32) * LOG2E)
+  _over_slices(kp, body)
+
+
+def _dg_kernel(xq_ref, y_ref, off_ref, o_ref):
+  c, kp = xq_ref.shape
+  upper, strict = _tri(c, lambda i, j: j >= i), _tri(c, lambda i, j: j < i)
+
+  def body(cs):
+    dg = _sum_rows(upper, xq_ref[:, cs]) + _sum_rows(strict, y_ref[:, cs]) + off_ref[:, cs]
+    o_ref[:, cs] = dg.astype(o_ref.dtype)
+  _over_slices(kp, body)
+
+
+def _params(interpret):
+  if interpret or _CompilerParams is None:
+    return {}
+  return {'compiler_params': _CompilerParams(num_warps=4, num_stages=2)}
+
+
+def _spec(chunk, d):
+  return pl.BlockSpec((None, chunk, None, d), lambda b, h, n: (b, n, h, 0))
+
+
+def chunk_gates(g, chunk, interpret):
+  """G [B,Tp,H,Kp] fp32: chunk-local inclusive cumsum of g log2(e)."""
+  b, tp, h, kp = g.shape
+  return pl.pallas_call(
+      _gates_kernel, grid=(b, h, tp // chunk), in_specs=[_spec(chunk, kp)], out_specs=_spec(chunk, kp),
+      out_shape=jax.ShapeDtypeStruct((b, tp, h, kp), F32), interpret=interpret, name='gla_gates',
+      **_params(interpret))(g)
+
+
+def chunk_dg(xq, y, off, chunk, dtype, interpret):
+  """dg [B,Tp,H,Kp] in dtype: reverse cumsum of xq plus exclusive cumsum of y within chunks, plus off [B,N,H,Kp]
+  (one row per chunk)."""
+  b, tp, h, kp = xq.shape
+  off_spec = pl.BlockSpec((None, 1, None, kp), lambda b, h, n: (b, n, h, 0))
+  return pl.pallas_call(
+      functools.partial(_dg_kernel), grid=(b, h, tp // chunk),
+      in_specs=[_spec(chunk, kp), _spec(chunk, kp), off_spec], out_specs=_spec(chunk, kp),
+      out_shape=jax.ShapeDtypeStruct((b, tp, h, kp), dtype), interpret=interpret, name='gla_dg',
+      **_params(interpret))(xq, y, off)
