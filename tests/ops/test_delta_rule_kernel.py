@@ -139,6 +139,21 @@ def test_narrow_value_tiles():
     _check(Case(1, 40, 1, 16, 60, n=1, h0=True, chunk=16), functools.partial(kernel_gated_delta_rule, config=cfg))
 
 
+@pytest.mark.parametrize('dtype', ['float32', 'bfloat16'])
+def test_split_o(dtype):
+    """KernelConfig(split_o=True): the sweep writes V' and the chunk states, o from a kernel per chunk."""
+    cfg = KernelConfig(split_o=True, block_v=32)
+    case = Case(1, 70, 1, 32, 64, n=1, h0=True, chunk=32, dtype=dtype)
+    _check(case, functools.partial(kernel_gated_delta_rule, config=cfg))
+    x, _ = make_inputs(case)  # forward only (chunk states in the dot dtype, not kept)
+    args = (x['q'], x['k'], x['v'], x['g'], x['beta'])
+    kw = {'scale': case.k ** -0.5, 'initial_state': x['h0'], 'chunk_size': case.chunk}
+    o, ht = jax.jit(functools.partial(kernel_gated_delta_rule, config=cfg, **kw))(*args)
+    o_ref, ht_ref = naive_gated_delta_rule(*(a.astype(jnp.float32) for a in args), segment_ids=None, **kw)
+    assert_close('o', o, o_ref, TOL[dtype])
+    assert_close('final_state', ht, ht_ref, TOL[dtype])
+
+
 def test_public_ops_impl_kernel():
     """delta_rule and gated_delta_rule route impl='kernel' (gated with g = 0 equals DeltaNet)."""
     x, _ = make_inputs(Case(1, 20, 1, 16, 16, n=1, h0=True, chunk=16))

@@ -93,6 +93,8 @@ def tune_candidates(base=None) -> dict[str, list]:
                       for bv in (32, 64, 128) for w in (4, 8) for s in (1, 2, 3)],
         'bwd_state': [rep(base, block_v_bwd=bv, num_warps_bwd=w, num_stages_bwd=s)
                       for bv in (32, 64) for w in (4, 8) for s in (1, 2, 3)],
+        'fwd': [base] + [rep(base, split_o=True, block_v=bv, num_warps=w, num_stages=st, num_warps_o=wo)
+                         for bv, w, st in ((32, 4, 2), (32, 4, 3), (32, 8, 3), (64, 8, 3)) for wo in (4, 8)],
         'bwd_xla': [rep(base, block_v_chunk=bv, num_warps_chunk=w, num_stages_chunk=s)
                     for bv in (16, 32, 64) for w in (4, 8) for s in (1, 2)],
     }
