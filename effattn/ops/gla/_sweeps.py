@@ -192,14 +192,42 @@ def _bwd_kernel(q_ref, k_ref, v_ref, do_ref, g_ref, a_ref, dqi_ref, dki_ref, xi_
     _dv_role(r - nq - nk, qg_ref, kg_ref, do_ref, g_ref, a_ref, dht_ref, dv_ref, ctx=ctx, bv=bv)
 
 
-def _v_dht(v, dht, ctx):
-  """W = V dS_T^T [B,Tp,H,Kp] fp32: IEEE fp32 for fp32 inputs, else two bf16 products (dS_T = hi + lo, ~2^-17)."""
-  eq = 'BTHV,BHKV->BTHK'
+def _w_kernel(v_ref, *rest, ctx):
+  """W rows of one chunk: V dS_T^T [C, Kp] fp32, over key slices of 32 (dS_T parts [Kp, Vp] in the dot dtype)."""
+  *parts, o_ref = rest
+  vc = v_ref[...]
+  kp = o_ref.shape[-1]
+  w = min(32, kp)
+
+  def step(t, carry):
+    ks = pl.ds(pl.multiple_of(t * w, w), w)
+    acc = None
+    for p in parts:
+      d = _dot(vc, p[ks, :], 1, 1, ctx)
+      acc = d if acc is None else acc + d
+    o_ref[:, ks] = acc
+    return carry
+  jax.lax.fori_loop(0, kp // w, step, 0)
+
+
+def _v_dht(v, dht, ctx, interpret):
+  """W = V dS_T^T [B,Tp,H,Kp] fp32: IEEE fp32 for fp32 inputs, else two bf16 products (dS_T = hi + lo, ~2^-17).
+  A Pallas kernel per chunk rather than jnp.einsum: no transposes of v or W for the batch dims (B, H)."""
+  b, tp, h, vp = v.shape
+  kp = dht.shape[2]
   if ctx.fp32:
-    return jnp.einsum(eq, v, dht, precision=jax.lax.Precision.HIGHEST, preferred_element_type=F32)
-  hi = dht.astype(v.dtype)
-  lo = (dht - hi.astype(F32)).astype(v.dtype)
-  return jnp.einsum(eq, v, hi, preferred_element_type=F32) + jnp.einsum(eq, v, lo, preferred_element_type=F32)
+    parts = [dht]
+  else:
+    hi = dht.astype(v.dtype)
+    parts = [hi, (dht - hi.astype(F32)).astype(v.dtype)]
+  c = ctx.chunk
+  st = pl.BlockSpec((None, None, kp, vp), lambda b, h, n: (b, h, 0, 0))
+  return pl.pallas_call(
+      functools.partial(_w_kernel, ctx=ctx), grid=(b, h, tp // c),
+      in_specs=[pl.BlockSpec((None, c, None, vp), lambda b, h, n: (b, n, h, 0))] + [st] * len(parts),
+      out_specs=pl.BlockSpec((None, c, None, kp), lambda b, h, n: (b, n, h, 0)),
+      out_shape=jax.ShapeDtypeStruct((b, tp, h, kp), F32), interpret=interpret, name='gla_w',
+      **_params(interpret, ctx, 4, 2))(v, *parts)
 
 
 def backward(q, k, v, g, a, dq_i, dk_i, x_i, qg, kg, h0, do, dht, ctx, cfg, interpret):
@@ -226,4 +254,4 @@ def backward(q, k, v, g, a, dq_i, dk_i, x_i, qg, kg, h0, do, dht, ctx, cfg, inte
                  tot_shape, jax.ShapeDtypeStruct((b, h, 1, kp), F32), jax.ShapeDtypeStruct((b, h, kp, vp), F32)],
       interpret=interpret, name='gla_bwd',
       **_params(interpret, ctx, cfg.num_warps_bwd, cfg.num_stages_bwd))(
-          q, k, v, do, g, a, dq_i, dk_i, x_i, qg, kg, _v_dht(v, dht, ctx), dht, *([h0] if has_h0 else []))
+          q, k, v, do, g, a, dq_i, dk_i, x_i, qg, kg, _v_dht(v, dht, ctx, interpret), dht, *([h0] if has_h0 else []))
