@@ -19,6 +19,7 @@ Backward (custom VJP), the same split:
   _intra.py (parallel); the sweeps add the inter-chunk terms (dq forward in time per key tile, dk reverse per key
   tile, dv = A^T dO + (K ⊙ e^{G_l-G}) dS_{c+1} reverse per value tile; one launch, grid axis 2 picks the role).
   The forward saves A and G (instead of g) for it; the state S and dS are recomputed, never stored.
+Launches: forward gates (_scan.py), intra, output sweep; backward intra, W = V dS_T^T, sweeps, dg (_scan.py).
 
 Gate gradient (ALGORITHMS.md section 0, per channel): dg_l = sum_{t>=l} (q_t dq_t - k_t dk_t) + sum_v S_T dS_T,
 a sum over query-key pairs (i, j) with j < l <= i in which pairs with both ends >= l cancel. Regrouped so that
@@ -57,9 +58,10 @@ class KernelConfig:
   """Chunk, tile widths and Triton launch parameters: first guesses, not yet timed (tune_candidates lists the rest).
 
   Compiled offline for sm_90 at the defaults (jax 0.10.2's Triton IR, B=4 T=4096 H=16 K=V=128 bf16, triton 3.6,
-  ptxas -v), registers / spills: intra fwd 128 / 0 (4 warps, 2 stages), output sweep 128 / 0 (8 warps, 3 stages;
-  164 KB shared memory, so one program per SM; block_v 32 at 2 stages: 75 registers, 96 KB, two per SM), intra bwd
-  255 / 0 (4 warps), backward sweeps 255 / 0 (8 warps, 3 stages). fp32 inputs (the checking path) spill.
+  ptxas -v), registers / spills: gates 83 / 0 (4 warps), intra fwd 128 / 0 (4 warps, 2 stages), output sweep
+  128 / 0 (8 warps, 3 stages; 164 KB shared memory, so one program per SM; block_v 32 at 2 stages: 75 registers,
+  96 KB, two per SM), intra bwd 255 / 0 (4 warps, 2 stages), W 64 / 0, backward sweeps 255 / 0 (8 warps, 3
+  stages), dg 140 / 0 (4 warps). fp32 inputs (the checking path) spill in the sweeps.
   """
   chunk: int = 64            # rows per chunk (16, 32 or 64; sub-blocks of 16)
   chunk_fp32: int = 16       # fp32 inputs use min(chunk, chunk_fp32): exponent differences G_i - G_j of stored
