@@ -20,7 +20,7 @@ from effattn.ops.common.triangular import unit_lower_inverse
 from effattn.ops.delta_rule import delta_rule
 from effattn.ops.gated_delta_rule import _api, gated_delta_rule
 from effattn.ops.gated_delta_rule._kernel_common import _Ctx
-from effattn.ops.gated_delta_rule._wy import wy_prep, wy_prep_bwd
+from effattn.ops.gated_delta_rule._wy import wy_prep
 from effattn.ops.gated_delta_rule._wy_kernel import wy_kernel
 from effattn.ops.gated_delta_rule.naive import naive_gated_delta_rule
 from effattn.ops.gated_delta_rule.pallas import KernelConfig, kernel_gated_delta_rule
@@ -112,20 +112,15 @@ def test_matches_naive(case):
 
 
 @pytest.mark.parametrize('n, chunk', [(0.1, 64), (16, 32)])
-def test_wy_kernel_and_closed_form_backward(n, chunk):
-    """The WY kernel's W, U, T against the XLA transform; wy_prep_bwd against jax.vjp of wy_prep (fp32)."""
+def test_wy_kernel(n, chunk):
+    """The WY kernel's W, U, T against the XLA transform (fp32)."""
     x, _ = make_inputs(Case(1, 128, 2, 32, 16, n=n, h0=False))
     k, v, g, beta = x['k'], x['v'], x['g'], x['beta']
     w, u, t = wy_kernel(k, v, jnp.swapaxes(g, 1, 2), jnp.swapaxes(beta, 1, 2), _Ctx(jnp.dtype('float32'), 1.0, chunk),
                         4, True)
-    (w_ref, u_ref), vjp = jax.vjp(lambda *a: wy_prep(*a, chunk), k, v, g, beta)
+    w_ref, u_ref = wy_prep(k, v, g, beta, chunk)
     assert_close('W', w, w_ref, 1e-6)
     assert_close('U', u, u_ref, 1e-6)
-    rng = np.random.default_rng(1)
-    dw, du = (jnp.asarray(rng.standard_normal(a.shape), jnp.float32) for a in (w, u))
-    got = wy_prep_bwd(k, v, g, beta, t, dw, du, chunk)
-    for name, a, b in zip(('dk', 'dv', 'dg', 'dbeta'), got, vjp((dw, du)), strict=True):
-        assert_close(name, a, b, 1e-6)
     # T itself: (I + A) T = I on one chunk, A from the definition.
     kc, gc, bc = k[0, :chunk, 0], g[0, :chunk, 0], beta[0, :chunk, 0]
     gcum = jnp.cumsum(gc)

@@ -11,7 +11,7 @@ then the WY backward through the saved T = (I + A)^{-1}, kb = diag(β e^G) K, vb
   dβ = Σ_k dkb ⊙ K e^G + Σ_k dvb ⊙ V + Σ_j (dA ⊙ Γ ⊙ K K^T)_ij.
 Gate gradient: every log-decay cotangent is either a node term (of G_i) or a pair term (of G_i - G_j,
 i >= j); dg_l = Σ_{i>=l} node_i + Σ_{i>=l>j} pair_ij (pairs straddling l, summed without cancellation,
-as _wy.wy_prep_bwd), + Σ_{j<l} (cotangent of G_C - G_j) + cotangent of G_C.
+as chunk.py), + Σ_{j<l} (cotangent of G_C - G_j) + cotangent of G_C.
 
 Two programs per chunk (roles): one for dq and the gate terms through Q, one for everything else; both
 recompute V' and dP (cheap bf16 dots) so that neither holds the other's accumulators. Value columns are

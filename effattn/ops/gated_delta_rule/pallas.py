@@ -25,9 +25,8 @@ Design (why this split). Four Pallas kernels:
     error).
   - Everything else is parallel over chunks given S_c and dS_{c+1}: one program per (batch, head, chunk)
     (_bwd_kernel.py, as fla's chunk_bwd_dqkwg + prepare_wy_repr_bwd fused) differentiates the per-chunk
-    output map (_wy.chunk_outputs) and the WY transform through the saved T in closed form, writing dq,
-    dk, dv, dg, dβ; dg sums the pairs straddling each position (no reverse-cumsum cancellation). _wy.py
-    keeps the same per-chunk algebra in jnp, the tests' reference for the WY pieces.
+    output map and the WY transform through the saved T in closed form, writing dq, dk, dv, dg, dβ; dg
+    sums the pairs straddling each position (no reverse-cumsum cancellation).
 
 Numerics: fp32 inputs use IEEE fp32 dots (Precision.HIGHEST) everywhere; bf16 inputs use bf16 kernel
 dots (W, U, V', S rounded to bf16 before each dot, as FLA) with fp32 accumulation and fp32 states; the
