@@ -190,6 +190,14 @@ def test_matches_naive_gpu_shapes(case):
     _check(case)
 
 
+@pytest.mark.skipif(not ON_GPU, reason='native Triton kernel: GPU only (interpret mode is too slow here)')
+@pytest.mark.parametrize('n', [1, None])
+def test_split_o_gpu_shapes(n):
+    cfg = KernelConfig(split_o=True, block_v=32, num_warps=4, num_stages=2)
+    _check(Case(1, 1000, 2, 128, 128, n=n, h0=True, dtype='bfloat16'),
+           functools.partial(kernel_gated_delta_rule, config=cfg))
+
+
 @pytest.mark.skipif(not ON_GPU, reason='T = 65536: GPU only')
 @pytest.mark.parametrize('n', [0.1, 16, None])
 def test_long_bf16_finite(n):
