@@ -15,11 +15,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import TOL, assert_close
 
 from effattn.ops.gla import gla
 from effattn.ops.gla.naive import gla_naive
 from effattn.ops.gla.pallas import KernelConfig, kernel_gla
-from helpers import TOL, assert_close
 
 ON_GPU = jax.default_backend() == 'gpu'
 gla_mod = importlib.import_module('effattn.ops.gla')  # the package, not the function
@@ -110,6 +110,15 @@ def test_chunk_32_and_small_tiles(n):
   sweeps and value tiles in the dv sweeps."""
   cfg = KernelConfig(chunk=32, chunk_fp32=32, block_v=16, block_k_dq=16, block_k_dk=16, block_v_bwd=16)
   _check(Case(1, 70, 1, 48, 40, n=n, h0=True), functools.partial(kernel_gla, config=cfg))
+
+
+@pytest.mark.parametrize('case', [Case(1, 128, 2, 32, 32, n=1, h0=True),
+                                  Case(2, 128, 1, 16, 48, n=0.1, h0=False, dtype='bfloat16')], ids=str)
+def test_sequence_split_matches_naive(case):
+  """Long-T / small-batch path (ops/common/sequence_split.py): 4 segments run as batch rows, each from the
+  scanned segment state; outputs, final state and every gradient (dg through the segment decays) exact."""
+  cfg = KernelConfig(chunk=16, split_programs=4 * case.b * case.h, split_min_len=32)
+  _check(case, functools.partial(kernel_gla, config=cfg))
 
 
 def test_chunk_16_small_tiles_bf16():

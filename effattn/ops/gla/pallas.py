@@ -49,6 +49,7 @@ from effattn.ops.common.pallas_triton import F32 as _F32
 from effattn.ops.common.pallas_triton import LOG2E as _LOG2E
 from effattn.ops.common.pallas_triton import next_pow2 as _next_pow2
 from effattn.ops.common.pallas_triton import pad_axis as _pad_axis
+from effattn.ops.common.sequence_split import num_segments, sm_count, split_over_segments
 from effattn.ops.gla import _intra, _scan, _sweeps
 from effattn.ops.simple_gla.pallas import _MAX_HEAD_DIM, _Ctx
 
@@ -81,6 +82,10 @@ class KernelConfig:
   num_warps_bwd: int = 8
   num_stages_bwd: int = 3
   precise_dg: bool = True    # bf16: gate-gradient terms to ~2^-17 (two bf16 dots per fp32 operand)
+  # Long T at small B * H (ops/common/sequence_split.py): segments as batch rows up to split_programs output-sweep
+  # programs (None: 2 per SM on GPU, no split elsewhere; 0: never), segments of >= split_min_len rows.
+  split_programs: int | None = None
+  split_min_len: int = 1024
 
 
 DEFAULT_CONFIG = KernelConfig()
@@ -163,6 +168,17 @@ def kernel_gla(q, k, v, g, *, scale, initial_state=None, segment_ids=None, chunk
   h0 = None
   if initial_state is not None:
     h0 = _pad_axis(_pad_axis(initial_state.astype(_F32), 2, kp), 3, vp)
+  target = cfg.split_programs
+  if target is None:
+    target = 2 * sm_count() if backend == 'gpu' else 0
+  b, h = q.shape[0], q.shape[2]
+  segments = num_segments(b, h, t, -(-vp // min(cfg.block_v, vp)), chunk, target_programs=target,
+                          min_len=cfg.split_min_len)
+  if segments > 1:
+    whole = dataclasses.replace(cfg, split_programs=0)
+    kernel = lambda q, k, v, g, h0: kernel_gla(q, k, v, g, scale=scale, initial_state=h0, config=whole,
+                                               interpret=interpret)
+    return split_over_segments(kernel, q, k, v, g, initial_state=initial_state, segments=segments)
   ctx = _Ctx(jnp.dtype(dtype), float(scale), chunk)
   o, ht = _core(pad(q, kp, dtype), pad(k, kp, dtype), pad(v, vp, dtype), pad(g, kp, gdt), h0, ctx, cfg,
                 bool(interpret))
