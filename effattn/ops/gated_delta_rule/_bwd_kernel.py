@@ -48,6 +48,15 @@ def _tn32(a, b, ctx):
     return _wide(a, b, 0, 0, ctx)
 
 
+def _nn_split(a, b, ctx):
+    """a @ b for a in the dot dtype (exact there) and fp32 b: b split into two bf16 halves (~16 bits),
+    no fp32 copy of a (registers)."""
+    if ctx.fp32:
+        return _nn32(a, b, ctx)
+    hi = b.astype(ctx.dt)
+    return _nn(a, hi, ctx) + _nn(a, b - hi.astype(_F32), ctx)
+
+
 def _straddle_sum(pair, node, row, col, ctx: _Ctx):
     """dg_l = Σ_{i>=l>j} pair_ij + Σ_{i>=l} node_i (pair: cotangents of G_i - G_j; node: of G_i)."""
     before = (row < col).astype(_F32)                           # [j, l] = j < l
@@ -88,7 +97,8 @@ def _dk_role(q_ref, k_ref, v_ref, w_ref, u_ref, do_ref, beta_ref, t_ref, s_ref, 
     row, col = gt.row, gt.col
     eg, dec = jnp.exp2(gt.gi), jnp.exp2(gt.rj)
     beta = beta_ref[...]
-    p = _nt(q_ref[...], k_ref[...], ctx) * (gt.gamma() * scale)
+    # P held in the dot dtype (P^T dO in bf16 costs no accuracy, unlike the other dV' terms): registers.
+    p = (_nt(q_ref[...], k_ref[...], ctx) * (gt.gamma() * scale)).astype(ctx.dt)
     ebeta = beta * eg
 
     # dkb = T^T dW = -dvb S^T and dA = -(dkb W^T + dvb U^T) = -dvb V'^T (dvb = T^T dV'), so dW is never
@@ -102,8 +112,8 @@ def _dk_role(q_ref, k_ref, v_ref, w_ref, u_ref, do_ref, beta_ref, t_ref, s_ref, 
         k, t = k_ref[...], t_ref[...].astype(_F32)              # reloaded (L1) rather than held: registers
         vn = u_ref[:, vs].astype(_F32) - _nn(w_ref[...], s, ctx)  # V'
         dp += _nt(do, vn, ctx)
-        kds = dec[:, None] * _nn32(k, dsn, ctx)                 # (K ⊙ e^{G_C - G}) dS'
-        dvn = _tn32(p, do, ctx) + kds                           # dV' = dU
+        kds = dec[:, None] * _nn_split(k, dsn, ctx)             # (K ⊙ e^{G_C - G}) dS'
+        dvn = _tn(p, do, ctx) + kds                             # dV' = dU
         dvb = _tn32(t, dvn, ctx)
         dv_ref[:, vs] = (dvb * beta[:, None]).astype(dv_ref.dtype)
         dbeta += jnp.sum(dvb * v_ref[:, vs].astype(_F32), axis=1)
