@@ -65,7 +65,7 @@ class KernelConfig:
     num_warps_bwd: int = 8
     num_stages_bwd: int = 3
     num_warps_wy: int = 4    # WY/UT-transform kernel (one program per chunk)
-    block_v_chunk: int = 32  # per-chunk backward kernel: value columns per step (64 spills 1.9 KB, 32 1.5)
+    block_v_chunk: int = 16  # per-chunk backward kernel: value columns per step (spills 64: 2.0 KB, 32: 1.4, 16: 0.7)
     num_warps_chunk: int = 8
     num_stages_chunk: int = 1
     split_o: bool = False    # forward as fla: the sweep writes V' and S_c, o in a kernel per chunk
