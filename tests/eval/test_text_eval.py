@@ -1,15 +1,16 @@
 """Perplexity over packed rows honours segments; eval.py --perplexity / --generate on a text run."""
 
+import importlib.util
 import json
 import math
 import os
-import subprocess
 import sys
 
 import jax
 import numpy as np
 import optax
 import pytest
+from absl import flags
 
 from effattn import config as config_lib
 from effattn.data import text
@@ -54,11 +55,12 @@ def test_packed_perplexity_equals_documents_evaluated_alone(tmp_path, kind):
     rows = text.eval_rows(corpus, 80, pad_id=256)  # all four documents in one row
     assert rows['inputs'].shape[0] == 1 and rows['segment_ids'].max() == 4
     got = evaluate_perplexity(make_nll(model_def), state.params, rows, batch_size=2)
-    model = model_def.merge(state.params)
+    # jitted (one compile per document length): op-by-op dispatch took ~8 s per document for gla
+    forward = jax.jit(lambda params, x: model_def.merge(params)(x))
     total = count = 0
     for i in range(4):
         doc = corpus.tokens[corpus.offsets[i] : corpus.offsets[i + 1]]
-        logits = model(doc[None, :-1])[0]
+        logits = forward(state.params, doc[None, :-1])[0]
         total += float(optax.softmax_cross_entropy_with_integer_labels(logits, doc[1:]).sum())
         count += len(doc) - 1
     assert got['tokens'] == count
@@ -66,20 +68,33 @@ def test_packed_perplexity_equals_documents_evaluated_alone(tmp_path, kind):
     assert math.isclose(got['perplexity'], math.exp(got['loss']))
 
 
-def run_cli(*args):
-    r = subprocess.run(
-        [sys.executable, 'eval.py', *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert r.returncode == 0, r.stderr
-    return r.stdout
+def _eval_cli():
+    """eval.py loaded once per process (its absl flags are defined at import)."""
+    name = '_effattn_eval_cli'
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, 'eval.py'))
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        sys.modules[name] = module
+    return sys.modules[name]
 
 
-def test_eval_cli_perplexity_and_generate(tmp_path):
+def run_cli(capsys, *args):
+    """eval.py's flag parsing and main() in-process: its stdout. (A subprocess would re-import jax
+    and recompile everything; tests/train/test_cli.py runs eval.py as a real subprocess.)"""
+    cli = _eval_cli()
+    capsys.readouterr()
+    argv = cli.parse_flags(['eval.py', *args])
+    try:
+        cli.main(argv)
+    except SystemExit as e:  # effattn.cli.fail
+        pytest.fail(f'eval.py {" ".join(args)} exited {e.code}: {capsys.readouterr().err}')
+    finally:
+        flags.FLAGS.unparse_flags()
+    return capsys.readouterr().out
+
+
+def test_eval_cli_perplexity_and_generate(tmp_path, capsys):
     cfg = text_cfg(tmp_path)
     workdir = str(tmp_path / 'run')
     loop.train_and_evaluate(cfg, workdir, quiet=True)
@@ -87,11 +102,11 @@ def test_eval_cli_perplexity_and_generate(tmp_path):
     other.write_text(json.dumps({'text': 'the fox and the dog'}) + '\n')
     want = perplexity_of_files(workdir, [str(other), cfg.data.train_files])
     out = json.loads(
-        run_cli(f'--workdir={workdir}', f'--perplexity={other},{cfg.data.train_files}', '--json')
+        run_cli(capsys, f'--workdir={workdir}', f'--perplexity={other},{cfg.data.train_files}', '--json')
     )
     assert out['step'] == 3 and out['tokens'] == want['tokens'] > 0
     assert math.isclose(out['perplexity'], want['perplexity'], rel_tol=1e-5)
-    out = run_cli(f'--workdir={workdir}', '--generate', 'the ', '--max_new_tokens=5', '--json')
+    out = run_cli(capsys, f'--workdir={workdir}', '--generate', 'the ', '--max_new_tokens=5', '--json')
     gen = json.loads(out)
     assert gen['prompt_ids'] == [257, 116, 104, 101, 32] and len(gen['new_ids']) == 5
     assert gen['output'].startswith('the ')
