@@ -1,5 +1,7 @@
 import os
+import shutil
 import sys
+import tempfile
 
 # Tests compile hundreds of small programs and run each for milliseconds: XLA's CPU backend at LLVM
 # optimisation level 0 compiles them much faster (tests/ops/test_delta_rule.py: 58 s -> 34 s on 2
@@ -8,8 +10,31 @@ os.environ['XLA_FLAGS'] = (
     os.environ.get('XLA_FLAGS', '') + ' --xla_backend_optimization_level=0'
 ).strip()
 
-import jax  # noqa: E402
+# The suite compiles the same programs many times: every train_and_evaluate / load_run builds fresh
+# jitted closures (a miss in jax's in-memory cache), and subprocesses (train.py, eval.py, the 8-device
+# checks, the notebook kernel, benchmarks) start cold. JAX's persistent compilation cache, keyed on
+# the HLO, compile options, flags and jax version, serves the repeats: one fresh folder per pytest
+# session, shared by its xdist workers and subprocesses through the environment, removed at the end.
+# A user's own JAX_COMPILATION_CACHE_DIR is used as it is and kept.
+_OWN_CACHE = None
+if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
+    _OWN_CACHE = tempfile.mkdtemp(prefix='effattn-test-jax-cache-')
+    os.environ['JAX_COMPILATION_CACHE_DIR'] = _OWN_CACHE
+    os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0.1'
+    os.environ['JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES'] = '0'
+
+import jax
+
+if _OWN_CACHE is not None:  # in case jax was imported (by a plugin) before the lines above ran
+    jax.config.update('jax_compilation_cache_dir', _OWN_CACHE)
+    jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.1)
+    jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
 
 # Tests compare fp32 results at 1e-5: run fp32 matmuls at full precision (TF32 on GPU otherwise).
 jax.config.update('jax_default_matmul_precision', 'highest')
 sys.path.insert(0, os.path.dirname(__file__))
+
+
+def pytest_sessionfinish(session):
+    if _OWN_CACHE is not None and not hasattr(session.config, 'workerinput'):  # not an xdist worker
+        shutil.rmtree(_OWN_CACHE, ignore_errors=True)
