@@ -16,8 +16,10 @@ DENSE_MAX_T = 1024  # on CPU the dense form is the fastest up to about here
 
 def _auto_order(q, *args, window=None, sinks=None, **kwargs):
     if default_backend() == 'gpu':
-        # cuDNN first for plain attention; the Pallas kernel skips the key blocks outside a window
-        return ['kernel', 'cudnn', 'chunk'] if window or sinks else ['cudnn', 'chunk']
+        # cuDNN first, also for causal sliding windows without sinks (its band-limited window ran 1.1-1.3x
+        # faster than the Pallas kernel on the H200, benchmarks/README.md); it raises NotImplementedError for
+        # sinks and non-causal windows, which the Pallas kernel (band-limited loops) then serves.
+        return ['cudnn', 'kernel', 'chunk'] if window or sinks else ['cudnn', 'chunk']
     return ['naive'] if q.shape[1] <= DENSE_MAX_T else ['chunk']
 
 
