@@ -30,12 +30,15 @@ def sm_count(default: int = 132) -> int:
   return int(getattr(jax.devices()[0], 'core_count', 0) or default)
 
 
-def num_segments(b: int, h: int, t: int, value_tiles: int, chunk: int, *, target_programs: int,
-                 min_len: int) -> int:
-  """The largest power of two P with B * H * value_tiles * P <= target_programs, T divisible by P * chunk
-  and segments of at least min_len rows (1: no split)."""
+def num_segments(b: int, h: int, t: int, value_tiles: int, chunk: int, *, split_programs: int | None,
+                 min_len: int, backend: str) -> int:
+  """The largest power of two P with B * H * value_tiles * P <= the program target, T divisible by P * chunk
+  and segments of at least min_len rows (1: no split). split_programs is the target (None: 2 programs per
+  SM on GPU, no split elsewhere; 0: never split)."""
+  if split_programs is None:
+    split_programs = 2 * sm_count() if backend == 'gpu' else 0
   programs, p = b * h * value_tiles, 1
-  while (programs * p * 2 <= target_programs and t % (p * 2 * chunk) == 0 and t // (p * 2) >= min_len):
+  while (programs * p * 2 <= split_programs and t % (p * 2 * chunk) == 0 and t // (p * 2) >= min_len):
     p *= 2
   return p
 

@@ -49,7 +49,7 @@ from effattn.ops.common.pallas_triton import F32 as _F32
 from effattn.ops.common.pallas_triton import LOG2E as _LOG2E
 from effattn.ops.common.pallas_triton import next_pow2 as _next_pow2
 from effattn.ops.common.pallas_triton import pad_axis as _pad_axis
-from effattn.ops.common.sequence_split import num_segments, sm_count, split_over_segments
+from effattn.ops.common.sequence_split import num_segments, split_over_segments
 from effattn.ops.gla import _intra, _scan, _sweeps
 from effattn.ops.simple_gla.pallas import _MAX_HEAD_DIM, _Ctx
 
@@ -163,22 +163,18 @@ def kernel_gla(q, k, v, g, *, scale, initial_state=None, segment_ids=None, chunk
     raise NotImplementedError(f'the gla kernel needs config.chunk in (16, 32, 64); got {chunk}')
   tp = -(-t // chunk) * chunk
   kp, vp = _next_pow2(kd), _next_pow2(vd)
-  pad = lambda x, d, dt: _pad_axis(_pad_axis(x.astype(dt), 1, tp), 3, d)
-  gdt = g.dtype if g.dtype in (jnp.bfloat16, jnp.float32) else _F32
-  h0 = None
-  if initial_state is not None:
-    h0 = _pad_axis(_pad_axis(initial_state.astype(_F32), 2, kp), 3, vp)
-  target = cfg.split_programs
-  if target is None:
-    target = 2 * sm_count() if backend == 'gpu' else 0
-  b, h = q.shape[0], q.shape[2]
-  segments = num_segments(b, h, t, -(-vp // min(cfg.block_v, vp)), chunk, target_programs=target,
-                          min_len=cfg.split_min_len)
+  segments = num_segments(q.shape[0], q.shape[2], t, -(-vp // min(cfg.block_v, vp)), chunk,
+                          split_programs=cfg.split_programs, min_len=cfg.split_min_len, backend=backend)
   if segments > 1:
     whole = dataclasses.replace(cfg, split_programs=0)
     kernel = lambda q, k, v, g, h0: kernel_gla(q, k, v, g, scale=scale, initial_state=h0, config=whole,
                                                interpret=interpret)
     return split_over_segments(kernel, q, k, v, g, initial_state=initial_state, segments=segments)
+  pad = lambda x, d, dt: _pad_axis(_pad_axis(x.astype(dt), 1, tp), 3, d)
+  gdt = g.dtype if g.dtype in (jnp.bfloat16, jnp.float32) else _F32
+  h0 = None
+  if initial_state is not None:
+    h0 = _pad_axis(_pad_axis(initial_state.astype(_F32), 2, kp), 3, vp)
   ctx = _Ctx(jnp.dtype(dtype), float(scale), chunk)
   o, ht = _core(pad(q, kp, dtype), pad(k, kp, dtype), pad(v, vp, dtype), pad(g, kp, gdt), h0, ctx, cfg,
                 bool(interpret))

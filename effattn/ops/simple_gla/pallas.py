@@ -54,7 +54,7 @@ from effattn.ops.common.pallas_triton import Gates
 from effattn.ops.common.pallas_triton import chunk_slice as _chunk_slice
 from effattn.ops.common.pallas_triton import next_pow2 as _next_pow2
 from effattn.ops.common.pallas_triton import pad_axis as _pad_axis
-from effattn.ops.common.sequence_split import num_segments, sm_count, split_over_segments
+from effattn.ops.common.sequence_split import num_segments, split_over_segments
 
 _MAX_HEAD_DIM = 128  # K and V; larger heads fall back ('auto') to the chunk form
 
@@ -452,22 +452,19 @@ def kernel_simple_gla(q, k, v, g, *, scale, initial_state=None, segment_ids=None
   dtype = jnp.promote_types(jnp.promote_types(dtype, k.dtype), v.dtype)
   tp = -(-t // chunk) * chunk
   kp, vp = _next_pow2(kd), _next_pow2(vd)
+  segments = num_segments(b, h, t, -(-vp // min(cfg.block_v, vp)), chunk, split_programs=cfg.split_programs,
+                          min_len=cfg.split_min_len, backend=backend)
+  if segments > 1:
+    whole = dataclasses.replace(cfg, split_programs=0)
+    kernel = lambda q, k, v, g, h0: kernel_simple_gla(q, k, v, g, scale=scale, initial_state=h0,
+                                                      chunk_size=chunk, config=whole, interpret=interpret)
+    return split_over_segments(kernel, q, k, v, g, initial_state=initial_state, segments=segments)
   pad = lambda x, d: _pad_axis(_pad_axis(x.astype(dtype), 1, tp), 3, d)
   g = jnp.zeros((b, t, h), _F32) if g is None else g.astype(_F32)
   gp = _pad_axis(jnp.swapaxes(g, 1, 2), 2, tp)  # [B,H,Tp]
   h0 = None
   if initial_state is not None:
     h0 = _pad_axis(_pad_axis(initial_state.astype(_F32), 2, kp), 3, vp)
-  target = cfg.split_programs
-  if target is None:
-    target = 2 * sm_count() if backend == 'gpu' else 0
-  segments = num_segments(b, h, t, -(-vp // min(cfg.block_v, vp)), chunk, target_programs=target,
-                          min_len=cfg.split_min_len)
-  if segments > 1:
-    whole = dataclasses.replace(cfg, split_programs=0)
-    kernel = lambda q, k, v, g, h0: kernel_simple_gla(q, k, v, g, scale=scale, initial_state=h0,
-                                                      chunk_size=chunk, config=whole, interpret=interpret)
-    return split_over_segments(kernel, q, k, v, g, initial_state=initial_state, segments=segments)
   ctx = _Ctx(jnp.dtype(dtype), float(scale), chunk)
   o, ht = _core(pad(q, kp), pad(k, kp), pad(v, vp), gp, h0, ctx, cfg, bool(interpret))
   return o[:, :t, :, :vd].astype(q.dtype), ht[:, :, :kd, :vd]
