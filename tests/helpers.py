@@ -1,8 +1,13 @@
-"""Test helpers shared by the suite: the DESIGN.md comparison metric and tolerances."""
+"""Test helpers shared by the suite: the DESIGN.md comparison metric and tolerances, script loading."""
 
 from __future__ import annotations
 
+import importlib.util
+import os
+
 import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository
 
 # DESIGN.md: relative RMS error ||a-b|| / ||b||.
 TOL = {'float32': 1e-5, 'bfloat16': 5e-3}
@@ -28,3 +33,11 @@ def assert_close(name: str, got, ref, tol: float) -> None:
         return
     err = rel_rms(got, ref)
     assert err < tol, f'{name}: relative RMS error {err:.3e} >= {tol:.1e}'
+
+
+def load_script(path: str, name: str):
+    """A repository script (e.g. 'benchmarks/delta_parts.py') imported as module `name`, to call its main()."""
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, path))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -1,22 +1,15 @@
 """benchmarks/delta_parts.py on CPU (interpret mode, tiny shape): every piece runs, JSON rows, config parsing."""
 
-import importlib.util
 import json
-import os
 import sys
 
 import pytest
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-SCRIPT = os.path.join(ROOT, 'benchmarks', 'delta_parts.py')
+from helpers import load_script
 
 
 @pytest.fixture(scope='module')
 def dp():
-    spec = importlib.util.spec_from_file_location('delta_parts', SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script('benchmarks/delta_parts.py', 'delta_parts')
 
 
 def test_every_part_runs_and_is_saved(dp, tmp_path, monkeypatch):

@@ -1,21 +1,14 @@
 """benchmarks/train_throughput.py: --tiny on CPU (JSON fields, isolated runs) and the FLOP model."""
 
-import importlib.util
 import json
-import os
 
 import pytest
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-SCRIPT = os.path.join(ROOT, 'benchmarks', 'train_throughput.py')
+from helpers import load_script
 
 
 @pytest.fixture(scope='module')
 def tt():
-    spec = importlib.util.spec_from_file_location('train_throughput', SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script('benchmarks/train_throughput.py', 'train_throughput')
 
 
 def test_tiny_softmax_gla_json(tt, tmp_path):

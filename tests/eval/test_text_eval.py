@@ -1,6 +1,5 @@
 """Perplexity over packed rows honours segments; eval.py --perplexity / --generate on a text run."""
 
-import importlib.util
 import json
 import math
 import os
@@ -11,6 +10,7 @@ import numpy as np
 import optax
 import pytest
 from absl import flags
+from helpers import load_script
 
 from effattn import config as config_lib
 from effattn.data import text
@@ -19,7 +19,6 @@ from effattn.eval.perplexity import evaluate_perplexity, make_nll, perplexity_of
 from effattn.eval.run import EvalError
 from effattn.train import loop
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DOCS = ['the quick brown fox', 'jumps over', 'the lazy dog, again and again', 'ok']
 
 
@@ -72,10 +71,7 @@ def _eval_cli():
     """eval.py loaded once per process (its absl flags are defined at import)."""
     name = '_effattn_eval_cli'
     if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, 'eval.py'))
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        sys.modules[name] = module
+        sys.modules[name] = load_script('eval.py', name)
     return sys.modules[name]
 
 
