@@ -223,8 +223,10 @@ def _rcp_newton(x):
 def _sigmoid_probs(sp, qk, bias2, masked, mask_fn, interpret):
     """sigma(s qk + b) = 1 / (1 + 2^a), a = -(s qk + b) log2 e; bias2 = -b log2 e. 0 where masked.
 
-    FlashSigmoid's cost is the MUFU (special-function) pipe: exp2 plus a reciprocal is two MUFU ops per
-    score against softmax's one, so config.sigmoid_math trades them for FMA-pipe work (see KernelConfig).
+    exp2 plus a reciprocal is two MUFU (special-function) ops per score against softmax's one;
+    config.sigmoid_math trades them for FMA-pipe work. On the H200 that did not pay (forward at B=4,
+    T=4096, H=16, D=128: rcp 0.643 ms, newton 0.815, f16x2 0.855; benchmarks/README.md): the kernel is
+    bound by its instruction stream, not the MUFU pipe, so 'rcp' is the default.
     a is clamped to 126 so that 1 + 2^a stays finite for the Newton reciprocal (sigma < 2^-126 is 0).
     """
     a = qk * (-sp.scale * _LOG2E) + bias2
