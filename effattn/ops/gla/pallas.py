@@ -83,7 +83,7 @@ class KernelConfig:
   num_stages_bwd: int = 3
   precise_dg: bool = True    # bf16: gate-gradient terms to ~2^-17 (two bf16 dots per fp32 operand)
   # Long T at small B * H (ops/common/sequence_split.py): segments as batch rows up to split_programs output-sweep
-  # programs (None: 2 per SM on GPU, no split elsewhere; 0: never), segments of >= split_min_len rows.
+  # programs (None: 1 per SM on GPU, no split elsewhere; 0: never), segments of >= split_min_len rows.
   split_programs: int | None = None
   split_min_len: int = 1024
 

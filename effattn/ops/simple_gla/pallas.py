@@ -80,7 +80,7 @@ class KernelConfig:
   precise_dg: bool = True    # bf16: gate-gradient terms to ~2^-17 (two bf16 dots per fp32 operand;
                              # fwd+bwd 1.52 ms, 0.99 ms without, but dg's error then grows with T)
   # Long T at small B * H (ops/common/sequence_split.py): cut the sequence into segments run as batch rows
-  # until there are up to split_programs programs (None: 2 per SM on GPU, no split elsewhere; 0: never),
+  # until there are up to split_programs programs (None: 1 per SM on GPU, no split elsewhere; 0: never),
   # keeping segments of >= split_min_len rows.
   split_programs: int | None = None
   split_min_len: int = 1024
