@@ -172,7 +172,8 @@ def test_matches_naive_gpu_shapes(case):
 @pytest.mark.skipif(not ON_GPU, reason='native Triton kernel: GPU only')
 @pytest.mark.parametrize('cfg', [KernelConfig(chunk=32, block_v=32, num_warps=4, num_stages=2),
                                  KernelConfig(block_v=128, block_k_dq=32, block_k_dk=64, block_v_bwd=32,
-                                              num_warps_intra=8, num_warps_intra_bwd=8, intra_width=16)],
+                                              num_warps_intra=8, num_warps_intra_bwd=8, intra_width=16,
+                                              intra_width_bwd=16)],
                          ids=['c32', 'tiles'])
 def test_other_configs_gpu(cfg):
   """Other tilings the tuner may pick (tune_candidates) at real head sizes."""

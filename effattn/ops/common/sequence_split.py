@@ -23,6 +23,7 @@ import jax.numpy as jnp
 from jax import lax
 
 _F32 = jnp.float32
+_SUB_BLOCK = 1024
 
 
 def sm_count(default: int = 132) -> int:
@@ -74,10 +75,13 @@ def split_over_segments(kernel, q, k, v, g, *, initial_state, segments: int):
     to_end = jnp.exp(gcum[:, :, -1:] - gcum)  # <= 1: decay from row t to the segment's end
     decay_last = jnp.broadcast_to(jnp.exp(gcum[:, :, -1])[..., None], (b, p, h, kd, 1))
   dot_dtype = jnp.promote_types(k.dtype, v.dtype)
+  # Each segment's state is a sum over sub-blocks of <= _SUB_BLOCK rows: B*H*P products of length T/P would
+  # leave most SMs idle at B = 1 (64 [K, V] outputs at T = 65536, H = 16, P = 4).
+  sub = ts // _SUB_BLOCK if ts % _SUB_BLOCK == 0 else 1
   k_dec = (k.reshape(b, p, ts, h, kd).astype(_F32) * to_end).astype(dot_dtype)
-  s_loc = jnp.einsum('bpthk,bpthv->bphkv', k_dec, v.reshape(b, p, ts, h, vd).astype(dot_dtype),
-                     preferred_element_type=_F32,
-                     precision=lax.Precision.HIGHEST if dot_dtype == _F32 else None)
+  s_loc = jnp.einsum('bpsthk,bpsthv->bpshkv', k_dec.reshape(b, p, sub, ts // sub, h, kd),
+                     v.reshape(b, p, sub, ts // sub, h, vd).astype(dot_dtype), preferred_element_type=_F32,
+                     precision=lax.Precision.HIGHEST if dot_dtype == _F32 else None).sum(axis=2)
   a_in, s_end = lax.associative_scan(_combine, (decay_last, s_loc), axis=1)  # from a zero state
   first = jnp.zeros((b, 1, h, kd, vd), _F32)
   if initial_state is not None:

@@ -213,7 +213,7 @@ def intra_grads(q, k, g, v, do, ctx, cfg, interpret):
   shape = jax.ShapeDtypeStruct((b, tp, h, kp), F32)
   fac = jax.ShapeDtypeStruct((b, tp, h, kp), ctx.dt)
   return pl.pallas_call(
-      functools.partial(_bwd_kernel, ctx=ctx, precise=cfg.precise_dg, width=cfg.intra_width), grid=(b, h, tp // SUB),
+      functools.partial(_bwd_kernel, ctx=ctx, precise=cfg.precise_dg, width=cfg.intra_width_bwd), grid=(b, h, tp // SUB),
       in_specs=[cs, cs, cs, cv, cv], out_specs=[out] * 5, out_shape=[shape, shape, shape, fac, fac],
       interpret=interpret, name='gla_intra_bwd',
       **_params(interpret, ctx, cfg.num_warps_intra_bwd, cfg.num_stages_intra_bwd))(q, k, g, v, do)

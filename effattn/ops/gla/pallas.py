@@ -56,9 +56,15 @@ from effattn.ops.simple_gla.pallas import _MAX_HEAD_DIM, _Ctx
 
 @dataclasses.dataclass(frozen=True)
 class KernelConfig:
-  """Chunk, tile widths and Triton launch parameters: first guesses, not yet timed (tune_candidates lists the rest).
+  """Chunk, tile widths and Triton launch parameters (tune_candidates lists the alternatives).
 
-  Compiled offline for sm_90 at the defaults (jax 0.10.2's Triton IR, B=4 T=4096 H=16 K=V=128 bf16, triton 3.6,
+  Timed on the H200 (jax 0.11.2, B=4 T=4096 H=16 K=V=128 bf16, 48 forward and 25 backward configurations of
+  tune_candidates): the forward intra kernel at 2 warps and 16 key channels per step took the forward from 1.36
+  to 1.00 ms (4 warps / 32 channels before); 16 channels in the backward intra kernel cost ~1 ms, so it keeps 32
+  (intra_width_bwd); backward sweeps at 4 warps, 2 stages: 6.10 -> 5.33 ms fwd+bwd at the same forward settings.
+  The rest are first guesses.
+
+  Compiled offline for sm_90 at the earlier defaults (jax 0.10.2's Triton IR, B=4 T=4096 H=16 K=V=128 bf16, triton 3.6,
   ptxas -v), registers / spills: gates 83 / 0 (4 warps), intra fwd 128 / 0 (4 warps, 2 stages), output sweep
   128 / 0 (8 warps, 3 stages; 164 KB shared memory, so one program per SM; block_v 32 at 2 stages: 75 registers,
   96 KB, two per SM), intra bwd 255 / 0 (4 warps, 2 stages), W 64 / 0, backward sweeps 255 / 0 (8 warps, 3
@@ -71,16 +77,17 @@ class KernelConfig:
   block_v: int = 64          # forward sweep: value-tile width of each program
   num_warps: int = 8         # forward sweep
   num_stages: int = 3
-  num_warps_intra: int = 4   # forward intra kernel (one program per 16-row block)
+  num_warps_intra: int = 2   # forward intra kernel (one program per 16-row block)
   num_stages_intra: int = 2
   num_warps_intra_bwd: int = 4  # backward intra kernel
   num_stages_intra_bwd: int = 2
-  intra_width: int = 32      # intra kernels: key channels per step ([16, 8, width] fp32 pairwise tiles)
+  intra_width: int = 16      # forward intra kernel: key channels per step ([16, 8, width] fp32 pairwise tiles)
+  intra_width_bwd: int = 32  # backward intra kernel: the same
   block_k_dq: int = 64       # backward dq sweeps: key-tile width
   block_k_dk: int = 32       # backward dk sweeps: key-tile width (64 spills ~270 bytes at 8 warps: fp32 [bk, V] dS)
   block_v_bwd: int = 64      # backward dv sweeps: value-tile width
-  num_warps_bwd: int = 8
-  num_stages_bwd: int = 3
+  num_warps_bwd: int = 4
+  num_stages_bwd: int = 2
   precise_dg: bool = True    # bf16: gate-gradient terms to ~2^-17 (two bf16 dots per fp32 operand)
   # Long T at small B * H (ops/common/sequence_split.py): segments as batch rows up to split_programs output-sweep
   # programs (None: 1 per SM on GPU, no split elsewhere; 0: never), segments of >= split_min_len rows.
@@ -199,6 +206,7 @@ def tune_candidates(base: KernelConfig = DEFAULT_CONFIG) -> dict[str, list[Kerne
           for w in (2, 4, 8) for s in (1, 2, 3) for iw in (16, 32, 64)]
   bwd = [dataclasses.replace(base, block_k_dq=bq, block_k_dk=bk, block_v_bwd=bv, num_warps_bwd=w, num_stages_bwd=s)
          for bq in (32, 64) for bk in (32, 64) for bv in (32, 64) for w in (4, 8) for s in (2, 3)]
-  bwd += [dataclasses.replace(base, num_warps_intra_bwd=w, num_stages_intra_bwd=s) for w in (4, 8) for s in (1, 2)]
+  bwd += [dataclasses.replace(base, num_warps_intra_bwd=w, num_stages_intra_bwd=s, intra_width_bwd=iw)
+          for w in (2, 4, 8) for s in (1, 2) for iw in (16, 32)]
   bwd += [dataclasses.replace(base, precise_dg=False)]  # faster, but dg's error grows (1e-2 at T = 1000)
   return {'fwd': fwd, 'fwd_bwd': bwd}
