@@ -9,6 +9,11 @@ calls, block_until_ready around each call; compile excluded (reported as the fir
   python benchmarks/delta_parts.py                          # gated_delta_rule, B=4 T=4096 H=16 D=128 bf16
   python benchmarks/delta_parts.py --nogate --config split_o=true,block_v=32,num_warps=4,num_stages=2
   python benchmarks/delta_parts.py --tune fwd_state          # every tune_candidates config of one piece
+  python benchmarks/delta_parts.py --nogate --parts bwd_xla --ablate dk_role   # what one role of it costs
+
+--ablate (diagnostic: the gradients it gives are wrong) changes the per-chunk backward kernel
+(_bwd_kernel.py) before timing: dq_role or dk_role skips that role's programs (each chunk has one of
+each), bf16_dots makes its TF32 dots (fp32 operands) bf16 ones; the time saved is what the part costs.
 """
 from __future__ import annotations
 
@@ -16,30 +21,37 @@ import argparse
 import dataclasses
 import json
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 
+from effattn.ops.gated_delta_rule import _bwd_kernel, _kernel_common
 from effattn.ops.gated_delta_rule._bench import benchmark_parts, tune_candidates
 from effattn.ops.gated_delta_rule.pallas import KernelConfig
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import kernel_config_text  # noqa: E402  (a sibling script module)
+
 PARTS = 'wy,fwd_state,fwd_state_store,fwd,bwd_state,bwd_xla,fwd_bwd'
+ABLATIONS = ('dq_role', 'dk_role', 'bf16_dots')
+
+
+def ablate(what: str) -> None:
+  """Patches the per-chunk backward kernel's module for --ablate (before any tracing)."""
+  if what in ('dq_role', 'dk_role'):
+    setattr(_bwd_kernel, f'_{what}', lambda *args, **kwargs: None)
+  elif what == 'bf16_dots':
+    _bwd_kernel._wide = _kernel_common._dot
+  else:
+    raise SystemExit(f'--ablate: unknown {what!r}; known: {", ".join(ABLATIONS)}')
 
 
 def parse_config(text: str | None) -> KernelConfig | None:
   """'block_v=32,split_o=true' -> KernelConfig(block_v=32, split_o=True); unknown fields are an error."""
-  if not text:
-    return None
-  fields = {f.name: f for f in dataclasses.fields(KernelConfig)}
-  values = {}
-  for item in text.split(','):
-    name, _, raw = item.partition('=')
-    if name not in fields:
-      raise SystemExit(f'--config: KernelConfig has no field {name!r}; fields: {", ".join(fields)}')
-    default = getattr(KernelConfig(), name)
-    values[name] = raw.lower() in ('1', 'true', 'yes') if isinstance(default, bool) else type(default)(raw)
-  return KernelConfig(**values)
+  return kernel_config_text.parse_config(KernelConfig, text)
 
 
 def time_part(fn, reps: int) -> dict:
@@ -64,11 +76,14 @@ def main():
   p.add_argument('--parts', default=PARTS)
   p.add_argument('--config', default=None, help='KernelConfig fields, e.g. block_v=32,num_warps=4')
   p.add_argument('--tune', default=None, help='one piece: time it at every tune_candidates config')
+  p.add_argument('--ablate', default='', help=f'comma-separated, of {", ".join(ABLATIONS)} (diagnostic)')
   p.add_argument('--reps', type=int, default=20)
   p.add_argument('--out', default=None, help='also write the rows as JSON')
   a = p.parse_args()
   b, t, h, d = a.shape
   cfg, dtype, gated = parse_config(a.config), jnp.dtype(a.dtype), not a.nogate
+  for what in filter(None, a.ablate.split(',')):
+    ablate(what)
   print(f'{"gated_delta_rule" if gated else "delta_rule"} B={b} T={t} H={h} D={d} {a.dtype} '
         f'{jax.devices()[0].device_kind}', flush=True)
   rows = []
@@ -89,7 +104,7 @@ def main():
             flush=True)
   if a.out:
     meta = {'shape': [b, t, h, d], 'dtype': a.dtype, 'gated': gated, 'device': jax.devices()[0].device_kind,
-            'jax': jax.__version__, 'config': dataclasses.asdict(cfg or KernelConfig())}
+            'jax': jax.__version__, 'config': dataclasses.asdict(cfg or KernelConfig()), 'ablate': a.ablate}
     with open(a.out, 'w') as f:
       json.dump({'meta': meta, 'rows': rows}, f, indent=1)
 
