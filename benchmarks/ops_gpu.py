@@ -16,6 +16,9 @@ shape, that the kernel's outputs and gradients equal the chunk form's (relative 
   python benchmarks/ops_gpu.py --tune --out benchmarks/results/ops_gpu.json
   python benchmarks/ops_gpu.py --quick          # one small shape, smoke run
   python benchmarks/ops_gpu.py --table-from benchmarks/results/ops_gpu*.json   # table of stored runs
+  python benchmarks/ops_gpu.py --ops gla --tune-ops gla --tune-budget-s 140   # gla's tune_candidates first
+  python benchmarks/ops_gpu.py --ops gla,simple_gla --kernel-config gla:split_programs=0 \
+      --kernel-config simple_gla:split_programs=0 --shapes scaling            # any KernelConfig field
 On the lent GPU machine (wheels from ../shared/tools/device-wheels.sh --baselines, carried as .whl):
   python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl; \\
   PYTHONPATH=/tmp/site:$PWD python3 benchmarks/ops_gpu.py --tune --out $OUT/ops_gpu.json
@@ -33,6 +36,7 @@ import datetime
 import importlib.metadata
 import json
 import platform
+import random
 import statistics
 import sys
 import time
@@ -46,14 +50,22 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from effattn import ops
+from effattn.ops.gated_delta_rule import pallas as gdr_pallas
+from effattn.ops.gla import pallas as gla_pallas
 from effattn.ops.simple_gla import pallas as sg_pallas
 from effattn.ops.simple_gla import simple_gla
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import kernel_config_text  # noqa: E402  (a sibling script module)
 
 SHAPES = ((4, 4096, 16, 128), (1, 8192, 96, 128), (2, 16384, 16, 128), (4, 2048, 16, 128), (8, 1024, 8, 64))
 # fixed B*T = 65536: time per token from T = 2048 to 65536 (issue 6, criterion 3)
 SCALING_SHAPES = ((32, 2048, 16, 128), (8, 8192, 16, 128), (2, 32768, 16, 128), (1, 65536, 16, 128))
 QUICK_SHAPES = ((2, 1024, 4, 64),)
 DEFAULT_OUT = Path(__file__).resolve().parent / 'results' / 'ops_gpu.json'
+# KernelConfig class of each linear op's kernel (--kernel-config OP:fields)
+KERNEL_CONFIGS = {'simple_gla': sg_pallas.KernelConfig, 'gla': gla_pallas.KernelConfig,
+                  'delta_rule': gdr_pallas.KernelConfig, 'gated_delta_rule': gdr_pallas.KernelConfig}
 LINEAR_OPS = ('simple_gla', 'gla', 'delta_rule', 'gated_delta_rule')
 OPS = (*LINEAR_OPS, 'sigmoid', 'softmax_window')
 # per op: effattn impls and baselines; 'softmax' = full causal softmax (cudnn, torch SDPA, XLA), once per shape
@@ -311,14 +323,71 @@ def tune_flash(op: str, shape, budget_s: float, window: int, log) -> tuple[objec
   return best[1], rows
 
 
-def kernel_fn(op, cfg, window):
-  return simple_gla_kernel_fn(cfg) if op == 'simple_gla' else effattn_op(op, 'kernel', window)
+def kernel_fn(op, cfg, window, configs=None):
+  """The op's kernel: simple_gla at cfg, the other linear ops at configs[op] when given, else impl='kernel'."""
+  if op == 'simple_gla':
+    return simple_gla_kernel_fn(cfg)
+  c = (configs or {}).get(op)
+  if c is None:
+    return effattn_op(op, 'kernel', window)
+  if op == 'gla':
+    return gla_pallas.benchmark_fn(c)
+  scale = lambda q: q.shape[-1] ** -0.5
+  if op == 'delta_rule':
+    return lambda q, k, v, beta: gdr_pallas.kernel_gated_delta_rule(q, k, v, None, beta, scale=scale(q), config=c)[0]
+  return lambda q, k, v, g, beta: gdr_pallas.kernel_gated_delta_rule(q, k, v, g, beta, scale=scale(q), config=c)[0]
 
 
-def check_against_chunk(op, shape, cfg, window) -> dict:
+def parse_kernel_configs(items: list[str]) -> dict:
+  """['gla:num_warps=4,split_programs=0', ...] -> {op: KernelConfig}."""
+  out = {}
+  for item in items:
+    op, sep, text = item.partition(':')
+    if not sep or op not in KERNEL_CONFIGS:
+      raise SystemExit(f'--kernel-config: write OP:field=value,...; OP one of {", ".join(KERNEL_CONFIGS)}; got {item!r}')
+    out[op] = kernel_config_text.parse_config(KERNEL_CONFIGS[op], text, '--kernel-config')
+  return out
+
+
+def tune_by_candidates(op: str, shape, budget_s: float, log, base=None) -> tuple[object, list[dict]]:
+  """Times the op module's tune_candidates (gla): its 'fwd' list, then the 'fwd_bwd' list derived from the
+  fastest, each list shuffled (fixed seed) and cut at budget_s / 2, so that a short budget samples all knobs."""
+  module = {'gla': gla_pallas}[op]
+  x, do = jax_inputs(op, *shape)
+  rows = []
+
+  def run(cfg, what):
+    fwd, fwd_bwd = jax_fns(module.benchmark_fn(cfg), tuple(x))
+    try:
+      ms = 1e3 * time_calls((lambda: fwd(x)) if what == 'fwd' else (lambda: fwd_bwd(x, do)), jax_sync)
+    except Exception as e:  # noqa: BLE001  (a configuration Triton cannot compile: registers, shared memory)
+      log(f'  tune {op} {what}: failed: {type(e).__name__}: {str(e)[:200]}')
+      ms = None
+    changed = {k: v for k, v in dataclasses.asdict(cfg).items() if v != getattr(module.DEFAULT_CONFIG, k)}
+    rows.append({'op': op, 'mode': what, 'config': dataclasses.asdict(cfg), 'ms': ms})
+    log(f'  tune {op} {what:7s} {ms if ms is None else round(ms, 3)} ms  changed: {changed}')
+    return ms
+
+  best = base if base is not None else module.DEFAULT_CONFIG
+  for what in ('fwd', 'fwd_bwd'):
+    start = time.perf_counter()
+    top = (run(best, what), best)
+    candidates = module.tune_candidates(best)[what]
+    random.Random(0).shuffle(candidates)
+    for cfg in candidates:
+      if time.perf_counter() - start > budget_s / 2:
+        break
+      ms = run(cfg, what)
+      if ms is not None and (top[0] is None or ms < top[0]):
+        top = (ms, cfg)
+    best = top[1]
+  return best, rows
+
+
+def check_against_chunk(op, shape, cfg, window, configs=None) -> dict:
   """Relative RMS of the kernel's o and gradients against impl='chunk' (bf16 inputs)."""
   x, do = jax_inputs(op, *shape, seed=1)
-  kf, kb = jax_fns(kernel_fn(op, cfg, window), tuple(x))
+  kf, kb = jax_fns(kernel_fn(op, cfg, window, configs), tuple(x))
   cf, cb = jax_fns(effattn_op(op, 'chunk', window), tuple(x))
   out = {'o': rel_rms(kf(x), cf(x))}
   for name, a, b in zip(x, kb(x, do), cb(x, do)):
@@ -333,7 +402,7 @@ def bench_one(op, impl, shape, mode, x, do, cfg, args) -> float:
   if op == 'softmax' or (op == 'softmax_window' and impl in ('cudnn', 'xla')):
     fn = softmax_op(impl, args.window if op == 'softmax_window' else 0)
   elif impl == 'kernel':
-    fn = kernel_fn(op, cfg, args.window)
+    fn = kernel_fn(op, cfg, args.window, args.kernel_configs)
   else:
     fn = effattn_op(op, impl, args.window)
   fwd, fwd_bwd = jax_fns(fn, tuple(x))
@@ -417,6 +486,9 @@ def main(argv=None):
   p.add_argument('--tune', action='store_true', help='time kernel configurations at the first shape first')
   p.add_argument('--tune-budget-s', type=float, default=150.0)
   p.add_argument('--tune-flash', default='', help='sigmoid and/or softmax_window: time flash-kernel configs first')
+  p.add_argument('--tune-ops', default='', help='gla: time its tune_candidates first (--tune-budget-s), use the fastest')
+  p.add_argument('--kernel-config', action='append', default=[], metavar='OP:FIELD=VALUE,...',
+                 help='a linear op\'s KernelConfig fields, e.g. gla:num_warps=4,split_programs=0 (repeatable)')
   p.add_argument('--ops', default='simple_gla', help=f'comma-separated, of {",".join(OPS)}, or "all"')
   p.add_argument('--impls', default='kernel,chunk,fla,cudnn,sdpa,xla',
                  help='restrict every op to these impls (softmax baselines: cudnn, sdpa, xla)')
@@ -431,6 +503,7 @@ def main(argv=None):
                  help='print the table of these result files (rows merged) and exit')
   p.add_argument('--out', type=Path, default=DEFAULT_OUT)
   args = p.parse_args(argv)
+  args.kernel_configs = parse_kernel_configs(args.kernel_config)
   if args.table_from:
     runs = [json.loads(f.read_text()) for f in args.table_from]
     rows = [r for run in runs for r in run['rows']]
@@ -479,7 +552,16 @@ def main(argv=None):
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))
 
-  cfg = sg_pallas.DEFAULT_CONFIG
+  cfg = args.kernel_configs.pop('simple_gla', sg_pallas.DEFAULT_CONFIG)
+  for op in [o for o in args.tune_ops.split(',') if o]:
+    if op != 'gla':
+      raise SystemExit(f'--tune-ops: only gla (simple_gla: --tune; sigmoid, softmax_window: --tune-flash); got {op!r}')
+    log(f'tuning the {op} kernel at {shapes[0]} (budget {args.tune_budget_s:.0f} s)')
+    best, tune_rows = tune_by_candidates(op, shapes[0], args.tune_budget_s, log, args.kernel_configs.get(op))
+    result['tune'] += tune_rows
+    args.kernel_configs[op] = best
+    save()
+  result['kernel_configs'] = {op: dataclasses.asdict(c) for op, c in args.kernel_configs.items()}
   if args.tune and not args.quick and 'simple_gla' in ops_list:
     log(f'tuning at {shapes[0]} (budget {args.tune_budget_s:.0f} s)')
     cfg, result['tune'] = tune(shapes[0], args.tune_budget_s, log)
@@ -495,7 +577,7 @@ def main(argv=None):
   save()
   for op in ops_list if 'kernel' in impls and 'chunk' in impls else ():
     try:
-      rel = check_against_chunk(op, shapes[0], cfg, args.window)
+      rel = check_against_chunk(op, shapes[0], cfg, args.window, args.kernel_configs)
     except Exception as e:  # noqa: BLE001  (a missing kernel must not stop the timings)
       rel = f'{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ""}'
     result['check_vs_chunk'][op] = {'shape': list(shapes[0]), 'rel_rms': rel}

@@ -1,0 +1,34 @@
+"""benchmarks/ops_gpu.py on CPU (interpret mode, tiny shape): --kernel-config and --tune-ops reach the kernels."""
+
+import json
+
+import pytest
+from helpers import load_script
+
+
+@pytest.fixture(scope='module')
+def og():
+    return load_script('benchmarks/ops_gpu.py', 'ops_gpu')
+
+
+def test_kernel_config_text(og):
+    cfgs = og.parse_kernel_configs(['gla:num_warps=4,split_programs=none', 'delta_rule:split_o=true'])
+    assert cfgs['gla'].num_warps == 4 and cfgs['gla'].split_programs is None
+    assert cfgs['delta_rule'].split_o is True
+    with pytest.raises(SystemExit, match='OP one of'):
+        og.parse_kernel_configs(['softmax:block_q=64'])
+    with pytest.raises(SystemExit, match="no field 'warps'"):
+        og.parse_kernel_configs(['gla:warps=4'])
+
+
+def test_tuned_gla_config_is_used_and_saved(og, tmp_path):
+    out = tmp_path / 'ops.json'
+    og.main(['--ops', 'gla', '--impls', 'kernel,chunk', '--modes', 'fwd', '--shapes', '1x64x2x16',
+             '--kernel-config', 'gla:chunk=16', '--tune-ops', 'gla', '--tune-budget-s', '0', '--out', str(out)])
+    result = json.loads(out.read_text())
+    assert [r['mode'] for r in result['tune']] == ['fwd', 'fwd_bwd']  # the base of each list, budget spent
+    assert all(r['config']['chunk'] == 16 for r in result['tune'])
+    assert result['kernel_configs']['gla']['chunk'] == 16
+    assert result['check_vs_chunk']['gla']['rel_rms']['o'] < 1e-2
+    assert {(r['impl'], r['mode']) for r in result['rows'] if r['op'] == 'gla'} == {('kernel', 'fwd'), ('chunk', 'fwd')}
+    assert all(r['ms'] > 0 for r in result['rows'])
