@@ -36,7 +36,7 @@ def assert_close(name: str, got, ref, tol: float) -> None:
 
 
 def load_script(path: str, name: str):
-    """A repository script (e.g. 'benchmarks/delta_parts.py') imported as module `name`, to call its main()."""
+    """A repository script (e.g. 'benchmarks/kernel_parts.py') imported as module `name`, to call its main()."""
     spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, path))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

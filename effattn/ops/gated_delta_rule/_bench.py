@@ -5,8 +5,8 @@
 
 Pieces: 'wy' (WY/UT kernel), 'fwd_state' (forward state kernel given W, U; o and final state only),
 'fwd_state_store' (the same, also writing the chunk-start states, as under jax.grad), 'fwd' (whole
-forward), 'bwd_state' (reverse state-gradient kernel), 'bwd_xla' (the per-chunk backward given the
-stored states and state cotangents: a Pallas kernel now, the name kept), 'fwd_bwd' (forward + backward of sum(o * do) + sum(ht)).
+forward), 'bwd_state' (reverse state-gradient kernel), 'bwd_chunk' (the per-chunk backward given the
+stored states and state cotangents, one Pallas kernel), 'fwd_bwd' (forward + backward of sum(o * do) + sum(ht)).
 """
 from __future__ import annotations
 
@@ -78,7 +78,7 @@ def benchmark_parts(b, t, h, d, dtype, gated: bool = True, chunk: int = 64, conf
         'fwd_state_store': p(fss, q, k, w, u, gb),
         'fwd': p(jax.jit(fwd), q, k, v, g, beta),
         'bwd_state': p(bs, q, k, w, do, gb, dht),
-        'bwd_xla': p(bx, q, k, v, g32, beta, s_starts, ds_ends, w, u, tt, do),
+        'bwd_chunk': p(bx, q, k, v, g32, beta, s_starts, ds_ends, w, u, tt, do),
         'fwd_bwd': p(fb, q, k, v, g, beta),
     }
 
@@ -95,6 +95,6 @@ def tune_candidates(base=None) -> dict[str, list]:
                       for bv in (32, 64) for w in (4, 8) for s in (1, 2, 3)],
         'fwd': [base] + [rep(base, split_o=True, block_v=bv, num_warps=w, num_stages=st, num_warps_o=wo)
                          for bv, w, st in ((32, 4, 2), (32, 4, 3), (32, 8, 3), (64, 8, 3)) for wo in (4, 8)],
-        'bwd_xla': [rep(base, block_v_chunk=bv, num_warps_chunk=w, num_stages_chunk=s)
+        'bwd_chunk': [rep(base, block_v_chunk=bv, num_warps_chunk=w, num_stages_chunk=s)
                     for bv in (16, 32, 64) for w in (4, 8) for s in (1, 2)],
     }

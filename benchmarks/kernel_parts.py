@@ -1,0 +1,156 @@
+"""GPU timing of each piece of a linear-attention Pallas kernel (gla, delta rules), to see where its time goes.
+
+Pieces, from each op's _bench.benchmark_parts:
+  gated_delta_rule, delta_rule (effattn/ops/gated_delta_rule/_bench.py): 'wy' (WY/UT-transform kernel),
+    'fwd_state' (forward state sweep given W, U), 'fwd_state_store' (the same, also writing the chunk
+    states, as under grad), 'fwd' (whole forward), 'bwd_state' (reverse state-gradient sweep), 'bwd_chunk'
+    (the per-chunk backward kernel; 'bwd_xla' in result files before 2026-12-02 evening), 'fwd_bwd'.
+  gla (effattn/ops/gla/_bench.py): 'gates' (chunk cumsums), 'intra_fwd', 'fwd_sweep', 'fwd', 'intra_bwd',
+    'bwd_sweeps', 'dg', 'fwd_bwd'.
+Median of --reps calls after 3 warm-up calls, block_until_ready around each call; compile excluded
+(reported as the first call's time).
+
+  python benchmarks/kernel_parts.py                          # gated_delta_rule, B=4 T=4096 H=16 D=128 bf16
+  python benchmarks/kernel_parts.py --op gla
+  python benchmarks/kernel_parts.py --op delta_rule --config split_o=true,block_v=32,num_warps=4,num_stages=2
+  python benchmarks/kernel_parts.py --tune fwd_state          # every tune_candidates config of one piece
+  python benchmarks/kernel_parts.py --op delta_rule --parts bwd_chunk --ablate dk_role   # what one role costs
+
+--ablate (delta rules; diagnostic: the gradients it gives are wrong) changes the per-chunk backward kernel
+(_bwd_kernel.py) before timing: dq_role or dk_role skips that role's programs (each chunk has one of
+each), bf16_dots makes its TF32 dots (fp32 operands) bf16 ones; the time saved is what the part costs.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+
+from effattn.ops.gated_delta_rule import _bench as delta_bench
+from effattn.ops.gated_delta_rule import _bwd_kernel, _kernel_common
+from effattn.ops.gated_delta_rule import pallas as delta_pallas
+from effattn.ops.gla import _bench as gla_bench
+from effattn.ops.gla import pallas as gla_pallas
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import kernel_config_text  # noqa: E402  (a sibling script module)
+
+OPS = ('gated_delta_rule', 'delta_rule', 'gla')
+PARTS = {'gated_delta_rule': 'wy,fwd_state,fwd_state_store,fwd,bwd_state,bwd_chunk,fwd_bwd',
+         'gla': 'gates,intra_fwd,fwd_sweep,fwd,intra_bwd,bwd_sweeps,dg,fwd_bwd'}
+PARTS['delta_rule'] = PARTS['gated_delta_rule']
+GLA_FORWARD_PARTS = ('gates', 'intra_fwd', 'fwd_sweep', 'fwd')
+ABLATIONS = ('dq_role', 'dk_role', 'bf16_dots')
+
+
+def config_class(op: str):
+  return gla_pallas.KernelConfig if op == 'gla' else delta_pallas.KernelConfig
+
+
+def parse_config(text: str | None, op: str = 'gated_delta_rule'):
+  """'block_v=32,split_o=true' -> the op's KernelConfig with those fields; unknown fields are an error."""
+  return kernel_config_text.parse_config(config_class(op), text)
+
+
+def parts_of(op: str, shape, dtype, config):
+  b, t, h, d = shape
+  if op == 'gla':
+    return gla_bench.benchmark_parts(b, t, h, d, dtype, config=config)
+  return delta_bench.benchmark_parts(b, t, h, d, dtype, gated=op == 'gated_delta_rule', config=config)
+
+
+def candidates(op: str, part: str, config) -> list:
+  """KernelConfigs worth timing for one piece (the op's tune_candidates)."""
+  if op == 'gla':
+    return gla_pallas.tune_candidates(config or gla_pallas.DEFAULT_CONFIG)[
+        'fwd' if part in GLA_FORWARD_PARTS else 'fwd_bwd']
+  lists = delta_bench.tune_candidates(config)
+  if part not in lists:
+    raise SystemExit(f'--tune: no candidates for {part!r}; pieces with some: {", ".join(lists)}')
+  return lists[part]
+
+
+def ablate(what: str) -> None:
+  """Patches the delta rules' per-chunk backward kernel module for --ablate (before any tracing)."""
+  if what in ('dq_role', 'dk_role'):
+    setattr(_bwd_kernel, f'_{what}', lambda *args, **kwargs: None)
+  elif what == 'bf16_dots':
+    _bwd_kernel._wide = _kernel_common._dot
+  else:
+    raise SystemExit(f'--ablate: unknown {what!r}; known: {", ".join(ABLATIONS)}')
+
+
+def time_part(fn, reps: int) -> dict:
+  t0 = time.perf_counter()
+  jax.block_until_ready(fn())
+  first = time.perf_counter() - t0
+  for _ in range(3):
+    jax.block_until_ready(fn())
+  times = []
+  for _ in range(reps):
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn())
+    times.append(time.perf_counter() - t0)
+  return {'ms': 1e3 * statistics.median(times), 'min_ms': 1e3 * min(times), 'first_call_s': first}
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument('shape', nargs='*', type=int, default=[4, 4096, 16, 128], help='B T H D')
+  p.add_argument('--op', default='gated_delta_rule', choices=OPS)
+  p.add_argument('--nogate', action='store_true', help='the same as --op delta_rule')
+  p.add_argument('--dtype', default='bfloat16')
+  p.add_argument('--parts', default=None, help='comma-separated pieces (default: all of the op\'s)')
+  p.add_argument('--config', default=None, help='KernelConfig fields, e.g. block_v=32,num_warps=4')
+  p.add_argument('--tune', default=None, help='one piece: time it at every tune_candidates config')
+  p.add_argument('--ablate', default='', help=f'comma-separated, of {", ".join(ABLATIONS)} (delta rules; diagnostic)')
+  p.add_argument('--reps', type=int, default=20)
+  p.add_argument('--out', default=None, help='also write the rows as JSON')
+  a = p.parse_args(argv)
+  op = 'delta_rule' if a.nogate else a.op
+  if len(a.shape) != 4:
+    raise SystemExit(f'shape: give B T H D (4 integers); got {a.shape}')
+  cfg, dtype = parse_config(a.config, op), jnp.dtype(a.dtype)
+  names = (a.parts or PARTS[op]).split(',')
+  unknown = sorted(set(names + ([a.tune] if a.tune else [])) - set(PARTS[op].split(',')))
+  if unknown:
+    raise SystemExit(f'--parts / --tune: {op} has no piece {unknown}; pieces: {PARTS[op]}')
+  if a.ablate and op == 'gla':
+    raise SystemExit('--ablate: only for the delta rules')
+  for what in filter(None, a.ablate.split(',')):
+    ablate(what)
+  b, t, h, d = a.shape
+  print(f'{op} B={b} T={t} H={h} D={d} {a.dtype} {jax.devices()[0].device_kind}', flush=True)
+  rows = []
+  if a.tune:
+    for c in candidates(op, a.tune, cfg):
+      try:
+        row = time_part(parts_of(op, a.shape, dtype, c)[a.tune], a.reps)
+      except Exception as e:  # noqa: BLE001  (a configuration Triton cannot compile)
+        row = {'ms': None, 'error': f'{type(e).__name__}: {str(e)[:200]}'}
+      rows.append({'part': a.tune, 'config': dataclasses.asdict(c), **row})
+      print(f'{a.tune:16s} {row["ms"] if row["ms"] is None else round(row["ms"], 3)} ms  {c}', flush=True)
+  else:
+    parts = parts_of(op, a.shape, dtype, cfg)
+    for name in names:
+      row = time_part(parts[name], a.reps)
+      rows.append({'part': name, **row})
+      print(f'{name:16s} {row["ms"]:8.3f} ms  (min {row["min_ms"]:.3f}, first call {row["first_call_s"]:.1f} s)',
+            flush=True)
+  if a.out:
+    meta = {'op': op, 'shape': [b, t, h, d], 'dtype': a.dtype, 'gated': op == 'gated_delta_rule',
+            'device': jax.devices()[0].device_kind, 'jax': jax.__version__,
+            'config': dataclasses.asdict(cfg or config_class(op)()), 'ablate': a.ablate}
+    with open(a.out, 'w') as f:
+      json.dump({'meta': meta, 'rows': rows}, f, indent=1)
+
+
+if __name__ == '__main__':
+  main()

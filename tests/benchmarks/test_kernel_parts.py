@@ -1,0 +1,51 @@
+"""benchmarks/kernel_parts.py on CPU (interpret mode, tiny shapes): every piece runs, JSON rows, config parsing,
+ablations."""
+
+import json
+
+import pytest
+from helpers import load_script
+
+
+@pytest.fixture(scope='module')
+def kp():
+    return load_script('benchmarks/kernel_parts.py', 'kernel_parts')
+
+
+@pytest.mark.parametrize('op, shape, config', [('delta_rule', [1, 64, 1, 16], 'block_v=16,split_o=true'),
+                                               ('gla', [1, 64, 1, 16], 'chunk=16,block_v=16')])
+def test_every_part_runs_and_is_saved(kp, tmp_path, op, shape, config):
+    out = tmp_path / 'parts.json'
+    kp.main([*map(str, shape), '--op', op, '--reps', '1', '--config', config, '--out', str(out)])
+    stored = json.loads(out.read_text())
+    assert [r['part'] for r in stored['rows']] == kp.PARTS[op].split(',')
+    assert all(r['ms'] > 0 for r in stored['rows'])
+    assert stored['meta']['op'] == op and stored['meta']['config']['block_v'] == 16
+
+
+def test_config_and_arguments_are_checked(kp):
+    cfg = kp.parse_config('block_v=32,split_o=false')
+    assert cfg.block_v == 32 and cfg.split_o is False
+    assert kp.parse_config('intra_width=16', 'gla').intra_width == 16
+    with pytest.raises(SystemExit, match='no field .blockv'):
+        kp.parse_config('blockv=16')
+    with pytest.raises(SystemExit, match='split_o takes true or false'):
+        kp.parse_config('split_o=maybe')
+    with pytest.raises(SystemExit, match="block_v='wide' is not a int"):
+        kp.parse_config('block_v=wide')
+    with pytest.raises(SystemExit, match="gla has no piece \\['wy'\\]"):
+        kp.main(['--op', 'gla', '--parts', 'wy'])
+    with pytest.raises(SystemExit, match='only for the delta rules'):
+        kp.main(['--op', 'gla', '--ablate', 'dk_role'])
+
+
+def test_ablation_skips_a_role_of_the_chunk_backward(kp, monkeypatch):
+    from effattn.ops.gated_delta_rule import _bwd_kernel
+    for name in ('_dq_role', '_dk_role', '_wide'):  # restored after the test
+        monkeypatch.setattr(_bwd_kernel, name, getattr(_bwd_kernel, name))
+    kp.ablate('dk_role')
+    parts = kp.parts_of('delta_rule', (1, 64, 1, 16), 'float32', None)
+    dq = parts['bwd_chunk']()[0]
+    assert float(abs(dq).sum()) > 0  # the dq role still ran
+    with pytest.raises(SystemExit, match='unknown .nope'):
+        kp.ablate('nope')
