@@ -15,6 +15,7 @@ Median of --reps calls after 3 warm-up calls, block_until_ready around each call
   python benchmarks/kernel_parts.py --op delta_rule --config split_o=true,block_v=32,num_warps=4,num_stages=2
   python benchmarks/kernel_parts.py --tune fwd_state          # every tune_candidates config of one piece
   python benchmarks/kernel_parts.py --op delta_rule --parts bwd_chunk --ablate dk_role   # what one role costs
+  python benchmarks/kernel_parts.py --op delta_rule --parts bwd_chunk --config bwd_dots=tf32   # or mixed, bf16
 
 --ablate (delta rules; diagnostic: the gradients it gives are wrong) changes the per-chunk backward kernel
 (_bwd_kernel.py) before timing: dq_role or dk_role skips that role's programs (each chunk has one of

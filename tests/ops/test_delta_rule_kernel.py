@@ -149,6 +149,22 @@ def test_split_o(dtype):
     assert_close('final_state', ht, ht_ref, TOL[dtype])
 
 
+@pytest.mark.parametrize('dots', ['tf32', 'bf16'])
+def test_backward_dot_modes(dots):
+    """KernelConfig.bwd_dots other than the default ('mixed', every other test): TF32 (IEEE in interpret mode)
+    everywhere, or bf16 everywhere (within tolerance at this small head size; over it at K = V = 128)."""
+    cfg = KernelConfig(bwd_dots=dots)
+    _check(Case(1, 130, 1, 64, 64, n=1, h0=True, chunk=32, dtype='bfloat16'),
+           functools.partial(kernel_gated_delta_rule, config=cfg))
+
+
+def test_unknown_backward_dot_mode_is_named():
+    x, cot = make_inputs(Case(1, 16, 1, 16, 16, n=1, h0=False, chunk=16))
+    fn = functools.partial(kernel_gated_delta_rule, config=KernelConfig(bwd_dots='tf16'))
+    with pytest.raises(ValueError, match="dots must be one of .*'tf16'"):
+        _run(x, cot, fn=fn, chunk=16)
+
+
 def test_public_ops_impl_kernel():
     """delta_rule and gated_delta_rule route impl='kernel' (gated with g = 0 equals DeltaNet)."""
     x, _ = make_inputs(Case(1, 20, 1, 16, 16, n=1, h0=True, chunk=16))

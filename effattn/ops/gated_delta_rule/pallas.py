@@ -68,6 +68,7 @@ class KernelConfig:
     block_v_chunk: int = 16  # per-chunk backward kernel: value columns per step (spills 64: 2.0 KB, 32: 1.4, 16: 0.7)
     num_warps_chunk: int = 8
     num_stages_chunk: int = 1
+    bwd_dots: str = 'mixed'  # per-chunk backward, bf16 inputs: which dots take TF32 (_bwd_kernel.DOT_MODES)
     split_o: bool = False    # forward as fla: the sweep writes V' and S_c, o in a kernel per chunk
     num_warps_o: int = 8
 
@@ -237,7 +238,7 @@ def _chunk_grads(q, k, v, g, beta, s_starts, ds_ends, wut, do, ctx, cfg, interpr
     w, u, t = wut
     dq, dk, dv, dg, dbeta = chunk_grads_kernel(
         q, k, v, w, u, do, _gates_bht(g), _gates_bht(beta), t, s_starts, ds_ends, ctx, cfg.block_v_chunk,
-        cfg.num_warps_chunk, cfg.num_stages_chunk, interpret)
+        cfg.num_warps_chunk, cfg.num_stages_chunk, interpret, cfg.bwd_dots)
     return dq, dk, dv, _gates_bht(dg), _gates_bht(dbeta)
 
 
