@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from helpers import TOL, assert_close
 
+from effattn.ops.common import sequence_split
 from effattn.ops.simple_gla import simple_gla
 from effattn.ops.simple_gla.naive import naive_simple_gla
 from effattn.ops.simple_gla.pallas import KernelConfig, kernel_simple_gla
@@ -112,9 +113,11 @@ def test_three_backward_launches_and_small_tiles():
 
 @pytest.mark.parametrize('case', [Case(1, 256, 2, 32, 32, n=1, h0=True, chunk=16),
                                   Case(2, 256, 1, 16, 48, n=0.1, h0=False, chunk=32, dtype='bfloat16')], ids=str)
-def test_sequence_split_matches_naive(case):
+def test_sequence_split_matches_naive(case, monkeypatch):
   """Long-T / small-batch path (ops/common/sequence_split.py): 4 segments from the program target, run as
-  batch rows and stitched by the segment-state scan; outputs, final state and every gradient exact."""
+  batch rows and stitched by the segment-state scan; outputs, final state and every gradient exact. Segment
+  states summed over sub-blocks of 16 rows (1024 outside tests) so that the sum is exercised."""
+  monkeypatch.setattr(sequence_split, '_SUB_BLOCK', 16)
   cfg = KernelConfig(split_programs=4 * case.b * case.h, split_min_len=32)
   _check(case, functools.partial(kernel_simple_gla, config=cfg))
 
