@@ -344,7 +344,8 @@ def parse_kernel_configs(items: list[str]) -> dict:
   for item in items:
     op, sep, text = item.partition(':')
     if not sep or op not in KERNEL_CONFIGS:
-      raise SystemExit(f'--kernel-config: write OP:field=value,...; OP one of {", ".join(KERNEL_CONFIGS)}; got {item!r}')
+      raise SystemExit(f'--kernel-config: write OP:field=value,...; OP one of {", ".join(KERNEL_CONFIGS)}; '
+                       f'got {item!r}')
     out[op] = kernel_config_text.parse_config(KERNEL_CONFIGS[op], text, '--kernel-config')
   return out
 
@@ -486,7 +487,8 @@ def main(argv=None):
   p.add_argument('--tune', action='store_true', help='time kernel configurations at the first shape first')
   p.add_argument('--tune-budget-s', type=float, default=150.0)
   p.add_argument('--tune-flash', default='', help='sigmoid and/or softmax_window: time flash-kernel configs first')
-  p.add_argument('--tune-ops', default='', help='gla: time its tune_candidates first (--tune-budget-s), use the fastest')
+  p.add_argument('--tune-ops', default='',
+                 help='gla: time its tune_candidates first (--tune-budget-s), use the fastest')
   p.add_argument('--kernel-config', action='append', default=[], metavar='OP:FIELD=VALUE,...',
                  help='a linear op\'s KernelConfig fields, e.g. gla:num_warps=4,split_programs=0 (repeatable)')
   p.add_argument('--ops', default='simple_gla', help=f'comma-separated, of {",".join(OPS)}, or "all"')

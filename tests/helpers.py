@@ -35,6 +35,26 @@ def assert_close(name: str, got, ref, tol: float) -> None:
     assert err < tol, f'{name}: relative RMS error {err:.3e} >= {tol:.1e}'
 
 
+def upcast(x: dict, cot: tuple) -> tuple[dict, tuple]:
+    """The same values in fp32, for the oracle: inputs {name: array} and cotangents (dO, d final state)."""
+    return ({n: np.asarray(v, np.float32) for n, v in x.items()},
+            tuple(np.asarray(c, np.float32) for c in cot))
+
+
+def assert_matches_oracle(got, ref, x: dict, tol: float) -> None:
+    """got, ref: (o, final state, {input name: gradient}) of a state-carrying op run on the inputs x and by
+    its oracle on their fp32 copies. o keeps q's dtype and the final state is fp32; every input has a
+    gradient in its own dtype; o, the final state and each gradient are within tol of the oracle's."""
+    (o, ht, grads), (o_ref, ht_ref, grads_ref) = got, ref
+    assert o.dtype == x['q'].dtype and ht.dtype == np.float32, (o.dtype, ht.dtype)
+    assert_close('o', o, o_ref, tol)
+    assert_close('final_state', ht, ht_ref, tol)
+    assert set(grads) == set(x), sorted(grads)
+    for name in x:
+        assert grads[name].dtype == x[name].dtype, name
+        assert_close(f'd{name}', grads[name], grads_ref[name], tol)
+
+
 def load_script(path: str, name: str):
     """A repository script (e.g. 'benchmarks/kernel_parts.py') imported as module `name`, to call its main()."""
     spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, path))

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import TOL, assert_close
+from helpers import TOL, assert_close, assert_matches_oracle, upcast
 
 from effattn.ops.gla import gla
 from effattn.ops.gla.naive import gla_naive
@@ -86,17 +86,7 @@ def _naive(q, k, v, g, *, scale, initial_state):
 
 def _check(case: Case, fn):
   x, cot = make_inputs(case)
-  o, ht, grads = _run(x, cot, fn=fn)
-  up = {n: a.astype(jnp.float32) for n, a in x.items()}  # the same values, in fp32, for the oracle
-  o_ref, ht_ref, grads_ref = _run(up, (cot[0].astype(jnp.float32), cot[1]), fn=_naive)
-  tol = TOL[case.dtype]
-  assert o.dtype == x['q'].dtype and ht.dtype == jnp.float32
-  assert_close('o', o, o_ref, tol)
-  assert_close('final_state', ht, ht_ref, tol)
-  assert set(grads) == set(x)
-  for name in x:
-    assert grads[name].dtype == x[name].dtype, name
-    assert_close(f'd{name}', grads[name], grads_ref[name], tol)
+  assert_matches_oracle(_run(x, cot, fn=fn), _run(*upcast(x, cot), fn=_naive), x, TOL[case.dtype])
 
 
 @pytest.mark.parametrize('case', CASES, ids=str)

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import TOL, assert_close
+from helpers import TOL, assert_close, assert_matches_oracle, upcast
 
 from effattn.ops.common import sequence_split
 from effattn.ops.simple_gla import simple_gla
@@ -85,18 +85,9 @@ def _run(x, cot, *, fn, chunk):
 
 def _check(case: Case, fn, tol=None):
   x, cot = make_inputs(case)
-  o, ht, grads = _run(x, cot, fn=fn, chunk=case.chunk)
-  up = {n: a.astype(jnp.float32) for n, a in x.items()}  # the same values, in fp32, for the oracle
-  o_ref, ht_ref, grads_ref = _run(up, (cot[0].astype(jnp.float32), cot[1]), fn=naive_simple_gla,
-                                  chunk=case.chunk)
-  tol = TOL[case.dtype] if tol is None else tol
-  assert o.dtype == x['q'].dtype and ht.dtype == jnp.float32
-  assert_close('o', o, o_ref, tol)
-  assert_close('final_state', ht, ht_ref, tol)
-  assert set(grads) == set(x)
-  for name in x:
-    assert grads[name].dtype == x[name].dtype, name
-    assert_close(f'd{name}', grads[name], grads_ref[name], tol)
+  got = _run(x, cot, fn=fn, chunk=case.chunk)
+  ref = _run(*upcast(x, cot), fn=naive_simple_gla, chunk=case.chunk)
+  assert_matches_oracle(got, ref, x, TOL[case.dtype] if tol is None else tol)
 
 
 @pytest.mark.parametrize('case', CASES, ids=str)
