@@ -38,23 +38,3 @@ sys.path.insert(0, os.path.dirname(__file__))
 def pytest_sessionfinish(session):
     if _OWN_CACHE is not None and not hasattr(session.config, 'workerinput'):  # not an xdist worker
         shutil.rmtree(_OWN_CACHE, ignore_errors=True)
-
-
-# The modules with the longest tests (15-45 s each on 2 cores), heaviest first. pytest-xdist hands tests
-# out in collection order, so collected last (alphabetically) they would run on one worker while the other
-# idles at the end of the suite; first, the short tests fill in around them.
-_HEAVY_FIRST = (
-    'tests/test_notebooks.py', 'tests/parallel/', 'tests/benchmarks/test_scale.py',
-    'tests/benchmarks/test_train_throughput.py', 'tests/eval/test_text_eval.py', 'tests/train/test_linearize.py',
-    'tests/attention/test_routing_module.py', 'tests/ops/test_long_sequence.py', 'tests/models/test_lm.py',
-    'tests/train/test_cli.py',
-)
-
-
-def _heavy_rank(item) -> int:
-    path = item.nodeid.split('::')[0]
-    return next((i for i, prefix in enumerate(_HEAVY_FIRST) if path.startswith(prefix)), len(_HEAVY_FIRST))
-
-
-def pytest_collection_modifyitems(session, config, items):
-    items.sort(key=_heavy_rank)  # stable: the rest keep their order
