@@ -171,6 +171,12 @@ def jax_fns(fn, names: tuple[str, ...]):
   return jax.jit(fwd), jax.jit(fwd_bwd)
 
 
+def time_jax_ms(fn, x: dict, do, mode: str) -> float:
+  """Milliseconds per call of fn(**x) ('fwd') or of its VJP given do ('fwd_bwd'), jitted, compile excluded."""
+  fwd, fwd_bwd = jax_fns(fn, tuple(x))
+  return 1e3 * time_calls((lambda: fwd(x)) if mode == 'fwd' else (lambda: fwd_bwd(x, do)), jax_sync)
+
+
 def rel_rms(a, b) -> float:
   a = np.asarray(jnp.asarray(a, jnp.float32), np.float64)
   b = np.asarray(jnp.asarray(b, jnp.float32), np.float64)
@@ -239,12 +245,8 @@ def tune(shape, budget_s: float, log) -> tuple[sg_pallas.KernelConfig, list[dict
   def run(cfg, what):
     if time.perf_counter() - start > budget_s:
       return None
-    fwd, fwd_bwd = jax_fns(simple_gla_kernel_fn(cfg), tuple(x))
     try:
-      if what == 'fwd':
-        ms = 1e3 * time_calls(lambda: fwd(x), jax_sync)
-      else:
-        ms = 1e3 * time_calls(lambda: fwd_bwd(x, do), jax_sync)
+      ms = time_jax_ms(simple_gla_kernel_fn(cfg), x, do, what)
     except Exception as e:  # noqa: BLE001  (a configuration Triton cannot compile: registers, shared memory)
       log(f'  tune {what} {cfg}: failed: {type(e).__name__}: {str(e)[:200]}')
       ms = None
@@ -291,10 +293,8 @@ def tune_flash(op: str, shape, budget_s: float, window: int, log) -> tuple[objec
     fn = lambda q, k, v: flash.flash_attention(q, k, v, score=score, causal=True, scale=q.shape[-1] ** -0.5,
                                                window=None if score == 'sigmoid' else window, bias=bias,
                                                config=cfg)
-    fwd, fwd_bwd = jax_fns(fn, tuple(x))
     try:
-      call = (lambda: fwd(x)) if what == 'fwd' else (lambda: fwd_bwd(x, do))
-      ms = 1e3 * time_calls(call, jax_sync)
+      ms = time_jax_ms(fn, x, do, what)
     except Exception as e:  # noqa: BLE001  (a configuration Triton cannot compile)
       log(f'  tune {op} {what} {cfg}: failed: {type(e).__name__}: {str(e)[:200]}')
       ms = None
@@ -358,9 +358,8 @@ def tune_by_candidates(op: str, shape, budget_s: float, log, base=None) -> tuple
   rows = []
 
   def run(cfg, what):
-    fwd, fwd_bwd = jax_fns(module.benchmark_fn(cfg), tuple(x))
     try:
-      ms = 1e3 * time_calls((lambda: fwd(x)) if what == 'fwd' else (lambda: fwd_bwd(x, do)), jax_sync)
+      ms = time_jax_ms(module.benchmark_fn(cfg), x, do, what)
     except Exception as e:  # noqa: BLE001  (a configuration Triton cannot compile: registers, shared memory)
       log(f'  tune {op} {what}: failed: {type(e).__name__}: {str(e)[:200]}')
       ms = None
@@ -406,9 +405,7 @@ def bench_one(op, impl, shape, mode, x, do, cfg, args) -> float:
     fn = kernel_fn(op, cfg, args.window, args.kernel_configs)
   else:
     fn = effattn_op(op, impl, args.window)
-  fwd, fwd_bwd = jax_fns(fn, tuple(x))
-  call = (lambda: fwd(x)) if mode == 'fwd' else (lambda: fwd_bwd(x, do))
-  return 1e3 * time_calls(call, jax_sync)
+  return time_jax_ms(fn, x, do, mode)
 
 
 def bench_shape(shape, ops_impls, cfg, args, log, on_row) -> None:
