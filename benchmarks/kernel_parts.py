@@ -4,7 +4,8 @@ Pieces, from each op's _bench.benchmark_parts:
   gated_delta_rule, delta_rule (effattn/ops/gated_delta_rule/_bench.py): 'wy' (WY/UT-transform kernel),
     'fwd_state' (forward state sweep given W, U), 'fwd_state_store' (the same, also writing the chunk
     states, as under grad), 'fwd' (whole forward), 'bwd_state' (reverse state-gradient sweep), 'bwd_chunk'
-    (the per-chunk backward kernel; 'bwd_xla' in result files before 2026-12-02 evening), 'fwd_bwd'.
+    (the backward after that sweep; 'bwd_xla' in result files before 2026-12-02 evening), 'bwd_dqk' and
+    'bwd_wy' (its two kernels; the split backward, the default), 'fwd_bwd'.
   gla (effattn/ops/gla/_bench.py): 'gates' (chunk cumsums), 'intra_fwd', 'fwd_sweep', 'fwd', 'intra_bwd',
     'bwd_sweeps', 'dg', 'fwd_bwd'.
 Median of --reps calls after 3 warm-up calls, block_until_ready around each call; compile excluded
@@ -14,12 +15,13 @@ Median of --reps calls after 3 warm-up calls, block_until_ready around each call
   python benchmarks/kernel_parts.py --op gla
   python benchmarks/kernel_parts.py --op delta_rule --config split_o=true,block_v=32,num_warps=4,num_stages=2
   python benchmarks/kernel_parts.py --tune fwd_state          # every tune_candidates config of one piece
-  python benchmarks/kernel_parts.py --op delta_rule --parts bwd_chunk --ablate dk_role   # what one role costs
+  python benchmarks/kernel_parts.py --op delta_rule --parts bwd_chunk --config bwd_split=false --ablate dk_role
   python benchmarks/kernel_parts.py --op delta_rule --parts bwd_chunk --config bwd_dots=tf32   # or mixed, bf16
 
---ablate (delta rules; diagnostic: the gradients it gives are wrong) changes the per-chunk backward kernel
-(_bwd_kernel.py) before timing: dq_role or dk_role skips that role's programs (each chunk has one of
-each), bf16_dots makes its TF32 dots (fp32 operands) bf16 ones; the time saved is what the part costs.
+--ablate (delta rules; diagnostic: the gradients it gives are wrong) changes the backward before timing:
+dq_role or dk_role skips that role's programs in the fused per-chunk kernel (_bwd_kernel.py, under
+--config bwd_split=false; each chunk has one of each), bf16_dots makes every TF32 dot (fp32 operands) of the
+backward kernels a bf16 one; the time saved is what the part costs.
 """
 from __future__ import annotations
 
@@ -44,7 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import kernel_config_text  # noqa: E402  (a sibling script module)
 
 OPS = ('gated_delta_rule', 'delta_rule', 'gla')
-PARTS = {'gated_delta_rule': 'wy,fwd_state,fwd_state_store,fwd,bwd_state,bwd_chunk,fwd_bwd',
+PARTS = {'gated_delta_rule': 'wy,fwd_state,fwd_state_store,fwd,bwd_state,bwd_chunk,bwd_dqk,bwd_wy,fwd_bwd',
          'gla': 'gates,intra_fwd,fwd_sweep,fwd,intra_bwd,bwd_sweeps,dg,fwd_bwd'}
 PARTS['delta_rule'] = PARTS['gated_delta_rule']
 GLA_FORWARD_PARTS = ('gates', 'intra_fwd', 'fwd_sweep', 'fwd')
@@ -83,7 +85,7 @@ def ablate(what: str) -> None:
   if what in ('dq_role', 'dk_role'):
     setattr(_bwd_kernel, f'_{what}', lambda *args, **kwargs: None)
   elif what == 'bf16_dots':
-    _bwd_kernel._wide = _kernel_common._dot
+    _kernel_common._wide = _kernel_common._dot
   else:
     raise SystemExit(f'--ablate: unknown {what!r}; known: {", ".join(ABLATIONS)}')
 
@@ -125,6 +127,10 @@ def main(argv=None):
     raise SystemExit(f'--parts / --tune: {op} has no piece {unknown}; pieces: {PARTS[op]}')
   if a.ablate and op == 'gla':
     raise SystemExit('--ablate: only for the delta rules')
+  roles = {'dq_role', 'dk_role'} & set(a.ablate.split(','))
+  if roles and getattr(cfg or config_class(op)(), 'bwd_split', False):
+    raise SystemExit(f'--ablate {",".join(sorted(roles))}: a role of the fused per-chunk kernel; '
+                     'add --config bwd_split=false')
   for what in filter(None, a.ablate.split(',')):
     ablate(what)
   b, t, h, d = a.shape
@@ -141,6 +147,9 @@ def main(argv=None):
   else:
     parts = parts_of(op, a.shape, dtype, cfg)
     for name in names:
+      if name not in parts:
+        print(f'{name:16s} not in this configuration (bwd_dqk, bwd_wy: the split backward only)', flush=True)
+        continue
       row = time_part(parts[name], a.reps)
       rows.append({'part': name, **row})
       print(f'{name:16s} {row["ms"]:8.3f} ms  (min {row["min_ms"]:.3f}, first call {row["first_call_s"]:.1f} s)',

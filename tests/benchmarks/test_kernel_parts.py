@@ -41,13 +41,17 @@ def test_config_and_arguments_are_checked(kp):
 
 
 def test_ablation_skips_a_role_of_the_chunk_backward(kp, monkeypatch):
-    from effattn.ops.gated_delta_rule import _bwd_kernel
-    for name in ('_dq_role', '_dk_role', '_wide'):  # restored after the test
+    from effattn.ops.gated_delta_rule import _bwd_kernel, _kernel_common
+    for name in ('_dq_role', '_dk_role'):  # restored after the test
         monkeypatch.setattr(_bwd_kernel, name, getattr(_bwd_kernel, name))
-    dq_ref = kp.parts_of('delta_rule', (1, 64, 1, 16), 'float32', None)['bwd_chunk']()[0]
+    monkeypatch.setattr(_kernel_common, '_wide', _kernel_common._wide)
+    fused = kp.parse_config('bwd_split=false')
+    dq_ref = kp.parts_of('delta_rule', (1, 64, 1, 16), 'float32', fused)['bwd_chunk']()[0]
     kp.ablate('dk_role')
-    dq = kp.parts_of('delta_rule', (1, 64, 1, 16), 'float32', None)['bwd_chunk']()[0]
+    dq = kp.parts_of('delta_rule', (1, 64, 1, 16), 'float32', fused)['bwd_chunk']()[0]
     np.testing.assert_array_equal(dq, dq_ref)  # the dq role ran as before
     assert float(np.abs(dq_ref).max()) > 0
     with pytest.raises(SystemExit, match='unknown .nope'):
         kp.ablate('nope')
+    with pytest.raises(SystemExit, match='add --config bwd_split=false'):
+        kp.main(['--op', 'delta_rule', '--ablate', 'dq_role', '1', '64', '1', '16'])

@@ -125,6 +125,22 @@ def test_narrow_value_tiles():
     _check(Case(1, 40, 1, 16, 60, n=1, h0=True, chunk=16), functools.partial(kernel_gated_delta_rule, config=cfg))
 
 
+def test_narrow_backward_tiles():
+    """Several key tiles in the dq/dk/dW kernel (partial gate sums over tiles) and several column steps in it
+    and in the WY backward kernel."""
+    cfg = KernelConfig(block_k_dqk=16, block_v_dqk=16, cols_wy_bwd=16)
+    _check(Case(1, 40, 2, 48, 33, n=1, h0=True, chunk=16), functools.partial(kernel_gated_delta_rule, config=cfg))
+
+
+@pytest.mark.parametrize('dtype', ['float32', 'bfloat16'])
+def test_fused_backward(dtype):
+    """KernelConfig(bwd_split=False): the former backward, one fused per-chunk kernel (kept for comparison in
+    benchmarks/kernel_parts.py)."""
+    cfg = KernelConfig(bwd_split=False)
+    _check(Case(1, 70, 1, 32, 64, n=1, h0=True, chunk=32, dtype=dtype),
+           functools.partial(kernel_gated_delta_rule, config=cfg))
+
+
 @pytest.mark.parametrize('dtype', ['float32', 'bfloat16'])
 def test_split_o(dtype):
     """KernelConfig(split_o=True): the sweep writes V' and the chunk states, o from a kernel per chunk."""
@@ -154,6 +170,9 @@ def test_unknown_backward_dot_mode_is_named():
     fn = functools.partial(kernel_gated_delta_rule, config=KernelConfig(bwd_dots='tf16'))
     with pytest.raises(ValueError, match="dots must be one of .*'tf16'"):
         _run(x, cot, fn=fn, chunk=16)
+    fused = functools.partial(kernel_gated_delta_rule, config=KernelConfig(bwd_dots='tf16', bwd_split=False))
+    with pytest.raises(ValueError, match="dots must be one of .*'tf16'"):
+        _run(x, cot, fn=fused, chunk=16)
 
 
 def test_public_ops_impl_kernel():

@@ -5,8 +5,10 @@
 
 Pieces: 'wy' (WY/UT kernel), 'fwd_state' (forward state kernel given W, U; o and final state only),
 'fwd_state_store' (the same, also writing the chunk-start states, as under jax.grad), 'fwd' (whole
-forward), 'bwd_state' (reverse state-gradient kernel), 'bwd_chunk' (the per-chunk backward given the
-stored states and state cotangents, one Pallas kernel), 'fwd_bwd' (forward + backward of sum(o * do) + sum(ht)).
+forward), 'bwd_state' (reverse state-gradient kernel, also writing dV' when the backward is split),
+'bwd_chunk' (everything of the backward after the state sweep: the dq/dk/dW and WY-backward kernels, or the
+fused per-chunk kernel under KernelConfig(bwd_split=False)), 'bwd_dqk' and 'bwd_wy' (the split backward's two
+kernels alone), 'fwd_bwd' (forward + backward of sum(o * do) + sum(ht)).
 """
 from __future__ import annotations
 
@@ -18,7 +20,9 @@ import jax.numpy as jnp
 
 from effattn.ops.common.pallas_triton import F32
 from effattn.ops.gated_delta_rule import pallas as P
+from effattn.ops.gated_delta_rule._dqk_kernel import dqk_kernel
 from effattn.ops.gated_delta_rule._kernel_common import _Ctx
+from effattn.ops.gated_delta_rule._wy_bwd_kernel import wy_bwd_kernel
 from effattn.ops.gated_delta_rule._wy_kernel import wy_kernel
 
 
@@ -53,17 +57,22 @@ def benchmark_parts(b, t, h, d, dtype, gated: bool = True, chunk: int = 64, conf
         return P._forward(q, k, w, u, gb, None, ctx, cfg, interpret, store)
     fs = jax.jit(functools.partial(fwd_state, store=False))
     fss = jax.jit(functools.partial(fwd_state, store=True))
-    _, _, s_starts = jax.block_until_ready(fss(q, k, w, u, gb))
+    _, _, s_starts, v_new = jax.block_until_ready(fss(q, k, w, u, gb))
 
     def fwd(q, k, v, g, beta):
         return P.kernel_gated_delta_rule(q, k, v, g, beta, scale=scale, chunk_size=chunk, config=cfg,
                                          interpret=interpret)
 
     dht = jnp.zeros((b, h, d, d), F32)
-    bs = jax.jit(lambda q, k, w, do, gb, dht: P._state_grads(q, k, w, do, gb, dht, ctx, cfg, interpret))
-    ds_ends, _ = jax.block_until_ready(bs(q, k, w, do, gb, dht))
-    bx = jax.jit(lambda q, k, v, g, beta, s, ds, w, u, tt, do: P._chunk_grads(
-        q, k, v, g, beta, s, ds, (w, u, tt), do, ctx, cfg, interpret))
+    split = cfg.bwd_split
+    bs = jax.jit(lambda q, k, w, do, gb, dht: P._state_grads(q, k, w, do, gb, dht, ctx, cfg, interpret, split))
+    ds_ends, _, dv_new = jax.block_until_ready(bs(q, k, w, do, gb, dht))
+    if split:
+        bx = jax.jit(lambda q, k, v, g, beta, s, ds, w, u, tt, do: P._split_grads(
+            q, k, v, g, beta, s, ds, (w, u, tt), v_new, dv_new, do, ctx, cfg, interpret))
+    else:
+        bx = jax.jit(lambda q, k, v, g, beta, s, ds, w, u, tt, do: P._chunk_grads(
+            q, k, v, g, beta, s, ds, (w, u, tt), do, ctx, cfg, interpret))
 
     def loss(q, k, v, g, beta):
         o, ht = fwd(q, k, v, g, beta)
@@ -72,7 +81,19 @@ def benchmark_parts(b, t, h, d, dtype, gated: bool = True, chunk: int = 64, conf
     fb = jax.jit(jax.grad(loss, argnums=argnums))
 
     p = functools.partial
-    return {
+    split_parts = {}
+    if split:
+        wide_q, wide_dvb, wide_k = P.DOT_MODES[cfg.bwd_dots]
+        dqk = jax.jit(lambda q, k, vn, dvn, do, gb, s, ds: dqk_kernel(
+            q, k, vn, dvn, do, gb, s, ds, ctx, cfg.block_k_dqk, cfg.block_v_dqk, cfg.num_warps_dqk,
+            cfg.num_stages_dqk, interpret, wide_q, wide_k))
+        _, dk_o, dw, _ = jax.block_until_ready(dqk(q, k, v_new, dv_new, do, gb, s_starts, ds_ends))
+        wyb = jax.jit(lambda k, v, w, u, gb, betab, tt, dw, dvn, dk_o: wy_bwd_kernel(
+            k, v, w, u, gb, betab, tt, dw, dvn, dk_o, ctx, cfg.cols_wy_bwd, cfg.num_warps_wy_bwd,
+            cfg.num_stages_wy_bwd, interpret, wide_dvb, wide_k))
+        split_parts = {'bwd_dqk': p(dqk, q, k, v_new, dv_new, do, gb, s_starts, ds_ends),
+                       'bwd_wy': p(wyb, k, v, w, u, gb, betab, tt, dw, dv_new, dk_o)}
+    return split_parts | {
         'wy': p(wy, k, v, gb, betab),
         'fwd_state': p(fs, q, k, w, u, gb),
         'fwd_state_store': p(fss, q, k, w, u, gb),
@@ -95,6 +116,8 @@ def tune_candidates(base=None) -> dict[str, list]:
                       for bv in (32, 64) for w in (4, 8) for s in (1, 2, 3)],
         'fwd': [base] + [rep(base, split_o=True, block_v=bv, num_warps=w, num_stages=st, num_warps_o=wo)
                          for bv, w, st in ((32, 4, 2), (32, 4, 3), (32, 8, 3), (64, 8, 3)) for wo in (4, 8)],
-        'bwd_chunk': [rep(base, block_v_chunk=bv, num_warps_chunk=w, num_stages_chunk=s)
-                    for bv in (16, 32, 64) for w in (4, 8) for s in (1, 2)],
+        'bwd_dqk': [rep(base, block_k_dqk=bk, block_v_dqk=bv, num_warps_dqk=w, num_stages_dqk=s)
+                    for bk in (32, 64) for bv in (32, 64) for w in (4, 8) for s in (1, 2)],
+        'bwd_wy': [rep(base, cols_wy_bwd=c, num_warps_wy_bwd=w, num_stages_wy_bwd=s)
+                   for c in (32, 64) for w in (2, 4, 8) for s in (1, 2)],
     }

@@ -31,9 +31,8 @@ from jax.experimental import pallas as pl
 from effattn.ops.common.pallas_triton import F32 as _F32
 from effattn.ops.common.pallas_triton import Gates
 from effattn.ops.common.pallas_triton import chunk_slice as _chunk_slice
-from effattn.ops.gated_delta_rule._kernel_common import _Ctx, _nn, _nt, _params, _tn, _wide
-
-_HI = jax.lax.Precision.HIGHEST
+from effattn.ops.gated_delta_rule._kernel_common import (_Ctx, _nn, _nn32, _nn_split, _nt, _nt32, _params,
+                                                         _straddle_sum, _tn, _tn32)
 
 # Which dots of bf16 inputs take fp32 operands (TF32 on the GPU): (the dq role's, dvb = T^T dV', the dk role's
 # dA and dk terms). Errors of DeltaNet's gradients against naive at T = 1000, K = V = 128 (the GPU test case,
@@ -42,35 +41,6 @@ _HI = jax.lax.Precision.HIGHEST
 # dot TF32 and 2.97 with none (block_v_chunk 16; 3.69 and 2.39 at 64). The straddle sums of the gate gradient
 # keep TF32 in every mode.
 DOT_MODES = {'tf32': (True, True, True), 'mixed': (False, False, True), 'bf16': (False, False, False)}
-
-
-def _nn32(a, b, ctx):
-    return _wide(a, b, 1, 0, ctx)
-
-
-def _nt32(a, b, ctx):
-    return _wide(a, b, 1, 1, ctx)
-
-
-def _tn32(a, b, ctx):
-    return _wide(a, b, 0, 0, ctx)
-
-
-def _nn_split(a, b, ctx):
-    """a @ b for a in the dot dtype (exact there) and fp32 b: b split into two bf16 halves (~16 bits),
-    no fp32 copy of a (registers)."""
-    if ctx.fp32:
-        return _nn32(a, b, ctx)
-    hi = b.astype(ctx.dt)
-    return _nn(a, hi, ctx) + _nn(a, b - hi.astype(_F32), ctx)
-
-
-def _straddle_sum(pair, node, row, col, ctx: _Ctx):
-    """dg_l = Σ_{i>=l>j} pair_ij + Σ_{i>=l} node_i (pair: cotangents of G_i - G_j; node: of G_i)."""
-    before = (row < col).astype(_F32)                           # [j, l] = j < l
-    straddle = _nn32(pair, before, ctx)                         # [i, l] = Σ_{j<l} pair_ij (IEEE dots of
-    # K = 64 run on the FMA units with [4, 64] + [64, 4] operand slices per thread: spills; TF32 in bf16)
-    return jnp.sum(jnp.where(row >= col, straddle + node[:, None], 0.0), axis=0)
 
 
 def _dq_role(q_ref, k_ref, w_ref, u_ref, do_ref, s_ref, dq_ref, dg_ref, gt, *, ctx: _Ctx, bv: int, wide: bool):

@@ -56,6 +56,35 @@ def _tn(a, b, ctx):  # a^T @ b
     return _dot(a, b, 0, 0, ctx)
 
 
+def _nn32(a, b, ctx):
+    return _wide(a, b, 1, 0, ctx)
+
+
+def _nt32(a, b, ctx):
+    return _wide(a, b, 1, 1, ctx)
+
+
+def _tn32(a, b, ctx):
+    return _wide(a, b, 0, 0, ctx)
+
+
+def _nn_split(a, b, ctx):
+    """a @ b for a in the dot dtype (exact there) and fp32 b: b split into two bf16 halves (~16 bits),
+    no fp32 copy of a (registers)."""
+    if ctx.fp32:
+        return _nn32(a, b, ctx)
+    hi = b.astype(ctx.dt)
+    return _nn(a, hi, ctx) + _nn(a, b - hi.astype(_F32), ctx)
+
+
+def _straddle_sum(pair, node, row, col, ctx: _Ctx):
+    """dg_l = Σ_{i>=l>j} pair_ij + Σ_{i>=l} node_i (pair: cotangents of G_i - G_j; node: of G_i)."""
+    before = (row < col).astype(_F32)                           # [j, l] = j < l
+    straddle = _nn32(pair, before, ctx)                         # [i, l] = Σ_{j<l} pair_ij (IEEE dots of
+    # K = 64 run on the FMA units with [4, 64] + [64, 4] operand slices per thread: spills; TF32 in bf16)
+    return jnp.sum(jnp.where(row >= col, straddle + node[:, None], 0.0), axis=0)
+
+
 # ----------------------------------------------------------------------------------------------------
 
 

@@ -23,14 +23,19 @@ Design (why this split). Four Pallas kernels:
     dS_c  = e^{G_C} dS_{c+1} + (Q ⊙ e^G)^T dO_c - W^T dV'_c,   dS_N = d final_state, d h0 = dS_0,
     writing every chunk-end cotangent dS_{c+1} (fp32: in bf16, as FLA's dh, dk of DeltaNet had 10% more
     error).
-  - Everything else is parallel over chunks given S_c and dS_{c+1}: one program per (batch, head, chunk)
-    (_bwd_kernel.py, as fla's chunk_bwd_dqkwg + prepare_wy_repr_bwd fused) differentiates the per-chunk
-    output map and the WY transform through the saved T in closed form, writing dq, dk, dv, dg, dβ; dg
-    sums the pairs straddling each position (no reverse-cumsum cancellation).
+    Under jax.grad the forward also writes V' (fp32) and the backward sweep dV' (its dS' in two bf16 halves).
+  - Everything else is parallel over chunks given S_c, dS_{c+1}, V' and dV', in two kernels as fla's
+    chunk_bwd_dqkwg and prepare_wy_repr_bwd: _dqk_kernel.py (one program per (batch, head, chunk, key tile):
+    dq, the output map's dk, dW and their gate terms) and _wy_bwd_kernel.py (one per chunk: through the saved
+    T in closed form to dk, dv, dβ and the gate terms of A and kb). dg sums the pairs straddling each position
+    (no reverse-cumsum cancellation). KernelConfig(bwd_split=False) runs the former single fused per-chunk
+    kernel (_bwd_kernel.py) instead, which recomputes V' and dV': on the H200 it took 3.27 ms at B=4, T=4096,
+    H=16, D=128, latency-bound with ~255 registers per 8-warp program (benchmarks/README.md).
 
 Numerics: fp32 inputs use IEEE fp32 dots (Precision.HIGHEST) everywhere; bf16 inputs use bf16 kernel
 dots (W, U, V', S rounded to bf16 before each dot, as FLA) with fp32 accumulation and fp32 states; the
-triangular inverse is fp32 in both modes (IEEE forward substitution, block merges in 3xTF32 on the GPU). Triton lowering constraints as in simple_gla/pallas.py:
+triangular inverse is fp32 in both modes (IEEE forward substitution, block merges in 3xTF32 on the GPU).
+Triton lowering constraints as in simple_gla/pallas.py:
 no value slicing or cumsum (masked sums), power-of-two blocks (K, V padded to >= 16, T to the chunk).
 """
 from __future__ import annotations
@@ -49,7 +54,10 @@ from effattn.ops.common.pallas_triton import chunk_slice as _chunk_slice
 from effattn.ops.common.pallas_triton import next_pow2 as _next_pow2
 from effattn.ops.common.pallas_triton import pad_axis as _pad_axis
 from effattn.ops.gated_delta_rule._bwd_kernel import chunk_grads_kernel
-from effattn.ops.gated_delta_rule._kernel_common import _Ctx, _nn, _nt, _params, _tn
+from effattn.ops.gated_delta_rule._bwd_kernel import DOT_MODES
+from effattn.ops.gated_delta_rule._dqk_kernel import dqk_kernel
+from effattn.ops.gated_delta_rule._kernel_common import _Ctx, _nn, _nn_split, _nt, _params, _tn
+from effattn.ops.gated_delta_rule._wy_bwd_kernel import wy_bwd_kernel
 from effattn.ops.gated_delta_rule._wy_kernel import wy_kernel
 
 _MAX_HEAD_DIM = 128
@@ -71,6 +79,14 @@ class KernelConfig:
     bwd_dots: str = 'mixed'  # per-chunk backward, bf16 inputs: which dots take TF32 (_bwd_kernel.DOT_MODES)
     split_o: bool = False    # forward as fla: the sweep writes V' and S_c, o in a kernel per chunk
     num_warps_o: int = 8
+    bwd_split: bool = True   # backward as fla: dq/dk/dW kernel tiled over K (_dqk_kernel) + WY backward kernel
+    block_k_dqk: int = 64    # _dqk_kernel: key-tile width of each program
+    block_v_dqk: int = 64    # _dqk_kernel: value columns per step
+    num_warps_dqk: int = 4
+    num_stages_dqk: int = 2
+    cols_wy_bwd: int = 64    # _wy_bwd_kernel: key / value columns per step
+    num_warps_wy_bwd: int = 4
+    num_stages_wy_bwd: int = 1
 
 
 DEFAULT_CONFIG = KernelConfig()
@@ -85,6 +101,7 @@ def _fwd_kernel(q_ref, k_ref, w_ref, u_ref, g_ref, *rest, ctx: _Ctx, has_h0: boo
     h0_ref = rest.pop(0) if has_h0 else None
     o_ref, ht_ref = rest[:2]
     s_ref = rest[2] if store else None
+    vn_ref = rest[3] if store and not split else None  # V' (fp32) for the backward
     tp, kp = q_ref.shape
     bv = u_ref.shape[-1]
     chunk, scale = ctx.chunk, ctx.scale
@@ -97,6 +114,8 @@ def _fwd_kernel(q_ref, k_ref, w_ref, u_ref, g_ref, *rest, ctx: _Ctx, has_h0: boo
         kc = k_ref[sl, :]
         gt = Gates(g_ref[sl], ctx.fp32)
         vp = u_ref[sl, :].astype(_F32) - _nn(w_ref[sl, :], s, ctx)  # V' = U - W S_c
+        if vn_ref is not None:
+            vn_ref[sl, :] = vp
         if split:
             o_ref[sl, :] = vp.astype(o_ref.dtype)
         else:
@@ -119,7 +138,8 @@ def _o_kernel(q_ref, k_ref, vn_ref, g_ref, s_ref, o_ref, *, ctx: _Ctx):
     o_ref[...] = o.astype(o_ref.dtype)
 
 
-def _bwd_kernel(q_ref, k_ref, w_ref, do_ref, g_ref, dht_ref, ds_ref, dh0_ref, *, ctx: _Ctx):
+def _bwd_kernel(q_ref, k_ref, w_ref, do_ref, g_ref, dht_ref, ds_ref, dh0_ref, *rest, ctx: _Ctx):
+    dvn_ref = rest[0] if rest else None  # dV' (fp32), when the backward is split
     tp, kp = q_ref.shape
     n = tp // ctx.chunk
     scale = ctx.scale
@@ -131,7 +151,13 @@ def _bwd_kernel(q_ref, k_ref, w_ref, do_ref, g_ref, dht_ref, ds_ref, dh0_ref, *,
         qc, kc, doc = q_ref[sl, :], k_ref[sl, :], do_ref[sl, :]
         gt = Gates(g_ref[sl], ctx.fp32)
         p = _nt(qc, kc, ctx) * (gt.gamma() * scale)
-        dvp = _tn(p, doc, ctx) + _nn(kc, ds, ctx) * jnp.exp2(gt.rj)[:, None]  # decay on the [C, BV] tile
+        if dvn_ref is None:
+            kds = _nn(kc, ds, ctx)
+        else:  # dV' is an output: dS' in two bf16 halves, as the per-chunk kernels had it
+            kds = _nn_split(kc, ds, ctx)
+        dvp = _tn(p, doc, ctx) + kds * jnp.exp2(gt.rj)[:, None]  # decay on the [C, BV] tile
+        if dvn_ref is not None:
+            dvn_ref[sl, :] = dvp
         qd = qc.astype(_F32) * (scale * jnp.exp2(gt.gi))[:, None]
         return jnp.exp2(gt.gl) * ds + _tn(qd, doc, ctx) - _tn(w_ref[sl, :], dvp, ctx)
 
@@ -160,6 +186,7 @@ def _state_tile(rows, bv):
 
 
 def _forward(q, k, w, u, g, h0, ctx, cfg, interpret, store):
+    """(o, ht, chunk-start states, V') with the last two None unless `store` (under jax.grad)."""
     b, tp, h, kp = q.shape
     vp = u.shape[-1]
     n = tp // ctx.chunk
@@ -172,17 +199,24 @@ def _forward(q, k, w, u, g, h0, ctx, cfg, interpret, store):
         args.append(h0)
     split = cfg.split_o
     out_specs = [_rows_tile(tp, bv), _state_tile(kp, bv)]
-    out_shape = [jax.ShapeDtypeStruct((b, tp, h, vp), q.dtype), jax.ShapeDtypeStruct((b, h, kp, vp), _F32)]
+    # split: the first output is V' (fp32 under grad: the backward reads it), o comes from _o_kernel
+    first = _F32 if split and store else q.dtype
+    out_shape = [jax.ShapeDtypeStruct((b, tp, h, vp), first), jax.ShapeDtypeStruct((b, h, kp, vp), _F32)]
     if store or split:  # states for _o_kernel only: in the dot dtype
         out_specs.append(_state_tile(n * kp, bv))
         out_shape.append(jax.ShapeDtypeStruct((b, h, n * kp, vp), _F32 if store else ctx.dt))
+    if store and not split:
+        out_specs.append(_rows_tile(tp, bv))
+        out_shape.append(jax.ShapeDtypeStruct((b, tp, h, vp), _F32))
     outs = pl.pallas_call(
         functools.partial(_fwd_kernel, ctx=ctx, has_h0=has_h0, store=store or split, split=split),
         grid=(b, h, vp // bv), in_specs=in_specs, out_specs=out_specs, out_shape=out_shape, interpret=interpret,
         name='gated_delta_rule_fwd', **_params(interpret, ctx, cfg.num_warps, cfg.num_stages))(*args)
     o = outs[0]
+    v_new = outs[3] if store and not split else None
     if split:
         c = ctx.chunk
+        v_new = o if store else None
         rows = lambda d: pl.BlockSpec((None, c, None, d), lambda b, h, n: (b, n, h, 0))
         o = pl.pallas_call(
             functools.partial(_o_kernel, ctx=ctx), grid=(b, h, n),
@@ -190,25 +224,28 @@ def _forward(q, k, w, u, g, h0, ctx, cfg, interpret, store):
                       pl.BlockSpec((None, None, kp, vp), lambda b, h, n: (b, h, n, 0))],
             out_specs=rows(vp), out_shape=jax.ShapeDtypeStruct((b, tp, h, vp), q.dtype), interpret=interpret,
             name='gated_delta_rule_o', **_params(interpret, ctx, cfg.num_warps_o, 2))(q, k, o, g, outs[2])
-    return o, outs[1], (outs[2] if store else None)
+    return o, outs[1], (outs[2] if store else None), v_new
 
 
-def _state_grads(q, k, w, do, g, dht, ctx, cfg, interpret):
-    """Chunk-end state cotangents [B,H,N*Kp,Vp] and d initial_state [B,H,Kp,Vp] (fp32)."""
+def _state_grads(q, k, w, do, g, dht, ctx, cfg, interpret, with_dv_new=False):
+    """Chunk-end state cotangents [B,H,N*Kp,Vp], d initial_state [B,H,Kp,Vp] and, if `with_dv_new`,
+    dV' [B,Tp,H,Vp] (all fp32; dV' None otherwise)."""
     b, tp, h, kp = q.shape
     vp = do.shape[-1]
     n = tp // ctx.chunk
     bv = min(cfg.block_v_bwd, vp)
-    ds, dh0 = pl.pallas_call(
+    out_specs = [_state_tile(n * kp, bv), _state_tile(kp, bv)]
+    out_shape = [jax.ShapeDtypeStruct((b, h, n * kp, vp), _F32), jax.ShapeDtypeStruct((b, h, kp, vp), _F32)]
+    if with_dv_new:
+        out_specs.append(_rows_tile(tp, bv))
+        out_shape.append(jax.ShapeDtypeStruct((b, tp, h, vp), _F32))
+    outs = pl.pallas_call(
         functools.partial(_bwd_kernel, ctx=ctx), grid=(b, h, vp // bv),
         in_specs=[_rows(tp, kp), _rows(tp, kp), _rows(tp, kp), _rows_tile(tp, bv), _gate_spec(tp),
                   _state_tile(kp, bv)],
-        out_specs=[_state_tile(n * kp, bv), _state_tile(kp, bv)],
-        out_shape=[jax.ShapeDtypeStruct((b, h, n * kp, vp), _F32),
-                   jax.ShapeDtypeStruct((b, h, kp, vp), _F32)],
-        interpret=interpret, name='gated_delta_rule_bwd',
+        out_specs=out_specs, out_shape=out_shape, interpret=interpret, name='gated_delta_rule_bwd',
         **_params(interpret, ctx, cfg.num_warps_bwd, cfg.num_stages_bwd))(q, k, w, do, g, dht)
-    return ds, dh0
+    return outs[0], outs[1], (outs[2] if with_dv_new else None)
 
 
 def _gates_bht(g):
@@ -216,25 +253,27 @@ def _gates_bht(g):
 
 
 def _run_forward(q, k, v, g, beta, h0, ctx, cfg, interpret, store):
-    """(o, ht, chunk-start states or None, (W, U, T))."""
+    """(o, ht, chunk-start states or None, (W, U, T), V' or None)."""
     w, u, t = wy_kernel(k, v, _gates_bht(g), _gates_bht(beta), ctx, cfg.num_warps_wy, interpret)
-    o, ht, s_starts = _forward(q, k, w, u, _gates_bht(g), h0, ctx, cfg, interpret, store)
-    return o, ht, s_starts, (w, u, t)
+    o, ht, s_starts, v_new = _forward(q, k, w, u, _gates_bht(g), h0, ctx, cfg, interpret, store)
+    return o, ht, s_starts, (w, u, t), v_new
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7, 8))
 def _core(q, k, v, g, beta, h0, ctx, cfg, interpret):
-    o, ht, _, _ = _run_forward(q, k, v, g, beta, h0, ctx, cfg, interpret, False)
+    o, ht, _, _, _ = _run_forward(q, k, v, g, beta, h0, ctx, cfg, interpret, False)
     return o, ht
 
 
 def _core_fwd(q, k, v, g, beta, h0, ctx, cfg, interpret):
-    o, ht, s_starts, wut = _run_forward(q, k, v, g, beta, h0, ctx, cfg, interpret, True)
-    return (o, ht), (q, k, v, g, beta, h0, s_starts, wut)
+    o, ht, s_starts, wut, v_new = _run_forward(q, k, v, g, beta, h0, ctx, cfg, interpret, True)
+    if not cfg.bwd_split:
+        v_new = None  # the fused per-chunk kernel recomputes it
+    return (o, ht), (q, k, v, g, beta, h0, s_starts, wut, v_new)
 
 
 def _chunk_grads(q, k, v, g, beta, s_starts, ds_ends, wut, do, ctx, cfg, interpret):
-    """Everything of the backward but the state sweep, one program per chunk: dq, dk, dv (ctx.dt), dg, dbeta."""
+    """The fused per-chunk backward (KernelConfig(bwd_split=False)): dq, dk, dv (ctx.dt), dg, dbeta."""
     w, u, t = wut
     dq, dk, dv, dg, dbeta = chunk_grads_kernel(
         q, k, v, w, u, do, _gates_bht(g), _gates_bht(beta), t, s_starts, ds_ends, ctx, cfg.block_v_chunk,
@@ -242,13 +281,32 @@ def _chunk_grads(q, k, v, g, beta, s_starts, ds_ends, wut, do, ctx, cfg, interpr
     return dq, dk, dv, _gates_bht(dg), _gates_bht(dbeta)
 
 
+def _split_grads(q, k, v, g, beta, s_starts, ds_ends, wut, v_new, dv_new, do, ctx, cfg, interpret):
+    """The split backward (as fla): dq, dk_o, dW per key tile, then the WY backward; as _chunk_grads."""
+    if cfg.bwd_dots not in DOT_MODES:
+        raise ValueError(f'bwd_dots must be one of {sorted(DOT_MODES)}; got {cfg.bwd_dots!r}')
+    wide_q, wide_dvb, wide_k = DOT_MODES[cfg.bwd_dots]
+    w, u, t = wut
+    gb = _gates_bht(g)
+    dq, dk_o, dw, dg_o = dqk_kernel(q, k, v_new, dv_new, do, gb, s_starts, ds_ends, ctx, cfg.block_k_dqk,
+                                    cfg.block_v_dqk, cfg.num_warps_dqk, cfg.num_stages_dqk, interpret, wide_q, wide_k)
+    dk, dv, dg_wy, dbeta = wy_bwd_kernel(k, v, w, u, gb, _gates_bht(beta), t, dw, dv_new, dk_o, ctx, cfg.cols_wy_bwd,
+                                         cfg.num_warps_wy_bwd, cfg.num_stages_wy_bwd, interpret, wide_dvb, wide_k)
+    return dq, dk, dv, _gates_bht(dg_o + dg_wy), _gates_bht(dbeta)
+
+
 def _core_bwd(ctx, cfg, interpret, res, cts):
-    q, k, v, g, beta, h0, s_starts, wut = res
+    q, k, v, g, beta, h0, s_starts, wut, v_new = res
     do, dht = cts
-    ds_ends, dh0 = _state_grads(q, k, wut[0], do.astype(ctx.dt), _gates_bht(g), dht.astype(_F32), ctx, cfg,
-                                interpret)
-    dq, dk, dv, dg, dbeta = _chunk_grads(q, k, v, g, beta, s_starts, ds_ends, wut, do.astype(ctx.dt), ctx, cfg,
-                                         interpret)
+    do = do.astype(ctx.dt)
+    split = v_new is not None
+    ds_ends, dh0, dv_new = _state_grads(q, k, wut[0], do, _gates_bht(g), dht.astype(_F32), ctx, cfg, interpret,
+                                        with_dv_new=split)
+    if split:
+        grads = _split_grads(q, k, v, g, beta, s_starts, ds_ends, wut, v_new, dv_new, do, ctx, cfg, interpret)
+    else:
+        grads = _chunk_grads(q, k, v, g, beta, s_starts, ds_ends, wut, do, ctx, cfg, interpret)
+    dq, dk, dv, dg, dbeta = grads
     cast = lambda x, ref: x.astype(ref.dtype)
     return (cast(dq, q), cast(dk, k), cast(dv, v), cast(dg, g), cast(dbeta, beta),
             None if h0 is None else cast(dh0, h0))
