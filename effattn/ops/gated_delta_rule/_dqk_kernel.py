@@ -46,7 +46,7 @@ def _dqk_kernel(q_ref, k_ref, vn_ref, dvn_ref, do_ref, g_ref, s_ref, ds_ref, dq_
         dq += nt_q(do, s, ctx)
         dks += nt_k(vn, dsn, ctx)
         dw += nt_k(dvn, s, ctx)
-        dgc += jnp.sum(s * dsn)
+        dgc += jnp.sum(s.astype(_F32) * dsn.astype(_F32))
         return dp, dq, dks, dw, dgc
 
     ck = jnp.zeros((c, bk), _F32)

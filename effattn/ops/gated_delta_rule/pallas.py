@@ -81,12 +81,19 @@ class KernelConfig:
     num_warps_o: int = 8
     bwd_split: bool = True   # backward as fla: dq/dk/dW kernel tiled over K (_dqk_kernel) + WY backward kernel
     block_k_dqk: int = 64    # _dqk_kernel: key-tile width of each program
-    block_v_dqk: int = 64    # _dqk_kernel: value columns per step
-    num_warps_dqk: int = 4
-    num_stages_dqk: int = 2
+    block_v_dqk: int = 32    # _dqk_kernel: value columns per step (H200: 1.21 ms; 64 columns 1.39-1.50)
+    num_warps_dqk: int = 4   # (8 warps: 1.5-2.5 ms)
+    num_stages_dqk: int = 1
     cols_wy_bwd: int = 64    # _wy_bwd_kernel: key / value columns per step
     num_warps_wy_bwd: int = 4
     num_stages_wy_bwd: int = 1
+    bwd_storage: str = 'fp32'  # dtype of what the backward reads back (S_c, dS_{c+1}, V', dV'): 'fp32' or
+    # 'input' (the input dtype, as fla: half the traffic, one more rounding of each)
+
+    def storage_dtype(self, ctx):
+        if self.bwd_storage not in ('fp32', 'input'):
+            raise ValueError(f"KernelConfig.bwd_storage must be 'fp32' or 'input'; got {self.bwd_storage!r}")
+        return _F32 if self.bwd_storage == 'fp32' else ctx.dt
 
 
 DEFAULT_CONFIG = KernelConfig()
@@ -115,7 +122,7 @@ def _fwd_kernel(q_ref, k_ref, w_ref, u_ref, g_ref, *rest, ctx: _Ctx, has_h0: boo
         gt = Gates(g_ref[sl], ctx.fp32)
         vp = u_ref[sl, :].astype(_F32) - _nn(w_ref[sl, :], s, ctx)  # V' = U - W S_c
         if vn_ref is not None:
-            vn_ref[sl, :] = vp
+            vn_ref[sl, :] = vp.astype(vn_ref.dtype)
         if split:
             o_ref[sl, :] = vp.astype(o_ref.dtype)
         else:
@@ -146,7 +153,7 @@ def _bwd_kernel(q_ref, k_ref, w_ref, do_ref, g_ref, dht_ref, ds_ref, dh0_ref, *r
 
     def body(i, ds):  # ds: cotangent of S_{c+1}
         c = n - 1 - i
-        ds_ref[_chunk_slice(c, kp), :] = ds
+        ds_ref[_chunk_slice(c, kp), :] = ds.astype(ds_ref.dtype)
         sl = _chunk_slice(c, ctx.chunk)
         qc, kc, doc = q_ref[sl, :], k_ref[sl, :], do_ref[sl, :]
         gt = Gates(g_ref[sl], ctx.fp32)
@@ -157,7 +164,7 @@ def _bwd_kernel(q_ref, k_ref, w_ref, do_ref, g_ref, dht_ref, ds_ref, dh0_ref, *r
             kds = _nn_split(kc, ds, ctx)
         dvp = _tn(p, doc, ctx) + kds * jnp.exp2(gt.rj)[:, None]  # decay on the [C, BV] tile
         if dvn_ref is not None:
-            dvn_ref[sl, :] = dvp
+            dvn_ref[sl, :] = dvp.astype(dvn_ref.dtype)
         qd = qc.astype(_F32) * (scale * jnp.exp2(gt.gi))[:, None]
         return jnp.exp2(gt.gl) * ds + _tn(qd, doc, ctx) - _tn(w_ref[sl, :], dvp, ctx)
 
@@ -200,14 +207,15 @@ def _forward(q, k, w, u, g, h0, ctx, cfg, interpret, store):
     split = cfg.split_o
     out_specs = [_rows_tile(tp, bv), _state_tile(kp, bv)]
     # split: the first output is V' (fp32 under grad: the backward reads it), o comes from _o_kernel
-    first = _F32 if split and store else q.dtype
+    kept = cfg.storage_dtype(ctx)
+    first = kept if split and store else q.dtype
     out_shape = [jax.ShapeDtypeStruct((b, tp, h, vp), first), jax.ShapeDtypeStruct((b, h, kp, vp), _F32)]
     if store or split:  # states for _o_kernel only: in the dot dtype
         out_specs.append(_state_tile(n * kp, bv))
-        out_shape.append(jax.ShapeDtypeStruct((b, h, n * kp, vp), _F32 if store else ctx.dt))
+        out_shape.append(jax.ShapeDtypeStruct((b, h, n * kp, vp), kept if store else ctx.dt))
     if store and not split:
         out_specs.append(_rows_tile(tp, bv))
-        out_shape.append(jax.ShapeDtypeStruct((b, tp, h, vp), _F32))
+        out_shape.append(jax.ShapeDtypeStruct((b, tp, h, vp), kept))
     outs = pl.pallas_call(
         functools.partial(_fwd_kernel, ctx=ctx, has_h0=has_h0, store=store or split, split=split),
         grid=(b, h, vp // bv), in_specs=in_specs, out_specs=out_specs, out_shape=out_shape, interpret=interpret,
@@ -228,17 +236,18 @@ def _forward(q, k, w, u, g, h0, ctx, cfg, interpret, store):
 
 
 def _state_grads(q, k, w, do, g, dht, ctx, cfg, interpret, with_dv_new=False):
-    """Chunk-end state cotangents [B,H,N*Kp,Vp], d initial_state [B,H,Kp,Vp] and, if `with_dv_new`,
-    dV' [B,Tp,H,Vp] (all fp32; dV' None otherwise)."""
+    """Chunk-end state cotangents [B,H,N*Kp,Vp], d initial_state [B,H,Kp,Vp] (fp32) and, if `with_dv_new`,
+    dV' [B,Tp,H,Vp] (None otherwise); the first and last in cfg.storage_dtype."""
     b, tp, h, kp = q.shape
     vp = do.shape[-1]
     n = tp // ctx.chunk
     bv = min(cfg.block_v_bwd, vp)
     out_specs = [_state_tile(n * kp, bv), _state_tile(kp, bv)]
-    out_shape = [jax.ShapeDtypeStruct((b, h, n * kp, vp), _F32), jax.ShapeDtypeStruct((b, h, kp, vp), _F32)]
+    kept = cfg.storage_dtype(ctx)
+    out_shape = [jax.ShapeDtypeStruct((b, h, n * kp, vp), kept), jax.ShapeDtypeStruct((b, h, kp, vp), _F32)]
     if with_dv_new:
         out_specs.append(_rows_tile(tp, bv))
-        out_shape.append(jax.ShapeDtypeStruct((b, tp, h, vp), _F32))
+        out_shape.append(jax.ShapeDtypeStruct((b, tp, h, vp), kept))
     outs = pl.pallas_call(
         functools.partial(_bwd_kernel, ctx=ctx), grid=(b, h, vp // bv),
         in_specs=[_rows(tp, kp), _rows(tp, kp), _rows(tp, kp), _rows_tile(tp, bv), _gate_spec(tp),
