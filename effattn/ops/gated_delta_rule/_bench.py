@@ -116,8 +116,11 @@ def tune_candidates(base=None) -> dict[str, list]:
                       for bv in (32, 64) for w in (4, 8) for s in (1, 2, 3)],
         'fwd': [base] + [rep(base, split_o=True, block_v=bv, num_warps=w, num_stages=st, num_warps_o=wo)
                          for bv, w, st in ((32, 4, 2), (32, 4, 3), (32, 8, 3), (64, 8, 3)) for wo in (4, 8)],
+        # H200, first tune of 16 (block_k in 32, 64; block_v in 32, 64; 4, 8 warps; 1, 2 stages): 8 warps and
+        # block_k 32 were slowest; these are the neighbours of the best (64, 32, 4, 1) and whole-K tiles.
         'bwd_dqk': [rep(base, block_k_dqk=bk, block_v_dqk=bv, num_warps_dqk=w, num_stages_dqk=s)
-                    for bk in (32, 64) for bv in (32, 64) for w in (4, 8) for s in (1, 2)],
+                    for bk, bv, w, s in ((64, 32, 4, 1), (64, 32, 4, 2), (64, 16, 4, 1), (64, 64, 4, 1),
+                                         (32, 32, 4, 1), (128, 32, 4, 1), (128, 32, 8, 1), (128, 16, 8, 1))],
         'bwd_wy': [rep(base, cols_wy_bwd=c, num_warps_wy_bwd=w, num_stages_wy_bwd=s)
-                   for c in (32, 64) for w in (2, 4, 8) for s in (1, 2)],
+                   for c, w, s in ((64, 4, 1), (32, 4, 1), (64, 8, 1), (128, 4, 1), (128, 8, 1), (32, 2, 1))],
     }
