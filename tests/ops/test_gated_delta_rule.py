@@ -144,6 +144,9 @@ class TestRecurrent(_Base):
 class TestChunk(_Base):
     impl = 'chunk'
 
+    @pytest.mark.slow(reason='forward only; tests/ops/test_long_sequence.py::test_chunk_finite_at_64k_bf16'
+                      '[gated_delta_rule-n0.1] and [-n16] check the same T = 65536 bf16 chunk run at both gate '
+                      'extremes, betas near 0 or 1, forward and every gradient')
     def test_long_bf16_extreme_gates_finite(self):
         t, h, d = 65536, 3, 32
         r = np.random.default_rng(1)

@@ -2,8 +2,10 @@
 
 B = 1, H = 1, D = 16, bf16 inputs; gates at the extremes of the op tests, g = logsigmoid(x) / n with
 n = 0.1 (fast decay: chunk-local sums reach hundreds of nats, so any exp of a difference of global or
-long cumsums overflows) and n = 16 (slow decay: the state keeps ~T tokens). The forward output, the
-final state and the gradients of sum(o * do) with respect to every input must contain no NaN or inf.
+long cumsums overflows) and n = 16 (slow decay: the state keeps ~T tokens); the delta rules' beta =
+sigmoid(8 x), mostly near 0 or 1 (tests/ops/test_*delta_rule.py's forward-only T = 65536 runs rely on
+this). The forward output, the final state and the gradients of sum(o * do) with respect to every
+input must contain no NaN or inf.
 """
 
 from __future__ import annotations
@@ -45,8 +47,8 @@ def _inputs(op: str, n: float | None, seed: int = 0):
         args.append(jax.nn.log_sigmoid(f(1, T, 1)) / n)
     elif op == 'gla':
         args.append(jax.nn.log_sigmoid(f(1, T, 1, D)) / n)
-    if op in ('delta_rule', 'gated_delta_rule'):
-        args.append(jax.nn.sigmoid(f(1, T, 1)))
+    if op in ('delta_rule', 'gated_delta_rule'):  # beta extremes too: mostly near 0 or 1
+        args.append(jax.nn.sigmoid(8 * f(1, T, 1)))
     return tuple(x.astype(BF16) for x in args), f(1, T, 1, D)
 
 
