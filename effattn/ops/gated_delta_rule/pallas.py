@@ -80,10 +80,10 @@ class KernelConfig:
     split_o: bool = False    # forward as fla: the sweep writes V' and S_c, o in a kernel per chunk
     num_warps_o: int = 8
     bwd_split: bool = True   # backward as fla: dq/dk/dW kernel tiled over K (_dqk_kernel) + WY backward kernel
-    block_k_dqk: int = 64    # _dqk_kernel: key-tile width of each program
-    block_v_dqk: int = 32    # _dqk_kernel: value columns per step (H200: 1.21 ms; 64 columns 1.39-1.50)
-    num_warps_dqk: int = 4   # (8 warps: 1.5-2.5 ms)
-    num_stages_dqk: int = 1
+    block_k_dqk: int = 128   # _dqk_kernel: key-tile width of each program (H200, 32 value columns, 1 stage:
+    block_v_dqk: int = 32    # 128 keys at 8 warps 1.05 ms, at 4 warps 1.44; 64 keys at 4 warps 1.23, 32: 1.63;
+    num_warps_dqk: int = 8   # fwd+bwd 2.86 against 3.00 ms at 64 keys, 4 warps; value columns 16: 1.29-1.52,
+    num_stages_dqk: int = 1  # 64: 1.34)
     cols_wy_bwd: int = 64    # _wy_bwd_kernel: key / value columns per step
     num_warps_wy_bwd: int = 4
     num_stages_wy_bwd: int = 1
