@@ -142,6 +142,11 @@ def test_backward_storage_in_input_dtype():
         _run(x, cot, fn=functools.partial(kernel_gated_delta_rule, config=KernelConfig(bwd_storage='bf16')), chunk=16)
 
 
+def test_whole_key_dim_in_one_backward_tile():
+    """K = 128 in one key tile of the dq/dk/dW kernel, as the default config runs K = 128 on the GPU."""
+    _check(Case(1, 40, 1, 128, 32, n=1, h0=True, chunk=16, dtype='bfloat16'))
+
+
 @pytest.mark.parametrize('dtype', ['float32', 'bfloat16'])
 def test_fused_backward(dtype):
     """KernelConfig(bwd_split=False): the former backward, one fused per-chunk kernel (kept for comparison in
