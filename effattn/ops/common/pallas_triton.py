@@ -9,6 +9,8 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
+from effattn.ops.common.dispatch import default_backend
+
 try:  # jax 0.10 / 0.11: Triton-specific compiler parameters and inline asm
     from jax.experimental.pallas import triton as _plgpu
 
@@ -19,6 +21,29 @@ except (ImportError, AttributeError):  # pragma: no cover
 
 F32 = jnp.float32
 LOG2E = 1.4426950408889634
+
+
+def checked_interpret(name: str, q, v, segment_ids, interpret: bool | None, max_head_dim: int = 128) -> bool:
+    """The interpret flag of a call to a Triton-lowered kernel (None: interpret mode everywhere but on GPU), after
+    the checks the linear kernels share. Raises NotImplementedError, so that impl='auto' falls back to 'chunk',
+    for segment_ids, on TPU, and for head dims above max_head_dim (tiles and shared memory are sized for it)."""
+    if segment_ids is not None:
+        raise NotImplementedError(f'the {name} kernel does not support segment_ids')
+    if interpret is None:
+        if default_backend() == 'tpu':
+            raise NotImplementedError(f'the {name} kernel has only a Triton (GPU) lowering')
+        interpret = default_backend() != 'gpu'
+    if max(q.shape[-1], v.shape[-1]) > max_head_dim:
+        raise NotImplementedError(f'the {name} kernel takes head dims up to {max_head_dim}; '
+                                  f'got K={q.shape[-1]}, V={v.shape[-1]}')
+    return bool(interpret)
+
+
+def checked_chunk(name: str, chunk: int, allowed: tuple, what: str = 'chunk_size') -> int:
+    """chunk as an int, or NotImplementedError (impl='auto' falls back) naming `what` and the allowed sizes."""
+    if int(chunk) not in allowed:
+        raise NotImplementedError(f'the {name} kernel needs {what} in {allowed}; got {chunk}')
+    return int(chunk)
 
 
 def next_pow2(n: int, lo: int = 16) -> int:
@@ -74,3 +99,19 @@ class Gates:
     def exp(x):
         """e^x for x = gi, rj or gl (held in base 2)."""
         return jnp.exp2(x)
+
+
+class NoGates:
+    """The Gates of a chunk without decay (DeltaNet): every decay is 1. The same interface, no exps and no masked
+    sums, so that ungated kernels skip the gate math (a kernel still loads nothing for g)."""
+
+    def __init__(self, c: int):
+        idx = jnp.arange(c, dtype=jnp.int32)
+        self.row, self.col = idx[:, None], idx[None, :]
+        self.gi = jnp.zeros((c,), F32)
+        self.rj = jnp.zeros((c,), F32)
+        self.gl = jnp.float32(0.0)
+
+    def gamma(self):
+        return (self.row >= self.col).astype(F32)
+

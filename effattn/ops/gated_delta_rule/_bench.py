@@ -46,7 +46,7 @@ def benchmark_parts(b, t, h, d, dtype, gated: bool = True, chunk: int = 64, conf
         interpret = jax.default_backend() != 'gpu'
     q, k, v, g, beta, do = _inputs(b, t, h, d, dtype, gated)
     scale = d ** -0.5
-    ctx = _Ctx(dtype, float(scale), chunk)
+    ctx = _Ctx(dtype, float(scale), chunk, gated=gated)
     g32 = jnp.zeros((b, t, h), F32) if g is None else g
     gb, betab = P._gates_bht(g32), P._gates_bht(beta)
 

@@ -29,10 +29,9 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
 from effattn.ops.common.pallas_triton import F32 as _F32
-from effattn.ops.common.pallas_triton import Gates
 from effattn.ops.common.pallas_triton import chunk_slice as _chunk_slice
 from effattn.ops.gated_delta_rule._kernel_common import (_Ctx, _nn, _nn32, _nn_split, _nt, _nt32, _params,
-                                                         _straddle_sum, _tn, _tn32)
+                                                         _straddle_sum, _tn, _tn32, chunk_gates)
 
 # Which dots of bf16 inputs take fp32 operands (TF32 on the GPU): (the dq role's, dvb = T^T dV', the dk role's
 # dA and dk terms). Errors of DeltaNet's gradients against naive at T = 1000, K = V = 128 (the GPU test case,
@@ -127,7 +126,7 @@ def _bwd_chunk_kernel(q_ref, k_ref, v_ref, w_ref, u_ref, do_ref, g_ref, beta_ref
                       dq_ref, dk_ref, dv_ref, dg_ref, dbeta_ref, *, ctx: _Ctx, bv: int, dots: str):
     """Grid axis 2 interleaves the two roles of each chunk (2 n + role): both read the same S, dS'
     back to back (L2), and neither holds the other's accumulators (fewer registers)."""
-    gt = Gates(g_ref[...], ctx.fp32)
+    gt = chunk_gates(g_ref, slice(None), ctx)
     role = pl.program_id(2) % 2
     dq_wide, dvb_wide, dk_wide = DOT_MODES[dots]
 

@@ -24,16 +24,16 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
 from effattn.ops.common.pallas_triton import F32 as _F32
-from effattn.ops.common.pallas_triton import Gates
 from effattn.ops.common.pallas_triton import chunk_slice as _chunk_slice
-from effattn.ops.gated_delta_rule._kernel_common import _Ctx, _nn, _nn32, _nt, _nt32, _params, _straddle_sum, _tn
+from effattn.ops.gated_delta_rule._kernel_common import (_Ctx, _nn, _nn32, _nt, _nt32, _params, _straddle_sum, _tn,
+                                                         chunk_gates)
 
 
 def _dqk_kernel(q_ref, k_ref, vn_ref, dvn_ref, do_ref, g_ref, s_ref, ds_ref, dq_ref, dk_ref, dw_ref, dg_ref, *,
                 ctx: _Ctx, bv: int, wide_q: bool, wide_k: bool):
     c, bk = q_ref.shape
     scale = ctx.scale
-    gt = Gates(g_ref[...], ctx.fp32)
+    gt = chunk_gates(g_ref, slice(None), ctx)
     nt_q = _nt32 if wide_q else _nt
     nt_k = _nt32 if wide_k else _nt
 
@@ -46,7 +46,8 @@ def _dqk_kernel(q_ref, k_ref, vn_ref, dvn_ref, do_ref, g_ref, s_ref, ds_ref, dq_
         dq += nt_q(do, s, ctx)
         dks += nt_k(vn, dsn, ctx)
         dw += nt_k(dvn, s, ctx)
-        dgc += jnp.sum(s.astype(_F32) * dsn.astype(_F32))
+        if ctx.gated:
+            dgc += jnp.sum(s.astype(_F32) * dsn.astype(_F32))
         return dp, dq, dks, dw, dgc
 
     ck = jnp.zeros((c, bk), _F32)
@@ -57,11 +58,14 @@ def _dqk_kernel(q_ref, k_ref, vn_ref, dvn_ref, do_ref, g_ref, s_ref, ds_ref, dq_
     q, k, gam = q_ref[...], k_ref[...], gt.gamma()
     dps = dp * (gam * scale)
     dq = dq * (scale * jnp.exp2(gt.gi))[:, None]
-    node = jnp.sum(dq * q.astype(_F32), axis=1)
     dq_ref[...] = (dq + (_nn32 if wide_q else _nn)(dps, k, ctx)).astype(dq_ref.dtype)
     dks = dks * jnp.exp2(gt.rj)[:, None]
-    tail = jnp.sum(dks * k.astype(_F32), axis=1)                # of G_C - G_j
     dk_ref[...] = dks + _tn(dps, q, ctx)
+    if not ctx.gated:
+        dg_ref[...] = jnp.zeros(dg_ref.shape, _F32)
+        return
+    node = jnp.sum(dq * q.astype(_F32), axis=1)
+    tail = jnp.sum(dks * k.astype(_F32), axis=1)                # of G_C - G_j
     pair = dps * _nt(q, k, ctx)
     dg = _straddle_sum(pair, node, gt.row, gt.col, ctx)
     dg += jnp.sum(jnp.where(gt.row < gt.col, tail[:, None], 0.0), axis=0)

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 
 from effattn.ops.common.pallas_triton import F32 as _F32
 from effattn.ops.common.pallas_triton import CompilerParams as _CompilerParams
+from effattn.ops.common.pallas_triton import Gates, NoGates
 
 
 @dataclasses.dataclass(frozen=True)
@@ -15,6 +16,7 @@ class _Ctx:
     dt: object      # dtype of the kernel dot operands
     scale: float
     chunk: int
+    gated: bool = True  # False (DeltaNet): g is all zeros; the kernels skip the gate math and dg
 
     @property
     def fp32(self) -> bool:
@@ -28,6 +30,13 @@ class _Ctx:
     def xla_prec(self):
         """Precision of the XLA (fp32) parts: IEEE for fp32 inputs, the default (TF32 on GPU) for bf16."""
         return jax.lax.Precision.HIGHEST if self.fp32 else jax.lax.Precision.DEFAULT
+
+
+def chunk_gates(g_ref, rows, ctx: _Ctx, fp32: bool | None = None):
+    """Gates of the chunk rows `rows` (a ref index) of g_ref, or NoGates (nothing loaded) when not ctx.gated."""
+    if not ctx.gated:
+        return NoGates(ctx.chunk)
+    return Gates(g_ref[rows], ctx.fp32 if fp32 is None else fp32)
 
 
 def _dot(a, b, ca: int, cb: int, ctx: _Ctx):

@@ -19,16 +19,15 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
 from effattn.ops.common.pallas_triton import F32 as _F32
-from effattn.ops.common.pallas_triton import Gates
 from effattn.ops.common.pallas_triton import chunk_slice as _chunk_slice
 from effattn.ops.gated_delta_rule._kernel_common import (_Ctx, _nn, _nt, _nt32, _params, _straddle_sum, _tn,
-                                                         _tn32)
+                                                         _tn32, chunk_gates)
 
 
 def _wy_bwd_kernel(k_ref, v_ref, w_ref, u_ref, g_ref, beta_ref, t_ref, dw_ref, du_ref, dko_ref,
                    dk_ref, dv_ref, dg_ref, dbeta_ref, *, ctx: _Ctx, cols: int, wide_dvb: bool, wide_dk: bool):
     c = k_ref.shape[0]
-    gt = Gates(g_ref[...], ctx.fp32)
+    gt = chunk_gates(g_ref, slice(None), ctx)
     beta = beta_ref[...]
     ebeta = beta * jnp.exp2(gt.gi)
     tn_v = _tn32 if wide_dvb else _tn
@@ -67,7 +66,10 @@ def _wy_bwd_kernel(k_ref, v_ref, w_ref, u_ref, g_ref, beta_ref, t_ref, dw_ref, d
 
     jax.lax.fori_loop(0, k_ref.shape[1] // bk, dk_tile, jnp.int32(0))
     dbeta_ref[...] = dbeta + dkbk * jnp.exp2(gt.gi) + jnp.sum(dag * kk, axis=1)
-    dg_ref[...] = _straddle_sum(dab * kk, dkbk * ebeta, gt.row, gt.col, ctx)
+    if ctx.gated:
+        dg_ref[...] = _straddle_sum(dab * kk, dkbk * ebeta, gt.row, gt.col, ctx)
+    else:
+        dg_ref[...] = jnp.zeros(dg_ref.shape, _F32)
 
 
 def wy_bwd_kernel(k, v, w, u, g, beta, t, dw, du, dk_o, ctx: _Ctx, cols: int, num_warps: int, num_stages: int,

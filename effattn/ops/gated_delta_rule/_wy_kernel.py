@@ -22,9 +22,8 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
 from effattn.ops.common.pallas_triton import F32 as _F32
-from effattn.ops.common.pallas_triton import Gates
 from effattn.ops.common.pallas_triton import chunk_slice as _chunk_slice
-from effattn.ops.gated_delta_rule._kernel_common import _Ctx, _nn, _nt, _params
+from effattn.ops.gated_delta_rule._kernel_common import _Ctx, _nn, _nt, _params, chunk_gates
 
 try:
     from jax.experimental.pallas.triton import debug_barrier as _debug_barrier
@@ -47,7 +46,7 @@ def _wy_kernel(k_ref, v_ref, g_ref, beta_ref, w_ref, u_ref, t_ref, *, ctx: _Ctx,
     c = k_ref.shape[0]
     nb = c // _BLK
     barrier = (lambda: None) if interpret else _debug_barrier
-    gt = Gates(g_ref[...], ctx.fp32)
+    gt = chunk_gates(g_ref, slice(None), ctx)
     k = k_ref[...]
     t_ref[...] = jnp.where(gt.row > gt.col, _nt(k, k, ctx) * beta_ref[...][:, None] * gt.gamma(), 0.0)
     del gt, k  # the gates are recomputed for W below rather than held (registers)
@@ -82,7 +81,7 @@ def _wy_kernel(k_ref, v_ref, g_ref, beta_ref, w_ref, u_ref, t_ref, *, ctx: _Ctx,
 
     tf = t_ref[...]
     beta = beta_ref[...]
-    kscale = beta * jnp.exp2(Gates(g_ref[...], False).gi)
+    kscale = beta * jnp.exp2(chunk_gates(g_ref, slice(None), ctx, fp32=False).gi)
 
     def apply(x_ref, o_ref, rscale):  # O = T diag(rscale) X over column tiles
         bc = min(_COLS, x_ref.shape[1])

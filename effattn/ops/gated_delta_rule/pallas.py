@@ -47,16 +47,15 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
-from effattn.ops.common.dispatch import default_backend
 from effattn.ops.common.pallas_triton import F32 as _F32
-from effattn.ops.common.pallas_triton import Gates
+from effattn.ops.common.pallas_triton import checked_chunk, checked_interpret
 from effattn.ops.common.pallas_triton import chunk_slice as _chunk_slice
 from effattn.ops.common.pallas_triton import next_pow2 as _next_pow2
 from effattn.ops.common.pallas_triton import pad_axis as _pad_axis
 from effattn.ops.gated_delta_rule._bwd_kernel import chunk_grads_kernel
 from effattn.ops.gated_delta_rule._bwd_kernel import DOT_MODES
 from effattn.ops.gated_delta_rule._dqk_kernel import dqk_kernel
-from effattn.ops.gated_delta_rule._kernel_common import _Ctx, _nn, _nn_split, _nt, _params, _tn
+from effattn.ops.gated_delta_rule._kernel_common import _Ctx, _nn, _nn_split, _nt, _params, _tn, chunk_gates
 from effattn.ops.gated_delta_rule._wy_bwd_kernel import wy_bwd_kernel
 from effattn.ops.gated_delta_rule._wy_kernel import wy_kernel
 
@@ -119,7 +118,7 @@ def _fwd_kernel(q_ref, k_ref, w_ref, u_ref, g_ref, *rest, ctx: _Ctx, has_h0: boo
         if store:
             s_ref[_chunk_slice(c, kp), :] = s.astype(s_ref.dtype)
         kc = k_ref[sl, :]
-        gt = Gates(g_ref[sl], ctx.fp32)
+        gt = chunk_gates(g_ref, sl, ctx)
         vp = u_ref[sl, :].astype(_F32) - _nn(w_ref[sl, :], s, ctx)  # V' = U - W S_c
         if vn_ref is not None:
             vn_ref[sl, :] = vp.astype(vn_ref.dtype)
@@ -139,7 +138,7 @@ def _fwd_kernel(q_ref, k_ref, w_ref, u_ref, g_ref, *rest, ctx: _Ctx, has_h0: boo
 def _o_kernel(q_ref, k_ref, vn_ref, g_ref, s_ref, o_ref, *, ctx: _Ctx):
     """One chunk (split_o): O = (s Q ⊙ e^G) S_c + (s Q K^T ⊙ Γ) V'."""
     q, k = q_ref[...], k_ref[...]
-    gt = Gates(g_ref[...], ctx.fp32)
+    gt = chunk_gates(g_ref, slice(None), ctx)
     p = _nt(q, k, ctx) * (gt.gamma() * ctx.scale)
     o = _nn(q, s_ref[...], ctx) * (ctx.scale * jnp.exp2(gt.gi))[:, None] + _nn(p, vn_ref[...], ctx)
     o_ref[...] = o.astype(o_ref.dtype)
@@ -156,7 +155,7 @@ def _bwd_kernel(q_ref, k_ref, w_ref, do_ref, g_ref, dht_ref, ds_ref, dh0_ref, *r
         ds_ref[_chunk_slice(c, kp), :] = ds.astype(ds_ref.dtype)
         sl = _chunk_slice(c, ctx.chunk)
         qc, kc, doc = q_ref[sl, :], k_ref[sl, :], do_ref[sl, :]
-        gt = Gates(g_ref[sl], ctx.fp32)
+        gt = chunk_gates(g_ref, sl, ctx)
         p = _nt(qc, kc, ctx) * (gt.gamma() * scale)
         if dvn_ref is None:
             kds = _nn(kc, ds, ctx)
@@ -333,19 +332,8 @@ def kernel_gated_delta_rule(q, k, v, g, beta, *, scale, initial_state=None, segm
     for head dims above 128 and for a chunk_size outside (16, 32, 64). interpret None: Pallas interpret
     mode everywhere but on GPU.
     """
-    if segment_ids is not None:
-        raise NotImplementedError('the gated_delta_rule kernel does not support segment_ids')
-    backend = default_backend()
-    if interpret is None:
-        if backend == 'tpu':
-            raise NotImplementedError('the gated_delta_rule kernel has only a Triton (GPU) lowering')
-        interpret = backend != 'gpu'
-    chunk = int(chunk_size)
-    if chunk not in (16, 32, 64):
-        raise NotImplementedError(f'the gated_delta_rule kernel needs chunk_size in (16, 32, 64); got {chunk}')
-    if max(q.shape[-1], v.shape[-1]) > _MAX_HEAD_DIM:
-        raise NotImplementedError(f'the gated_delta_rule kernel takes head dims up to {_MAX_HEAD_DIM}; '
-                                  f'got K={q.shape[-1]}, V={v.shape[-1]}')
+    interpret = checked_interpret('gated_delta_rule', q, v, segment_ids, interpret, _MAX_HEAD_DIM)
+    chunk = checked_chunk('gated_delta_rule', chunk_size, (16, 32, 64))
     cfg = DEFAULT_CONFIG if config is None else config
     b, t, h, kd = q.shape
     vd = v.shape[-1]
@@ -354,7 +342,8 @@ def kernel_gated_delta_rule(q, k, v, g, beta, *, scale, initial_state=None, segm
     tp = -(-t // chunk) * chunk
     kp, vp = _next_pow2(kd), _next_pow2(vd)
     pad = lambda x, d: _pad_axis(_pad_axis(x.astype(dtype), 1, tp), 3, d)
-    if g is None:
+    ungated = g is None
+    if ungated:
         # Behind a barrier: XLA otherwise constant-folds the backward's cumulative sums of this
         # constant ([B, H, N, C, C] reduce-windows), which took minutes to compile at T = 4096.
         g = jax.lax.optimization_barrier(jnp.zeros((b, t, h), _F32))
@@ -364,6 +353,6 @@ def kernel_gated_delta_rule(q, k, v, g, beta, *, scale, initial_state=None, segm
     h0 = None
     if initial_state is not None:
         h0 = _pad_axis(_pad_axis(initial_state.astype(_F32), 2, kp), 3, vp)
-    ctx = _Ctx(jnp.dtype(dtype), float(scale), chunk)
-    o, ht = _core(pad(q, kp), pad(k, kp), pad(v, vp), g, beta, h0, ctx, cfg, bool(interpret))
+    ctx = _Ctx(jnp.dtype(dtype), float(scale), chunk, gated=not ungated)
+    o, ht = _core(pad(q, kp), pad(k, kp), pad(v, vp), g, beta, h0, ctx, cfg, interpret)
     return o[:, :t, :, :vd].astype(q.dtype), ht[:, :, :kd, :vd]

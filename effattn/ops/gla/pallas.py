@@ -47,6 +47,7 @@ import jax.numpy as jnp
 from effattn.ops.common.dispatch import default_backend
 from effattn.ops.common.pallas_triton import F32 as _F32
 from effattn.ops.common.pallas_triton import LOG2E as _LOG2E
+from effattn.ops.common.pallas_triton import checked_chunk, checked_interpret
 from effattn.ops.common.pallas_triton import next_pow2 as _next_pow2
 from effattn.ops.common.pallas_triton import pad_axis as _pad_axis
 from effattn.ops.common.sequence_split import num_segments, split_over_segments
@@ -151,23 +152,14 @@ def kernel_gla(q, k, v, g, *, scale, initial_state=None, segment_ids=None, chunk
   above 128. interpret None: Pallas interpret mode everywhere but on GPU.
   """
   del chunk_size
-  if segment_ids is not None:
-    raise NotImplementedError('the gla kernel does not support segment_ids yet')
+  interpret = checked_interpret('gla', q, v, segment_ids, interpret, _MAX_HEAD_DIM)
   backend = default_backend()
-  if interpret is None:
-    if backend == 'tpu':
-      raise NotImplementedError('the gla kernel has only a Triton (GPU) lowering')
-    interpret = backend != 'gpu'
-  if max(q.shape[-1], v.shape[-1]) > _MAX_HEAD_DIM:
-    raise NotImplementedError(f'the gla kernel takes head dims up to {_MAX_HEAD_DIM} (its tiles are sized '
-                              f'for that); got K={q.shape[-1]}, V={v.shape[-1]}')
   cfg = DEFAULT_CONFIG if config is None else config
   t, kd, vd = q.shape[1], q.shape[-1], v.shape[-1]
   dtype = jnp.promote_types(q.dtype, jnp.bfloat16)  # fp16 / bf16 / fp32 kernels; mixed inputs promote
   dtype = jnp.promote_types(jnp.promote_types(dtype, k.dtype), v.dtype)
   chunk = min(cfg.chunk, cfg.chunk_fp32) if dtype == jnp.float32 else cfg.chunk
-  if chunk not in (16, 32, 64):
-    raise NotImplementedError(f'the gla kernel needs config.chunk in (16, 32, 64); got {chunk}')
+  checked_chunk('gla', chunk, (16, 32, 64), 'config.chunk')
   tp = -(-t // chunk) * chunk
   kp, vp = _next_pow2(kd), _next_pow2(vd)
   segments = num_segments(q.shape[0], q.shape[2], t, -(-vp // min(cfg.block_v, vp)), chunk,

@@ -1,4 +1,5 @@
-"""Pallas kernels for chunkwise simple_gla, forward and backward (ALGORITHMS.md section 4, Lightning Attention-2 layout).
+"""Pallas kernels for chunkwise simple_gla, forward and backward (ALGORITHMS.md section 4, Lightning Attention-2
+layout).
 
 Why Pallas with the Triton lowering: it is written in jnp, runs in Pallas interpret mode on CPU (so CI
 checks its numerics), and it is fast: on the H100 at B=4, T=4096, H=16, D=128 bf16 the forward takes
@@ -51,6 +52,7 @@ from effattn.ops.common.dispatch import default_backend
 from effattn.ops.common.pallas_triton import F32 as _F32
 from effattn.ops.common.pallas_triton import CompilerParams as _CompilerParams
 from effattn.ops.common.pallas_triton import Gates
+from effattn.ops.common.pallas_triton import checked_chunk, checked_interpret
 from effattn.ops.common.pallas_triton import chunk_slice as _chunk_slice
 from effattn.ops.common.pallas_triton import next_pow2 as _next_pow2
 from effattn.ops.common.pallas_triton import pad_axis as _pad_axis
@@ -429,22 +431,12 @@ def kernel_simple_gla(q, k, v, g, *, scale, initial_state=None, segment_ids=None
   """Returns (o [B,T,H,V] in q's dtype, final_state fp32 [B,H,K,V]); g None means no decay.
 
   Raises NotImplementedError (so that impl='auto' falls back to 'chunk') for segment_ids, on TPU, for
-  head dims above 128 and for a chunk_size that is not a power of two in [16, 128]. interpret None: Pallas interpret mode
-  everywhere but on GPU.
+  head dims above 128 and for a chunk_size that is not a power of two in [16, 128]. interpret None: Pallas interpret
+  mode everywhere but on GPU.
   """
-  if segment_ids is not None:
-    raise NotImplementedError('the simple_gla kernel does not support segment_ids yet')
+  interpret = checked_interpret('simple_gla', q, v, segment_ids, interpret, _MAX_HEAD_DIM)
+  chunk = checked_chunk('simple_gla', chunk_size, (16, 32, 64, 128))
   backend = default_backend()
-  if interpret is None:
-    if backend == 'tpu':
-      raise NotImplementedError('the simple_gla kernel has only a Triton (GPU) lowering')
-    interpret = backend != 'gpu'
-  chunk = int(chunk_size)
-  if chunk not in (16, 32, 64, 128):
-    raise NotImplementedError(f'the simple_gla kernel needs chunk_size in (16, 32, 64, 128); got {chunk}')
-  if max(q.shape[-1], v.shape[-1]) > _MAX_HEAD_DIM:
-    raise NotImplementedError(f'the simple_gla kernel takes head dims up to {_MAX_HEAD_DIM} (its tiles '
-                              f'and shared memory are sized for that); got K={q.shape[-1]}, V={v.shape[-1]}')
   cfg = DEFAULT_CONFIG if config is None else config
   b, t, h, kd = q.shape
   vd = v.shape[-1]
