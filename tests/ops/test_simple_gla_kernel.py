@@ -113,6 +113,17 @@ def test_sequence_split_matches_naive(case, monkeypatch):
   _check(case, functools.partial(kernel_simple_gla, config=cfg))
 
 
+def test_sequence_split_with_xla_segment_states():
+  """KernelConfig(split_states='xla'): the segment states by the XLA einsum instead of block_states."""
+  case = Case(1, 128, 2, 32, 32, n=1, h0=True, chunk=16)
+  cfg = KernelConfig(split_programs=4 * case.b * case.h, split_min_len=32, split_states='xla')
+  _check(case, functools.partial(kernel_simple_gla, config=cfg))
+  x, _ = make_inputs(case)
+  bad = KernelConfig(split_programs=4 * case.b * case.h, split_min_len=32, split_states='einsum')
+  with pytest.raises(ValueError, match="split_states must be 'kernel' or 'xla'; got 'einsum'"):
+    kernel_simple_gla(x['q'], x['k'], x['v'], x['g'], scale=1.0, chunk_size=16, config=bad)
+
+
 def test_g_gamma_through_the_public_op():
   """Constant decay (TransNormerLLM rates): grads of q, k, v, h0 match naive; g_gamma gets none."""
   case = Case(2, 100, 4, 32, 32, n=1, h0=True)

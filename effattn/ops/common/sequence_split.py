@@ -11,6 +11,9 @@ and let G_t = sum of log a from the segment's start to t (inclusive). Then, exac
 and the kernel runs once on the segments as batch rows (P times the programs), each from its own
 initial state S_start(s). Extra cost: the state matmul (2 T K V flops per head, reading k and v once)
 and a log2(P)-deep scan of [K, V] states, far less than stitching the outputs (reading q, writing o).
+The kernels compute S_loc with the block_states Pallas kernel (sub-blocks of _SUB_BLOCK rows read in place,
+summed with their decays; gradients from the XLA form below): the XLA einsum batches over heads, so k, scaled,
+and v were transposed in HBM first (~1.6 GB at B*T = 65536, H = 16, D = 128; KernelConfig.split_states='xla').
 This is flash-linear-attention's split state passing (fla/ops/common/chunk_h_split.py) in XLA around
 an unchanged kernel. Gradients come from autodiff of these ops and the kernel's own custom VJP (its
 initial-state gradient). The delta rule is not diagonal in S (its transition is I - beta k k^T), so this
@@ -18,9 +21,13 @@ does not apply there.
 """
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from jax import lax
+
+from effattn.ops.common.block_states import block_states
 
 _F32 = jnp.float32
 _SUB_BLOCK = 1024
@@ -56,32 +63,81 @@ def _combine(earlier, later):
   return a1 * a2, a2 * b1 + b2
 
 
-def split_over_segments(kernel, q, k, v, g, *, initial_state, segments: int):
+def _local_states_xla(k, v, g, p: int):
+  """[B, P, H, K, V] fp32: each segment's state from zero, sum_t diag(e^{G_last - G_t}) k_t v_t^T (XLA)."""
+  b, t, h, kd = k.shape
+  vd = v.shape[-1]
+  ts = t // p
+  if g is None:
+    to_end = jnp.ones((b, p, ts, h, 1), _F32)
+  else:
+    gcum = jnp.cumsum(g.astype(_F32).reshape(b, p, ts, h, -1), axis=2)  # [B, P, T', H, 1 or K]
+    to_end = jnp.exp(gcum[:, :, -1:] - gcum)  # <= 1: decay from row t to the segment's end
+  dot_dtype = jnp.promote_types(k.dtype, v.dtype)
+  # Each segment's state is a sum over sub-blocks of <= _SUB_BLOCK rows: B*H*P products of length T/P would
+  # leave most SMs idle at B = 1 (64 [K, V] outputs at T = 65536, H = 16, P = 4).
+  sub = ts // _SUB_BLOCK if ts % _SUB_BLOCK == 0 else 1
+  k_dec = (k.reshape(b, p, ts, h, kd).astype(_F32) * to_end).astype(dot_dtype)
+  return jnp.einsum('bpsthk,bpsthv->bpshkv', k_dec.reshape(b, p, sub, ts // sub, h, kd),
+                    v.reshape(b, p, sub, ts // sub, h, vd).astype(dot_dtype), preferred_element_type=_F32,
+                    precision=lax.Precision.HIGHEST if dot_dtype == _F32 else None).sum(axis=2)
+
+
+def _local_states_kernel(k, v, g, p: int, chunk: int, interpret: bool):
+  """As _local_states_xla, by the block_states Pallas kernel over sub-blocks of <= _SUB_BLOCK rows (reading
+  [B, T, H, D] in place), the sub-blocks of a segment summed with their decays to its end."""
+  b, t, h, kd = k.shape
+  ts = t // p
+  sub = ts // _SUB_BLOCK if ts % _SUB_BLOCK == 0 and _SUB_BLOCK % chunk == 0 else 1
+  s_blocks = block_states(k, v, g, block=ts // sub, chunk=chunk, interpret=interpret)  # [B, P*sub, H, K, V]
+  s_blocks = s_blocks.reshape(b, p, sub, h, kd, -1)
+  if g is None:
+    return s_blocks.sum(axis=2)
+  gsum = g.astype(_F32).reshape(b, p, sub, ts // sub, h, -1).sum(axis=3)  # [B, P, sub, H, 1 or K]
+  later = jnp.cumsum(gsum[:, :, ::-1], axis=2)[:, :, ::-1] - gsum     # log decay of the later sub-blocks
+  return jnp.sum(jnp.exp(later)[..., None] * s_blocks, axis=2)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+def _local_states(k, v, g, p, chunk, interpret):
+  """Forward by the Pallas kernel, gradients by autodiff of the XLA form (the same function)."""
+  return _local_states_kernel(k, v, g, p, chunk, interpret)
+
+
+def _local_states_fwd(k, v, g, p, chunk, interpret):
+  return _local_states_kernel(k, v, g, p, chunk, interpret), (k, v, g)
+
+
+def _local_states_bwd(p, chunk, interpret, res, ct):
+  return jax.vjp(lambda k, v, g: _local_states_xla(k, v, g, p), *res)[1](ct)
+
+
+_local_states.defvjp(_local_states_fwd, _local_states_bwd)
+
+
+def split_over_segments(kernel, q, k, v, g, *, initial_state, segments: int, chunk: int | None = None,
+                        interpret: bool | None = None):
   """Runs `kernel` on `segments` equal cuts of the sequence at once, each from its exact initial state.
 
   kernel(q, k, v, g, h0) -> (o [B', T', H, V] in q's dtype, final state fp32 [B', H, K, V]), where
   q, k: [B', T', H, K], v: [B', T', H, V], g: None, [B', T', H] (scalar log decay) or [B', T', H, K]
   (per channel), h0 fp32 [B', H, K, V]. Returns (o [B, T, H, V], final state fp32 [B, H, K, V]).
+  interpret not None: the segment states' forward by the block_states Pallas kernel (chunks of `chunk`
+  rows; in interpret mode if interpret), else in XLA.
   """
   b, t, h, kd = q.shape
   vd = v.shape[-1]
   p, ts = segments, t // segments
   cut = lambda x: None if x is None else x.reshape(b * p, ts, *x.shape[2:])
   if g is None:
-    to_end = jnp.ones((b, p, ts, h, 1), _F32)
     decay_last = jnp.ones((b, p, h, kd, 1), _F32)
   else:
-    gcum = jnp.cumsum(g.astype(_F32).reshape(b, p, ts, h, -1), axis=2)  # [B, P, T', H, 1 or K]
-    to_end = jnp.exp(gcum[:, :, -1:] - gcum)  # <= 1: decay from row t to the segment's end
-    decay_last = jnp.broadcast_to(jnp.exp(gcum[:, :, -1])[..., None], (b, p, h, kd, 1))
-  dot_dtype = jnp.promote_types(k.dtype, v.dtype)
-  # Each segment's state is a sum over sub-blocks of <= _SUB_BLOCK rows: B*H*P products of length T/P would
-  # leave most SMs idle at B = 1 (64 [K, V] outputs at T = 65536, H = 16, P = 4).
-  sub = ts // _SUB_BLOCK if ts % _SUB_BLOCK == 0 else 1
-  k_dec = (k.reshape(b, p, ts, h, kd).astype(_F32) * to_end).astype(dot_dtype)
-  s_loc = jnp.einsum('bpsthk,bpsthv->bpshkv', k_dec.reshape(b, p, sub, ts // sub, h, kd),
-                     v.reshape(b, p, sub, ts // sub, h, vd).astype(dot_dtype), preferred_element_type=_F32,
-                     precision=lax.Precision.HIGHEST if dot_dtype == _F32 else None).sum(axis=2)
+    gsum = jnp.sum(g.astype(_F32).reshape(b, p, ts, h, -1), axis=2)  # [B, P, H, 1 or K]
+    decay_last = jnp.broadcast_to(jnp.exp(gsum)[..., None], (b, p, h, kd, 1))
+  if interpret is None:
+    s_loc = _local_states_xla(k, v, g, p)
+  else:
+    s_loc = _local_states(k, v, g, p, chunk, bool(interpret))
   a_in, s_end = lax.associative_scan(_combine, (decay_last, s_loc), axis=1)  # from a zero state
   first = jnp.zeros((b, 1, h, kd, vd), _F32)
   if initial_state is not None:

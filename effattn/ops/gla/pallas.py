@@ -53,6 +53,7 @@ from effattn.ops.common.pallas_triton import pad_axis as _pad_axis
 from effattn.ops.common.sequence_split import num_segments, split_over_segments
 from effattn.ops.gla import _intra, _scan, _sweeps
 from effattn.ops.simple_gla.pallas import _MAX_HEAD_DIM, _Ctx
+from effattn.ops.simple_gla.pallas import split_states_mode as _split_states_mode
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,6 +95,7 @@ class KernelConfig:
   # programs (None: 1 per SM on GPU, no split elsewhere; 0: never), segments of >= split_min_len rows.
   split_programs: int | None = None
   split_min_len: int = 1024
+  split_states: str = 'kernel'  # segment states of the split: 'kernel' (common/block_states.py) or 'xla'
 
 
 DEFAULT_CONFIG = KernelConfig()
@@ -168,7 +170,8 @@ def kernel_gla(q, k, v, g, *, scale, initial_state=None, segment_ids=None, chunk
     whole = dataclasses.replace(cfg, split_programs=0)
     kernel = lambda q, k, v, g, h0: kernel_gla(q, k, v, g, scale=scale, initial_state=h0, config=whole,
                                                interpret=interpret)
-    return split_over_segments(kernel, q, k, v, g, initial_state=initial_state, segments=segments)
+    return split_over_segments(kernel, q, k, v, g, initial_state=initial_state, segments=segments, chunk=chunk,
+                               interpret=_split_states_mode(cfg, interpret))
   pad = lambda x, d, dt: _pad_axis(_pad_axis(x.astype(dt), 1, tp), 3, d)
   gdt = g.dtype if g.dtype in (jnp.bfloat16, jnp.float32) else _F32
   h0 = None

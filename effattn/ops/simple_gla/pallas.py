@@ -86,6 +86,7 @@ class KernelConfig:
   # keeping segments of >= split_min_len rows.
   split_programs: int | None = None
   split_min_len: int = 1024
+  split_states: str = 'kernel'  # segment states of the split: 'kernel' (common/block_states.py) or 'xla'
 
 
 DEFAULT_CONFIG = KernelConfig()
@@ -426,6 +427,13 @@ def _core_bwd(ctx, cfg, interpret, res, cts):
 _core.defvjp(_core_fwd, _core_bwd)
 
 
+def split_states_mode(cfg, interpret: bool):
+  """split_over_segments' `interpret` argument for cfg.split_states: None (XLA) or the kernels' mode."""
+  if cfg.split_states not in ('kernel', 'xla'):
+    raise ValueError(f"KernelConfig.split_states must be 'kernel' or 'xla'; got {cfg.split_states!r}")
+  return interpret if cfg.split_states == 'kernel' else None
+
+
 def kernel_simple_gla(q, k, v, g, *, scale, initial_state=None, segment_ids=None, chunk_size=64,
                       config: KernelConfig | None = None, interpret: bool | None = None):
   """Returns (o [B,T,H,V] in q's dtype, final_state fp32 [B,H,K,V]); g None means no decay.
@@ -450,7 +458,8 @@ def kernel_simple_gla(q, k, v, g, *, scale, initial_state=None, segment_ids=None
     whole = dataclasses.replace(cfg, split_programs=0)
     kernel = lambda q, k, v, g, h0: kernel_simple_gla(q, k, v, g, scale=scale, initial_state=h0,
                                                       chunk_size=chunk, config=whole, interpret=interpret)
-    return split_over_segments(kernel, q, k, v, g, initial_state=initial_state, segments=segments)
+    return split_over_segments(kernel, q, k, v, g, initial_state=initial_state, segments=segments, chunk=chunk,
+                               interpret=split_states_mode(cfg, interpret))
   pad = lambda x, d: _pad_axis(_pad_axis(x.astype(dtype), 1, tp), 3, d)
   g = jnp.zeros((b, t, h), _F32) if g is None else g.astype(_F32)
   gp = _pad_axis(jnp.swapaxes(g, 1, 2), 2, tp)  # [B,H,Tp]

@@ -1,0 +1,86 @@
+"""Pallas kernel for the local states of fixed-length blocks of a diagonal-decay linear recurrence.
+
+For S_t = diag(a_t) S_{t-1} + k_t v_t^T (GLA, Yang et al. 2024, arXiv 2312.06635, eq. 1; simple_gla / Lightning
+when a_t is a scalar; ALGORITHMS.md sections 4-5) and G_t the inclusive cumsum of g = log a within a block, the
+local state of a block of L rows from a zero state is
+  S_loc = sum_{t in block} diag(e^{G_L - G_t}) k_t v_t^T.
+One program per (batch, head, block, value tile) walks the block's chunks of C rows with the fp32 state on chip:
+  S <- diag(e^{G_C}) S + (K_c ⊙ e^{G_C - G})^T V_c   (chunk-local G; masked sums, Triton has no cumsum).
+Why: sequence_split needs these states for its segments. In XLA the einsum batches over heads, so k (scaled by
+the decays) and v are transposed in HBM first; here the [B, T, H, D] inputs are read in place, once, by
+B H (T / L) (V / BV) programs of L / C steps each.
+"""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import pallas as pl
+
+from effattn.ops.common.pallas_triton import F32, LOG2E, CompilerParams, chunk_slice, next_pow2, pad_axis
+
+
+def _kernel(k_ref, v_ref, *rest, chunk: int, gate: str, dt, prec):
+    """gate: 'none', 'scalar' (g_ref [L], one log decay per row) or 'channel' (g_ref [L, K])."""
+    g_ref, s_ref = rest if gate != 'none' else (None, rest[0])
+    rows, kp = k_ref.shape
+    bv = v_ref.shape[-1]
+    idx = jnp.arange(chunk, dtype=jnp.int32)
+    after = (idx[None, :] > idx[:, None]).astype(F32)           # [t, l] = l > t
+
+    def body(c, s):
+        sl = chunk_slice(c, chunk)
+        k, v = k_ref[sl, :].astype(F32), v_ref[sl, :]
+        if gate == 'none':
+            kd = k
+        elif gate == 'scalar':
+            g = g_ref[sl] * LOG2E
+            s = jnp.exp2(jnp.sum(g)) * s
+            kd = k * jnp.exp2(jnp.sum(after * g[None, :], axis=1))[:, None]   # e^{G_C - G_t}
+        else:
+            g = g_ref[sl, :] * LOG2E                                           # [C, K]
+            s = jnp.exp2(jnp.sum(g, axis=0))[:, None] * s
+            to_end = jax.lax.dot_general(after, g, (((1,), (0,)), ((), ())), precision=jax.lax.Precision.HIGHEST,
+                                         preferred_element_type=F32)           # [t, k] = sum_{l > t} g_lk
+            kd = k * jnp.exp2(to_end)
+        return s + jax.lax.dot_general(kd.astype(dt), v.astype(dt), (((0,), (0,)), ((), ())), precision=prec,
+                                       preferred_element_type=F32)
+
+    s_ref[...] = jax.lax.fori_loop(0, rows // chunk, body, jnp.zeros((kp, bv), F32))
+
+
+def block_states(k, v, g, *, block: int, chunk: int = 64, block_v: int = 64, num_warps: int = 4,
+                 interpret: bool = False):
+    """k [B,T,H,K], v [B,T,H,V], g None, [B,T,H] or [B,T,H,K] (log decays) -> fp32 [B, T // block, H, K, V], the
+    local state of each block of `block` rows (T a multiple of block, block a multiple of chunk). Dots in the
+    inputs' dtype with fp32 accumulation (IEEE for fp32 inputs). No VJP: see sequence_split for its use."""
+    b, t, h, kd = k.shape
+    vd = v.shape[-1]
+    if t % block or block % chunk:
+        raise ValueError(f'block_states: T={t} must be a multiple of block={block}, and block of chunk={chunk}')
+    dt = jnp.promote_types(k.dtype, v.dtype)
+    kp, vp = next_pow2(kd), next_pow2(vd)
+    bv = min(block_v, vp)
+    nb, nv = t // block, vp // bv
+    k, v = pad_axis(k.astype(dt), 3, kp), pad_axis(v.astype(dt), 3, vp)
+    gate = 'none' if g is None else ('scalar' if g.ndim == 3 else 'channel')
+    in_specs = [pl.BlockSpec((None, block, None, kp), lambda bi, hi, i: (bi, i // nv, hi, 0)),
+                pl.BlockSpec((None, block, None, bv), lambda bi, hi, i: (bi, i // nv, hi, i % nv))]
+    args = [k, v]
+    if gate == 'scalar':
+        in_specs.append(pl.BlockSpec((None, None, block), lambda bi, hi, i: (bi, hi, i // nv)))
+        args.append(jnp.swapaxes(g.astype(F32), 1, 2))                       # [B, H, T]
+    elif gate == 'channel':
+        in_specs.append(pl.BlockSpec((None, block, None, kp), lambda bi, hi, i: (bi, i // nv, hi, 0)))
+        args.append(pad_axis(g.astype(F32), 3, kp))
+    fp32 = dt == jnp.float32
+    params = {} if interpret or CompilerParams is None else {
+        'compiler_params': CompilerParams(num_warps=num_warps, num_stages=2)}
+    s = pl.pallas_call(
+        functools.partial(_kernel, chunk=chunk, gate=gate, dt=dt, prec=jax.lax.Precision.HIGHEST if fp32 else None),
+        grid=(b, h, nb * nv), in_specs=in_specs,
+        out_specs=pl.BlockSpec((None, None, None, kp, bv), lambda bi, hi, i: (bi, i // nv, hi, 0, i % nv)),
+        out_shape=jax.ShapeDtypeStruct((b, nb, h, kp, vp), F32), interpret=interpret, name='block_states',
+        **params)(*args)
+    return s[..., :kd, :vd]

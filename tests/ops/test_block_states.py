@@ -1,0 +1,56 @@
+"""ops/common/block_states.py (Pallas, interpret mode on CPU) against the XLA segment states of sequence_split,
+and the split's kernel path against its XLA path, forward and gradients."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from helpers import assert_close
+
+from effattn.ops.common import sequence_split
+from effattn.ops.common.block_states import block_states
+
+
+def _inputs(gate, dtype, b=2, t=96, h=2, kd=24, vd=40, seed=0):
+    ks = jax.random.split(jax.random.key(seed), 3)
+    k = jax.random.normal(ks[0], (b, t, h, kd)).astype(dtype)
+    v = jax.random.normal(ks[1], (b, t, h, vd)).astype(dtype)
+    shape = {'none': None, 'scalar': (b, t, h), 'channel': (b, t, h, kd)}[gate]
+    g = None if shape is None else jax.nn.log_sigmoid(jax.random.normal(ks[2], shape)) / 4
+    return k, v, g
+
+
+@pytest.mark.parametrize('gate', ['none', 'scalar', 'channel'])
+@pytest.mark.parametrize('dtype', ['float32', 'bfloat16'])
+def test_block_states_match_xla(gate, dtype):
+    k, v, g = _inputs(gate, jnp.dtype(dtype))
+    got = block_states(k, v, g, block=32, chunk=16, block_v=16, interpret=True)   # 3 blocks, 2 chunks each
+    ref = sequence_split._local_states_xla(k, v, g, 3)
+    assert got.shape == ref.shape == (2, 3, 2, 24, 40)
+    assert_close('states', got, ref, 1e-5 if dtype == 'float32' else 5e-3)
+
+
+@pytest.mark.parametrize('gate', ['none', 'scalar', 'channel'])
+def test_kernel_segment_states_and_their_gradients(gate, monkeypatch):
+    """Sub-blocks of 16 rows summed with their decays per segment; the custom VJP gives the XLA form's grads."""
+    monkeypatch.setattr(sequence_split, '_SUB_BLOCK', 16)
+    k, v, g = _inputs(gate, jnp.float32)
+    args = (k, v) if g is None else (k, v, g)
+
+    def loss(local_states, *a):
+        s = local_states(*(a if g is not None else (*a, None)))
+        return jnp.sum(s * jnp.cos(jnp.arange(s.size, dtype=jnp.float32).reshape(s.shape)))
+    kern = lambda k, v, g: sequence_split._local_states(k, v, g, 2, 16, True)
+    xla = lambda k, v, g: sequence_split._local_states_xla(k, v, g, 2)
+    assert_close('states', kern(*args[:2], g), xla(*args[:2], g), 1e-5)
+    got = jax.grad(lambda *a: loss(kern, *a), argnums=tuple(range(len(args))))(*args)
+    ref = jax.grad(lambda *a: loss(xla, *a), argnums=tuple(range(len(args))))(*args)
+    for name, x, y in zip('kvg', got, ref):
+        assert_close(f'd{name}', x, y, 1e-5)
+
+
+def test_bad_block_is_named():
+    k, v, _ = _inputs('none', jnp.float32)
+    with pytest.raises(ValueError, match='multiple of block=40'):
+        block_states(k, v, None, block=40, chunk=8, interpret=True)
+    np.testing.assert_equal(sequence_split._SUB_BLOCK % 64, 0)
