@@ -111,6 +111,13 @@ def test_sequence_split_matches_naive(case):
   _check(case, functools.partial(kernel_gla, config=cfg))
 
 
+def test_sequence_split_with_kernel_segment_states():
+  """KernelConfig(split_states='kernel'): per-channel segment states by block_states."""
+  case = Case(2, 128, 1, 16, 48, n=0.1, h0=True, dtype='bfloat16')
+  cfg = KernelConfig(chunk=16, split_programs=4 * case.b * case.h, split_min_len=32, split_states='kernel')
+  _check(case, functools.partial(kernel_gla, config=cfg))
+
+
 def test_chunk_16_small_tiles_bf16():
   cfg = KernelConfig(chunk=16, block_k_dq=16, block_k_dk=16, block_v_bwd=16)
   _check(Case(1, 100, 1, 32, 32, n=0.1, h0=True, dtype='bfloat16'), functools.partial(kernel_gla, config=cfg))

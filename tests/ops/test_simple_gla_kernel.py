@@ -113,10 +113,11 @@ def test_sequence_split_matches_naive(case, monkeypatch):
   _check(case, functools.partial(kernel_simple_gla, config=cfg))
 
 
-def test_sequence_split_with_xla_segment_states():
-  """KernelConfig(split_states='xla'): the segment states by the XLA einsum instead of block_states."""
+def test_sequence_split_with_kernel_segment_states(monkeypatch):
+  """KernelConfig(split_states='kernel'): the segment states by block_states (sub-blocks of 16 rows here)."""
+  monkeypatch.setattr(sequence_split, '_SUB_BLOCK', 16)
   case = Case(1, 128, 2, 32, 32, n=1, h0=True, chunk=16)
-  cfg = KernelConfig(split_programs=4 * case.b * case.h, split_min_len=32, split_states='xla')
+  cfg = KernelConfig(split_programs=4 * case.b * case.h, split_min_len=32, split_states='kernel')
   _check(case, functools.partial(kernel_simple_gla, config=cfg))
   x, _ = make_inputs(case)
   bad = KernelConfig(split_programs=4 * case.b * case.h, split_min_len=32, split_states='einsum')

@@ -11,9 +11,10 @@ and let G_t = sum of log a from the segment's start to t (inclusive). Then, exac
 and the kernel runs once on the segments as batch rows (P times the programs), each from its own
 initial state S_start(s). Extra cost: the state matmul (2 T K V flops per head, reading k and v once)
 and a log2(P)-deep scan of [K, V] states, far less than stitching the outputs (reading q, writing o).
-The kernels compute S_loc with the block_states Pallas kernel (sub-blocks of _SUB_BLOCK rows read in place,
-summed with their decays; gradients from the XLA form below): the XLA einsum batches over heads, so k, scaled,
-and v were transposed in HBM first (~1.6 GB at B*T = 65536, H = 16, D = 128; KernelConfig.split_states='xla').
+With KernelConfig.split_states='kernel' the kernels compute S_loc with the block_states Pallas kernel
+(sub-blocks of _SUB_BLOCK rows read in place, summed with their decays; gradients from the XLA form below): the
+XLA einsum batches over heads, so k, scaled, and v are transposed in HBM first (~1.6 GB at B*T = 65536, H = 16,
+D = 128). Not yet timed on a GPU.
 This is flash-linear-attention's split state passing (fla/ops/common/chunk_h_split.py) in XLA around
 an unchanged kernel. Gradients come from autodiff of these ops and the kernel's own custom VJP (its
 initial-state gradient). The delta rule is not diagonal in S (its transition is I - beta k k^T), so this

@@ -95,7 +95,7 @@ class KernelConfig:
   # programs (None: 1 per SM on GPU, no split elsewhere; 0: never), segments of >= split_min_len rows.
   split_programs: int | None = None
   split_min_len: int = 1024
-  split_states: str = 'kernel'  # segment states of the split: 'kernel' (common/block_states.py) or 'xla'
+  split_states: str = 'xla'  # segment states of the split: 'xla' or 'kernel' (common/block_states.py; GPU-untimed)
 
 
 DEFAULT_CONFIG = KernelConfig()

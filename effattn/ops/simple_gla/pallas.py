@@ -86,7 +86,7 @@ class KernelConfig:
   # keeping segments of >= split_min_len rows.
   split_programs: int | None = None
   split_min_len: int = 1024
-  split_states: str = 'kernel'  # segment states of the split: 'kernel' (common/block_states.py) or 'xla'
+  split_states: str = 'xla'  # segment states of the split: 'xla' or 'kernel' (common/block_states.py; GPU-untimed)
 
 
 DEFAULT_CONFIG = KernelConfig()
