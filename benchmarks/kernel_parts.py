@@ -44,6 +44,7 @@ from effattn.ops.gla import pallas as gla_pallas
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import kernel_config_text  # noqa: E402  (a sibling script module)
+from timing import time_call_batches  # noqa: E402  (a sibling script module)
 
 OPS = ('gated_delta_rule', 'delta_rule', 'gla')
 PARTS = {'gated_delta_rule': 'wy,fwd_state,fwd_state_store,fwd,bwd_state,bwd_chunk,bwd_dqk,bwd_wy,fwd_bwd',
@@ -91,16 +92,12 @@ def ablate(what: str) -> None:
 
 
 def time_part(fn, reps: int) -> dict:
+  """Median and min ms per call over `reps` batches of calls synchronised per batch (timing.py); the first call
+  (compile) apart. Result files before 2026-12-02 late synchronised after every call (+0.1-0.2 ms each)."""
   t0 = time.perf_counter()
   jax.block_until_ready(fn())
   first = time.perf_counter() - t0
-  for _ in range(3):
-    jax.block_until_ready(fn())
-  times = []
-  for _ in range(reps):
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn())
-    times.append(time.perf_counter() - t0)
+  times = time_call_batches(fn, jax.block_until_ready, samples=reps)
   return {'ms': 1e3 * statistics.median(times), 'min_ms': 1e3 * min(times), 'first_call_s': first}
 
 

@@ -37,7 +37,6 @@ import importlib.metadata
 import json
 import platform
 import random
-import statistics
 import sys
 import time
 import traceback
@@ -57,6 +56,7 @@ from effattn.ops.simple_gla import simple_gla
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import kernel_config_text  # noqa: E402  (a sibling script module)
+from timing import time_calls  # noqa: E402  (a sibling script module)
 
 SHAPES = ((4, 4096, 16, 128), (1, 8192, 96, 128), (2, 16384, 16, 128), (4, 2048, 16, 128), (8, 1024, 8, 64))
 # fixed B*T = 65536: time per token from T = 2048 to 65536 (issue 6, criterion 3)
@@ -82,25 +82,6 @@ def version(name: str) -> str | None:
 
 
 # ---------------------------------------------------------------------------------------------- timing
-
-def time_calls(call, sync, *, target_s: float = 0.025, samples: int = 15, warmup: int = 3) -> float:
-  """Median seconds per call: batches of calls lasting about target_s each, synchronised after each batch."""
-  for _ in range(warmup):
-    sync(call())
-  t0 = time.perf_counter()
-  sync(call())
-  one = max(time.perf_counter() - t0, 1e-6)
-  reps = max(1, min(200, int(target_s / one)))
-  times = []
-  for _ in range(samples):
-    t0 = time.perf_counter()
-    out = None
-    for _ in range(reps):
-      out = call()
-    sync(out)
-    times.append((time.perf_counter() - t0) / reps)
-  return statistics.median(times)
-
 
 def jax_sync(x):
   jax.block_until_ready(x)
