@@ -8,8 +8,8 @@ Pieces, from each op's _bench.benchmark_parts:
     'bwd_wy' (its two kernels; the split backward, the default), 'fwd_bwd'.
   gla (effattn/ops/gla/_bench.py): 'gates' (chunk cumsums), 'intra_fwd', 'fwd_sweep', 'fwd', 'intra_bwd',
     'bwd_sweeps', 'dg', 'fwd_bwd'.
-Median of --reps calls after 3 warm-up calls, block_until_ready around each call; compile excluded
-(reported as the first call's time).
+Median over --reps batches of calls (each ~25 ms, synchronised once; timing.py) after 3 warm-up calls; compile
+excluded (reported as the first call's time). Before 2026-12-02 late each call was synchronised (+0.1-0.2 ms).
 
   python benchmarks/kernel_parts.py                          # gated_delta_rule, B=4 T=4096 H=16 D=128 bf16
   python benchmarks/kernel_parts.py --op gla
