@@ -35,22 +35,18 @@ import os
 os.environ.setdefault('NCCL_NVLS_ENABLE', '0')
 os.environ.setdefault('XLA_PYTHON_CLIENT_MEM_FRACTION', '0.92')
 
-import argparse
-import datetime
 import json
 import math
-import platform
-import statistics
-import subprocess
 import sys
-import tempfile
 import time
 import traceback
+from functools import partial
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+import bench_common  # noqa: E402  (a sibling script module)
 import train_throughput as tt  # noqa: E402  (also puts the repository root on sys.path)
 
 import jax  # noqa: E402
@@ -145,25 +141,17 @@ def run_one(args, run: dict, log) -> dict:
         t0 = time.perf_counter()
         compiled = step.lower(state, data).compile()
         row['compile_s'] = round(time.perf_counter() - t0, 2)
-        times, losses = [], []
-        for i in range(args.warmup + args.steps):
-            t0 = time.perf_counter()
-            state, metrics = compiled(state, data)
-            jax.block_until_ready(metrics)
-            losses.append(float(metrics['loss']))
-            if i >= args.warmup:
-                times.append(time.perf_counter() - t0)
-        median = statistics.median(times)
+        state, times, losses = bench_common.time_steps(
+            compiled, state, data, args.warmup, args.steps, every_loss=True
+        )
         row['losses'] = losses
-        row['step_ms'] = round(1e3 * median, 3)
-        row['step_ms_all'] = [round(1e3 * x, 3) for x in times]
-        row['tokens_per_s'] = round(row['tokens_per_step'] / median, 1)
+        row.update(bench_common.step_figures(times, row['tokens_per_step']))
         row['tokens_per_s_per_device'] = round(row['tokens_per_s'] / run['devices'], 1)
         peak = args.peak_tflops or tt.peak_tflops(row['device'])
         achieved = row['flops_per_token']['total'] * row['tokens_per_s']
         row['mfu'] = round(achieved / (peak * 1e12 * run['devices']), 5) if peak else None
     except Exception as e:  # noqa: BLE001  (OOM or any failure becomes the row's status)
-        if tt.is_oom(e):
+        if bench_common.is_oom(e):
             row['status'] = 'OOM'
         else:
             traceback.print_exc()
@@ -192,28 +180,12 @@ def summary(row: dict) -> str:
 
 def run_isolated(argv: list[str], run: dict, timeout_s: float, log) -> dict:
     """run_one in a child process that sees only the run's devices; a crash becomes a row."""
-    with tempfile.TemporaryDirectory() as tmp:
-        out, err = Path(tmp) / 'row.json', Path(tmp) / 'stderr.txt'
-        cmd = [sys.executable, str(Path(__file__).resolve()), *argv, '--only', run['spec']]
-        cmd += ['--row-out', str(out)]
-        env = dict(os.environ)
-        if 'CUDA_VISIBLE_DEVICES' not in env:
-            env['CUDA_VISIBLE_DEVICES'] = ','.join(str(i) for i in range(run['devices']))
-        with err.open('w') as f:
-            try:
-                code = subprocess.run(
-                    cmd, check=False, stderr=f, timeout=timeout_s, env=env
-                ).returncode
-            except subprocess.TimeoutExpired:
-                code = f'timeout after {timeout_s:.0f} s'
-        text = err.read_text(errors='replace')
-        row = json.loads(out.read_text()) if out.exists() else None
-    if row is None or row['status'] != 'ok':
-        sys.stderr.write('\n'.join(text.splitlines()[-30:]) + '\n')
+    env = dict(os.environ)
+    if 'CUDA_VISIBLE_DEVICES' not in env:
+        env['CUDA_VISIBLE_DEVICES'] = ','.join(str(i) for i in range(run['devices']))
+    row, status, tail = bench_common.run_child(__file__, argv, run['spec'], timeout_s, env)
     if row is not None:
         return row
-    status = 'OOM' if tt.is_oom(text) else f'error: exit code {code}'
-    tail = text.strip().splitlines()[-1][:300] if text.strip() else ''
     log(f'  {run["spec"]:34s} {status}: {tail}')
     return dict(run, status=status, error=tail)
 
@@ -270,36 +242,16 @@ def print_table(rows: list[dict]) -> None:
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = bench_common.parser(__doc__)
     p.add_argument('--gpus', type=int, default=2, help='N of the default plan')
     p.add_argument('--plan', default=None, help="';'-separated KIND:T:BATCH:MESH runs")
-    p.add_argument('--steps', type=int, default=None, help='timed steps (default 10)')
-    p.add_argument('--warmup', type=int, default=None, help='untimed steps (default 2)')
-    p.add_argument('--d-model', type=int, default=None)
-    p.add_argument('--layers', type=int, default=None)
-    p.add_argument('--heads', type=int, default=None)
-    p.add_argument('--linear-heads', type=int, default=0)
-    p.add_argument('--vocab', type=int, default=None)
-    p.add_argument('--mlp-hidden', type=int, default=0)
-    p.add_argument('--impl', default='auto')
-    p.add_argument('--peak-tflops', type=float, default=None)
-    p.add_argument('--tiny', action='store_true', help='d_model 64, 2 layers, T 128-512 (CPU)')
-    p.add_argument('--in-process', action='store_true')
-    p.add_argument('--child-timeout-s', type=float, default=590.0)
-    p.add_argument('--budget-s', type=float, default=1e9, help='start no new run after this long')
-    p.add_argument('--seed', type=int, default=0)
-    p.add_argument('--out', type=Path, default=DEFAULT_OUT)
-    p.add_argument('--table-from', nargs='+', type=Path, default=None)
-    p.add_argument('--merge-out', type=Path, default=None)
-    p.add_argument('--only', default=None, help=argparse.SUPPRESS)
-    p.add_argument('--row-out', type=Path, default=None, help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
-    for key, value in (TINY if args.tiny else FULL).items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
-    return args
+    helps = {
+        'steps': 'timed steps (default 10)',
+        'warmup': 'untimed steps (default 2)',
+        'tiny': 'd_model 64, 2 layers, T 128-512 (CPU)',
+    }
+    bench_common.add_common_flags(p, DEFAULT_OUT, helps)
+    return bench_common.parse_args(p, argv, FULL, TINY)
 
 
 def main(argv: list[str] | None = None) -> dict | None:
@@ -307,15 +259,13 @@ def main(argv: list[str] | None = None) -> dict | None:
     args = parse_args(argv)
     log = lambda s: print(s, flush=True)
     if args.table_from:
-        runs = [json.loads(f.read_text()) for f in args.table_from]
-        rows = [r for run in runs for r in run['rows']]
+        runs, rows = bench_common.load_runs(args.table_from)
         compare(rows)
         for f, run in zip(args.table_from, runs):
             log(f'{f.name}: {run["meta"]["device"]}, jax {run["meta"]["versions"]["jax"]}')
         print_table(rows)
         if args.merge_out:
-            meta = dict(runs[0]['meta'], merged_from=[run['meta'] for run in runs])
-            args.merge_out.write_text(json.dumps({'meta': meta, 'rows': rows}, indent=1))
+            args.merge_out.write_text(json.dumps(bench_common.merged(runs, rows), indent=1))
         return None
     if args.only:
         row = run_one(args, parse_run(args.only), log)
@@ -323,48 +273,26 @@ def main(argv: list[str] | None = None) -> dict | None:
         return None
 
     plan = [parse_run(s) for s in (args.plan or default_plan(args.gpus, args.tiny)).split(';') if s]
-    flags = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     meta = {
-        'command': ' '.join([Path(sys.argv[0]).name, *argv]),
-        'date': datetime.datetime.now(datetime.UTC).isoformat(timespec='seconds'),
-        'device': None,
-        'python': platform.python_version(),
-        'versions': {n: tt.version(n) for n in ('jax', 'jaxlib', 'jax-cuda13-plugin', 'flax')},
+        **bench_common.meta_start(argv, ('jax', 'jaxlib', 'jax-cuda13-plugin', 'flax')),
         'env': {k: os.environ.get(k) for k in ('NCCL_NVLS_ENABLE', 'XLA_FLAGS')},
-        'flags': {k: v for k, v in flags.items() if k not in ('only', 'row_out', 'table_from')},
+        'flags': bench_common.stored_flags(args, ('only', 'row_out', 'table_from')),
         'timing': f'median of {args.steps} steps after compile + {args.warmup} warm-up steps',
         'scaling': 'strong: the same global batch on 1 and N devices; efficiency = '
         'tokens/s(N) / (N * tokens/s(1))',
         'loss_rel_tol': LOSS_REL_TOL,
     }
     result = {'meta': meta, 'rows': []}
-
-    def save():
-        compare(result['rows'])
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=1))
-
-    start = time.perf_counter()
-    for run in plan:
-        if time.perf_counter() - start > args.budget_s:
-            log(f'  budget spent: skipping {run["spec"]}')
-            result['rows'].append(dict(run, status='skipped: budget'))
-            continue
-        if args.in_process:
-            row = run_one(args, run, log)
-            jax.clear_caches()
-        else:
-            row = run_isolated(argv, run, args.child_timeout_s, log)
-        result['rows'].append(row)
-        if meta['device'] is None and row.get('device'):
-            meta['device'], meta['backend'] = row['device'], row.get('backend')
-        save()
-    meta['wall_s'] = round(time.perf_counter() - start, 1)
-    save()
-    print(f'\n{meta["device"]}, jax {meta["versions"]["jax"]}, bf16, median step:')
-    print_table(result['rows'])
-    print(f'wrote {args.out}')
-    return result
+    jobs = [
+        (
+            run['spec'],
+            dict(run, status='skipped: budget'),
+            partial(run_one, args, run, log),
+            partial(run_isolated, argv, run, args.child_timeout_s, log),
+        )
+        for run in plan
+    ]
+    return bench_common.run_all(args, jobs, result, print_table, log, prepare=compare)
 
 
 if __name__ == '__main__':

@@ -42,15 +42,9 @@ import os
 # Let XLA's allocator use more of the GPU than its default 75% (nothing else runs beside it).
 os.environ.setdefault('XLA_PYTHON_CLIENT_MEM_FRACTION', '0.92')
 
-import argparse
-import datetime
-import importlib.metadata
 import json
-import platform
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 import traceback
 from functools import partial
@@ -70,6 +64,9 @@ from effattn.attention import linear_family
 from effattn.train.optimizer import lr_schedule, make_optimizer
 from effattn.train.state import create_train_state, param_count
 from effattn.train.step import make_train_step
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_common  # noqa: E402  (a sibling script module)
 
 KINDS = ('softmax', 'gla', 'deltanet', 'gated_deltanet', 'lightning', 'linear')
 QUADRATIC_KINDS = ('softmax', 'sigmoid')  # T x T scores
@@ -103,13 +100,6 @@ TINY = {
     'steps': 2,
     'warmup': 1,
 }
-
-
-def version(name: str) -> str | None:
-    try:
-        return importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-        return None
 
 
 def peak_tflops(device_kind: str) -> float | None:
@@ -181,11 +171,6 @@ def flops_per_token(cfg: config_lib.Config, n_params: int) -> dict:
 # ------------------------------------------------------------------------------------------- run
 
 
-def is_oom(e: BaseException | str) -> bool:
-    s = str(e).lower()
-    return 'resource_exhausted' in s or 'out of memory' in s
-
-
 def random_batch(mesh, batch: int, seq_len: int, vocab: int, seed: int = 0) -> dict:
     """Random tokens [B, T+1] made on the device: inputs tokens[:, :-1], labels tokens[:, 1:]."""
     sharding = NamedSharding(mesh, parallel.batch_spec(2))
@@ -245,26 +230,17 @@ def run_one(args, kind: str, seq_len: int, log) -> dict:
             row['xla_temp_gib'] = gib(ma.temp_size_in_bytes)
         except Exception:  # noqa: BLE001  (memory_analysis is not available on every backend)
             row['xla_mem_gib'] = row['xla_temp_gib'] = None
-        times = []
-        metrics = None
-        for i in range(args.warmup + args.steps):
-            t0 = time.perf_counter()
-            state, metrics = compiled(state, data)
-            jax.block_until_ready(metrics)
-            if i >= args.warmup:
-                times.append(time.perf_counter() - t0)
-        row['loss'] = float(metrics['loss'])
+        state, times, losses = bench_common.time_steps(compiled, state, data, args.warmup, args.steps)
+        row['loss'] = losses[-1]
+        row.update(bench_common.step_figures(times, batch * seq_len))
         median = statistics.median(times)
-        row['step_ms'] = round(1e3 * median, 3)
-        row['step_ms_all'] = [round(1e3 * x, 3) for x in times]
-        row['tokens_per_s'] = round(batch * seq_len / median, 1)
         achieved = row['flops_per_token']['total'] * batch * seq_len / median
         row['model_tflops_per_s'] = round(achieved / 1e12, 3)
         row['mfu'] = (
             round(achieved / (row['peak_tflops'] * 1e12), 5) if row['peak_tflops'] else None
         )
     except Exception as e:  # noqa: BLE001  (OOM or any failure becomes the row's status)
-        if is_oom(e):
+        if bench_common.is_oom(e):
             row['status'] = 'OOM'
             row['error'] = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
         else:
@@ -289,26 +265,10 @@ def summary(row: dict) -> str:
 
 
 def run_isolated(argv: list[str], kind: str, seq_len: int, timeout_s: float, log) -> dict:
-    """run_one in a child process (same flags plus --only kind:T); a crash or timeout becomes a row.
-
-    The child's stdout streams through; its stderr is shown when the row is not 'ok'."""
-    with tempfile.TemporaryDirectory() as tmp:
-        out, err = Path(tmp) / 'row.json', Path(tmp) / 'stderr.txt'
-        cmd = [sys.executable, str(Path(__file__).resolve()), *argv, '--only', f'{kind}:{seq_len}']
-        cmd += ['--row-out', str(out)]
-        with err.open('w') as f:
-            try:
-                code = subprocess.run(cmd, check=False, stderr=f, timeout=timeout_s).returncode
-            except subprocess.TimeoutExpired:
-                code = f'timeout after {timeout_s:.0f} s'
-        text = err.read_text(errors='replace')
-        row = json.loads(out.read_text()) if out.exists() else None
-    if row is None or row['status'] != 'ok':
-        sys.stderr.write('\n'.join(text.splitlines()[-30:]) + '\n')
+    """run_one in a child process (same flags plus --only kind:T); a crash or timeout becomes a row."""
+    row, status, tail = bench_common.run_child(__file__, argv, f'{kind}:{seq_len}', timeout_s)
     if row is not None:
         return row
-    status = 'OOM' if is_oom(text) else f'error: exit code {code}'
-    tail = text.strip().splitlines()[-1][:300] if text.strip() else ''
     log(f'  {kind:15s} T={seq_len:<6d} {status}: {tail}')
     return {'kind': kind, 'seq_len': seq_len, 'status': status, 'error': tail}
 
@@ -342,9 +302,7 @@ def print_table(rows: list[dict]) -> None:
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = bench_common.parser(__doc__)
     p.add_argument('--kinds', default=','.join(KINDS))
     p.add_argument(
         '--seq-lens', default=None, help='comma separated (default 2048,8192; --tiny 128)'
@@ -355,41 +313,21 @@ def parse_args(argv):
     p.add_argument(
         '--batch', type=int, default=0, help='fixed batch size instead of --tokens-per-step'
     )
-    p.add_argument('--steps', type=int, default=None, help='timed steps (default 20)')
-    p.add_argument(
-        '--warmup', type=int, default=None, help='untimed steps after compiling (default 3)'
-    )
-    p.add_argument('--d-model', type=int, default=None)
-    p.add_argument('--layers', type=int, default=None)
-    p.add_argument('--heads', type=int, default=None, help='attention heads (default 12)')
-    p.add_argument(
-        '--linear-heads', type=int, default=0, help='heads of the non-softmax kinds; 0 = --heads'
-    )
-    p.add_argument('--vocab', type=int, default=None)
-    p.add_argument('--mlp-hidden', type=int, default=0, help='SwiGLU hidden; 0 = 8/3 d_model')
-    p.add_argument('--impl', default='auto', help='config.model.attention.impl')
-    p.add_argument('--peak-tflops', type=float, default=None, help='peak bf16 TFLOP/s for the MFU')
-    p.add_argument(
-        '--tiny', action='store_true', help='d_model 64, 2 layers, vocab 256, T=128, 2 steps'
-    )
-    p.add_argument('--in-process', action='store_true', help='run every (kind, T) in this process')
-    p.add_argument('--child-timeout-s', type=float, default=590.0)
-    p.add_argument('--budget-s', type=float, default=1e9, help='start no new run after this long')
-    p.add_argument('--seed', type=int, default=0)
-    p.add_argument('--out', type=Path, default=DEFAULT_OUT)
-    p.add_argument(
-        '--table-from', nargs='+', type=Path, default=None, help='print stored runs, exit'
-    )
-    p.add_argument(
-        '--merge-out', type=Path, default=None, help='with --table-from: write the merged rows here'
-    )
-    p.add_argument('--only', default=None, help=argparse.SUPPRESS)  # kind:T, child process
-    p.add_argument('--row-out', type=Path, default=None, help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
-    for key, value in (TINY if args.tiny else FULL).items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
-    return args
+    helps = {
+        'steps': 'timed steps (default 20)',
+        'warmup': 'untimed steps after compiling (default 3)',
+        'heads': 'attention heads (default 12)',
+        'linear_heads': 'heads of the non-softmax kinds; 0 = --heads',
+        'mlp_hidden': 'SwiGLU hidden; 0 = 8/3 d_model',
+        'impl': 'config.model.attention.impl',
+        'peak_tflops': 'peak bf16 TFLOP/s for the MFU',
+        'tiny': 'd_model 64, 2 layers, vocab 256, T=128, 2 steps',
+        'in_process': 'run every (kind, T) in this process',
+        'table_from': 'print stored runs, exit',
+        'merge_out': 'with --table-from: write the merged rows here',
+    }
+    bench_common.add_common_flags(p, DEFAULT_OUT, helps)  # --only kind:T in a child process
+    return bench_common.parse_args(p, argv, FULL, TINY)
 
 
 def main(argv: list[str] | None = None) -> dict | None:
@@ -397,16 +335,14 @@ def main(argv: list[str] | None = None) -> dict | None:
     args = parse_args(argv)
     log = lambda s: print(s, flush=True)
     if args.table_from:
-        runs = [json.loads(f.read_text()) for f in args.table_from]
+        runs, rows = bench_common.load_runs(args.table_from)
         for f, run in zip(args.table_from, runs):
             m = run['meta']
             log(f'{f.name}: {m["device"]}, jax {m["versions"]["jax"]}, {m["date"]}')
-        rows = [r for run in runs for r in run['rows']]
         print_table(rows)
         if args.merge_out:  # one file from several runs (e.g. one device call per kind group)
-            meta = dict(runs[0]['meta'], merged_from=[run['meta'] for run in runs])
             args.merge_out.parent.mkdir(parents=True, exist_ok=True)
-            args.merge_out.write_text(json.dumps({'meta': meta, 'rows': rows}, indent=1))
+            args.merge_out.write_text(json.dumps(bench_common.merged(runs, rows), indent=1))
             log(f'wrote {args.merge_out}')
         return None
     if args.only:  # child: one (kind, T), row to --row-out
@@ -417,21 +353,10 @@ def main(argv: list[str] | None = None) -> dict | None:
 
     kinds = [k for k in args.kinds.split(',') if k]
     seq_lens = [int(t) for t in str(args.seq_lens).split(',') if t]
-    flags = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    packages = ('jax', 'jaxlib', 'jax-cuda13-plugin', 'jax-cuda12-plugin', 'flax', 'optax')
     meta = {
-        'command': ' '.join([Path(sys.argv[0]).name, *argv]),
-        'date': datetime.datetime.now(datetime.UTC).isoformat(timespec='seconds'),
-        'device': None,  # from the first row (a parent of isolated runs never touches the GPU)
-        'python': platform.python_version(),
-        'versions': {
-            n: version(n)
-            for n in ('jax', 'jaxlib', 'jax-cuda13-plugin', 'jax-cuda12-plugin', 'flax', 'optax')
-        },
-        'flags': {
-            k: v
-            for k, v in flags.items()
-            if k not in ('only', 'row_out', 'table_from', 'merge_out')
-        },
+        **bench_common.meta_start(argv, packages),
+        'flags': bench_common.stored_flags(args, ('only', 'row_out', 'table_from', 'merge_out')),
         'dtype': 'bf16 compute, fp32 params',
         'timing': f'median of {args.steps} steps after compile + {args.warmup} warm-up steps, '
         'block_until_ready on each step',
@@ -440,34 +365,17 @@ def main(argv: list[str] | None = None) -> dict | None:
         'isolated': not args.in_process,
     }
     result = {'meta': meta, 'rows': []}
-
-    def save():
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=1))
-
-    start = time.perf_counter()
-    for t in seq_lens:
-        for kind in kinds:
-            if time.perf_counter() - start > args.budget_s:
-                log(f'  budget spent: skipping {kind} T={t}')
-                result['rows'].append({'kind': kind, 'seq_len': t, 'status': 'skipped: budget'})
-                continue
-            if args.in_process:
-                row = run_one(args, kind, t, log)
-                jax.clear_caches()
-            else:
-                row = run_isolated(argv, kind, t, args.child_timeout_s, log)
-            result['rows'].append(row)
-            if meta['device'] is None and row.get('device'):
-                meta['device'], meta['backend'] = row['device'], row.get('backend')
-                meta['peak_tflops'] = row.get('peak_tflops')
-            save()
-    meta['wall_s'] = round(time.perf_counter() - start, 1)
-    save()
-    print(f'\n{meta["device"]}, jax {meta["versions"]["jax"]}, bf16, median step:')
-    print_table(result['rows'])
-    print(f'wrote {args.out}')
-    return result
+    jobs = [
+        (
+            f'{kind} T={t}',
+            {'kind': kind, 'seq_len': t, 'status': 'skipped: budget'},
+            partial(run_one, args, kind, t, log),
+            partial(run_isolated, argv, kind, t, args.child_timeout_s, log),
+        )
+        for t in seq_lens
+        for kind in kinds
+    ]
+    return bench_common.run_all(args, jobs, result, print_table, log, device_keys=('peak_tflops',))
 
 
 if __name__ == '__main__':
