@@ -11,6 +11,9 @@ through Triton (TF32 where the configuration asks for it); elsewhere in interpre
 
 --configs: ','-separated configurations, each '+'-separated field=value pairs of KernelConfig ('default' alone:
 the defaults). Prints one line per (case, configuration): the worst quantity and every error.
+--emulate-tf32 (the default off a GPU): the kernels' TF32 dots (fp32 operands of bf16 inputs, _kernel_common._wide)
+round their operands to TF32 (10 mantissa bits, to nearest even) first, as the GPU's tensor cores do, so that a
+CPU run screens a configuration before any GPU time is spent.
 """
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from kernel_config_text import parse_config  # noqa: E402
 
+from effattn.ops.gated_delta_rule import _kernel_common  # noqa: E402
 from effattn.ops.gated_delta_rule.naive import naive_gated_delta_rule  # noqa: E402
 from effattn.ops.gated_delta_rule.pallas import KernelConfig, kernel_gated_delta_rule  # noqa: E402
 
@@ -37,6 +41,26 @@ def rel_rms(got, ref) -> float:
   denom = np.linalg.norm(ref.ravel())
   err = np.linalg.norm((got - ref).ravel())
   return float(err / denom) if denom else float(err)
+
+
+def round_to_tf32(x):
+  """fp32 x rounded to TF32 (the top 10 of fp32's 23 mantissa bits, to nearest even), still stored as fp32."""
+  bits = jax.lax.bitcast_convert_type(x.astype(jnp.float32), jnp.uint32)
+  bits = (bits + jnp.uint32(0x0FFF) + ((bits >> 13) & jnp.uint32(1))) & jnp.uint32(0xFFFFE000)
+  return jax.lax.bitcast_convert_type(bits, jnp.float32)
+
+
+def emulate_tf32():
+  """Patches _kernel_common._wide so that its dots of bf16 inputs see TF32-rounded operands (fp32 inputs keep
+  IEEE dots). Returns a function that undoes the patch."""
+  wide = _kernel_common._wide
+
+  def tf32_wide(a, b, ca, cb, ctx):
+    if ctx.fp32:
+      return wide(a, b, ca, cb, ctx)
+    return wide(round_to_tf32(a), round_to_tf32(b), ca, cb, ctx)
+  _kernel_common._wide = tf32_wide
+  return lambda: setattr(_kernel_common, '_wide', wide)
 
 
 def make_inputs(t: int, gate: float | None, d: int = 128, b: int = 1, h: int = 2, seed: int = 0):
@@ -83,8 +107,25 @@ def main(argv=None):
   p.add_argument('--seq-len', type=int, default=1000)
   p.add_argument('--head-dim', type=int, default=128)
   p.add_argument('--out', default=None, help='also write the rows as JSON')
+  p.add_argument('--emulate-tf32', default=None, choices=('on', 'off'),
+                 help='round the TF32 dots\' operands (default: on off a GPU, off on one)')
   a = p.parse_args(argv)
   configs = parse_configs(a.configs)
+  tf32 = (a.emulate_tf32 or ('off' if jax.default_backend() == 'gpu' else 'on')) == 'on'
+  undo = emulate_tf32() if tf32 else (lambda: None)
+  try:
+    rows = _run_cases(a, configs)
+  finally:
+    undo()
+  if a.out:
+    meta = {'device': jax.devices()[0].device_kind, 'jax': jax.__version__, 'seq_len': a.seq_len,
+            'head_dim': a.head_dim, 'tolerance': TOLERANCE, 'emulate_tf32': tf32}
+    with open(a.out, 'w') as f:
+      json.dump({'meta': meta, 'rows': rows}, f, indent=1)
+  return rows
+
+
+def _run_cases(a, configs):
   rows = []
   for gate_text in a.gates.split(','):
     gate = None if gate_text == 'none' else float(gate_text)
@@ -97,11 +138,6 @@ def main(argv=None):
       print(f'gate {gate_text:5s} {name:40s} worst {worst:12s} {errs[worst]:.2e}'
             f'{"" if errs[worst] < TOLERANCE else "  OVER " + str(TOLERANCE)}  '
             + ' '.join(f'{n}={e:.1e}' for n, e in errs.items()), flush=True)
-  if a.out:
-    meta = {'device': jax.devices()[0].device_kind, 'jax': jax.__version__, 'seq_len': a.seq_len,
-            'head_dim': a.head_dim, 'tolerance': TOLERANCE}
-    with open(a.out, 'w') as f:
-      json.dump({'meta': meta, 'rows': rows}, f, indent=1)
   return rows
 
 

@@ -20,8 +20,8 @@ def _inputs(gate, dtype, b=2, t=96, h=2, kd=24, vd=40, seed=0):
     return k, v, g
 
 
-@pytest.mark.parametrize('gate', ['none', 'scalar', 'channel'])
-@pytest.mark.parametrize('dtype', ['float32', 'bfloat16'])
+@pytest.mark.parametrize('gate, dtype', [('none', 'float32'), ('scalar', 'float32'), ('channel', 'float32'),
+                                         ('channel', 'bfloat16')])
 def test_block_states_match_xla(gate, dtype):
     k, v, g = _inputs(gate, jnp.dtype(dtype))
     got = block_states(k, v, g, block=32, chunk=16, block_v=16, interpret=True)   # 3 blocks, 2 chunks each
