@@ -86,13 +86,16 @@ class KernelConfig:
     cols_wy_bwd: int = 64    # _wy_bwd_kernel: key / value columns per step
     num_warps_wy_bwd: int = 4
     num_stages_wy_bwd: int = 1
-    bwd_storage: str = 'fp32'  # dtype of what the backward reads back (S_c, dS_{c+1}, V', dV'): 'fp32' or
-    # 'input' (the input dtype, as fla: half the traffic, one more rounding of each)
+    bwd_storage: str = 'fp32'  # dtype of what the backward reads back: 'fp32'; 'input' (the input dtype, as fla:
+    # half the traffic, one more rounding of each); 'states' (S_c and V' in it, dS_{c+1} and dV' fp32); 'cotangents'
+    # (the reverse)
 
-    def storage_dtype(self, ctx):
-        if self.bwd_storage not in ('fp32', 'input'):
-            raise ValueError(f"KernelConfig.bwd_storage must be 'fp32' or 'input'; got {self.bwd_storage!r}")
-        return _F32 if self.bwd_storage == 'fp32' else ctx.dt
+    def storage_dtypes(self, ctx):
+        """(dtype of S_c and V', dtype of dS_{c+1} and dV') for bwd_storage."""
+        kinds = {'fp32': (False, False), 'input': (True, True), 'states': (True, False), 'cotangents': (False, True)}
+        if self.bwd_storage not in kinds:
+            raise ValueError(f'KernelConfig.bwd_storage must be one of {sorted(kinds)}; got {self.bwd_storage!r}')
+        return tuple(ctx.dt if narrow else _F32 for narrow in kinds[self.bwd_storage])
 
 
 DEFAULT_CONFIG = KernelConfig()
@@ -206,7 +209,7 @@ def _forward(q, k, w, u, g, h0, ctx, cfg, interpret, store):
     split = cfg.split_o
     out_specs = [_rows_tile(tp, bv), _state_tile(kp, bv)]
     # split: the first output is V' (fp32 under grad: the backward reads it), o comes from _o_kernel
-    kept = cfg.storage_dtype(ctx)
+    kept = cfg.storage_dtypes(ctx)[0]
     first = kept if split and store else q.dtype
     out_shape = [jax.ShapeDtypeStruct((b, tp, h, vp), first), jax.ShapeDtypeStruct((b, h, kp, vp), _F32)]
     if store or split:  # states for _o_kernel only: in the dot dtype
@@ -236,13 +239,13 @@ def _forward(q, k, w, u, g, h0, ctx, cfg, interpret, store):
 
 def _state_grads(q, k, w, do, g, dht, ctx, cfg, interpret, with_dv_new=False):
     """Chunk-end state cotangents [B,H,N*Kp,Vp], d initial_state [B,H,Kp,Vp] (fp32) and, if `with_dv_new`,
-    dV' [B,Tp,H,Vp] (None otherwise); the first and last in cfg.storage_dtype."""
+    dV' [B,Tp,H,Vp] (None otherwise); the first and last in cfg.storage_dtypes' second."""
     b, tp, h, kp = q.shape
     vp = do.shape[-1]
     n = tp // ctx.chunk
     bv = min(cfg.block_v_bwd, vp)
     out_specs = [_state_tile(n * kp, bv), _state_tile(kp, bv)]
-    kept = cfg.storage_dtype(ctx)
+    kept = cfg.storage_dtypes(ctx)[1]
     out_shape = [jax.ShapeDtypeStruct((b, h, n * kp, vp), kept), jax.ShapeDtypeStruct((b, h, kp, vp), _F32)]
     if with_dv_new:
         out_specs.append(_rows_tile(tp, bv))
