@@ -135,10 +135,15 @@ def test_narrow_backward_tiles():
 def test_backward_storage_in_input_dtype():
     """KernelConfig(bwd_storage='input'): S_c, dS_{c+1}, V' and dV' kept in bf16 for the backward, as fla; 'states'
     and 'cotangents': half of them."""
-    for storage in ('input', 'states', 'cotangents'):
-        cfg = KernelConfig(bwd_storage=storage, bwd_dots='bf16' if storage == 'input' else 'mixed')
-        _check(Case(1, 130, 1, 64, 64, n=1, h0=True, chunk=32, dtype='bfloat16'),
-               functools.partial(kernel_gated_delta_rule, config=cfg))
+    cfg = KernelConfig(bwd_storage='input', bwd_dots='bf16')
+    _check(Case(1, 130, 1, 64, 64, n=1, h0=True, chunk=32, dtype='bfloat16'),
+           functools.partial(kernel_gated_delta_rule, config=cfg))
+    # half of them in bf16: the kernels read S_c, V' and dS', dV' in different dtypes
+    _check(Case(1, 40, 1, 16, 16, n=1, h0=True, chunk=16, dtype='bfloat16'),
+           functools.partial(kernel_gated_delta_rule, config=KernelConfig(bwd_storage='states')))
+    ctx = _Ctx(jnp.dtype('bfloat16'), 1.0, 16)
+    assert KernelConfig(bwd_storage='cotangents').storage_dtypes(ctx) == (jnp.float32, jnp.bfloat16)
+    assert KernelConfig(bwd_storage='states').storage_dtypes(ctx) == (jnp.bfloat16, jnp.float32)
     x, cot = make_inputs(Case(1, 16, 1, 16, 16, n=1, h0=False, chunk=16))
     with pytest.raises(ValueError, match="bwd_storage must be one of .*'states'.*; got 'bf16'"):
         _run(x, cot, fn=functools.partial(kernel_gated_delta_rule, config=KernelConfig(bwd_storage='bf16')), chunk=16)
