@@ -134,6 +134,8 @@ def test_two_halves_equal_whole(impl):
   assert_close('final_state', h2, ht, TOL['float32'])
 
 
+@pytest.mark.slow(reason='forward only; tests/ops/test_long_sequence.py::test_chunk_finite_at_64k_bf16[gla-n0.1] '
+                  'and [gla-n16] check the same T = 65536 bf16 chunk run with bf16 gates, forward and every gradient')
 def test_long_bf16_extreme_gates_finite():
   t = 65536
   r = np.random.default_rng(1)

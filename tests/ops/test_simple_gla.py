@@ -163,6 +163,8 @@ class TestRecurrent(_SimpleGLATest):
 class TestChunk(_SimpleGLATest):
   impl = 'chunk'
 
+  @pytest.mark.slow(reason='forward only; tests/ops/test_long_sequence.py::test_chunk_finite_at_64k_bf16'
+                    '[simple_gla-n0.1] and [-n16] check the same T = 65536 bf16 chunk run, forward and every gradient')
   @pytest.mark.parametrize('n', [0.1, 16])
   def test_long_bf16_finite(self, n):
     b, t, h, d = 1, 65536, 1, 16
