@@ -12,8 +12,10 @@ Q K^T or S, so every tile writes its own partial dg and the caller sums them.
 
 Why this layout: the former fused per-chunk kernel (_bwd_kernel.py) recomputed V' and dV' and held every
 accumulator of a chunk in one 8-warp program (~255 registers, one program per SM): on the H200 it took 3.27 ms
-at B=4, T=4096, H=16, D=128, latency-bound. Here V' and dV' are read, the key dimension is tiled (four
-[C, BK] and one [C, C] accumulator), so several programs share an SM and hide each other's latency.
+at B=4, T=4096, H=16, D=128, latency-bound. Here V' and dV' are read rather than recomputed, the WY backward
+is another kernel, and the key dimension may be tiled (three [C, BK] accumulators and one [C, C]). Measured
+there (KernelConfig defaults): one tile of all 128 keys at 8 warps, 32 value columns per step, 1.05 ms; tiles of
+64 keys at 4 warps 1.23 ms, of 32 keys 1.63 ms.
 """
 from __future__ import annotations
 
