@@ -57,12 +57,16 @@ def _id(v):
     return kind + ''.join(f'-{k}={x}' for k, x in kw.items())
 
 
+# Jitted: an eager forward dispatches op by op (these two tests: 37 s -> 26 s on CPU).
+_forward = nnx.jit(lambda model, x: model(x))
+
+
 @pytest.mark.parametrize('variant', VARIANTS, ids=_id)
 def test_decode_equals_full_forward(variant):
     kind, kw = variant
     model = make_model(kind, **kw)
     x = tokens()
-    full = model(x)
+    full = _forward(model, x)
     _, stepped = generate(model, x, num_new_tokens=1)
     assert_close(f'{kind} decode logits', stepped, full, TOL['float32'])
 
@@ -73,7 +77,7 @@ def test_no_future_leak(kind):
     x = tokens()
     t = 6
     y = x.at[:, t + 1 :].set((x[:, t + 1 :] + 1) % 97)
-    a, b = model(x), model(y)
+    a, b = _forward(model, x), _forward(model, y)
     np.testing.assert_array_equal(np.asarray(a[:, : t + 1]), np.asarray(b[:, : t + 1]))
     assert not np.allclose(np.asarray(a[:, t + 1 :]), np.asarray(b[:, t + 1 :]))
 
