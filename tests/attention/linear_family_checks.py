@@ -41,15 +41,26 @@ def positions(t: int = T) -> jax.Array:
     return jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (B, t))
 
 
+# Jitted (nnx.jit): eager calls dispatch op by op, which dominated these checks' time on CPU.
+@nnx.jit
+def _forward(module, x, positions, segment_ids):
+    return module(x, positions=positions, segment_ids=segment_ids)
+
+
+@nnx.jit
+def _decode(module, x, cache, t):
+    return module.decode(x, cache, t)
+
+
 def forward(module, x, segment_ids=None):
-    return module(x, positions=positions(x.shape[1]), segment_ids=segment_ids)
+    return _forward(module, x, positions(x.shape[1]), segment_ids)
 
 
 def decode_all(module, x):
     cache = module.init_cache(x.shape[0], x.shape[1])
     ys = []
     for t in range(x.shape[1]):
-        y, cache = module.decode(x[:, t : t + 1], cache, jnp.int32(t))
+        y, cache = _decode(module, x[:, t : t + 1], cache, jnp.int32(t))
         ys.append(y)
     return jnp.concatenate(ys, axis=1), cache
 
