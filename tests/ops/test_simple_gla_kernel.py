@@ -120,9 +120,10 @@ def test_sequence_split_with_kernel_segment_states(monkeypatch):
   cfg = KernelConfig(split_programs=4 * case.b * case.h, split_min_len=32, split_states='kernel')
   _check(case, functools.partial(kernel_simple_gla, config=cfg))
   x, _ = make_inputs(case)
-  bad = KernelConfig(split_programs=4 * case.b * case.h, split_min_len=32, split_states='einsum')
-  with pytest.raises(ValueError, match="split_states must be 'kernel' or 'xla'; got 'einsum'"):
-    kernel_simple_gla(x['q'], x['k'], x['v'], x['g'], scale=1.0, chunk_size=16, config=bad)
+  for split in (4 * case.b * case.h, 0):  # named whether or not this call splits
+    bad = KernelConfig(split_programs=split, split_min_len=32, split_states='einsum')
+    with pytest.raises(ValueError, match="split_states must be 'kernel' or 'xla'; got 'einsum'"):
+      kernel_simple_gla(x['q'], x['k'], x['v'], x['g'], scale=1.0, chunk_size=16, config=bad)
 
 
 def test_g_gamma_through_the_public_op():

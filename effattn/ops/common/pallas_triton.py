@@ -114,4 +114,3 @@ class NoGates:
 
     def gamma(self):
         return (self.row >= self.col).astype(F32)
-

@@ -104,13 +104,14 @@ DEFAULT_CONFIG = KernelConfig()
 # Kernels. Refs: q, k, w [Tp, Kp] (one batch, head), u, o, do [Tp, BV] (a value tile), g [Tp] fp32,
 # states [Kp, BV] fp32, stacked chunk states [N * Kp, BV] fp32.
 
-def _fwd_kernel(q_ref, k_ref, w_ref, u_ref, g_ref, *rest, ctx: _Ctx, has_h0: bool, store: bool, split: bool):
-    """split: o_ref receives V' (o is left to _o_kernel)."""
+def _fwd_kernel(q_ref, k_ref, w_ref, u_ref, g_ref, *rest, ctx: _Ctx, has_h0: bool, store: bool, split: bool,
+                keep_vn: bool):
+    """split: o_ref receives V' (o is left to _o_kernel); keep_vn: V' also goes to a 4th output."""
     rest = list(rest)
     h0_ref = rest.pop(0) if has_h0 else None
     o_ref, ht_ref = rest[:2]
     s_ref = rest[2] if store else None
-    vn_ref = rest[3] if store and not split else None  # V' (fp32) for the backward
+    vn_ref = rest[3] if keep_vn else None  # V' for the split backward (in cfg.storage_dtypes' first)
     tp, kp = q_ref.shape
     bv = u_ref.shape[-1]
     chunk, scale = ctx.chunk, ctx.scale
@@ -148,7 +149,7 @@ def _o_kernel(q_ref, k_ref, vn_ref, g_ref, s_ref, o_ref, *, ctx: _Ctx):
 
 
 def _bwd_kernel(q_ref, k_ref, w_ref, do_ref, g_ref, dht_ref, ds_ref, dh0_ref, *rest, ctx: _Ctx):
-    dvn_ref = rest[0] if rest else None  # dV' (fp32), when the backward is split
+    dvn_ref = rest[0] if rest else None  # dV', when the backward is split
     tp, kp = q_ref.shape
     n = tp // ctx.chunk
     scale = ctx.scale
@@ -195,7 +196,8 @@ def _state_tile(rows, bv):
 
 
 def _forward(q, k, w, u, g, h0, ctx, cfg, interpret, store):
-    """(o, ht, chunk-start states, V') with the last two None unless `store` (under jax.grad)."""
+    """(o, ht, chunk-start states, V'): the states only if `store` (under jax.grad), V' only if also
+    cfg.bwd_split (the fused per-chunk backward recomputes it)."""
     b, tp, h, kp = q.shape
     vp = u.shape[-1]
     n = tp // ctx.chunk
@@ -208,25 +210,26 @@ def _forward(q, k, w, u, g, h0, ctx, cfg, interpret, store):
         args.append(h0)
     split = cfg.split_o
     out_specs = [_rows_tile(tp, bv), _state_tile(kp, bv)]
-    # split: the first output is V' (fp32 under grad: the backward reads it), o comes from _o_kernel
+    # split: the first output is V' (in the storage dtype under grad: the backward reads it), o from _o_kernel
     kept = cfg.storage_dtypes(ctx)[0]
     first = kept if split and store else q.dtype
     out_shape = [jax.ShapeDtypeStruct((b, tp, h, vp), first), jax.ShapeDtypeStruct((b, h, kp, vp), _F32)]
     if store or split:  # states for _o_kernel only: in the dot dtype
         out_specs.append(_state_tile(n * kp, bv))
         out_shape.append(jax.ShapeDtypeStruct((b, h, n * kp, vp), kept if store else ctx.dt))
-    if store and not split:
+    keep_vn = store and cfg.bwd_split and not split
+    if keep_vn:
         out_specs.append(_rows_tile(tp, bv))
         out_shape.append(jax.ShapeDtypeStruct((b, tp, h, vp), kept))
     outs = pl.pallas_call(
-        functools.partial(_fwd_kernel, ctx=ctx, has_h0=has_h0, store=store or split, split=split),
+        functools.partial(_fwd_kernel, ctx=ctx, has_h0=has_h0, store=store or split, split=split, keep_vn=keep_vn),
         grid=(b, h, vp // bv), in_specs=in_specs, out_specs=out_specs, out_shape=out_shape, interpret=interpret,
         name='gated_delta_rule_fwd', **_params(interpret, ctx, cfg.num_warps, cfg.num_stages))(*args)
     o = outs[0]
-    v_new = outs[3] if store and not split else None
+    v_new = outs[3] if keep_vn else None
     if split:
         c = ctx.chunk
-        v_new = o if store else None
+        v_new = o if store and cfg.bwd_split else None
         rows = lambda d: pl.BlockSpec((None, c, None, d), lambda b, h, n: (b, n, h, 0))
         o = pl.pallas_call(
             functools.partial(_o_kernel, ctx=ctx), grid=(b, h, n),
@@ -278,8 +281,6 @@ def _core(q, k, v, g, beta, h0, ctx, cfg, interpret):
 
 def _core_fwd(q, k, v, g, beta, h0, ctx, cfg, interpret):
     o, ht, s_starts, wut, v_new = _run_forward(q, k, v, g, beta, h0, ctx, cfg, interpret, True)
-    if not cfg.bwd_split:
-        v_new = None  # the fused per-chunk kernel recomputes it
     return (o, ht), (q, k, v, g, beta, h0, s_starts, wut, v_new)
 
 

@@ -157,6 +157,7 @@ def kernel_gla(q, k, v, g, *, scale, initial_state=None, segment_ids=None, chunk
   interpret = checked_interpret('gla', q, v, segment_ids, interpret, _MAX_HEAD_DIM)
   backend = default_backend()
   cfg = DEFAULT_CONFIG if config is None else config
+  states_mode = _split_states_mode(cfg, interpret)  # checked on every call, not only when the split runs
   t, kd, vd = q.shape[1], q.shape[-1], v.shape[-1]
   dtype = jnp.promote_types(q.dtype, jnp.bfloat16)  # fp16 / bf16 / fp32 kernels; mixed inputs promote
   dtype = jnp.promote_types(jnp.promote_types(dtype, k.dtype), v.dtype)
@@ -171,7 +172,7 @@ def kernel_gla(q, k, v, g, *, scale, initial_state=None, segment_ids=None, chunk
     kernel = lambda q, k, v, g, h0: kernel_gla(q, k, v, g, scale=scale, initial_state=h0, config=whole,
                                                interpret=interpret)
     return split_over_segments(kernel, q, k, v, g, initial_state=initial_state, segments=segments, chunk=chunk,
-                               interpret=_split_states_mode(cfg, interpret))
+                               interpret=states_mode)
   pad = lambda x, d, dt: _pad_axis(_pad_axis(x.astype(dt), 1, tp), 3, d)
   gdt = g.dtype if g.dtype in (jnp.bfloat16, jnp.float32) else _F32
   h0 = None

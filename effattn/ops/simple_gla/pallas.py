@@ -446,6 +446,7 @@ def kernel_simple_gla(q, k, v, g, *, scale, initial_state=None, segment_ids=None
   chunk = checked_chunk('simple_gla', chunk_size, (16, 32, 64, 128))
   backend = default_backend()
   cfg = DEFAULT_CONFIG if config is None else config
+  states_mode = split_states_mode(cfg, interpret)  # checked on every call, not only when the split runs
   b, t, h, kd = q.shape
   vd = v.shape[-1]
   dtype = jnp.promote_types(q.dtype, jnp.bfloat16)  # fp16 / bf16 / fp32 kernels; mixed inputs promote
@@ -459,7 +460,7 @@ def kernel_simple_gla(q, k, v, g, *, scale, initial_state=None, segment_ids=None
     kernel = lambda q, k, v, g, h0: kernel_simple_gla(q, k, v, g, scale=scale, initial_state=h0,
                                                       chunk_size=chunk, config=whole, interpret=interpret)
     return split_over_segments(kernel, q, k, v, g, initial_state=initial_state, segments=segments, chunk=chunk,
-                               interpret=split_states_mode(cfg, interpret))
+                               interpret=states_mode)
   pad = lambda x, d: _pad_axis(_pad_axis(x.astype(dtype), 1, tp), 3, d)
   g = jnp.zeros((b, t, h), _F32) if g is None else g.astype(_F32)
   gp = _pad_axis(jnp.swapaxes(g, 1, 2), 2, tp)  # [B,H,Tp]
