@@ -9,23 +9,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import TOL, assert_close
+import softmax_family_checks as checks
+from helpers import assert_close
 
 import importlib
 
 sg_mod = importlib.import_module('effattn.ops.sigmoid_attention')  # the package, not the function
 from effattn.ops.sigmoid_attention import sigmoid_attention
 from effattn.ops.sigmoid_attention.chunk import sigmoid_attention_chunk
-
-
-def segments(b: int, t: int) -> np.ndarray:
-    """Packed rows: boundaries at 32 (a block edge for 32-row blocks) and 70, padding 0 at the
-    end of row 0 and at the start of row 1."""
-    seg = np.zeros((b, t), np.int32)
-    seg[0, :32], seg[0, 32:70], seg[0, 70 : t - 10] = 1, 2, 3
-    if b > 1:
-        seg[1, 5:64], seg[1, 64:] = 4, 5
-    return seg
 
 
 # (B, T, H, Hkv, K, V, options); options may hold 'seg': True for packed segment ids.
@@ -37,61 +28,12 @@ CASES = {
     'B1-T130-H2-K48-V48-W1': (1, 130, 2, 2, 48, 48, {'window': 1}),
     'B1-T130-H4kv2-K48-V48-W17-scale2': (1, 130, 4, 2, 48, 48, {'window': 17, 'scale': 2.0}),
     'B2-T130-H2-K48-V48-seg': (2, 130, 2, 2, 48, 48, {'seg': True}),
-    'B2-T130-H4kv2-K60-V48-noncausal-W9-seg': (
-        2,
-        130,
-        4,
-        2,
-        60,
-        48,
-        {'causal': False, 'window': 9, 'seg': True},
-    ),
+    'B2-T130-H4kv2-K60-V48-noncausal-W9-seg': (2, 130, 4, 2, 60, 48, {'causal': False, 'window': 9, 'seg': True}),
 }
 
 
-def make_inputs(case: str, dtype):
-    b, t, h, hkv, d, e, opts = CASES[case]
-    ks = jax.random.split(jax.random.PRNGKey(sum(map(ord, case))), 4)
-    q = jax.random.normal(ks[0], (b, t, h, d), jnp.float32).astype(dtype)
-    k = jax.random.normal(ks[1], (b, t, hkv, d), jnp.float32).astype(dtype)
-    v = jax.random.normal(ks[2], (b, t, hkv, e), jnp.float32).astype(dtype)
-    do = jax.random.normal(ks[3], (b, t, h, e), jnp.float32).astype(dtype)
-    seg = jnp.asarray(segments(b, t)) if opts.get('seg') else None
-    kw = tuple(sorted((key, val) for key, val in opts.items() if key != 'seg'))
-    return (q, k, v, do, seg), kw
-
-
-@functools.partial(jax.jit, static_argnums=(0, 6))
-def fwd_bwd(fn, q, k, v, do, seg, kw):
-    o, vjp = jax.vjp(lambda q, k, v: fn(q, k, v, segment_ids=seg, **dict(kw)), q, k, v)
-    return (o, *vjp(do))
-
-
-naive = functools.partial(sigmoid_attention, impl='naive')
-
-
-@functools.cache
-def reference(case: str, dtype):
-    """fp32 naive result on the (possibly bf16-rounded) inputs."""
-    (q, k, v, do, seg), kw = make_inputs(case, dtype)
-    up = [x.astype(jnp.float32) for x in (q, k, v, do)]
-    return [np.asarray(x) for x in fwd_bwd(naive, *up, seg, kw)]
-
-
-class SigmoidAttentionBase:
-    fn = None
-    dtypes = ('float32', 'bfloat16')
-
-    @pytest.mark.parametrize('dtype', ['float32', 'bfloat16'])
-    @pytest.mark.parametrize('case', list(CASES))
-    def test_matches_naive(self, case, dtype):
-        if dtype not in self.dtypes:
-            pytest.skip(f'{dtype} not tested for this impl')
-        args, kw = make_inputs(case, jnp.dtype(dtype))
-        got = fwd_bwd(self.fn, *args, kw)
-        assert got[0].dtype == jnp.dtype(dtype)
-        for name, g, r in zip(('o', 'dq', 'dk', 'dv'), got, reference(case, jnp.dtype(dtype))):
-            assert_close(f'{case} {name}', g, r, TOL[dtype])
+FAMILY = checks.Family(sigmoid_attention, CASES)
+SigmoidAttentionBase = checks.matches_naive_base(FAMILY)
 
 
 class TestChunk(SigmoidAttentionBase):
@@ -107,18 +49,8 @@ class TestChunkSmallBlocks(SigmoidAttentionBase):
     def fn(q, k, v, *, segment_ids=None, causal=True, scale=None, bias=None, window=None):
         scale = q.shape[-1] ** -0.5 if scale is None else scale
         bias = -math.log(q.shape[1]) if bias is None else bias
-        return sigmoid_attention_chunk(
-            q,
-            k,
-            v,
-            causal=causal,
-            scale=scale,
-            bias=bias,
-            window=window,
-            segment_ids=segment_ids,
-            block_q=32,
-            block_k=16,
-        )
+        return sigmoid_attention_chunk(q, k, v, causal=causal, scale=scale, bias=bias, window=window,
+                                       segment_ids=segment_ids, block_q=32, block_k=16)
 
 
 def test_tiny_example_by_hand():
@@ -147,7 +79,7 @@ def test_tiny_example_by_hand():
 
 
 def test_default_bias_is_minus_log_t():
-    (q, k, v, _, _), _ = make_inputs('B2-T63-H2-K48-V48-W100', jnp.float32)
+    (q, k, v, _, _), _ = FAMILY.make_inputs('B2-T63-H2-K48-V48-W100', jnp.float32)
     for impl in ('naive', 'chunk'):
         assert_close(
             impl,
@@ -165,7 +97,7 @@ def test_default_bias_is_minus_log_t():
 
 
 def test_bias_gradient():
-    (q, k, v, do, seg), _ = make_inputs('B2-T130-H2-K48-V48-seg', jnp.float32)
+    (q, k, v, do, seg), _ = FAMILY.make_inputs('B2-T130-H2-K48-V48-seg', jnp.float32)
 
     @functools.partial(jax.jit, static_argnums=0)
     def dbias(impl, bias):
@@ -179,23 +111,11 @@ def test_bias_gradient():
 
 
 def test_padding_rows_are_zero():
-    (q, k, v, do, seg), kw = make_inputs('B2-T130-H2-K48-V48-seg', jnp.float32)
-    for impl in ('naive', 'chunk'):
-        o, dq, _, _ = fwd_bwd(functools.partial(sigmoid_attention, impl=impl), q, k, v, do, seg, kw)
-        pad = np.asarray(seg) == 0
-        assert np.all(np.asarray(o)[pad] == 0) and np.all(np.asarray(dq)[pad] == 0), impl
+    checks.check_padding_rows_are_zero(FAMILY, 'B2-T130-H2-K48-V48-seg')
 
 
 def test_chunk_memory_is_linear():
-    """Compiled temporaries of chunk fwd+bwd stay far below one dense T x T fp32 score matrix."""
-    t = 4096
-    x = jax.ShapeDtypeStruct((1, t, 1, 32), jnp.float32)
-
-    def loss(q, k, v):
-        return jnp.sum(sigmoid_attention(q, k, v, impl='chunk') ** 2)
-
-    mem = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).lower(x, x, x).compile().memory_analysis()
-    assert mem.temp_size_in_bytes < t * t * 4 / 4, mem.temp_size_in_bytes  # ~8 MiB vs 64 MiB
+    checks.check_chunk_memory_is_linear(sigmoid_attention)
 
 
 def test_auto_order():
@@ -207,19 +127,10 @@ def test_auto_order():
 
 
 def test_bad_impl_raises():
-    (q, k, v, _, _), _ = make_inputs('B1-T1-H2-K48-V48', jnp.float32)
-    with pytest.raises(ValueError, match='chunk'):
-        sigmoid_attention(q, k, v, impl='cudnn')
+    checks.check_bad_impl_raises(FAMILY, 'B1-T1-H2-K48-V48', 'cudnn')
 
 
 def test_bad_shapes_raise():
-    q = jnp.zeros((1, 8, 4, 16))
-    kv = jnp.zeros((1, 8, 2, 16))
-    with pytest.raises(ValueError, match='k must'):
-        sigmoid_attention(q, jnp.zeros((1, 8, 2, 8)), kv)
-    with pytest.raises(ValueError, match='multiple'):
-        sigmoid_attention(q, jnp.zeros((1, 8, 3, 16)), jnp.zeros((1, 8, 3, 16)))
-    with pytest.raises(ValueError, match='segment_ids'):
-        sigmoid_attention(q, kv, kv, segment_ids=jnp.zeros((2, 8), jnp.int32))
+    q, kv = checks.check_bad_shapes_raise(sigmoid_attention)
     with pytest.raises(ValueError, match='bias'):
         sigmoid_attention(q, kv, kv, bias=jnp.zeros((8,)))

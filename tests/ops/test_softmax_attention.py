@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import softmax_family_checks as checks
 from helpers import TOL, assert_close
 
 import importlib
@@ -18,126 +19,29 @@ from effattn.ops.softmax_attention._blockwise import attention_mask, tile_schedu
 from effattn.ops.softmax_attention.chunk import softmax_attention_chunk
 
 
-def segments(b: int, t: int) -> np.ndarray:
-    """Packed rows: boundaries at 32 (a block edge for 32-row blocks) and 70, padding 0 at the
-    end of row 0 and at the start of row 1."""
-    seg = np.zeros((b, t), np.int32)
-    seg[0, :32], seg[0, 32:70], seg[0, 70 : t - 10] = 1, 2, 3
-    if b > 1:
-        seg[1, 5:64], seg[1, 64:] = 4, 5
-    return seg
-
-
 # (B, T, H, Hkv, K, V, options); options may hold 'seg': True for packed segment ids.
 CASES = {
     'B1-T1-H2-K48-V48': (1, 1, 2, 2, 48, 48, {}),
     'B2-T63-H2-K48-V48-W100': (2, 63, 2, 2, 48, 48, {'window': 100}),  # W > T: plain causal
-    'B1-T63-H2-K48-V48-sinks4': (
-        1,
-        63,
-        2,
-        2,
-        48,
-        48,
-        {'sinks': 4},
-    ),  # no window: sinks change nothing
+    'B1-T63-H2-K48-V48-sinks4': (1, 63, 2, 2, 48, 48, {'sinks': 4}),  # no window: sinks change nothing
     'B1-T130-H4kv2-K48-V60': (1, 130, 4, 2, 48, 60, {}),
-    'B1-T130-H4kv2-K60-V60-noncausal-scale2': (
-        1,
-        130,
-        4,
-        2,
-        60,
-        60,
-        {'causal': False, 'scale': 2.0},
-    ),
+    'B1-T130-H4kv2-K60-V60-noncausal-scale2': (1, 130, 4, 2, 60, 60, {'causal': False, 'scale': 2.0}),
     'B1-T130-H2-K48-V48-W1': (1, 130, 2, 2, 48, 48, {'window': 1}),
     'B1-T130-H4kv2-K48-V48-W17': (1, 130, 4, 2, 48, 48, {'window': 17}),
     'B1-T130-H2-K48-V48-W17-sinks4': (1, 130, 2, 2, 48, 48, {'window': 17, 'sinks': 4}),
     'B2-T130-H2-K48-V48-seg': (2, 130, 2, 2, 48, 48, {'seg': True}),
-    'B2-T130-H4kv2-K60-V48-noncausal-W9-seg': (
-        2,
-        130,
-        4,
-        2,
-        60,
-        48,
-        {'causal': False, 'window': 9, 'seg': True},
-    ),
-    'B2-T130-H2-K48-V48-W17-sinks3-seg': (
-        2,
-        130,
-        2,
-        2,
-        48,
-        48,
-        {'window': 17, 'sinks': 3, 'seg': True},
-    ),
+    'B2-T130-H4kv2-K60-V48-noncausal-W9-seg': (2, 130, 4, 2, 60, 48, {'causal': False, 'window': 9, 'seg': True}),
+    'B2-T130-H2-K48-V48-W17-sinks3-seg': (2, 130, 2, 2, 48, 48, {'window': 17, 'sinks': 3, 'seg': True}),
 }
 
 
-def make_inputs(case: str, dtype):
-    b, t, h, hkv, d, e, opts = CASES[case]
-    ks = jax.random.split(jax.random.PRNGKey(sum(map(ord, case))), 4)
-    q = jax.random.normal(ks[0], (b, t, h, d), jnp.float32).astype(dtype)
-    k = jax.random.normal(ks[1], (b, t, hkv, d), jnp.float32).astype(dtype)
-    v = jax.random.normal(ks[2], (b, t, hkv, e), jnp.float32).astype(dtype)
-    do = jax.random.normal(ks[3], (b, t, h, e), jnp.float32).astype(dtype)
-    seg = jnp.asarray(segments(b, t)) if opts.get('seg') else None
-    kw = tuple(sorted((key, val) for key, val in opts.items() if key != 'seg'))
-    return (q, k, v, do, seg), kw
+FAMILY = checks.Family(softmax_attention, CASES)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 6))
-def fwd_bwd(fn, q, k, v, do, seg, kw):
-    o, vjp = jax.vjp(lambda q, k, v: fn(q, k, v, segment_ids=seg, **dict(kw)), q, k, v)
-    return (o, *vjp(do))
-
-
-naive = functools.partial(softmax_attention, impl='naive')
-
-
-@functools.cache
-def reference(case: str, dtype):
-    """fp32 naive result on the (possibly bf16-rounded) inputs."""
-    (q, k, v, do, seg), kw = make_inputs(case, dtype)
-    up = [x.astype(jnp.float32) for x in (q, k, v, do)]
-    return [np.asarray(x) for x in fwd_bwd(naive, *up, seg, kw)]
-
-
-class SoftmaxAttentionBase:
-    fn = None
-    dtypes = ('float32', 'bfloat16')
-    backend_may_reject = False
-
-    def supports(self, case: str, dtype: str) -> bool:
-        return True
-
-    @pytest.mark.parametrize('dtype', ['float32', 'bfloat16'])
-    @pytest.mark.parametrize('case', list(CASES))
-    def test_matches_naive(self, case, dtype):
-        if dtype not in self.dtypes:
-            pytest.skip(f'{dtype} not tested for this impl')
-        args, kw = make_inputs(case, jnp.dtype(dtype))
-        if not self.supports(case, dtype):
-            with pytest.raises(NotImplementedError):
-                fwd_bwd(self.fn, *args, kw)
-            return
-        try:
-            got = fwd_bwd(self.fn, *args, kw)
-        except (
-            NotImplementedError
-        ) as e:  # only where the backend itself rejects a shape (cuDNN: T=1)
-            if self.backend_may_reject:
-                pytest.skip(str(e)[:200])
-            raise
-        assert got[0].dtype == jnp.dtype(dtype)
-        for name, g, r in zip(('o', 'dq', 'dk', 'dv'), got, reference(case, jnp.dtype(dtype))):
-            if CASES[case][6].get('window') == 1 and name in ('dq', 'dk'):
-                # one visible key: the softmax is constantly 1, so dq = dk = 0 up to rounding.
-                assert np.max(np.abs(np.asarray(g, np.float32))) < 1e-4, name
-                continue
-            assert_close(f'{case} {name}', g, r, TOL[dtype])
+class SoftmaxAttentionBase(checks.matches_naive_base(FAMILY)):
+    def expect_zero(self, case: str, name: str) -> bool:
+        # one visible key: the softmax is constantly 1, so dq = dk = 0 up to rounding.
+        return CASES[case][6].get('window') == 1 and name in ('dq', 'dk')
 
 
 class TestChunk(SoftmaxAttentionBase):
@@ -157,18 +61,8 @@ class TestChunkSmallBlocks(SoftmaxAttentionBase):
     @staticmethod
     def fn(q, k, v, *, segment_ids=None, causal=True, scale=None, window=None, sinks=None):
         scale = q.shape[-1] ** -0.5 if scale is None else scale
-        return softmax_attention_chunk(
-            q,
-            k,
-            v,
-            causal=causal,
-            scale=scale,
-            window=window,
-            sinks=sinks,
-            segment_ids=segment_ids,
-            block_q=32,
-            block_k=16,
-        )
+        return softmax_attention_chunk(q, k, v, causal=causal, scale=scale, window=window,
+                                       sinks=sinks, segment_ids=segment_ids, block_q=32, block_k=16)
 
 
 @pytest.mark.skipif(jax.default_backend() != 'gpu', reason='cudnn needs a GPU')
@@ -189,11 +83,7 @@ class TestCudnn(SoftmaxAttentionBase):
 
 
 def test_padding_rows_are_zero():
-    (q, k, v, do, seg), kw = make_inputs('B2-T130-H2-K48-V48-seg', jnp.float32)
-    for impl in ('naive', 'chunk'):
-        o, dq, _, _ = fwd_bwd(functools.partial(softmax_attention, impl=impl), q, k, v, do, seg, kw)
-        pad = np.asarray(seg) == 0
-        assert np.all(np.asarray(o)[pad] == 0) and np.all(np.asarray(dq)[pad] == 0), impl
+    checks.check_padding_rows_are_zero(FAMILY, 'B2-T130-H2-K48-V48-seg')
 
 
 @pytest.mark.parametrize('t,bq,bk', [(130, 32, 16), (63, 16, 32), (1, 8, 8), (200, 64, 64)])
@@ -230,21 +120,13 @@ def test_tile_schedule_covers_mask(t, bq, bk, opts):
 
 
 def test_chunk_memory_is_linear():
-    """Compiled temporaries of chunk fwd+bwd stay far below one dense T x T fp32 score matrix."""
-    t = 4096
-    x = jax.ShapeDtypeStruct((1, t, 1, 32), jnp.float32)
-
-    def loss(q, k, v):
-        return jnp.sum(softmax_attention(q, k, v, impl='chunk') ** 2)
-
-    mem = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).lower(x, x, x).compile().memory_analysis()
-    assert mem.temp_size_in_bytes < t * t * 4 / 4, mem.temp_size_in_bytes  # ~8 MiB vs 64 MiB
+    checks.check_chunk_memory_is_linear(softmax_attention)
 
 
 @pytest.mark.parametrize('dtype', ['float32', 'bfloat16'])
 def test_auto_dispatch(dtype):
     """Off GPU: 'cudnn' refuses, auto is dense up to T=1024; on GPU: cudnn first, fp32 falls back."""
-    (q, k, v, _, _), _ = make_inputs('B1-T130-H4kv2-K48-V48-W17', jnp.dtype(dtype))
+    (q, k, v, _, _), _ = FAMILY.make_inputs('B1-T130-H4kv2-K48-V48-W17', jnp.dtype(dtype))
     if jax.default_backend() == 'gpu':
         assert sa_mod._auto_order(q) == ['cudnn', 'chunk']
     else:
@@ -258,22 +140,13 @@ def test_auto_dispatch(dtype):
 
 
 def test_bad_impl_raises():
-    (q, k, v, _, _), _ = make_inputs('B1-T1-H2-K48-V48', jnp.float32)
-    with pytest.raises(ValueError, match='chunk'):
-        softmax_attention(q, k, v, impl='flash')
+    checks.check_bad_impl_raises(FAMILY, 'B1-T1-H2-K48-V48', 'flash')
 
 
 def test_bad_shapes_raise():
-    q = jnp.zeros((1, 8, 4, 16))
-    kv = jnp.zeros((1, 8, 2, 16))
-    with pytest.raises(ValueError, match='k must'):
-        softmax_attention(q, jnp.zeros((1, 8, 2, 8)), kv)
-    with pytest.raises(ValueError, match='multiple'):
-        softmax_attention(q, jnp.zeros((1, 8, 3, 16)), jnp.zeros((1, 8, 3, 16)))
+    q, kv = checks.check_bad_shapes_raise(softmax_attention)
     with pytest.raises(ValueError, match='v must'):
         softmax_attention(q, kv, jnp.zeros((1, 7, 2, 16)))
-    with pytest.raises(ValueError, match='segment_ids'):
-        softmax_attention(q, kv, kv, segment_ids=jnp.zeros((1, 7), jnp.int32))
     with pytest.raises(ValueError, match='window'):
         softmax_attention(q, kv, kv, window=0)
     with pytest.raises(ValueError, match='q must'):
