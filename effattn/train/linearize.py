@@ -303,6 +303,18 @@ def _optimizer(stage, steps: int) -> optax.GradientTransformation:
     )
 
 
+def _on_mesh_of(rest, tree):
+    """`tree` replicated on the mesh of `rest`'s first NamedSharding leaf (unchanged if it has none).
+
+    The step returns the trainable parameters and optimizer state replicated on that mesh; fresh ones sit
+    on one device, so without this the second step would miss jit's cache and compile again."""
+    mesh = next((x.sharding.mesh for x in jax.tree.leaves(rest)
+                 if isinstance(getattr(x, 'sharding', None), jax.sharding.NamedSharding)), None)
+    if mesh is None:
+        return tree
+    return jax.device_put(tree, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+
+
 def _run_stage(
     name: str,
     model: nnx.Module,
@@ -323,7 +335,8 @@ def _run_stage(
     if not jax.tree.leaves(trainable):
         raise LinearizeError(f'{name}: the student has no parameter to train')
     tx = _optimizer(stage, steps)
-    opt_state = tx.init(trainable)
+    trainable = _on_mesh_of(rest, trainable)
+    opt_state = _on_mesh_of(rest, tx.init(trainable))
 
     @partial(jax.jit, donate_argnums=(0, 1))
     def step(trainable, opt_state, rest, extra, batch):
