@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import functools
 import importlib
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
+import linear_op_checks as checks
 import pytest
-from helpers import TOL, assert_close, assert_matches_oracle, upcast
+from helpers import TOL, assert_close
 
 from effattn.ops.gla import gla
 from effattn.ops.gla.naive import gla_naive
@@ -25,20 +24,11 @@ ON_GPU = jax.default_backend() == 'gpu'
 gla_mod = importlib.import_module('effattn.ops.gla')  # the package, not the function
 
 
-class Case(NamedTuple):
-  b: int
-  t: int
-  h: int
-  k: int
-  v: int
-  n: float  # gate g = logsigmoid(x) / n, per channel
-  h0: bool
-  dtype: str = 'float32'
+class Case(checks.Case):
+  id_tail = ('dtype',)
 
-  def __str__(self):
-    return (f'B{self.b}-T{self.t}-H{self.h}-K{self.k}-V{self.v}-n{self.n:g}'
-            f'{"-h0" if self.h0 else ""}-{self.dtype}')
 
+OP = checks.Op(gla, gate='channel')  # g = logsigmoid(x) / n, per channel
 
 CASES = [
     Case(2, 63, 2, 48, 60, n=1, h0=True),               # T not a multiple of 16, non-power-of-2 K, V
@@ -57,36 +47,12 @@ GPU_CASES = [
 ]
 
 
-def make_inputs(case: Case, seed: int = 0):
-  """Inputs (q, k, v in case.dtype; g, h0 fp32) and cotangents (do in case.dtype, dht fp32)."""
-  rng = np.random.default_rng(seed)
-  dt = jnp.dtype(case.dtype)
-  f32 = lambda *s: jnp.asarray(rng.standard_normal(s), jnp.float32)
-  x = {'q': f32(case.b, case.t, case.h, case.k).astype(dt), 'k': f32(case.b, case.t, case.h, case.k).astype(dt),
-       'v': f32(case.b, case.t, case.h, case.v).astype(dt)}
-  x['g'] = jax.nn.log_sigmoid(f32(case.b, case.t, case.h, case.k)) / case.n
-  if case.h0:
-    x['h0'] = f32(case.b, case.h, case.k, case.v)
-  cot = (f32(case.b, case.t, case.h, case.v).astype(dt), f32(case.b, case.h, case.k, case.v))
-  return x, cot
-
-
-@functools.partial(jax.jit, static_argnames=('fn',))
-def _run(x, cot, *, fn):
-  """(o, final_state, grads of sum(o*do) + sum(ht*dht) for every input)."""
-  def f(x):
-    return fn(x['q'], x['k'], x['v'], x['g'], scale=x['q'].shape[-1] ** -0.5, initial_state=x.get('h0'))
-  (o, ht), vjp = jax.vjp(f, x)
-  return o, ht, vjp((cot[0].astype(o.dtype), cot[1]))[0]
-
-
 def _naive(q, k, v, g, *, scale, initial_state):
   return gla_naive(q, k, v, g, scale=scale, initial_state=initial_state)
 
 
 def _check(case: Case, fn):
-  x, cot = make_inputs(case)
-  assert_matches_oracle(_run(x, cot, fn=fn), _run(*upcast(x, cot), fn=_naive), x, TOL[case.dtype])
+  checks.check_against_oracle(OP, case, fn, _naive)
 
 
 @pytest.mark.parametrize('case', CASES, ids=str)
@@ -96,8 +62,8 @@ def test_matches_naive(case):
 
 @pytest.mark.parametrize('n', [0.1, 1])
 def test_chunk_32_and_small_tiles(n):
-  """config.chunk = 32 (two sub-blocks, in fp32 too); several value tiles in the forward, several key tiles in the dq and dk
-  sweeps and value tiles in the dv sweeps."""
+  """config.chunk = 32 (two sub-blocks, in fp32 too); several value tiles in the forward, several key tiles in
+  the dq and dk sweeps and value tiles in the dv sweeps."""
   cfg = KernelConfig(chunk=32, chunk_fp32=32, block_v=16, block_k_dq=16, block_k_dk=16, block_v_bwd=16)
   _check(Case(1, 70, 1, 48, 40, n=n, h0=True), functools.partial(kernel_gla, config=cfg))
 
@@ -125,7 +91,7 @@ def test_chunk_16_small_tiles_bf16():
 
 def test_bf16_gates_through_the_public_op():
   """g in bf16 (its cumsum dots take one bf16 operand, not two): dg comes back in bf16."""
-  x, cot = make_inputs(Case(1, 40, 2, 32, 32, n=1, h0=False, dtype='bfloat16'))
+  x, cot, _ = checks.make_inputs(OP, Case(1, 40, 2, 32, 32, n=1, h0=False, dtype='bfloat16'))
   x['g'] = x['g'].astype(jnp.bfloat16)
 
   def loss(x, impl):
@@ -140,19 +106,11 @@ def test_bf16_gates_through_the_public_op():
 
 
 def test_segment_ids_not_implemented_and_auto_falls_back(monkeypatch):
-  x, _ = make_inputs(Case(1, 40, 1, 16, 16, n=1, h0=False))
-  seg = jnp.asarray(np.repeat([[1, 2]], 20, axis=1))
-  with pytest.raises(NotImplementedError, match='segment_ids'):
-    gla(x['q'], x['k'], x['v'], x['g'], segment_ids=seg, impl='kernel')
-  monkeypatch.setattr(gla_mod, 'default_backend', lambda: 'gpu')  # 'auto' as on a GPU
-  assert gla_mod._auto_order(x['q'])[0] == 'kernel'
-  assert gla_mod._auto_order(x['q'][:, :1])[0] == 'recurrent'
-  run = lambda impl: jax.jit(lambda x, seg: gla(x['q'], x['k'], x['v'], x['g'], segment_ids=seg, impl=impl)[0])
-  np.testing.assert_array_equal(run('auto')(x, seg), run('chunk')(x, seg))  # jitted: eager dispatch took 8 s
+  checks.check_segment_ids_not_implemented_and_auto_falls_back(OP, gla_mod, monkeypatch)
 
 
 def test_unsupported_head_dim_or_chunk_raises_not_implemented():
-  x, _ = make_inputs(Case(1, 8, 1, 16, 16, n=1, h0=False))
+  x, _, _ = checks.make_inputs(OP, Case(1, 8, 1, 16, 16, n=1, h0=False))
   with pytest.raises(NotImplementedError, match='head dims'):
     gla(x['q'], x['k'], jnp.zeros((1, 8, 1, 192)), x['g'], impl='kernel')
   with pytest.raises(NotImplementedError, match='chunk'):
@@ -179,22 +137,12 @@ def test_other_configs_gpu(cfg):
 @pytest.mark.skipif(not ON_GPU, reason='T = 65536: GPU only')
 @pytest.mark.parametrize('n', [0.1, 16])
 def test_long_bf16_finite(n):
-  b, t, h, d = 1, 65536, 2, 128
-  keys = jax.random.split(jax.random.key(0), 4)
-  q, k, v = (jax.random.normal(key, (b, t, h, d), jnp.bfloat16) for key in keys[:3])
-  g = jax.nn.log_sigmoid(jax.random.normal(keys[3], (b, t, h, d))) / n
-
-  def loss(q, k, v, g):
-    o, ht = gla(q, k, v, g, output_final_state=True, impl='kernel')
-    return jnp.sum(o.astype(jnp.float32)) + jnp.sum(ht), (o, ht)
-  grads, (o, ht) = jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3), has_aux=True))(q, k, v, g)
-  for a in (o, ht, *grads):
-    assert bool(jnp.all(jnp.isfinite(a.astype(jnp.float32))))
+  checks.check_long_bf16_kernel_finite(OP, n, d=128)
 
 
 @pytest.mark.parametrize('dtype, cfg', [('bfloat16', KernelConfig()), ('float32', KernelConfig()),
-                                        ('bfloat16', KernelConfig(block_v=16, block_k_dq=16, block_k_dk=16, block_v_bwd=16,
-                                                                  chunk=32))])
+                                        ('bfloat16', KernelConfig(block_v=16, block_k_dq=16, block_k_dk=16,
+                                                                  block_v_bwd=16, chunk=32))])
 def test_lowers_to_triton(dtype, cfg):
   """Forward and backward lower through Pallas' Triton lowering (cross-platform, no GPU needed): catches
   primitives or indexing that only interpret mode accepts."""

@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import linear_op_checks as checks
 import numpy as np
 import pytest
 
@@ -14,21 +14,11 @@ from effattn.ops.simple_gla.slopes import alibi_slopes, transnormer_g_gamma
 from helpers import TOL, assert_close
 
 
-class Case(NamedTuple):
-  b: int
-  t: int
-  h: int
-  k: int
-  v: int
-  n: float  # gate g = logsigmoid(x) / n
-  h0: bool
-  seg: bool
-  chunk: int = 64
+class Case(checks.Case):
+  id_tail = ('chunk',)
 
-  def __str__(self):
-    return (f'B{self.b}-T{self.t}-H{self.h}-K{self.k}-V{self.v}-n{self.n:g}'
-            f'{"-h0" if self.h0 else ""}{"-seg" if self.seg else ""}-C{self.chunk}')
 
+OP = checks.Op(simple_gla, gate='head')
 
 CASES = [
     Case(2, 63, 2, 48, 60, n=1, h0=True, seg=False),        # T < chunk, non-power-of-2 D
@@ -39,56 +29,11 @@ CASES = [
 ]
 
 
-def make_segments(b: int, t: int, chunk: int) -> np.ndarray:
-  """Row 0: ids 1, 2 | 3 from the chunk edge, then a trailing padding segment 0.
-  Row 1: leading padding 0, then ids 4, 5 (a boundary inside a chunk)."""
-  ids = np.empty((b, t), np.int32)
-  pad = max(t // 10, 1)
-  ids[0] = 3
-  ids[0, :chunk] = 2
-  ids[0, :chunk // 2 + 3] = 1
-  ids[0, t - pad:] = 0
-  for r in range(1, b):
-    ids[r] = 5
-    ids[r, :t // 2 + 1] = 4
-    ids[r, :5] = 0
-  return ids
-
-
-def make_inputs(case: Case, seed: int = 0) -> dict:
-  rng = np.random.default_rng(seed)
-  f32 = lambda *s: jnp.asarray(rng.standard_normal(s), jnp.float32)
-  x = {'q': f32(case.b, case.t, case.h, case.k), 'k': f32(case.b, case.t, case.h, case.k),
-       'v': f32(case.b, case.t, case.h, case.v)}
-  x['g'] = jax.nn.log_sigmoid(f32(case.b, case.t, case.h)) / case.n
-  if case.h0:
-    x['h0'] = f32(case.b, case.h, case.k, case.v)
-  cot = (f32(case.b, case.t, case.h, case.v), f32(case.b, case.h, case.k, case.v))
-  seg = jnp.asarray(make_segments(case.b, case.t, case.chunk)) if case.seg else None
-  return x, cot, seg
-
-
-@functools.partial(jax.jit, static_argnames=('impl', 'chunk'))
-def _run(x, cot, seg, *, impl, chunk):
-  """(o, final_state, grads of sum(o*do) + sum(ht*dht) for every input)."""
-  def f(x):
-    return simple_gla(x['q'], x['k'], x['v'], x['g'], initial_state=x.get('h0'),
-                      output_final_state=True, segment_ids=seg, impl=impl, chunk_size=chunk)
-  (o, ht), vjp = jax.vjp(f, x)
-  return o, ht, vjp(cot)[0]
-
-
-@functools.lru_cache(maxsize=None)
-def _reference(case: Case):
-  x, cot, seg = make_inputs(case)
-  return jax.device_get(_run(x, cot, seg, impl='naive', chunk=case.chunk))
-
-
 @functools.lru_cache(maxsize=None)
 def _run_g_gamma(impl: str):
   """Gradients of the constant-decay form (TransNormerLLM rates) for q, k, v, h0 and g_gamma."""
   case = CASES[1]
-  x, cot, seg = make_inputs(case)
+  x, cot, seg = checks.make_inputs(OP, case)
   x = {'q': x['q'], 'k': x['k'], 'v': x['v'], 'h0': cot[1] * 0.5}
 
   def loss(x, gamma):
@@ -98,31 +43,12 @@ def _run_g_gamma(impl: str):
   return jax.device_get(jax.jit(jax.grad(loss, argnums=(0, 1)))(x, transnormer_g_gamma(case.h, 1, 4)))
 
 
-@functools.lru_cache(maxsize=None)
-def _run_bf16(impl: str):
-  """Forward on bf16-rounded inputs: in bf16 for the impl, upcast to fp32 for 'naive'."""
-  x, _, seg = make_inputs(CASES[2])
-  dtype = jnp.float32 if impl == 'naive' else jnp.bfloat16
-  x = {n: a.astype(jnp.bfloat16).astype(dtype) for n, a in x.items() if n != 'h0'}
-  run = lambda x: simple_gla(x['q'], x['k'], x['v'], x['g'], output_final_state=True,
-                             segment_ids=seg, impl=impl)
-  return jax.jit(run)(x)
-
-
 class _SimpleGLATest:
   impl: str
 
   @pytest.mark.parametrize('case', CASES, ids=str)
   def test_matches_naive(self, case):
-    x, cot, seg = make_inputs(case)
-    o, ht, grads = _run(x, cot, seg, impl=self.impl, chunk=case.chunk)
-    o_ref, ht_ref, grads_ref = _reference(case)
-    tol = TOL['float32']
-    assert_close('o', o, o_ref, tol)
-    assert_close('final_state', ht, ht_ref, tol)
-    assert set(grads) == set(x)
-    for name in x:
-      assert_close(f'd{name}', grads[name], grads_ref[name], tol)
+    checks.check_matches_naive(OP, case, self.impl)
 
   def test_g_gamma(self):
     grads, dgamma = _run_g_gamma(self.impl)
@@ -132,28 +58,12 @@ class _SimpleGLATest:
     np.testing.assert_array_equal(dgamma, 0.0)  # g_gamma is a buffer
 
   def test_bf16_forward(self):
-    o, ht = _run_bf16(self.impl)
-    o_ref, ht_ref = _run_bf16('naive')
-    assert o.dtype == jnp.bfloat16 and ht.dtype == jnp.float32
-    assert_close('o', o, o_ref, TOL['bfloat16'])
-    assert_close('final_state', ht, ht_ref, TOL['bfloat16'])
+    """Forward on bf16-rounded inputs against the fp32 oracle on the same inputs."""
+    checks.check_bf16_forward(OP, CASES[2], self.impl)
 
   def test_two_halves_equal_whole(self):
     case = Case(2, 130, 2, 32, 48, n=1, h0=True, seg=False)
-    x, _, _ = make_inputs(case)
-
-    @jax.jit
-    def run(q, k, v, g, h0):
-      return simple_gla(q, k, v, g, initial_state=h0, output_final_state=True, impl=self.impl)
-
-    o, ht = run(x['q'], x['k'], x['v'], x['g'], x['h0'])
-    cut = 65  # equal halves: one compile
-    first, second = ({n: a[:, sl] for n, a in x.items() if n != 'h0'}
-                     for sl in (slice(None, cut), slice(cut, None)))
-    o1, h1 = run(**first, h0=x['h0'])
-    o2, h2 = run(**second, h0=h1)
-    assert_close('o', jnp.concatenate([o1, o2], axis=1), o, TOL['float32'])
-    assert_close('final_state', h2, ht, TOL['float32'])
+    checks.check_two_halves_equal_whole(OP, case, self.impl, cut=65)  # equal halves: one compile
 
 
 class TestRecurrent(_SimpleGLATest):
@@ -167,12 +77,7 @@ class TestChunk(_SimpleGLATest):
                     '[simple_gla-n0.1] and [-n16] check the same T = 65536 bf16 chunk run, forward and every gradient')
   @pytest.mark.parametrize('n', [0.1, 16])
   def test_long_bf16_finite(self, n):
-    b, t, h, d = 1, 65536, 1, 16
-    keys = jax.random.split(jax.random.key(0), 4)
-    q, k, v = (jax.random.normal(key, (b, t, h, d), jnp.bfloat16) for key in keys[:3])
-    g = (jax.nn.log_sigmoid(jax.random.normal(keys[3], (b, t, h))) / n).astype(jnp.bfloat16)
-    o, ht = jax.jit(lambda *a: simple_gla(*a, output_final_state=True, impl='chunk'))(q, k, v, g)
-    assert bool(jnp.all(jnp.isfinite(o))) and bool(jnp.all(jnp.isfinite(ht)))
+    checks.check_long_bf16_chunk_finite(OP, n=n)
 
 
 def test_auto_picks_recurrent_for_decoding_and_chunk_otherwise():
@@ -184,9 +89,7 @@ def test_auto_picks_recurrent_for_decoding_and_chunk_otherwise():
 
 
 def test_bad_impl_raises():
-  x, _, _ = make_inputs(CASES[3])
-  with pytest.raises(ValueError, match='unknown impl'):
-    simple_gla(x['q'], x['k'], x['v'], x['g'], impl='flash')
+  checks.check_bad_impl_raises(OP, CASES[3])
 
 
 @pytest.mark.parametrize('bad, name', [
@@ -202,11 +105,7 @@ def test_bad_impl_raises():
     ({'chunk_size': 0}, 'chunk_size'),
 ])
 def test_bad_argument_raises(bad, name):
-  x, _, _ = make_inputs(CASES[3])
-  args = {'q': x['q'], 'k': x['k'], 'v': x['v'], 'g': x['g']} | bad
-  q, k, v, g = (args.pop(n) for n in ('q', 'k', 'v', 'g'))
-  with pytest.raises(ValueError, match=name):
-    simple_gla(q, k, v, g, **args)
+  checks.check_bad_argument_raises(OP, CASES[3], bad, name)
 
 
 def test_alibi_slopes_hand_values():

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import functools
 import importlib
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import linear_op_checks as checks
 import numpy as np
 import pytest
-from helpers import TOL, assert_close, assert_matches_oracle, upcast
+from helpers import TOL, assert_close
 
 from effattn.ops.common import sequence_split
 from effattn.ops.simple_gla import simple_gla
@@ -28,21 +28,11 @@ ON_GPU = jax.default_backend() == 'gpu'
 simple_gla_mod = importlib.import_module('effattn.ops.simple_gla')  # the package, not the function
 
 
-class Case(NamedTuple):
-  b: int
-  t: int
-  h: int
-  k: int
-  v: int
-  n: float  # gate g = logsigmoid(x) / n
-  h0: bool
-  chunk: int = 64
-  dtype: str = 'float32'
+class Case(checks.Case):
+  id_tail = ('chunk', 'dtype')
 
-  def __str__(self):
-    return (f'B{self.b}-T{self.t}-H{self.h}-K{self.k}-V{self.v}-n{self.n:g}'
-            f'{"-h0" if self.h0 else ""}-C{self.chunk}-{self.dtype}')
 
+OP = checks.Op(simple_gla, gate='head')  # g = logsigmoid(x) / n
 
 CASES = [
     Case(2, 63, 2, 48, 60, n=1, h0=True),               # T < chunk, non-power-of-2 D (padded to 64)
@@ -59,35 +49,8 @@ GPU_CASES = [
 ]
 
 
-def make_inputs(case: Case, seed: int = 0):
-  """Inputs (q, k, v in case.dtype; g, h0 fp32) and cotangents (do in case.dtype, dht fp32)."""
-  rng = np.random.default_rng(seed)
-  dt = jnp.dtype(case.dtype)
-  f32 = lambda *s: jnp.asarray(rng.standard_normal(s), jnp.float32)
-  x = {'q': f32(case.b, case.t, case.h, case.k).astype(dt), 'k': f32(case.b, case.t, case.h, case.k).astype(dt),
-       'v': f32(case.b, case.t, case.h, case.v).astype(dt)}
-  x['g'] = jax.nn.log_sigmoid(f32(case.b, case.t, case.h)) / case.n
-  if case.h0:
-    x['h0'] = f32(case.b, case.h, case.k, case.v)
-  cot = (f32(case.b, case.t, case.h, case.v).astype(dt), f32(case.b, case.h, case.k, case.v))
-  return x, cot
-
-
-@functools.partial(jax.jit, static_argnames=('fn', 'chunk'))
-def _run(x, cot, *, fn, chunk):
-  """(o, final_state, grads of sum(o*do) + sum(ht*dht) for every input); inputs upcast for 'naive'."""
-  def f(x):
-    return fn(x['q'], x['k'], x['v'], x['g'], scale=x['q'].shape[-1] ** -0.5,
-              initial_state=x.get('h0'), chunk_size=chunk)
-  (o, ht), vjp = jax.vjp(f, x)
-  return o, ht, vjp((cot[0].astype(o.dtype), cot[1]))[0]
-
-
-def _check(case: Case, fn, tol=None):
-  x, cot = make_inputs(case)
-  got = _run(x, cot, fn=fn, chunk=case.chunk)
-  ref = _run(*upcast(x, cot), fn=naive_simple_gla, chunk=case.chunk)
-  assert_matches_oracle(got, ref, x, TOL[case.dtype] if tol is None else tol)
+def _check(case: Case, fn):
+  checks.check_against_oracle(OP, case, fn, naive_simple_gla, chunk=case.chunk)
 
 
 @pytest.mark.parametrize('case', CASES, ids=str)
@@ -119,7 +82,7 @@ def test_sequence_split_with_kernel_segment_states(monkeypatch):
   case = Case(1, 128, 2, 32, 32, n=1, h0=True, chunk=16)
   cfg = KernelConfig(split_programs=4 * case.b * case.h, split_min_len=32, split_states='kernel')
   _check(case, functools.partial(kernel_simple_gla, config=cfg))
-  x, _ = make_inputs(case)
+  x, _, _ = checks.make_inputs(OP, case)
   for split in (4 * case.b * case.h, 0):  # named whether or not this call splits
     bad = KernelConfig(split_programs=split, split_min_len=32, split_states='einsum')
     with pytest.raises(ValueError, match="split_states must be 'kernel' or 'xla'; got 'einsum'"):
@@ -129,7 +92,7 @@ def test_sequence_split_with_kernel_segment_states(monkeypatch):
 def test_g_gamma_through_the_public_op():
   """Constant decay (TransNormerLLM rates): grads of q, k, v, h0 match naive; g_gamma gets none."""
   case = Case(2, 100, 4, 32, 32, n=1, h0=True)
-  x, cot = make_inputs(case)
+  x, cot, _ = checks.make_inputs(OP, case)
 
   def loss(x, gamma, impl):
     o, ht = simple_gla(x['q'], x['k'], x['v'], g_gamma=gamma, initial_state=x['h0'],
@@ -144,20 +107,11 @@ def test_g_gamma_through_the_public_op():
 
 
 def test_segment_ids_not_implemented_and_auto_falls_back(monkeypatch):
-  x, _ = make_inputs(Case(1, 40, 1, 16, 16, n=1, h0=False))
-  seg = jnp.asarray(np.repeat([[1, 2]], 20, axis=1))
-  with pytest.raises(NotImplementedError, match='segment_ids'):
-    simple_gla(x['q'], x['k'], x['v'], x['g'], segment_ids=seg, impl='kernel')
-  monkeypatch.setattr(simple_gla_mod, 'default_backend', lambda: 'gpu')  # 'auto' as on a GPU
-  assert simple_gla_mod._auto_order(x['q'])[0] == 'kernel'
-  assert simple_gla_mod._auto_order(x['q'][:, :1])[0] == 'recurrent'
-  o, _ = simple_gla(x['q'], x['k'], x['v'], x['g'], segment_ids=seg, impl='auto')
-  o_ref, _ = simple_gla(x['q'], x['k'], x['v'], x['g'], segment_ids=seg, impl='chunk')
-  np.testing.assert_array_equal(o, o_ref)
+  checks.check_segment_ids_not_implemented_and_auto_falls_back(OP, simple_gla_mod, monkeypatch)
 
 
 def test_unsupported_chunk_size_or_head_dim_raises_not_implemented():
-  x, _ = make_inputs(Case(1, 8, 1, 16, 16, n=1, h0=False))
+  x, _, _ = checks.make_inputs(OP, Case(1, 8, 1, 16, 16, n=1, h0=False))
   with pytest.raises(NotImplementedError, match='chunk_size'):
     simple_gla(x['q'], x['k'], x['v'], x['g'], impl='kernel', chunk_size=48)
   with pytest.raises(NotImplementedError, match='head dims'):
@@ -167,17 +121,7 @@ def test_unsupported_chunk_size_or_head_dim_raises_not_implemented():
 @pytest.mark.skipif(not ON_GPU, reason='T = 65536: GPU only')
 @pytest.mark.parametrize('n', [0.1, 16])
 def test_long_bf16_finite(n):
-  b, t, h, d = 1, 65536, 2, 64
-  keys = jax.random.split(jax.random.key(0), 4)
-  q, k, v = (jax.random.normal(key, (b, t, h, d), jnp.bfloat16) for key in keys[:3])
-  g = jax.nn.log_sigmoid(jax.random.normal(keys[3], (b, t, h))) / n
-
-  def loss(q, k, v, g):
-    o, ht = simple_gla(q, k, v, g, output_final_state=True, impl='kernel')
-    return jnp.sum(o.astype(jnp.float32)) + jnp.sum(ht), (o, ht)
-  grads, (o, ht) = jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3), has_aux=True))(q, k, v, g)
-  for a in (o, ht, *grads):
-    assert bool(jnp.all(jnp.isfinite(a.astype(jnp.float32))))
+  checks.check_long_bf16_kernel_finite(OP, n, d=64)
 
 
 @pytest.mark.skipif(not ON_GPU, reason='native Triton kernel: GPU only (interpret mode is too slow here)')
