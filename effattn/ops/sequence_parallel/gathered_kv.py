@@ -9,6 +9,7 @@ family's states; scores are formed densely for the local queries ([B, H, L, T] f
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import jax
@@ -56,45 +57,32 @@ def _attend_gathered(q, k, v, seg, *, causal, scale, window, sinks, weights: Cal
     return o.reshape(b, l, h, v.shape[-1]).astype(q.dtype)
 
 
-def softmax_attention(registry, impl, q, k, v, *, causal, scale, window, sinks, segment_ids):
-    del registry, impl
+def _sigmoid_weights(s, mask, bias):
+    return jnp.where(mask, jax.nn.sigmoid(s + bias), 0.0)
+
+
+def _shard_gathered(tokens: dict, whole: dict, weights: Callable, **attend):
+    """_attend_gathered (with `attend`: causal, scale, window, sinks) on each device's share of
+    tokens {q, k, v, segment_ids}; `whole` (unsplit arrays) reaches every shard, where
+    weights(whole) is the (scores, mask) -> weights function."""
 
     def local(tokens, whole):
-        del whole
-        return _attend_gathered(
-            tokens['q'],
-            tokens['k'],
-            tokens['v'],
-            tokens.get('segment_ids'),
-            causal=causal,
-            scale=scale,
-            window=window,
-            sinks=sinks,
-            weights=_softmax_weights,
-        )
+        args = (tokens['q'], tokens['k'], tokens['v'], tokens.get('segment_ids'))
+        return _attend_gathered(*args, weights=weights(whole), **attend)
 
+    return shard_over_sequence(local, tokens, whole, TOKENS)
+
+
+def softmax_attention(registry, impl, q, k, v, *, causal, scale, window, sinks, segment_ids):
+    del registry, impl
     tokens = {'q': q, 'k': k, 'v': v, 'segment_ids': segment_ids}
-    return shard_over_sequence(local, tokens, {}, TOKENS)
+    attend = {'causal': causal, 'scale': scale, 'window': window, 'sinks': sinks}
+    return _shard_gathered(tokens, {}, lambda whole: _softmax_weights, **attend)
 
 
 def sigmoid_attention(registry, impl, q, k, v, *, causal, scale, bias, window, segment_ids):
     del registry, impl
-
-    def local(tokens, whole):
-        def weights(s, mask):
-            return jnp.where(mask, jax.nn.sigmoid(s + whole['bias']), 0.0)
-
-        return _attend_gathered(
-            tokens['q'],
-            tokens['k'],
-            tokens['v'],
-            tokens.get('segment_ids'),
-            causal=causal,
-            scale=scale,
-            window=window,
-            sinks=None,
-            weights=weights,
-        )
-
     tokens = {'q': q, 'k': k, 'v': v, 'segment_ids': segment_ids}
-    return shard_over_sequence(local, tokens, {'bias': jnp.asarray(bias, f32)}, TOKENS)
+    attend = {'causal': causal, 'scale': scale, 'window': window, 'sinks': None}
+    weights = lambda whole: functools.partial(_sigmoid_weights, bias=whole['bias'])
+    return _shard_gathered(tokens, {'bias': jnp.asarray(bias, f32)}, weights, **attend)
