@@ -1,9 +1,11 @@
-"""Test helpers shared by the suite: the DESIGN.md comparison metric and tolerances, script loading."""
+"""Test helpers shared by the suite: the DESIGN.md comparison metric and tolerances, op test cases,
+script loading."""
 
 from __future__ import annotations
 
 import importlib.util
 import os
+from typing import NamedTuple
 
 import numpy as np
 
@@ -53,6 +55,34 @@ def assert_matches_oracle(got, ref, x: dict, tol: float) -> None:
     for name in x:
         assert grads[name].dtype == x[name].dtype, name
         assert_close(f'd{name}', grads[name], grads_ref[name], tol)
+
+
+class OpCase(NamedTuple):
+    """One op test case: q, k [B, T, H, K], v [B, T, H, V] and the options below. str(case), the test id:
+    'B2-T63-H2-K48-V60' then -n{n}, -norm, -h0, -seg where set, then the parts that id_tail (a class
+    attribute a file's subclass sets) names: 'chunk' -> -C{chunk}, 'dtype' -> -{dtype}."""
+    b: int
+    t: int
+    h: int
+    k: int
+    v: int
+    n: float | None = None   # gate g = logsigmoid(x) / n (gated ops)
+    normalize: bool = False  # linear_attn's normalize: q, k (and the state's z column) positive
+    h0: bool = False
+    seg: bool = False        # packed segment_ids
+    chunk: int = 64
+    dtype: str = 'float32'   # of q, k, v and do; gates, h0 and dht stay fp32
+
+    id_tail = ()
+
+    def __str__(self):
+        s = f'B{self.b}-T{self.t}-H{self.h}-K{self.k}-V{self.v}'
+        s += f'-n{self.n:g}' if self.n is not None else ''
+        s += '-norm' if self.normalize else ''
+        s += '-h0' if self.h0 else ''
+        s += '-seg' if self.seg else ''
+        s += f'-C{self.chunk}' if 'chunk' in self.id_tail else ''
+        return s + (f'-{self.dtype}' if 'dtype' in self.id_tail else '')
 
 
 def load_script(path: str, name: str):

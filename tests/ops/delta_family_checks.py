@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import TOL, assert_close
+from helpers import TOL, OpCase, assert_close
 
 
 class Op(NamedTuple):
@@ -27,24 +27,13 @@ class Op(NamedTuple):
         return ('q', 'k', 'v', *self.gates)
 
 
-class Case(NamedTuple):
-    b: int
-    t: int
-    h: int
-    k: int
-    v: int
-    h0: bool                   # with initial_state
-    seg: bool                  # packed segment_ids
-    chunk: int = 64
-    n: float | None = None     # gate extreme g = logsigmoid(x) / n (ops with a gate g)
+class Case(OpCase):
+    """Cases use b, t, h, k, v, h0, seg, chunk and, for ops with a gate g, n; '-C{chunk}' ends the id
+    where chunk != 64."""
 
     @property
     def id(self) -> str:
-        s = f'B{self.b}-T{self.t}-H{self.h}-K{self.k}-V{self.v}'
-        s += f'-n{self.n:g}' if self.n is not None else ''
-        s += '-h0' if self.h0 else ''
-        s += '-seg' if self.seg else ''
-        return s + (f'-C{self.chunk}' if self.chunk != 64 else '')
+        return str(self) + (f'-C{self.chunk}' if self.chunk != 64 else '')
 
 
 def packed_segment_ids(b: int, t: int, chunk: int) -> np.ndarray:

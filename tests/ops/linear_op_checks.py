@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import TOL, assert_close, assert_matches_oracle, upcast
+from helpers import TOL, OpCase, assert_close, assert_matches_oracle, upcast
 
 
 class Op(NamedTuple):
@@ -32,29 +32,7 @@ class Op(NamedTuple):
     return {'normalize': case.normalize} if self.normalize else {}
 
 
-class Case(NamedTuple):
-  b: int
-  t: int
-  h: int
-  k: int
-  v: int
-  n: float | None = None   # gate g = logsigmoid(x) / n (gated ops)
-  normalize: bool = False  # linear_attn's normalize: q, k (and the state's z column) positive
-  h0: bool = False
-  seg: bool = False        # packed segment_ids
-  chunk: int = 64
-  dtype: str = 'float32'   # of q, k, v and do; gates, h0 and dht stay fp32
-
-  id_tail = ()             # which of 'chunk', 'dtype' end the id, always ('-C64', '-float32')
-
-  def __str__(self):
-    s = f'B{self.b}-T{self.t}-H{self.h}-K{self.k}-V{self.v}'
-    s += f'-n{self.n:g}' if self.n is not None else ''
-    s += '-norm' if self.normalize else ''
-    s += '-h0' if self.h0 else ''
-    s += '-seg' if self.seg else ''
-    s += f'-C{self.chunk}' if 'chunk' in self.id_tail else ''
-    return s + (f'-{self.dtype}' if 'dtype' in self.id_tail else '')
+Case = OpCase  # each test file subclasses it to say how its ids end (id_tail)
 
 
 def make_segments(b: int, t: int, chunk: int) -> np.ndarray:

@@ -10,11 +10,11 @@ from effattn.ops.delta_rule import delta_rule
 OP = Op(delta_rule, gates=('beta',))
 
 CASES = [
-    Case(2, 63, 2, 48, 60, True, False),
-    Case(1, 130, 2, 60, 48, False, False),
-    Case(2, 130, 1, 48, 60, True, True),
-    Case(1, 1, 2, 48, 60, True, False),
-    Case(2, 63, 1, 32, 32, False, True, chunk=16),
+    Case(2, 63, 2, 48, 60, h0=True, seg=False),
+    Case(1, 130, 2, 60, 48, h0=False, seg=False),
+    Case(2, 130, 1, 48, 60, h0=True, seg=True),
+    Case(1, 1, 2, 48, 60, h0=True, seg=False),
+    Case(2, 63, 1, 32, 32, h0=False, seg=True, chunk=16),
 ]
 
 

@@ -11,12 +11,12 @@ from effattn.ops.gated_delta_rule import gated_delta_rule
 OP = Op(gated_delta_rule, gates=('g', 'beta'))
 
 CASES = [  # n: gate extreme g = logsigmoid(x) / n
-    Case(2, 63, 2, 48, 60, True, False, n=1.0),
-    Case(1, 130, 2, 60, 48, False, False, n=16.0),
-    Case(2, 130, 1, 48, 60, True, True, n=0.1),
-    Case(2, 130, 2, 48, 60, False, True, n=1.0),
-    Case(1, 1, 2, 48, 60, True, False, n=1.0),
-    Case(2, 63, 1, 32, 32, True, True, chunk=16, n=16.0),
+    Case(2, 63, 2, 48, 60, h0=True, seg=False, n=1.0),
+    Case(1, 130, 2, 60, 48, h0=False, seg=False, n=16.0),
+    Case(2, 130, 1, 48, 60, h0=True, seg=True, n=0.1),
+    Case(2, 130, 2, 48, 60, h0=False, seg=True, n=1.0),
+    Case(1, 1, 2, 48, 60, h0=True, seg=False, n=1.0),
+    Case(2, 63, 1, 32, 32, h0=True, seg=True, chunk=16, n=16.0),
 ]
 
 
