@@ -7,13 +7,22 @@ import tempfile
 # optimisation level 0 compiles them much faster (tests/ops/test_delta_rule.py: 58 s -> 34 s on 2
 # cores) at tolerances unchanged. XLA's CPU fusion emitters (MLIR-based, on by default) take
 # 2-3x the compile time of the older LLVM IR emitters on these tiny programs: off, tests/attention
-# runs 55 -> 33 s and tests/parallel 89 -> 61 s on 2 cores, tolerances unchanged (the flag exists in
-# jaxlib 0.10; XLA aborts on a flag it does not know, so drop it if a later jaxlib removes it).
-# Set before any backend starts; subprocesses inherit it.
-os.environ['XLA_FLAGS'] = (
-    os.environ.get('XLA_FLAGS', '')
-    + ' --xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false'
-).strip()
+# runs 55 -> 33 s and tests/parallel 89 -> 61 s on 2 cores, tolerances unchanged. That flag exists in
+# jaxlib 0.10 only: jaxlib 0.11.2 (the GPU image) aborts on it ("Unknown flag in XLA_FLAGS"), so it is
+# set for 0.10 alone. Set before any backend starts; subprocesses inherit it.
+def _jaxlib_version() -> tuple[int, ...]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return tuple(int(p) for p in version('jaxlib').split('.')[:2])
+    except (PackageNotFoundError, ValueError):
+        return ()
+
+
+_FLAGS = ' --xla_backend_optimization_level=0'
+if _jaxlib_version() == (0, 10):
+    _FLAGS += ' --xla_cpu_use_fusion_emitters=false'
+os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + _FLAGS).strip()
 
 # The suite compiles the same programs many times: every train_and_evaluate / load_run builds fresh
 # jitted closures (a miss in jax's in-memory cache), and subprocesses (train.py, eval.py, the 8-device

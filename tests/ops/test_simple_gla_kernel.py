@@ -70,9 +70,10 @@ def test_three_backward_launches_and_small_tiles():
 def test_sequence_split_matches_naive(case, monkeypatch):
   """Long-T / small-batch path (ops/common/sequence_split.py): 4 segments from the program target, run as
   batch rows and stitched by the segment-state scan; outputs, final state and every gradient exact. Segment
-  states summed over sub-blocks of 16 rows (1024 outside tests) so that the sum is exercised."""
+  states by the XLA einsum (the default is the block_states kernel, next test), summed over sub-blocks of 16 rows
+  (1024 outside tests) so that the sum is exercised."""
   monkeypatch.setattr(sequence_split, '_SUB_BLOCK', 16)
-  cfg = KernelConfig(split_programs=4 * case.b * case.h, split_min_len=32)
+  cfg = KernelConfig(split_programs=4 * case.b * case.h, split_min_len=32, split_states='xla')
   _check(case, functools.partial(kernel_simple_gla, config=cfg))
 
 

@@ -50,11 +50,15 @@ def _kernel(k_ref, v_ref, *rest, chunk: int, gate: str, dt, prec):
     s_ref[...] = jax.lax.fori_loop(0, rows // chunk, body, jnp.zeros((kp, bv), F32))
 
 
-def block_states(k, v, g, *, block: int, chunk: int = 64, block_v: int = 64, num_warps: int = 4,
+def block_states(k, v, g, *, block: int, chunk: int = 64, block_v: int = 128, num_warps: int = 4,
                  interpret: bool = False):
     """k [B,T,H,K], v [B,T,H,V], g None, [B,T,H] or [B,T,H,K] (log decays) -> fp32 [B, T // block, H, K, V], the
     local state of each block of `block` rows (T a multiple of block, block a multiple of chunk). Dots in the
-    inputs' dtype with fp32 accumulation (IEEE for fp32 inputs). No VJP: see sequence_split for its use."""
+    inputs' dtype with fp32 accumulation (IEEE for fp32 inputs). No VJP: see sequence_split for its use.
+
+    Defaults timed on the H200 (B=1, T=65536, H=16, K=V=128 bf16, scalar gates, block 1024): 128-wide value
+    tiles at 4 warps 0.291 ms (k read once), 64-wide 0.485 ms, 8 warps 0.40 / 0.52 ms; the XLA einsum of
+    sequence_split 0.48 ms."""
     b, t, h, kd = k.shape
     vd = v.shape[-1]
     if t % block or block % chunk:

@@ -95,7 +95,9 @@ class KernelConfig:
   # programs (None: 1 per SM on GPU, no split elsewhere; 0: never), segments of >= split_min_len rows.
   split_programs: int | None = None
   split_min_len: int = 1024
-  split_states: str = 'xla'  # segment states of the split: 'xla' or 'kernel' (common/block_states.py; GPU-untimed)
+  # segment states of the split: 'xla' or 'kernel' (common/block_states.py: 2.3x slower here on the H200, its
+  # per-channel [C, K] decay sums run in every chunk step; simple_gla's scalar form uses it)
+  split_states: str = 'xla'
 
 
 DEFAULT_CONFIG = KernelConfig()
