@@ -41,6 +41,7 @@ import optax
 from flax import nnx
 
 from effattn import config as config_lib
+from effattn import parallel
 from effattn.config import Config, ConfigError, TrainConfig, layer_kinds
 from effattn.models.convert import flatten_params, unflatten_params, write_run
 from effattn.models.lm import DecoderLM
@@ -308,8 +309,7 @@ def _on_mesh_of(rest, tree):
 
     The step returns the trainable parameters and optimizer state replicated on that mesh; fresh ones sit
     on one device, so without this the second step would miss jit's cache and compile again."""
-    mesh = next((x.sharding.mesh for x in jax.tree.leaves(rest)
-                 if isinstance(getattr(x, 'sharding', None), jax.sharding.NamedSharding)), None)
+    mesh = parallel.mesh_of(parallel.sharding_of(rest))
     if mesh is None:
         return tree
     return jax.device_put(tree, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
