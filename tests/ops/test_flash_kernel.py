@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from helpers import TOL, assert_close
 
-from effattn.ops.sigmoid_attention import sigmoid_attention
+from effattn.ops.sigmoid_attention import mosaic_gpu, sigmoid_attention
 from effattn.ops.softmax_attention import softmax_attention
 from effattn.ops.softmax_attention._blockwise import attention_mask
 from effattn.ops.softmax_attention.pallas import (
@@ -55,6 +55,7 @@ class Case(NamedTuple):
     b: int = 1
     small: bool = True  # SMALL blocks, else the default config
     math: str = 'rcp'  # KernelConfig.sigmoid_math
+    fwd: str = 'mosaic'  # KernelConfig.sigmoid_forward (Mosaic GPU where it applies, on sm_90+ GPUs)
 
     def __str__(self):
         opts = [
@@ -65,6 +66,7 @@ class Case(NamedTuple):
             self.dtype,
             '' if self.small else 'default-blocks',
             '' if self.math == 'rcp' else self.math,
+            '' if self.fwd == 'mosaic' else self.fwd,
         ]
         return '-'.join(o for o in opts if o)
 
@@ -113,8 +115,12 @@ GPU_CASES = [
     Case('sigmoid', 1000, k=128, v=128, window=256, dtype='bfloat16', small=False),
     Case('sigmoid', 1000, k=128, v=128, causal=False, dtype='bfloat16', small=False),
     Case('sigmoid', 777, k=96, v=96, small=False),
-    *(Case('sigmoid', 2048, h=4, hkv=2, k=128, v=128, dtype='bfloat16', small=False, math=m)
-      for m in ('newton', 'f16x2')),
+    *(Case('sigmoid', 2048, h=4, hkv=2, k=128, v=128, dtype='bfloat16', small=False, math=m, fwd='triton')
+      for m in ('rcp', 'newton', 'f16x2')),
+    # the Mosaic GPU forward (sigmoid_attention/mosaic_gpu.py): GQA, padded T, D = 64, fp16, non-causal
+    Case('sigmoid', 1000, h=4, hkv=1, k=64, v=64, dtype='bfloat16', b=2, small=False),
+    Case('sigmoid', 4096, h=2, hkv=2, k=128, v=128, dtype='float16', small=False),
+    Case('sigmoid', 640, h=2, hkv=2, k=96, v=96, causal=False, dtype='bfloat16', small=False),
 ]
 
 
@@ -142,7 +148,8 @@ def _fwd_bwd(args, do, *, case: Case, impl: str):
         else:
             f = lambda q, k, v, b: sigmoid_attention(q, k, v, bias=b, impl='naive', **opts)
     else:
-        cfg = dataclasses.replace(SMALL if case.small else DEFAULT_CONFIG, sigmoid_math=case.math)
+        cfg = dataclasses.replace(SMALL if case.small else DEFAULT_CONFIG, sigmoid_math=case.math,
+                                  sigmoid_forward=case.fwd)
         scale = case.k**-0.5
         window = None if case.window is None or case.window >= case.t else case.window
 
@@ -169,7 +176,7 @@ def _check(case: Case):
     o, grads = _fwd_bwd(args, do, case=case, impl='kernel')
     up = tuple(a.astype(jnp.float32) for a in args)
     o_ref, grads_ref = _fwd_bwd(up, do.astype(jnp.float32), case=case, impl='naive')
-    tol = TOL[case.dtype]
+    tol = TOL['bfloat16' if case.dtype == 'float16' else case.dtype]
     assert o.dtype == args[0].dtype
     assert_close('o', o, o_ref, tol)
     names = ('dq', 'dk', 'dv', 'dbias') if case.score == 'sigmoid' else ('dq', 'dk', 'dv')
@@ -303,3 +310,42 @@ def test_long_bf16_finite(score):
     grads, o = jax.jit(jax.grad(loss, argnums=(0, 1, 2), has_aux=True))(q, k, v)
     for a in (o, *grads):
         assert bool(jnp.all(jnp.isfinite(a.astype(jnp.float32))))
+
+
+@pytest.mark.parametrize('causal, d, h, hkv, dtype', [(True, 128, 2, 2, 'bfloat16'), (False, 64, 4, 1, 'float16')])
+def test_mosaic_sigmoid_forward_lowers_for_cuda(causal, d, h, hkv, dtype):
+    """The Mosaic GPU forward lowers (cross-platform, no GPU needed): catches layouts, barriers or primitives
+    that its lowering rejects; its numerics are checked by the GPU cases above."""
+    q, k = jnp.zeros((1, 512, h, d), dtype), jnp.zeros((1, 512, hkv, d), dtype)
+    fwd = functools.partial(mosaic_gpu.sigmoid_forward, causal=causal, scale=0.1)
+    text = jax.jit(fwd).trace(q, k, k, jnp.float32(-1.0)).lower(lowering_platforms=('cuda',)).as_text()
+    assert text.count('custom_call @mosaic_gpu') == 1
+
+
+def test_sigmoid_kernel_takes_the_mosaic_forward_and_the_triton_backward(monkeypatch):
+    """Where the Mosaic forward applies, flash_attention's custom VJP uses it for o and keeps the Triton
+    backward; sigmoid_forward='triton' and a window keep the Triton forward."""
+    monkeypatch.setattr(mosaic_gpu, 'unsupported_reason', lambda q, k, v, *, window, tp: 'windowed' if window else None)
+    q = jnp.zeros((1, 256, 2, 64), jnp.bfloat16)
+
+    def lowered(cfg, window=None):
+        def loss(q, k, v, b):
+            o = flash_attention(q, k, v, score='sigmoid', causal=True, scale=0.1, window=window, bias=b,
+                                config=cfg, interpret=False)
+            return jnp.sum(o.astype(jnp.float32))
+        grad = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 3)))  # value: keeps the forward
+        return grad.trace(q, q, q, jnp.float32(-1.0)).lower(lowering_platforms=('cuda',)).as_text()
+
+    text = lowered(DEFAULT_CONFIG)
+    assert text.count('custom_call @mosaic_gpu') == 1
+    assert 'sigmoid_attention_fwd' not in text and 'sigmoid_attention_bwd_dkv' in text
+    for text in (lowered(dataclasses.replace(DEFAULT_CONFIG, sigmoid_forward='triton')),
+                 lowered(DEFAULT_CONFIG, window=64)):
+        assert 'mosaic_gpu' not in text and 'sigmoid_attention_fwd' in text
+
+
+def test_unknown_sigmoid_forward_raises():
+    (q, k, v, _), _ = make_inputs(Case('sigmoid', 16))
+    with pytest.raises(ValueError, match='sigmoid_forward'):
+        flash_attention(q, k, v, score='sigmoid', causal=True, scale=0.1, window=None,
+                        config=dataclasses.replace(SMALL, sigmoid_forward='cuda'))

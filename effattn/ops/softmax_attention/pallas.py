@@ -71,6 +71,10 @@ class KernelConfig:
     # scores per MUFU op, + the Newton reciprocal). fp32 inputs and interpret mode always use 'ieee' math
     # (interpret mode models 'newton' and 'f16x2' with jnp ops so that their error is tested on CPU).
     sigmoid_math: str = 'rcp'
+    # sigmoid forward on sm_90+ GPUs: 'mosaic' (sigmoid_attention/mosaic_gpu.py, warp-specialised, where it
+    # applies: bf16/fp16, head dims 64 or 128, no window; else this Triton kernel) or 'triton'. The backward
+    # is this file's either way.
+    sigmoid_forward: str = 'mosaic'
 
 
 DEFAULT_CONFIG = KernelConfig()
@@ -424,6 +428,11 @@ def _forward(q, k, v, bias, sp: _Spec, cfg: KernelConfig, interpret: bool):
     """o [B,Tp,H,Vp] in q's dtype and (softmax) L [B,H,Tp] fp32 in base 2."""
     b, tp, h, kp = q.shape
     vp = v.shape[-1]
+    if sp.sigmoid and not interpret and cfg.sigmoid_forward == 'mosaic':
+        from effattn.ops.sigmoid_attention import mosaic_gpu  # here: that package imports this module
+
+        if mosaic_gpu.unsupported_reason(q, k, v, window=sp.window, tp=tp) is None:
+            return mosaic_gpu.sigmoid_forward(q, k, v, bias, causal=sp.causal, scale=sp.scale), None
     bq, bk = _blocks(sp.t, cfg.block_q, cfg.block_k)
     nq = tp // bq
     kv = _kv_head(sp)
@@ -601,6 +610,8 @@ def flash_attention(
     )
     if score not in ('softmax', 'sigmoid'):
         raise ValueError(f"score must be 'softmax' or 'sigmoid'; got {score!r}")
+    if cfg.sigmoid_forward not in ('mosaic', 'triton'):
+        raise ValueError(f"KernelConfig.sigmoid_forward must be 'mosaic' or 'triton'; got {cfg.sigmoid_forward!r}")
     if cfg.sigmoid_math not in _SIGMOID_MATH:
         raise ValueError(f'KernelConfig.sigmoid_math must be one of {_SIGMOID_MATH}; got {cfg.sigmoid_math!r}')
     bias = jnp.zeros((), _F32) if bias is None else jnp.asarray(bias, _F32)

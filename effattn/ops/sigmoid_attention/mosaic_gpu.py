@@ -1,0 +1,236 @@
+"""Sigmoid attention forward on Hopper in Mosaic GPU: FlashSigmoid's score (Ramapuram et al. 2024,
+arXiv 2409.04431, Sec. 3; ALGORITHMS.md section 2) in FlashAttention-3's warp-specialised schedule (Shah
+et al. 2024, arXiv 2407.08608, Sec. 3.1-3.2: a producer warpgroup streams K, V tiles by TMA into a ring of
+shared-memory slots; two consumer warpgroups, 64 query rows each, issue asynchronous WGMMAs and take turns
+on the tensor cores, so that one's score math overlaps the other's matrix products).
+
+    O = (sigma(s Q K^T + b) ⊙ M) V,   sigma(x) = 1 / (1 + 2^(-x log2 e))
+
+Why Mosaic GPU and not the Triton lowering (softmax_attention/pallas.py, which keeps the backward): on the
+H200 the Triton kernel's forward is bound by its instruction stream (the score math and the two dots do not
+overlap; benchmarks/README.md, "sigmoid math") and ran 1.14x cuDNN's softmax forward. Warp specialisation
+is what overlaps them, and Triton's Pallas lowering cannot express it. The structure follows jax's
+FlashAttention-3 example (jax.experimental.pallas.ops.gpu.attention_mgpu); sigmoid needs no running max, row
+sum or rescaling of the accumulator, so each step is QK^T, one exp2 and one reciprocal per score, the causal
+mask on the diagonal tiles only, and PV.
+
+Scope (`unsupported_reason` names what is missing, and flash_attention then takes the Triton forward):
+sm_90+ GPUs, bf16 / fp16, head dims that are multiples of 64 up to 128, no window, T a multiple of 128
+(flash_attention pads T; padded keys meet zero values, so they add nothing even without a causal mask).
+Not in Pallas interpret mode: Mosaic GPU's barriers and TMA have no CPU model, so tests/ops run it on GPUs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+import math
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+_LOG2E = math.log2(math.e)
+
+
+@dataclasses.dataclass(frozen=True)
+class MosaicConfig:
+    block_q: int = 64  # query rows per consumer warpgroup (two per program)
+    block_kv: int = 128  # keys per pipeline step
+    max_concurrent_steps: int = 2  # K, V slots in shared memory
+
+
+def unsupported_reason(q, k, v, *, window, tp: int, config: MosaicConfig = MosaicConfig()) -> str | None:
+    """Why this forward cannot run here (None: it can). q, k, v as padded by flash_attention."""
+    if jax.default_backend() != 'gpu':
+        return 'not on a GPU'
+    cc = getattr(jax.devices()[0], 'compute_capability', '0')
+    if float(cc) < 9.0:
+        return f'compute capability {cc} < 9.0 (WGMMA)'
+    try:
+        import jax.experimental.pallas.mosaic_gpu as plgpu
+    except ImportError as e:
+        return f'no Mosaic GPU ({e})'
+    if not all(hasattr(plgpu, n) for n in ('kernel', 'wgmma', 'emit_pipeline_warp_specialized', 'Layout')):
+        return f'this jax ({jax.__version__}) lacks the Mosaic GPU API used here'
+    if window is not None:
+        return 'windowed'
+    if q.dtype not in (jnp.bfloat16, jnp.float16) or k.dtype != q.dtype or v.dtype != q.dtype:
+        return f'dtype {q.dtype}'
+    d = q.shape[-1]
+    if d % 64 or d > 128 or v.shape[-1] != d:
+        return f'head dims K={d}, V={v.shape[-1]} (need K = V, a multiple of 64 up to 128)'
+    rows = max(2 * config.block_q, config.block_kv)
+    if tp % rows:
+        return f'T={tp} not a multiple of {rows}'
+    return None
+
+
+def _load(plgpu, ref, layout):
+    # jax 0.10 requires plgpu.load's index argument; 0.11 deprecates it (index the ref instead)
+    if inspect.signature(plgpu.load).parameters['idx'].default is inspect.Parameter.empty:
+        return plgpu.load(ref, (), layout=layout)
+    return plgpu.load(ref, layout=layout)
+
+
+def sigmoid_forward(q, k, v, bias, *, causal: bool, scale: float, config: MosaicConfig = MosaicConfig()):
+    """o [B, T, H, D] in q's dtype. q [B, T, H, D], k, v [B, T, Hkv, D]; bias a scalar (may be traced)."""
+    import jax.experimental.pallas as pl
+    import jax.experimental.pallas.mosaic_gpu as plgpu
+
+    b, t, h, d = q.shape
+    hkv = k.shape[2]
+    groups = h // hkv
+    dtype = q.dtype
+    block_q, block_kv = config.block_q, config.block_kv
+    steps = min(config.max_concurrent_steps, t // block_kv)
+    num_q_tiles = t // (2 * block_q)
+    # sigma(x) = 1 / (1 + 2^(c qk + nb)) with c = -scale log2 e, nb = -b log2 e; nb is passed as a [block_q]
+    # row vector (the layout of a reduced WGMMA tile) because the bias may be a traced array.
+    c = -scale * _LOG2E
+    nb_rows = jnp.full((block_q,), -_LOG2E, jnp.float32) * jnp.asarray(bias, jnp.float32)
+
+    def kernel(q_ref, k_ref, v_ref, nb_ref, out_ref, scoped):
+        batch = lax.axis_index('batch')
+        q_head = lax.axis_index('heads')
+        wg = lax.axis_index('wg')
+        (qo_smem2, k_smem, v_smem, nb_smem2), (k_barriers, v_barriers, q_barriers, nb_barriers), consumed, sched = (
+            scoped)
+        k_consumed, v_consumed = consumed
+
+        def schedule_barrier():
+            plgpu.barrier_arrive(sched)
+            plgpu.barrier_wait(sched)
+
+        if causal:
+            tile_end = (lax.axis_index('q_seq') + 1) * (2 * block_q)
+            tile_steps = pl.cdiv(tile_end, jnp.array(block_kv, jnp.int32))
+        else:
+            tile_steps = t // block_kv
+
+        @pl.when(wg < 2)
+        def _consumer():
+            plgpu.set_max_registers(232, action='increase')
+            qo_smem, nb_smem = qo_smem2.at[wg], nb_smem2.at[wg]
+            q_base = lax.axis_index('q_seq') * (2 * block_q) + wg * block_q
+            kv_steps = pl.cdiv(q_base + block_q, jnp.array(block_kv, jnp.int32)) if causal else tile_steps
+            plgpu.copy_gmem_to_smem(q_ref.at[batch, pl.ds(q_base, block_q), q_head], qo_smem, q_barriers.at[wg])
+            plgpu.copy_gmem_to_smem(nb_ref, nb_smem, nb_barriers.at[wg])
+            plgpu.barrier_wait(q_barriers.at[wg])
+            plgpu.barrier_wait(nb_barriers.at[wg])
+            nb = _load(plgpu, nb_smem, plgpu.Layout.WGMMA.reduce(1))
+            nb = lax.broadcast_in_dim(nb, (block_q, block_kv), [0])
+            acc = plgpu.layout_cast(jnp.full((block_q, d), 0, dtype=jnp.float32), plgpu.Layout.WGMMA)
+
+            @pl.when(kv_steps > 0)
+            def _():
+                plgpu.barrier_wait(k_barriers.at[0])
+
+            pl.when(wg == 1)(schedule_barrier)
+
+            def kv_loop(step, acc, masked: bool = False):
+                slot = lax.rem(step, jnp.array(steps, step.dtype))
+
+                def compute_qk(acc_ref):
+                    plgpu.wgmma(acc_ref, qo_smem, k_smem.at[slot].transpose((1, 0)))
+                    schedule_barrier()
+                    return acc_ref[...]
+
+                qk = pl.run_scoped(compute_qk, plgpu.ACC((block_q, block_kv), jnp.float32))
+                plgpu.barrier_arrive(k_consumed.at[slot])
+                p = 1.0 / (1.0 + jnp.exp2(qk * c + nb))  # approx_math: ex2.approx and a fast reciprocal
+                if masked:
+                    rows = plgpu.broadcasted_iota(jnp.int32, (block_q, block_kv), 0, layout=plgpu.Layout.WGMMA)
+                    cols = plgpu.broadcasted_iota(jnp.int32, (block_q, block_kv), 1, layout=plgpu.Layout.WGMMA)
+                    p = jnp.where(rows + q_base >= cols + step * block_kv, p, 0.0)
+                p16 = p.astype(dtype)
+                acc, p16 = lax.optimization_barrier((acc, p16))
+                plgpu.barrier_arrive(sched)  # done with the score math
+                plgpu.barrier_wait(v_barriers.at[slot])
+                plgpu.barrier_wait(sched)  # the other warpgroup has issued its QK^T: tensor cores free
+
+                def compute_pv(acc_ref):
+                    plgpu.wgmma(acc_ref, p16, v_smem.at[slot])
+                    nxt = step + 1
+
+                    @pl.when(nxt < kv_steps)
+                    def _():
+                        plgpu.barrier_wait(k_barriers.at[lax.rem(nxt, jnp.array(steps, step.dtype))])
+
+                acc = pl.run_state(compute_pv)(plgpu.ACC.init(acc))
+                plgpu.barrier_arrive(v_consumed.at[slot])
+                return acc
+
+            if not causal:
+                acc = lax.fori_loop(0, tile_steps, kv_loop, acc)
+            else:
+
+                def drain(step, _):
+                    # steps the producer loaded for the other warpgroup's rows: release them, keep the turns
+                    slot = lax.rem(step, jnp.array(steps, step.dtype))
+                    plgpu.barrier_arrive(k_consumed.at[slot])
+                    plgpu.barrier_arrive(v_consumed.at[slot])
+                    schedule_barrier()
+                    schedule_barrier()
+
+                unmasked = lax.div(q_base, jnp.array(block_kv, jnp.int32))
+                acc = lax.fori_loop(0, unmasked, kv_loop, acc)
+                acc = lax.fori_loop(unmasked, kv_steps, functools.partial(kv_loop, masked=True), acc)
+                lax.fori_loop(kv_steps, tile_steps, drain, None)
+            pl.when(wg == 0)(schedule_barrier)
+            qo_smem[...] = acc.astype(dtype)
+            plgpu.commit_smem()
+            plgpu.copy_smem_to_gmem(qo_smem, out_ref.at[batch, pl.ds(q_base, block_q), q_head])
+            plgpu.wait_smem_to_gmem(0)
+
+        @pl.when(wg == 2)
+        def _producer():
+            plgpu.set_max_registers(40, action='decrease')
+            kv_head = lax.div(q_head, jnp.array(groups, q_head.dtype))
+            for i in range(steps):
+                s = (batch, pl.ds(i * block_kv, block_kv), kv_head)
+                plgpu.copy_gmem_to_smem(k_ref.at[s], k_smem.at[i], k_barriers.at[i])
+                plgpu.copy_gmem_to_smem(v_ref.at[s], v_smem.at[i], v_barriers.at[i])
+
+            @pl.loop(0, tile_steps - steps)
+            def _(step):
+                nxt = step + steps
+                slot = lax.rem(step, jnp.array(steps, step.dtype))
+                s = (batch, pl.ds(nxt * block_kv, block_kv), kv_head)
+                plgpu.barrier_wait(k_consumed.at[slot])
+                plgpu.copy_gmem_to_smem(k_ref.at[s], k_smem.at[slot], k_barriers.at[slot])
+                plgpu.barrier_wait(v_consumed.at[slot])
+                plgpu.copy_gmem_to_smem(v_ref.at[s], v_smem.at[slot], v_barriers.at[slot])
+
+    def entry(q_ref, k_ref, v_ref, nb_ref, out_ref):
+        transforms = (plgpu.TilingTransform((8, 64)), plgpu.SwizzleTransform(128))
+        scratch = [
+            plgpu.SMEM((2, block_q, d), dtype, transforms=transforms),
+            plgpu.SMEM((steps, block_kv, d), dtype, transforms=transforms),
+            plgpu.SMEM((steps, block_kv, d), dtype, transforms=transforms),
+            plgpu.SMEM((2, block_q), jnp.float32),
+        ]
+        pl.run_scoped(
+            lambda *args: kernel(q_ref, k_ref, v_ref, nb_ref, out_ref, args),
+            scratch,
+            (
+                plgpu.Barrier(num_barriers=steps),
+                plgpu.Barrier(num_barriers=steps),
+                plgpu.Barrier(num_barriers=2),
+                plgpu.Barrier(num_barriers=2),
+            ),
+            (plgpu.Barrier(num_arrivals=2, num_barriers=steps),) * 2,
+            plgpu.Barrier(num_arrivals=2),
+            collective_axes='wg',
+        )
+
+    return plgpu.kernel(
+        entry,
+        out_type=jax.ShapeDtypeStruct(q.shape, dtype),
+        grid=(h, num_q_tiles, b),
+        grid_names=('heads', 'q_seq', 'batch'),
+        num_threads=3,
+        thread_name='wg',
+        compiler_params=plgpu.CompilerParams(approx_math=True),
+    )(q, k, v, nb_rows)
