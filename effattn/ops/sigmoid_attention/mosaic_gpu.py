@@ -120,7 +120,6 @@ def sigmoid_forward(q, k, v, bias, *, causal: bool, scale: float, config: Mosaic
             plgpu.barrier_wait(q_barriers.at[wg])
             plgpu.barrier_wait(nb_barriers.at[wg])
             nb = _load(plgpu, nb_smem, plgpu.Layout.WGMMA.reduce(1))
-            nb = lax.broadcast_in_dim(nb, (block_q, block_kv), [0])
             acc = plgpu.layout_cast(jnp.full((block_q, d), 0, dtype=jnp.float32), plgpu.Layout.WGMMA)
 
             @pl.when(kv_steps > 0)
@@ -129,6 +128,8 @@ def sigmoid_forward(q, k, v, bias, *, causal: bool, scale: float, config: Mosaic
 
             pl.when(wg == 1)(schedule_barrier)
 
+            # the [block_q] bias column is broadcast inside the loop (as FA3's row max): a [block_q, block_kv]
+            # copy held across it would take 64 registers per thread
             def kv_loop(step, acc, masked: bool = False):
                 slot = lax.rem(step, jnp.array(steps, step.dtype))
 
@@ -139,7 +140,8 @@ def sigmoid_forward(q, k, v, bias, *, causal: bool, scale: float, config: Mosaic
 
                 qk = pl.run_scoped(compute_qk, plgpu.ACC((block_q, block_kv), jnp.float32))
                 plgpu.barrier_arrive(k_consumed.at[slot])
-                p = 1.0 / (1.0 + jnp.exp2(qk * c + nb))  # approx_math: ex2.approx and a fast reciprocal
+                # approx_math: ex2.approx and a fast reciprocal
+                p = 1.0 / (1.0 + jnp.exp2(qk * c + lax.broadcast_in_dim(nb, qk.shape, [0])))
                 if masked:
                     rows = plgpu.broadcasted_iota(jnp.int32, (block_q, block_kv), 0, layout=plgpu.Layout.WGMMA)
                     cols = plgpu.broadcasted_iota(jnp.int32, (block_q, block_kv), 1, layout=plgpu.Layout.WGMMA)
