@@ -15,8 +15,9 @@ sum or rescaling of the accumulator, so each step is QK^T, one exp2 and one reci
 mask on the diagonal tiles only, and PV.
 
 Scope (`unsupported_reason` names what is missing, and flash_attention then takes the Triton forward):
-sm_90+ GPUs, bf16 / fp16, head dims that are multiples of 64 up to 128, no window, T a multiple of 128
-(flash_attention pads T; padded keys meet zero values, so they add nothing even without a causal mask).
+Hopper GPUs (sm_90: WGMMA), bf16 / fp16, head dims that are multiples of 64 up to 128, no window, T a
+multiple of 128 (flash_attention pads T; padded keys meet zero values, so they add nothing even without a
+causal mask).
 Not in Pallas interpret mode: Mosaic GPU's barriers and TMA have no CPU model, so tests/ops run it on GPUs.
 """
 
@@ -46,8 +47,8 @@ def unsupported_reason(q, k, v, *, window, tp: int, config: MosaicConfig = Mosai
     if jax.default_backend() != 'gpu':
         return 'not on a GPU'
     cc = getattr(jax.devices()[0], 'compute_capability', '0')
-    if float(cc) < 9.0:
-        return f'compute capability {cc} < 9.0 (WGMMA)'
+    if not 9.0 <= float(cc) < 10.0:
+        return f'compute capability {cc}: WGMMA is Hopper-only (sm_90)'
     try:
         import jax.experimental.pallas.mosaic_gpu as plgpu
     except ImportError as e:

@@ -71,7 +71,7 @@ class KernelConfig:
     # scores per MUFU op, + the Newton reciprocal). fp32 inputs and interpret mode always use 'ieee' math
     # (interpret mode models 'newton' and 'f16x2' with jnp ops so that their error is tested on CPU).
     sigmoid_math: str = 'rcp'
-    # sigmoid forward on sm_90+ GPUs: 'mosaic' (sigmoid_attention/mosaic_gpu.py, warp-specialised, where it
+    # sigmoid forward on Hopper (sm_90) GPUs: 'mosaic' (sigmoid_attention/mosaic_gpu.py, warp-specialised, where it
     # applies: bf16/fp16, head dims 64 or 128, no window; else this Triton kernel) or 'triton'. The backward
     # is this file's either way.
     sigmoid_forward: str = 'mosaic'
