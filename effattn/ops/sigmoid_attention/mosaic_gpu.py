@@ -40,6 +40,7 @@ class MosaicConfig:
     block_q: int = 64  # query rows per consumer warpgroup (two per program)
     block_kv: int = 128  # keys per pipeline step
     max_concurrent_steps: int = 2  # K, V slots in shared memory
+    longest_first: bool = True  # causal: launch the query tiles with the most keys first
 
 
 def unsupported_reason(q, k, v, *, window, tp: int, config: MosaicConfig = MosaicConfig()) -> str | None:
@@ -104,8 +105,12 @@ def sigmoid_forward(q, k, v, bias, *, causal: bool, scale: float, config: Mosaic
             plgpu.barrier_arrive(sched)
             plgpu.barrier_wait(sched)
 
+        # causal: the longest rows first (the grid runs q_seq in order), so that short tiles fill the tail
+        q_tile = lax.axis_index('q_seq')
+        if causal and config.longest_first:
+            q_tile = num_q_tiles - 1 - q_tile
         if causal:
-            tile_end = (lax.axis_index('q_seq') + 1) * (2 * block_q)
+            tile_end = (q_tile + 1) * (2 * block_q)
             tile_steps = pl.cdiv(tile_end, jnp.array(block_kv, jnp.int32))
         else:
             tile_steps = t // block_kv
@@ -114,7 +119,7 @@ def sigmoid_forward(q, k, v, bias, *, causal: bool, scale: float, config: Mosaic
         def _consumer():
             plgpu.set_max_registers(232, action='increase')
             qo_smem, nb_smem = qo_smem2.at[wg], nb_smem2.at[wg]
-            q_base = lax.axis_index('q_seq') * (2 * block_q) + wg * block_q
+            q_base = q_tile * (2 * block_q) + wg * block_q
             kv_steps = pl.cdiv(q_base + block_q, jnp.array(block_kv, jnp.int32)) if causal else tile_steps
             plgpu.copy_gmem_to_smem(q_ref.at[batch, pl.ds(q_base, block_q), q_head], qo_smem, q_barriers.at[wg])
             plgpu.copy_gmem_to_smem(nb_ref, nb_smem, nb_barriers.at[wg])
