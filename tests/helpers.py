@@ -59,14 +59,15 @@ def assert_matches_oracle(got, ref, x: dict, tol: float) -> None:
 
 class OpCase(NamedTuple):
     """One op test case: q, k [B, T, H, K], v [B, T, H, V] and the options below. str(case), the test id:
-    'B2-T63-H2-K48-V60' then -n{n}, -norm, -h0, -seg where set, then the parts that id_tail (a class
-    attribute a file's subclass sets) names: 'chunk' -> -C{chunk}, 'dtype' -> -{dtype}."""
+    'B2-T63-H2-K48-V60' then -n{n} (or no_gate_id where n is None), -norm, -h0, seg_id where set, then the
+    parts that id_tail names: 'chunk' -> -C{chunk}, 'dtype' -> -{dtype}. id_tail, no_gate_id and seg_id are
+    class attributes a file's subclass sets."""
     b: int
     t: int
     h: int
     k: int
     v: int
-    n: float | None = None   # gate g = logsigmoid(x) / n (gated ops)
+    n: float | None = None   # gate g = logsigmoid(x) / n (gated ops); agent_attention: the number of agents
     normalize: bool = False  # linear_attn's normalize: q, k (and the state's z column) positive
     h0: bool = False
     seg: bool = False        # packed segment_ids
@@ -74,13 +75,15 @@ class OpCase(NamedTuple):
     dtype: str = 'float32'   # of q, k, v and do; gates, h0 and dht stay fp32
 
     id_tail = ()
+    no_gate_id = ''    # e.g. '-nogate', where a file runs its gated op without the gate too
+    seg_id = '-seg'
 
     def __str__(self):
         s = f'B{self.b}-T{self.t}-H{self.h}-K{self.k}-V{self.v}'
-        s += f'-n{self.n:g}' if self.n is not None else ''
+        s += f'-n{self.n:g}' if self.n is not None else self.no_gate_id
         s += '-norm' if self.normalize else ''
         s += '-h0' if self.h0 else ''
-        s += '-seg' if self.seg else ''
+        s += self.seg_id if self.seg else ''
         s += f'-C{self.chunk}' if 'chunk' in self.id_tail else ''
         return s + (f'-{self.dtype}' if 'dtype' in self.id_tail else '')
 

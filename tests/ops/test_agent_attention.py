@@ -4,33 +4,19 @@ gradients), state carrying, segments, and the non-causal (encoder) form against 
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import TOL, assert_close
+from helpers import TOL, OpCase, assert_close
 
 from effattn.ops.agent_attention import agent_attention
 
 
-class Case(NamedTuple):
-    b: int
-    t: int
-    h: int
-    k: int
-    v: int
-    n: int
-    h0: bool
-    seg: bool
-    chunk: int = 64
-
-    def __str__(self):
-        return (
-            f'B{self.b}-T{self.t}-H{self.h}-K{self.k}-V{self.v}-n{self.n}'
-            f'{"-h0" if self.h0 else ""}{"-seg" if self.seg else ""}-C{self.chunk}'
-        )
+class Case(OpCase):
+    """Cases use b, t, h, k, v, n (the number of agents, an int), h0, seg and chunk."""
+    id_tail = ('chunk',)
 
 
 CASES = [

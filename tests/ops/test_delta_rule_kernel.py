@@ -8,13 +8,12 @@ beta in (0, 1), gates g = logsigmoid(x) / n.
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import TOL, assert_close, assert_matches_oracle, upcast
+from helpers import TOL, OpCase, assert_close, assert_matches_oracle, upcast
 
 from effattn.ops.common.triangular import unit_lower_inverse
 from effattn.ops.delta_rule import delta_rule
@@ -28,21 +27,10 @@ from effattn.ops.gated_delta_rule.pallas import KernelConfig, kernel_gated_delta
 ON_GPU = jax.default_backend() == 'gpu'
 
 
-class Case(NamedTuple):
-    b: int
-    t: int
-    h: int
-    k: int
-    v: int
-    n: float | None  # gate g = logsigmoid(x) / n; None: no gate (DeltaNet)
-    h0: bool
-    chunk: int = 64
-    dtype: str = 'float32'
-
-    def __str__(self):
-        gate = 'nogate' if self.n is None else f'n{self.n:g}'
-        return (f'B{self.b}-T{self.t}-H{self.h}-K{self.k}-V{self.v}-{gate}'
-                f'{"-h0" if self.h0 else ""}-C{self.chunk}-{self.dtype}')
+class Case(OpCase):
+    """Cases use b, t, h, k, v, n (None: no gate, DeltaNet), h0, chunk and dtype."""
+    id_tail = ('chunk', 'dtype')
+    no_gate_id = '-nogate'
 
 
 CASES = [

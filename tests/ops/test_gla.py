@@ -1,7 +1,6 @@
 """GLA: recurrent and chunk against the fp32 naive step loop (outputs, final state and all gradients)."""
 from __future__ import annotations
 
-import dataclasses
 import functools
 import importlib
 
@@ -11,29 +10,19 @@ import numpy as np
 import pytest
 
 from effattn.ops.gla import _auto_order, gla
-from helpers import TOL, assert_close
+from helpers import TOL, OpCase, assert_close
 
 IMPLS = ['recurrent', 'chunk']
 
 
-@dataclasses.dataclass(frozen=True)
-class Case:
-  b: int
-  t: int
-  h: int
-  k: int
-  v: int
-  n: float = 1.0            # gate temperature: g = logsigmoid(x) / n
-  h0: bool = False
-  packed: bool = False
-  chunk_size: int = 64
+class Case(OpCase):
+  """Cases use b, t, h, k, v, n (always set), h0, seg (packed segment_ids, '-packed' in the id) and chunk;
+  '-C{chunk}' ends the id where chunk != 64."""
+  seg_id = '-packed'
 
   @property
   def id(self):
-    s = f'B{self.b}-T{self.t}-H{self.h}-K{self.k}-V{self.v}-n{self.n:g}'
-    s += '-h0' if self.h0 else ''
-    s += '-packed' if self.packed else ''
-    return s + (f'-C{self.chunk_size}' if self.chunk_size != 64 else '')
+    return str(self) + (f'-C{self.chunk}' if self.chunk != 64 else '')
 
 
 def _segments(b, t):
@@ -51,7 +40,7 @@ def _inputs(c: Case, seed=0):
   q, k, v = f(c.b, c.t, c.h, c.k), f(c.b, c.t, c.h, c.k), f(c.b, c.t, c.h, c.v)
   g = jax.nn.log_sigmoid(f(c.b, c.t, c.h, c.k)) / c.n
   h0 = f(c.b, c.h, c.k, c.v) if c.h0 else None
-  seg = _segments(c.b, c.t) if c.packed else None
+  seg = _segments(c.b, c.t) if c.seg else None
   do, dht = f(c.b, c.t, c.h, c.v), f(c.b, c.h, c.k, c.v)
   return (q, k, v, g, h0), seg, do, dht
 
@@ -75,7 +64,7 @@ def _reference(c: Case):
 
 def _assert_matches_naive(c: Case, impl: str):
   args, seg, do, dht = _inputs(c)
-  o, ht, grads = _fwd_bwd(args, seg, do, dht, impl=impl, chunk_size=c.chunk_size)
+  o, ht, grads = _fwd_bwd(args, seg, do, dht, impl=impl, chunk_size=c.chunk)
   o_ref, ht_ref, grads_ref = _reference(c)
   tol = TOL['float32']
   assert_close('o', o, o_ref, tol)
@@ -88,10 +77,10 @@ def _assert_matches_naive(c: Case, impl: str):
 
 
 CASES = [
-    Case(2, 63, 2, 48, 60),
-    Case(2, 1, 2, 48, 60, h0=True),
+    Case(2, 63, 2, 48, 60, n=1.0),
+    Case(2, 1, 2, 48, 60, n=1.0, h0=True),
     *[Case(1, 130, 2, 48, 60, n=n, h0=True) for n in (0.1, 1.0, 16.0)],
-    *[Case(2, 130, 1, 32, 16, n=n, h0=True, packed=True) for n in (0.1, 1.0)],
+    *[Case(2, 130, 1, 32, 16, n=n, h0=True, seg=True) for n in (0.1, 1.0)],
 ]
 
 
@@ -101,7 +90,7 @@ def test_matches_naive(case, impl):
   _assert_matches_naive(case, impl)
 
 
-@pytest.mark.parametrize('case', [Case(2, 130, 1, 32, 16, n=1.0, h0=True, packed=True, chunk_size=cs)
+@pytest.mark.parametrize('case', [Case(2, 130, 1, 32, 16, n=1.0, h0=True, seg=True, chunk=cs)
                                   for cs in (16, 32)], ids=lambda c: c.id)
 def test_chunk_sizes(case):
   _assert_matches_naive(case, 'chunk')
@@ -148,7 +137,7 @@ def test_long_bf16_extreme_gates_finite():
 
 
 def test_final_state_only_when_asked():
-  (q, k, v, g, _), _, _, _ = _inputs(Case(1, 1, 1, 8, 8))
+  (q, k, v, g, _), _, _, _ = _inputs(Case(1, 1, 1, 8, 8, n=1.0))
   assert gla(q, k, v, g, impl='recurrent')[1] is None
 
 
@@ -161,14 +150,14 @@ def test_auto_order(monkeypatch):
 
 
 def test_bad_impl():
-  (q, k, v, g, _), _, _, _ = _inputs(Case(1, 1, 1, 8, 8))
+  (q, k, v, g, _), _, _, _ = _inputs(Case(1, 1, 1, 8, 8, n=1.0))
   with pytest.raises(ValueError, match='naive'):
     gla(q, k, v, g, impl='flash')
 
 
 @pytest.mark.parametrize('name', ['k', 'v', 'g', 'initial_state', 'segment_ids'])
 def test_wrong_shape_names_argument(name):
-  (q, k, v, g, _), _, _, _ = _inputs(Case(1, 4, 2, 8, 6))
+  (q, k, v, g, _), _, _, _ = _inputs(Case(1, 4, 2, 8, 6, n=1.0))
   kw = dict(k=k, v=v, g=g, initial_state=jnp.zeros((1, 2, 8, 6)), segment_ids=jnp.ones((1, 4), jnp.int32))
   kw[name] = jnp.zeros((3, 5, 7) if name != 'initial_state' else (1, 2, 8, 7))
   with pytest.raises(ValueError, match=name):
