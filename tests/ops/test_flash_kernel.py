@@ -336,11 +336,11 @@ def test_sigmoid_kernel_takes_the_mosaic_forward_and_the_triton_backward(monkeyp
         grad = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 3)))  # value: keeps the forward
         return grad.trace(q, q, q, jnp.float32(-1.0)).lower(lowering_platforms=('cuda',)).as_text()
 
-    text = lowered(DEFAULT_CONFIG)
+    mosaic = dataclasses.replace(DEFAULT_CONFIG, sigmoid_forward='mosaic')
+    text = lowered(mosaic)
     assert text.count('custom_call @mosaic_gpu') == 1
     assert 'sigmoid_attention_fwd' not in text and 'sigmoid_attention_bwd_dkv' in text
-    for text in (lowered(dataclasses.replace(DEFAULT_CONFIG, sigmoid_forward='triton')),
-                 lowered(DEFAULT_CONFIG, window=64)):
+    for text in (lowered(dataclasses.replace(DEFAULT_CONFIG, sigmoid_forward='triton')), lowered(mosaic, window=64)):
         assert 'mosaic_gpu' not in text and 'sigmoid_attention_fwd' in text
 
 

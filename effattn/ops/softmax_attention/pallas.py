@@ -73,8 +73,8 @@ class KernelConfig:
     sigmoid_math: str = 'rcp'
     # sigmoid forward on Hopper (sm_90) GPUs: 'mosaic' (sigmoid_attention/mosaic_gpu.py, warp-specialised, where it
     # applies: bf16/fp16, head dims 64 or 128, no window; else this Triton kernel) or 'triton'. The backward
-    # is this file's either way.
-    sigmoid_forward: str = 'mosaic'
+    # is this file's either way. 'triton' stays the default until the Mosaic forward has run on a GPU.
+    sigmoid_forward: str = 'triton'
 
 
 DEFAULT_CONFIG = KernelConfig()
