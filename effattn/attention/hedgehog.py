@@ -197,16 +197,8 @@ class HedgehogAttention(SoftmaxAttention):
     def init_cache(self, batch_size: int, max_len: int):
         shape = (batch_size, self.num_heads, self.feature_dim, self.head_dim + 1)
         cache = {'state': jnp.zeros(shape, jnp.float32)}
-        if self.window:
-            cache['kv'] = kv_cache.init_kv_cache(
-                batch_size,
-                max_len,
-                self.num_kv_heads,
-                self.head_dim,
-                self.head_dim,
-                self.dtype,
-                window=self.window,
-            )
+        if self.window:  # the softmax kind's ring buffer of the last w keys/values (sinks are 0)
+            cache['kv'] = super().init_cache(batch_size, max_len)
         return cache
 
     def decode(self, x: jax.Array, cache, position: jax.Array):
