@@ -9,6 +9,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from effattn.ops.common.recurrence import fp32_inputs
+
 _HI = jax.lax.Precision.HIGHEST
 
 
@@ -16,18 +18,16 @@ def naive_gated_delta_rule(q, k, v, g, beta, *, scale, initial_state, segment_id
     """Returns (o, final_state); chunk_size is ignored."""
     del chunk_size
     b, t, h, dk = q.shape
-    dv = v.shape[-1]
     f32 = jnp.float32
     out_dtype = q.dtype
-    q = q.astype(f32) * scale
-    k, v, beta = k.astype(f32), v.astype(f32), beta.astype(f32)
+    q, k, v, s0 = fp32_inputs(q, k, v, scale=scale, initial_state=initial_state)
+    beta = beta.astype(f32)
     alpha = jnp.ones((b, t, h), f32) if g is None else jnp.exp(g.astype(f32))
     if segment_ids is None:
         reset = jnp.zeros((b, t), bool)
     else:
         change = segment_ids[:, 1:] != segment_ids[:, :-1]
         reset = jnp.concatenate([jnp.zeros((b, 1), bool), change], 1)
-    s0 = jnp.zeros((b, h, dk, dv), f32) if initial_state is None else initial_state.astype(f32)
     eye = jnp.eye(dk, dtype=f32)
 
     def step(s, x):

@@ -8,19 +8,18 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from effattn.ops.common.recurrence import fp32_inputs
+
 
 def recurrent_gated_delta_rule(q, k, v, g, beta, *, scale, initial_state, segment_ids,
                                chunk_size=None):
     """Returns (o, final_state); chunk_size is ignored."""
     del chunk_size
-    b, t, h, dk = q.shape
-    dv = v.shape[-1]
+    b = q.shape[0]
     f32 = jnp.float32
     out_dtype = q.dtype
-    q = q.astype(f32) * scale
-    k, v, beta = k.astype(f32), v.astype(f32), beta.astype(f32)
-    s0 = jnp.zeros((b, h, dk, dv), f32) if initial_state is None else initial_state.astype(f32)
-    xs = {'q': q, 'k': k, 'v': v, 'beta': beta}
+    q, k, v, s0 = fp32_inputs(q, k, v, scale=scale, initial_state=initial_state)
+    xs = {'q': q, 'k': k, 'v': v, 'beta': beta.astype(f32)}
     if g is not None:
         xs['g'] = g.astype(f32)
     if segment_ids is not None:

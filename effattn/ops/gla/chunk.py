@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from effattn.ops.common.chunking import pad_segment_ids, pad_to_multiple
+from effattn.ops.common.recurrence import fp32_inputs
 from effattn.ops.gla._segments import segment_numbers
 
 _SUB = 16
@@ -256,12 +257,10 @@ def gla_chunk(q, k, v, g, *, scale: float, initial_state=None, segment_ids=None,
 
   T is padded up to a multiple of chunk_size with k = v = 0, g = 0 (the state passes the padding unchanged).
   """
-  b, t, h, dk = q.shape
-  dv = v.shape[-1]
+  b, t = q.shape[:2]
   dtype = q.dtype
-  q = q.astype(jnp.float32) * scale
-  k, v, g = (x.astype(jnp.float32) for x in (k, v, g))
-  h0 = jnp.zeros((b, h, dk, dv), jnp.float32) if initial_state is None else initial_state.astype(jnp.float32)
+  q, k, v, h0 = fp32_inputs(q, k, v, scale=scale, initial_state=initial_state)
+  g = g.astype(jnp.float32)
   nums = pad_segment_ids(segment_numbers(segment_ids, b, t), chunk_size)
   q, k, v, g = (pad_to_multiple(x, chunk_size) for x in (q, k, v, g))
   o, h_t = _gla_chunk_core(q, k, v, g, h0, nums, chunk_size)

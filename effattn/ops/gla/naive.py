@@ -7,6 +7,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from effattn.ops.common.recurrence import fp32_inputs
 from effattn.ops.gla._segments import segment_resets
 
 _HI = jax.lax.Precision.HIGHEST
@@ -14,12 +15,10 @@ _HI = jax.lax.Precision.HIGHEST
 
 def gla_naive(q, k, v, g, *, scale: float, initial_state=None, segment_ids=None):
   """Returns (o [B,T,H,V] in q's dtype, final state [B,H,K,V] fp32)."""
-  b, t, h, dk = q.shape
-  dv = v.shape[-1]
+  b, t = q.shape[:2]
   dtype = q.dtype
-  q = q.astype(jnp.float32) * scale
-  k, v, g = (x.astype(jnp.float32) for x in (k, v, g))
-  s0 = jnp.zeros((b, h, dk, dv), jnp.float32) if initial_state is None else initial_state.astype(jnp.float32)
+  q, k, v, s0 = fp32_inputs(q, k, v, scale=scale, initial_state=initial_state)
+  g = g.astype(jnp.float32)
   resets = jnp.zeros((b, t), bool) if segment_ids is None else segment_resets(segment_ids)
 
   def step(s, i):
