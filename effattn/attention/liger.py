@@ -110,8 +110,10 @@ class LigerGLAAttention(SoftmaxAttention):
     def init_cache(self, batch_size: int, max_len: int):
         d = self.head_dim
         cache = {'state': jnp.zeros((batch_size, self.num_heads, d, d), jnp.float32)}
-        if self.window:  # the softmax kind's ring buffer of the last w keys/values (sinks are 0)
-            cache['kv'] = super().init_cache(batch_size, max_len)
+        if self.window:
+            cache['kv'] = kv_cache.init_kv_cache(
+                batch_size, max_len, self.num_kv_heads, d, d, self.dtype, window=self.window
+            )
         return cache
 
     def decode(self, x: jax.Array, cache, position: jax.Array):
