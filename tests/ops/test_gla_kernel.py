@@ -63,8 +63,10 @@ def test_matches_naive(case):
 @pytest.mark.parametrize('n', [0.1, 1])
 def test_chunk_32_and_small_tiles(n):
   """config.chunk = 32 (two sub-blocks, in fp32 too); several value tiles in the forward, several key tiles in
-  the dq and dk sweeps and value tiles in the dv sweeps."""
-  cfg = KernelConfig(chunk=32, chunk_fp32=32, block_v=16, block_k_dq=16, block_k_dk=16, block_v_bwd=16)
+  the dq and dk sweeps and value tiles in the dv sweeps; the intra kernels over 16-channel slices of Kp = 64
+  (the default at Kp <= 64 takes all channels in one step)."""
+  cfg = KernelConfig(chunk=32, chunk_fp32=32, block_v=16, block_k_dq=16, block_k_dk=16, block_v_bwd=16,
+                     intra_width=16, intra_width_bwd=16)
   _check(Case(1, 70, 1, 48, 40, n=n, h0=True), functools.partial(kernel_gla, config=cfg))
 
 

@@ -196,12 +196,13 @@ def intra_a(q, k, g, ctx, cfg, interpret):
   b, tp, h, kp = q.shape
   cs = _chunk_spec(ctx, kp)
   fac = jax.ShapeDtypeStruct((b, tp, h, kp), ctx.dt)
+  width, stages = cfg.intra_fwd_for(kp)
   return pl.pallas_call(
-      functools.partial(_fwd_kernel, ctx=ctx, width=cfg.intra_width), grid=(b, h, tp // SUB),
+      functools.partial(_fwd_kernel, ctx=ctx, width=width), grid=(b, h, tp // SUB),
       in_specs=[cs, cs, cs], out_specs=[_sub_spec(ctx.chunk), _sub_spec(kp), _sub_spec(kp)],
       out_shape=[jax.ShapeDtypeStruct((b, tp, h, ctx.chunk), ctx.dt), fac, fac], interpret=interpret,
       name='gla_intra_fwd',
-      **_params(interpret, ctx, cfg.num_warps_intra, cfg.num_stages_intra))(q, k, g)
+      **_params(interpret, ctx, cfg.num_warps_intra, stages))(q, k, g)
 
 
 def intra_grads(q, k, g, v, do, ctx, cfg, interpret):
@@ -213,7 +214,8 @@ def intra_grads(q, k, g, v, do, ctx, cfg, interpret):
   shape = jax.ShapeDtypeStruct((b, tp, h, kp), F32)
   fac = jax.ShapeDtypeStruct((b, tp, h, kp), ctx.dt)
   return pl.pallas_call(
-      functools.partial(_bwd_kernel, ctx=ctx, precise=cfg.precise_dg, width=cfg.intra_width_bwd), grid=(b, h, tp // SUB),
+      functools.partial(_bwd_kernel, ctx=ctx, precise=cfg.precise_dg, width=cfg.intra_width_bwd_for(kp)),
+      grid=(b, h, tp // SUB),
       in_specs=[cs, cs, cs, cv, cv], out_specs=[out] * 5, out_shape=[shape, shape, shape, fac, fac],
       interpret=interpret, name='gla_intra_bwd',
       **_params(interpret, ctx, cfg.num_warps_intra_bwd, cfg.num_stages_intra_bwd))(q, k, g, v, do)

@@ -80,11 +80,12 @@ class KernelConfig:
   num_warps: int = 8         # forward sweep
   num_stages: int = 3
   num_warps_intra: int = 2   # forward intra kernel (one program per 16-row block)
-  num_stages_intra: int = 2
+  num_stages_intra: int | None = None  # None: by head dim (intra_fwd_for)
   num_warps_intra_bwd: int = 4  # backward intra kernel
   num_stages_intra_bwd: int = 2
-  intra_width: int = 16      # forward intra kernel: key channels per step ([16, 8, width] fp32 pairwise tiles)
-  intra_width_bwd: int = 32  # backward intra kernel: the same
+  intra_width: int | None = None      # forward intra kernel: key channels per step ([16, 8, width] fp32 pairwise
+                                      # tiles); None: by head dim (intra_fwd_for)
+  intra_width_bwd: int | None = None  # backward intra kernel: the same (intra_width_bwd_for)
   block_k_dq: int = 64       # backward dq sweeps: key-tile width
   block_k_dk: int = 32       # backward dk sweeps: key-tile width (64 spills ~270 bytes at 8 warps: fp32 [bk, V] dS)
   block_v_bwd: int = 64      # backward dv sweeps: value-tile width
@@ -98,6 +99,17 @@ class KernelConfig:
   # segment states of the split: 'xla' or 'kernel' (common/block_states.py: 2.3x slower here on the H200, its
   # per-channel [C, K] decay sums run in every chunk step; simple_gla's scalar form uses it)
   split_states: str = 'xla'
+
+  # The intra kernels' key-channel widths by padded head dim Kp, where left None. Timed on the H200 (bf16): at
+  # K = 128 (B=4 T=4096 H=16) 16 channels per forward step and 32 per backward step (above); at K <= 64 all the
+  # channels in one step, forward at 1 stage: at the LM's shape (B=8 T=8192 H=12 K=64) forward 1.794 -> 1.684 ms,
+  # forward+backward 6.563 -> 5.639 ms (benchmarks/results/gla_lm_shape_widths_2026-12-03.json).
+  def intra_fwd_for(self, kp: int) -> tuple[int, int]:
+    """(key channels per step, pipeline stages) of the forward intra kernel."""
+    return self.intra_width or (kp if kp <= 64 else 16), self.num_stages_intra or (1 if kp <= 64 else 2)
+
+  def intra_width_bwd_for(self, kp: int) -> int:
+    return self.intra_width_bwd or (kp if kp <= 64 else 32)
 
 
 DEFAULT_CONFIG = KernelConfig()

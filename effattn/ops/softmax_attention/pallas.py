@@ -72,9 +72,11 @@ class KernelConfig:
     # (interpret mode models 'newton' and 'f16x2' with jnp ops so that their error is tested on CPU).
     sigmoid_math: str = 'rcp'
     # sigmoid forward on Hopper (sm_90) GPUs: 'mosaic' (sigmoid_attention/mosaic_gpu.py, warp-specialised, where it
-    # applies: bf16/fp16, head dims 64 or 128, no window; else this Triton kernel) or 'triton'. The backward
-    # is this file's either way. 'triton' stays the default until the Mosaic forward has run on a GPU.
-    sigmoid_forward: str = 'triton'
+    # applies: bf16, head dims 64 or 128, no window; else this Triton kernel) or 'triton'. The backward is this
+    # file's either way. H200, bf16, causal, forward ms, Mosaic / Triton / cuDNN softmax: B=4 T=4096 H=16 D=128
+    # 0.584 / 0.646 / 0.569; B=2 T=8192 1.088 / 1.194 / 1.048; B=8 T=8192 H=12 D=64 2.477 / 2.550 / 1.959
+    # (benchmarks/results/sigmoid_mosaic_probe_2026-12-03.json).
+    sigmoid_forward: str = 'mosaic'
 
 
 DEFAULT_CONFIG = KernelConfig()

@@ -1,0 +1,82 @@
+"""GPU timing of the sigmoid attention forwards: the Mosaic GPU kernel (ops/sigmoid_attention/mosaic_gpu.py), the
+Triton flash kernel (ops/softmax_attention/pallas.py) and cuDNN's softmax attention, forward and forward+backward
+(the backward is the Triton kernel's for both sigmoid forwards), bf16, plus the relative RMS difference of the two
+sigmoid outputs and, at the first shape, a few MosaicConfig settings. Median ms of batched calls (timing.py).
+Hopper GPUs only (WGMMA).
+
+  python benchmarks/sigmoid_forwards.py --out benchmarks/results/sigmoid_forwards.json
+"""
+import argparse
+import dataclasses
+import json
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from timing import time_calls  # noqa: E402
+
+from effattn.ops.sigmoid_attention import mosaic_gpu  # noqa: E402
+from effattn.ops.softmax_attention.pallas import DEFAULT_CONFIG, flash_attention  # noqa: E402
+
+SHAPES = ((4, 4096, 16, 128, True), (2, 8192, 16, 128, True), (4, 4096, 16, 128, False), (8, 8192, 12, 64, True))
+MOSAIC_CONFIGS = (mosaic_gpu.MosaicConfig(longest_first=False), mosaic_gpu.MosaicConfig(max_concurrent_steps=3),
+                  mosaic_gpu.MosaicConfig(block_kv=64), mosaic_gpu.MosaicConfig(block_kv=64, max_concurrent_steps=4))
+
+
+def ms(f, *args):
+    return round(1e3 * time_calls(lambda: f(*args), jax.block_until_ready), 3)
+
+
+def bench(b, t, h, d, causal, bias=-8.3, sweep=False):
+    ks = jax.random.split(jax.random.PRNGKey(0), 4)
+    q, k, v, do = (jax.random.normal(kk, (b, t, h, d), jnp.bfloat16) for kk in ks)
+    bias = jnp.float32(bias)
+
+    def sigmoid(forward):
+        cfg = dataclasses.replace(DEFAULT_CONFIG, sigmoid_forward=forward)
+        return lambda q, k, v: flash_attention(q, k, v, score='sigmoid', causal=causal, scale=d ** -0.5,
+                                               window=None, bias=bias, config=cfg)
+    fns = {'mosaic': sigmoid('mosaic'), 'triton': sigmoid('triton'),
+           'cudnn': lambda q, k, v: jax.nn.dot_product_attention(q, k, v, is_causal=causal, implementation='cudnn')}
+    row = {'shape': [b, t, h, d], 'causal': causal,
+           'mosaic_unsupported': mosaic_gpu.unsupported_reason(q, k, v, window=None, tp=t)}
+    outs = {}
+    for name, f in fns.items():
+        try:
+            fwd = jax.jit(f)
+            outs[name] = fwd(q, k, v)
+            row[name + '_fwd'] = ms(fwd, q, k, v)
+            loss = lambda q, k, v: jnp.sum(f(q, k, v).astype(jnp.float32) * do.astype(jnp.float32))
+            row[name + '_fwdbwd'] = ms(jax.jit(jax.grad(loss, argnums=(0, 1, 2))), q, k, v)
+        except Exception as e:  # noqa: BLE001  (report and go on)
+            row[name] = f'{type(e).__name__}: {str(e)[:400]}'
+    if 'mosaic' in outs and 'triton' in outs:
+        a, r = outs['mosaic'].astype(jnp.float32), outs['triton'].astype(jnp.float32)
+        row['rel_rms_mosaic_vs_triton'] = float(jnp.sqrt(jnp.mean((a - r) ** 2) / jnp.mean(r ** 2)))
+    for mc in MOSAIC_CONFIGS if sweep else ():
+        try:
+            row[str(mc)] = ms(jax.jit(lambda q, k, v: mosaic_gpu.sigmoid_forward(
+                q, k, v, bias, causal=causal, scale=d ** -0.5, config=mc)), q, k, v)
+        except Exception as e:  # noqa: BLE001
+            row[str(mc)] = f'{type(e).__name__}: {str(e)[:300]}'
+    return row
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--out', default=None, help='also write the rows as JSON')
+    a = p.parse_args(argv)
+    rows = []
+    for i, shape in enumerate(SHAPES):
+        rows.append(bench(*shape, sweep=i == 0))
+        print(rows[-1], flush=True)
+    if a.out:
+        with open(a.out, 'w') as f:
+            json.dump({'device': jax.devices()[0].device_kind, 'jax': jax.__version__, 'rows': rows}, f, indent=1)
+
+
+if __name__ == '__main__':
+    main()
