@@ -1,7 +1,7 @@
 """GPU timing of the sigmoid attention forwards: the Mosaic GPU kernel (ops/sigmoid_attention/mosaic_gpu.py), the
 Triton flash kernel (ops/softmax_attention/pallas.py) and cuDNN's softmax attention, forward and forward+backward
 (the backward is the Triton kernel's for both sigmoid forwards), bf16, plus the relative RMS difference of the two
-sigmoid outputs and, at the first shape, a few MosaicConfig settings. Median ms of batched calls (timing.py).
+sigmoid outputs and, at two shapes, a few MosaicConfig settings. Median ms of batched calls (timing.py).
 Hopper GPUs only (WGMMA).
 
   python benchmarks/sigmoid_forwards.py --out benchmarks/results/sigmoid_forwards.json
@@ -22,8 +22,10 @@ from effattn.ops.sigmoid_attention import mosaic_gpu  # noqa: E402
 from effattn.ops.softmax_attention.pallas import DEFAULT_CONFIG, flash_attention  # noqa: E402
 
 SHAPES = ((4, 4096, 16, 128, True), (2, 8192, 16, 128, True), (4, 4096, 16, 128, False), (8, 8192, 12, 64, True))
-MOSAIC_CONFIGS = (mosaic_gpu.MosaicConfig(longest_first=False), mosaic_gpu.MosaicConfig(max_concurrent_steps=3),
-                  mosaic_gpu.MosaicConfig(block_kv=64), mosaic_gpu.MosaicConfig(block_kv=64, max_concurrent_steps=4))
+MC = mosaic_gpu.MosaicConfig
+MOSAIC_CONFIGS = (MC(longest_first=False), MC(max_concurrent_steps=3), MC(block_kv=64),
+                  MC(block_kv=64, max_concurrent_steps=4), MC(reciprocal='newton'), MC(block_kv=256))
+SWEEP_AT = (0, 3)  # shapes (indices into SHAPES) at which MOSAIC_CONFIGS are timed too
 
 
 def ms(f, *args):
@@ -71,7 +73,7 @@ def main(argv=None):
     a = p.parse_args(argv)
     rows = []
     for i, shape in enumerate(SHAPES):
-        rows.append(bench(*shape, sweep=i == 0))
+        rows.append(bench(*shape, sweep=i in SWEEP_AT))
         print(rows[-1], flush=True)
     if a.out:
         with open(a.out, 'w') as f:

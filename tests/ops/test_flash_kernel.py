@@ -313,12 +313,15 @@ def test_long_bf16_finite(score):
         assert bool(jnp.all(jnp.isfinite(a.astype(jnp.float32))))
 
 
-@pytest.mark.parametrize('causal, d, h, hkv, dtype', [(True, 128, 2, 2, 'bfloat16'), (False, 64, 4, 1, 'float16')])
-def test_mosaic_sigmoid_forward_lowers_for_cuda(causal, d, h, hkv, dtype):
+@pytest.mark.parametrize('causal, d, h, hkv, dtype, reciprocal', [(True, 128, 2, 2, 'bfloat16', 'approx'),
+                                                                   (False, 64, 4, 1, 'float16', 'approx'),
+                                                                   (True, 64, 2, 2, 'bfloat16', 'newton')])
+def test_mosaic_sigmoid_forward_lowers_for_cuda(causal, d, h, hkv, dtype, reciprocal):
     """The Mosaic GPU forward lowers (cross-platform, no GPU needed): catches layouts, barriers or primitives
     that its lowering rejects; its numerics are checked by the GPU cases above."""
     q, k = jnp.zeros((1, 512, h, d), dtype), jnp.zeros((1, 512, hkv, d), dtype)
-    fwd = functools.partial(mosaic_gpu.sigmoid_forward, causal=causal, scale=0.1)
+    config = mosaic_gpu.MosaicConfig(reciprocal=reciprocal)
+    fwd = functools.partial(mosaic_gpu.sigmoid_forward, causal=causal, scale=0.1, config=config)
     text = jax.jit(fwd).trace(q, k, k, jnp.float32(-1.0)).lower(lowering_platforms=('cuda',)).as_text()
     assert text.count('custom_call @mosaic_gpu') == 1
 
@@ -350,3 +353,7 @@ def test_unknown_sigmoid_forward_raises():
     with pytest.raises(ValueError, match='sigmoid_forward'):
         flash_attention(q, k, v, score='sigmoid', causal=True, scale=0.1, window=None,
                         config=dataclasses.replace(SMALL, sigmoid_forward='cuda'))
+    q = jnp.zeros((1, 256, 1, 64), jnp.bfloat16)
+    with pytest.raises(ValueError, match='reciprocal'):
+        mosaic_gpu.sigmoid_forward(q, q, q, 0.0, causal=True, scale=0.1,
+                                   config=mosaic_gpu.MosaicConfig(reciprocal='fast'))

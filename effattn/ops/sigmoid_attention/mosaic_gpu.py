@@ -38,6 +38,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from effattn.ops.softmax_attention.pallas import _rcp_newton
+
 _LOG2E = math.log2(math.e)
 
 
@@ -47,6 +49,11 @@ class MosaicConfig:
     block_kv: int = 128  # keys per pipeline step
     max_concurrent_steps: int = 2  # K, V slots in shared memory
     longest_first: bool = True  # causal: launch the query tiles with the most keys first
+    # 1 / (1 + 2^a): 'approx' (the MUFU reciprocal: two MUFU ops per score with the exp2) or 'newton' (FMA-pipe
+    # Newton steps from a bit-trick guess, softmax_attention/pallas.py's _rcp_newton: one MUFU op per score, as
+    # softmax). Not yet timed here: in the Triton kernel 'newton' lost (instruction-bound), but this schedule
+    # overlaps the score math with the dots, which may leave the MUFU pipe the limit.
+    reciprocal: str = 'approx'
 
 
 def unsupported_reason(q, k, v, *, window, tp: int, config: MosaicConfig = MosaicConfig()) -> str | None:
@@ -87,6 +94,8 @@ def sigmoid_forward(q, k, v, bias, *, causal: bool, scale: float, config: Mosaic
     import jax.experimental.pallas as pl
     import jax.experimental.pallas.mosaic_gpu as plgpu
 
+    if config.reciprocal not in ('approx', 'newton'):
+        raise ValueError(f"MosaicConfig.reciprocal must be 'approx' or 'newton'; got {config.reciprocal!r}")
     b, t, h, d = q.shape
     hkv = k.shape[2]
     groups = h // hkv
@@ -153,7 +162,11 @@ def sigmoid_forward(q, k, v, bias, *, causal: bool, scale: float, config: Mosaic
                 qk = pl.run_scoped(compute_qk, plgpu.ACC((block_q, block_kv), jnp.float32))
                 plgpu.barrier_arrive(k_consumed.at[slot])
                 # approx_math: ex2.approx and a fast reciprocal
-                p = 1.0 / (1.0 + jnp.exp2(qk * c + lax.broadcast_in_dim(nb, qk.shape, [0])))
+                x = 1.0 + jnp.exp2(qk * c + lax.broadcast_in_dim(nb, qk.shape, [0]))
+                if config.reciprocal == 'newton':
+                    p = _rcp_newton(jnp.minimum(x, 2.0 ** 126))  # finite: 1 / 2^126 is 0 in bf16 anyway
+                else:
+                    p = 1.0 / x
                 if masked:
                     rows = plgpu.broadcasted_iota(jnp.int32, (block_q, block_kv), 0, layout=plgpu.Layout.WGMMA)
                     cols = plgpu.broadcasted_iota(jnp.int32, (block_q, block_kv), 1, layout=plgpu.Layout.WGMMA)
