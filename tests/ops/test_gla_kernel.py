@@ -44,6 +44,7 @@ GPU_CASES = [
     Case(1, 1000, 3, 128, 128, n=0.1, h0=True, dtype='bfloat16'),
     Case(1, 1000, 2, 128, 64, n=16, h0=True, dtype='bfloat16'),
     Case(1, 777, 2, 128, 128, n=0.1, h0=True),
+    Case(2, 1000, 3, 64, 64, n=1, h0=True, dtype='bfloat16'),  # K <= 64: the intra kernels in one channel step
 ]
 
 
