@@ -261,7 +261,8 @@ FLASH_BWD_CONFIGS = ((64, 64, 8, 2), (64, 64, 4, 2), (64, 64, 4, 3), (64, 128, 8
 
 
 def tune_flash(op: str, shape, budget_s: float, window: int, log) -> tuple[object, list[dict]]:
-  """Times flash-kernel configurations (block_q, block_k, warps, stages) of sigmoid or windowed softmax."""
+  """Times flash-kernel configurations (block_q, block_k, warps, stages) of sigmoid or windowed softmax. For
+  sigmoid the default (the Mosaic GPU forward on Hopper) competes with Triton-forward configurations."""
   from effattn.ops.softmax_attention import pallas as flash
   x, do = jax_inputs('softmax', *shape)
   start, rows = time.perf_counter(), []
@@ -284,14 +285,16 @@ def tune_flash(op: str, shape, budget_s: float, window: int, log) -> tuple[objec
     return ms
 
   best = (run(flash.DEFAULT_CONFIG, 'fwd'), flash.DEFAULT_CONFIG)
-  if score == 'sigmoid':  # the score's math first (MUFU ops per score), at the default tiles
-    for math in ('newton', 'f16x2', 'ieee'):
-      cfg = dataclasses.replace(flash.DEFAULT_CONFIG, sigmoid_math=math)
+  triton = dataclasses.replace(flash.DEFAULT_CONFIG, sigmoid_forward='triton')  # the tiles below are Triton's
+  if score == 'sigmoid':  # the Triton forward, then the score's math (MUFU ops per score), at the default tiles
+    for math in ('rcp', 'newton', 'f16x2', 'ieee'):
+      cfg = dataclasses.replace(triton, sigmoid_math=math)
       ms = run(cfg, 'fwd')
       if ms is not None and (best[0] is None or ms < best[0]):
         best = (ms, cfg)
+  tiles_from = best[1] if best[1].sigmoid_forward == 'triton' else triton
   for bq, bk, w, st in FLASH_FWD_CONFIGS:
-    cfg = dataclasses.replace(best[1], block_q=bq, block_k=bk, num_warps=w, num_stages=st)
+    cfg = dataclasses.replace(tiles_from, block_q=bq, block_k=bk, num_warps=w, num_stages=st)
     ms = run(cfg, 'fwd')
     if ms is not None and (best[0] is None or ms < best[0]):
       best = (ms, cfg)
