@@ -67,7 +67,7 @@ def unsupported_reason(q, k, v, *, window, tp: int, config: MosaicConfig = Mosai
         import jax.experimental.pallas.mosaic_gpu as plgpu
     except ImportError as e:
         return f'no Mosaic GPU ({e})'
-    if not all(hasattr(plgpu, n) for n in ('kernel', 'wgmma', 'emit_pipeline_warp_specialized', 'Layout')):
+    if not all(hasattr(plgpu, n) for n in ('kernel', 'wgmma', 'copy_gmem_to_smem', 'set_max_registers', 'Layout')):
         return f'this jax ({jax.__version__}) lacks the Mosaic GPU API used here'
     if window is not None:
         return 'windowed'
