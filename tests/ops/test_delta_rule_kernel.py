@@ -165,6 +165,25 @@ def test_split_o(dtype):
     assert_close('final_state', ht, ht_ref, TOL[dtype])
 
 
+@pytest.mark.parametrize('split', [True, False], ids=['split-bwd', 'fused-bwd'])
+@pytest.mark.parametrize('n', [0.1, 1])
+def test_gate_cumsum_outside_the_kernels(split, n):
+    """KernelConfig(gate_cumsum='xla'): G computed once in XLA and read by every kernel (forward, WY, both
+    backwards) instead of per-kernel masked sums; bf16 only (fp32 inputs keep the in-kernel segsum dot)."""
+    cfg = KernelConfig(gate_cumsum='xla', bwd_split=split)
+    _check(Case(2, 70, 2, 32, 48, n=n, h0=True, chunk=32, dtype='bfloat16'),
+           functools.partial(kernel_gated_delta_rule, config=cfg))
+    x, cot = make_inputs(Case(1, 40, 1, 16, 16, n=n, h0=False, chunk=16))
+    fp32 = _run(x, cot, fn=functools.partial(kernel_gated_delta_rule, config=cfg), chunk=16)
+    default = _run(x, cot, fn=functools.partial(kernel_gated_delta_rule, config=KernelConfig(bwd_split=split)),
+                   chunk=16)
+    for a, b in zip(jax.tree.leaves(fp32), jax.tree.leaves(default)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    with pytest.raises(ValueError, match='gate_cumsum'):
+        _run(x, cot, fn=functools.partial(kernel_gated_delta_rule, config=KernelConfig(gate_cumsum='gpu')),
+             chunk=16)
+
+
 @pytest.mark.parametrize('dots', ['tf32', 'bf16'])
 def test_backward_dot_modes(dots):
     """KernelConfig.bwd_dots other than the default ('mixed', every other test): TF32 (IEEE in interpret mode)
@@ -246,3 +265,18 @@ def test_long_bf16_finite(n):
     grads, (o, ht) = jax.jit(jax.grad(loss, has_aux=True))(x)
     for a in (o, ht, *grads.values()):
         assert bool(jnp.all(jnp.isfinite(a.astype(jnp.float32))))
+
+
+@pytest.mark.parametrize('gate_cumsum', ['kernel', 'xla'])
+def test_lowers_to_triton(gate_cumsum):
+    """Forward and backward lower through Pallas' Triton lowering (cross-platform, no GPU needed): catches
+    primitives or indexing that only interpret mode accepts."""
+    cfg = KernelConfig(gate_cumsum=gate_cumsum)
+    q, g, beta = jnp.zeros((1, 64, 2, 32), jnp.bfloat16), jnp.zeros((1, 64, 2)), jnp.full((1, 64, 2), 0.5)
+
+    def loss(q, k, v, g, beta):
+        o, ht = kernel_gated_delta_rule(q, k, v, g, beta, scale=0.1, chunk_size=32, config=cfg, interpret=False)
+        return jnp.sum(o.astype(jnp.float32)) + jnp.sum(ht)
+    text = jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3, 4))).trace(q, q, q, g, beta).lower(
+        lowering_platforms=('cuda',)).as_text()
+    assert text.count('triton') >= 5  # WY, forward, state-gradient, dq/dk/dW and WY-backward kernels

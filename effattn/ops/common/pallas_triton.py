@@ -72,11 +72,19 @@ class Gates:
     costs ~10 instructions, and a chunk needs C^2 of them). Use `exp` below, not jnp.exp.
     """
 
-    def __init__(self, g, fp32: bool):
+    def __init__(self, g, fp32: bool, cumulative: bool = False):
         c = g.shape[0]
-        g = g * LOG2E
         idx = jnp.arange(c, dtype=jnp.int32)
         self.row, self.col = idx[:, None], idx[None, :]
+        if cumulative:
+            # g holds G already (the chunk-local inclusive cumsum of g log2 e, computed once outside the
+            # kernels): no [C, C] masked sums; bf16 only, as G_i - G_j cancels (see the fp32 branch below)
+            self.gi = g
+            self.gl = jnp.sum(jnp.where(idx == c - 1, g, 0.0))
+            self.rj = self.gl - g
+            self._log = g[:, None] - g[None, :]
+            return
+        g = g * LOG2E
         upto = jnp.where(self.col <= self.row, g[None, :], 0.0)  # [i, l] = g_l for l <= i
         self.gi = jnp.sum(upto, axis=1)  # G_i = sum_{l<=i} g_l
         self.rj = jnp.sum(jnp.where(self.col > self.row, g[None, :], 0.0), axis=1)  # sum_{l>j} g_l

@@ -46,9 +46,9 @@ def benchmark_parts(b, t, h, d, dtype, gated: bool = True, chunk: int = 64, conf
         interpret = jax.default_backend() != 'gpu'
     q, k, v, g, beta, do = _inputs(b, t, h, d, dtype, gated)
     scale = d ** -0.5
-    ctx = _Ctx(dtype, float(scale), chunk, gated=gated)
+    ctx = _Ctx(dtype, float(scale), chunk, gated=gated, cumulative=P.cumulative_gates(cfg, dtype, gated))
     g32 = jnp.zeros((b, t, h), F32) if g is None else g
-    gb, betab = P._gates_bht(g32), P._gates_bht(beta)
+    gb, betab = P._gate_rows(g32, ctx), P._gates_bht(beta)
 
     wy = jax.jit(lambda k, v, gb, betab: wy_kernel(k, v, gb, betab, ctx, cfg.num_warps_wy, interpret))
     w, u, tt = jax.block_until_ready(wy(k, v, gb, betab))

@@ -17,6 +17,7 @@ class _Ctx:
     scale: float
     chunk: int
     gated: bool = True  # False (DeltaNet): g is all zeros; the kernels skip the gate math and dg
+    cumulative: bool = False  # the g refs hold G, the chunk-local cumsum of g log2 e (KernelConfig.gate_cumsum)
 
     @property
     def fp32(self) -> bool:
@@ -36,7 +37,7 @@ def chunk_gates(g_ref, rows, ctx: _Ctx, fp32: bool | None = None):
     """Gates of the chunk rows `rows` (a ref index) of g_ref, or NoGates (nothing loaded) when not ctx.gated."""
     if not ctx.gated:
         return NoGates(ctx.chunk)
-    return Gates(g_ref[rows], ctx.fp32 if fp32 is None else fp32)
+    return Gates(g_ref[rows], ctx.fp32 if fp32 is None else fp32, cumulative=ctx.cumulative)
 
 
 def _dot(a, b, ca: int, cb: int, ctx: _Ctx):

@@ -48,6 +48,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
 from effattn.ops.common.pallas_triton import F32 as _F32
+from effattn.ops.common.pallas_triton import LOG2E as _LOG2E
 from effattn.ops.common.pallas_triton import checked_chunk, checked_interpret
 from effattn.ops.common.pallas_triton import chunk_slice as _chunk_slice
 from effattn.ops.common.pallas_triton import next_pow2 as _next_pow2
@@ -86,6 +87,10 @@ class KernelConfig:
     cols_wy_bwd: int = 64    # _wy_bwd_kernel: key / value columns per step
     num_warps_wy_bwd: int = 4
     num_stages_wy_bwd: int = 1
+    # bf16 gated inputs: 'kernel' (each kernel builds the chunk-local cumsum G of g from [C, C] masked sums, in
+    # every chunk step of the sweeps) or 'xla' (G computed once, a cumsum over [B, T, H], and read by the
+    # kernels). Not yet timed: the gate costs the gated rule 0.24 ms of its 0.71 ms forward (benchmarks/README.md).
+    gate_cumsum: str = 'kernel'
     bwd_storage: str = 'fp32'  # dtype of what the backward reads back: 'fp32'; 'input' (the input dtype, as fla:
     # half the traffic, one more rounding of each); 'states' (S_c and V' in it, dS_{c+1} and dV' fp32); 'cotangents'
     # (the reverse)
@@ -266,10 +271,26 @@ def _gates_bht(g):
     return jnp.swapaxes(g, 1, 2)  # [B,Tp,H] -> [B,H,Tp]
 
 
+def _gate_rows(g, ctx):
+    """What the kernels read for the gates, [B,H,Tp]: g, or G (chunk-local cumsum of g log2 e) if ctx.cumulative."""
+    if ctx.cumulative:
+        b, tp, h = g.shape
+        g = jnp.cumsum((g * _LOG2E).reshape(b, tp // ctx.chunk, ctx.chunk, h), axis=2).reshape(b, tp, h)
+    return _gates_bht(g)
+
+
+def cumulative_gates(cfg, dtype, gated: bool) -> bool:
+    """Whether the kernels read G (KernelConfig.gate_cumsum='xla', bf16 / fp16 gated inputs)."""
+    if cfg.gate_cumsum not in ('kernel', 'xla'):
+        raise ValueError(f"KernelConfig.gate_cumsum must be 'kernel' or 'xla'; got {cfg.gate_cumsum!r}")
+    return gated and cfg.gate_cumsum == 'xla' and jnp.dtype(dtype) != jnp.float32
+
+
 def _run_forward(q, k, v, g, beta, h0, ctx, cfg, interpret, store):
     """(o, ht, chunk-start states or None, (W, U, T), V' or None)."""
-    w, u, t = wy_kernel(k, v, _gates_bht(g), _gates_bht(beta), ctx, cfg.num_warps_wy, interpret)
-    o, ht, s_starts, v_new = _forward(q, k, w, u, _gates_bht(g), h0, ctx, cfg, interpret, store)
+    gr = _gate_rows(g, ctx)
+    w, u, t = wy_kernel(k, v, gr, _gates_bht(beta), ctx, cfg.num_warps_wy, interpret)
+    o, ht, s_starts, v_new = _forward(q, k, w, u, gr, h0, ctx, cfg, interpret, store)
     return o, ht, s_starts, (w, u, t), v_new
 
 
@@ -288,7 +309,7 @@ def _chunk_grads(q, k, v, g, beta, s_starts, ds_ends, wut, do, ctx, cfg, interpr
     """The fused per-chunk backward (KernelConfig(bwd_split=False)): dq, dk, dv (ctx.dt), dg, dbeta."""
     w, u, t = wut
     dq, dk, dv, dg, dbeta = chunk_grads_kernel(
-        q, k, v, w, u, do, _gates_bht(g), _gates_bht(beta), t, s_starts, ds_ends, ctx, cfg.block_v_chunk,
+        q, k, v, w, u, do, _gate_rows(g, ctx), _gates_bht(beta), t, s_starts, ds_ends, ctx, cfg.block_v_chunk,
         cfg.num_warps_chunk, cfg.num_stages_chunk, interpret, cfg.bwd_dots)
     return dq, dk, dv, _gates_bht(dg), _gates_bht(dbeta)
 
@@ -299,7 +320,7 @@ def _split_grads(q, k, v, g, beta, s_starts, ds_ends, wut, v_new, dv_new, do, ct
         raise ValueError(f'bwd_dots must be one of {sorted(DOT_MODES)}; got {cfg.bwd_dots!r}')
     wide_q, wide_dvb, wide_k = DOT_MODES[cfg.bwd_dots]
     w, u, t = wut
-    gb = _gates_bht(g)
+    gb = _gate_rows(g, ctx)
     dq, dk_o, dw, dg_o = dqk_kernel(q, k, v_new, dv_new, do, gb, s_starts, ds_ends, ctx, cfg.block_k_dqk,
                                     cfg.block_v_dqk, cfg.num_warps_dqk, cfg.num_stages_dqk, interpret, wide_q, wide_k)
     dk, dv, dg_wy, dbeta = wy_bwd_kernel(k, v, w, u, gb, _gates_bht(beta), t, dw, dv_new, dk_o, ctx, cfg.cols_wy_bwd,
@@ -312,7 +333,7 @@ def _core_bwd(ctx, cfg, interpret, res, cts):
     do, dht = cts
     do = do.astype(ctx.dt)
     split = v_new is not None
-    ds_ends, dh0, dv_new = _state_grads(q, k, wut[0], do, _gates_bht(g), dht.astype(_F32), ctx, cfg, interpret,
+    ds_ends, dh0, dv_new = _state_grads(q, k, wut[0], do, _gate_rows(g, ctx), dht.astype(_F32), ctx, cfg, interpret,
                                         with_dv_new=split)
     if split:
         grads = _split_grads(q, k, v, g, beta, s_starts, ds_ends, wut, v_new, dv_new, do, ctx, cfg, interpret)
@@ -357,6 +378,7 @@ def kernel_gated_delta_rule(q, k, v, g, beta, *, scale, initial_state=None, segm
     h0 = None
     if initial_state is not None:
         h0 = _pad_axis(_pad_axis(initial_state.astype(_F32), 2, kp), 3, vp)
-    ctx = _Ctx(jnp.dtype(dtype), float(scale), chunk, gated=not ungated)
+    ctx = _Ctx(jnp.dtype(dtype), float(scale), chunk, gated=not ungated,
+               cumulative=cumulative_gates(cfg, dtype, not ungated))
     o, ht = _core(pad(q, kp), pad(k, kp), pad(v, vp), g, beta, h0, ctx, cfg, interpret)
     return o[:, :t, :, :vd].astype(q.dtype), ht[:, :, :kd, :vd]
