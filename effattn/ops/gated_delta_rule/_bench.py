@@ -39,7 +39,8 @@ def _inputs(b, t, h, d, dtype, gated, seed=0):
 
 
 def benchmark_parts(b, t, h, d, dtype, gated: bool = True, chunk: int = 64, config=None, interpret=None):
-    """{name: jitted zero-arg callable} for each piece at B=b, T=t (a multiple of chunk), H=h, K=V=d."""
+    """{name: zero-arg callable running one jitted piece} at B=b, T=t (a multiple of chunk), H=h, K=V=d;
+    nothing runs until called."""
     dtype = jnp.dtype(dtype)
     cfg = P.DEFAULT_CONFIG if config is None else config
     if interpret is None:
@@ -50,14 +51,17 @@ def benchmark_parts(b, t, h, d, dtype, gated: bool = True, chunk: int = 64, conf
     g32 = jnp.zeros((b, t, h), F32) if g is None else g
     gb, betab = P._gate_rows(g32, ctx), P._gates_bht(beta)
 
+    # Each piece's inputs (the outputs of the pieces before it) are computed on its first call, once: timing one
+    # piece compiles and runs only what it needs.
+    once = functools.cache
     wy = jax.jit(lambda k, v, gb, betab: wy_kernel(k, v, gb, betab, ctx, cfg.num_warps_wy, interpret))
-    w, u, tt = jax.block_until_ready(wy(k, v, gb, betab))
+    wut = once(lambda: jax.block_until_ready(wy(k, v, gb, betab)))  # W, U, T
 
     def fwd_state(q, k, w, u, gb, store):
         return P._forward(q, k, w, u, gb, None, ctx, cfg, interpret, store)
     fs = jax.jit(functools.partial(fwd_state, store=False))
     fss = jax.jit(functools.partial(fwd_state, store=True))
-    _, _, s_starts, v_new = jax.block_until_ready(fss(q, k, w, u, gb))
+    stored = once(lambda: jax.block_until_ready(fss(q, k, *wut()[:2], gb))[2:])  # S_c, V'
 
     def fwd(q, k, v, g, beta):
         return P.kernel_gated_delta_rule(q, k, v, g, beta, scale=scale, chunk_size=chunk, config=cfg,
@@ -66,12 +70,12 @@ def benchmark_parts(b, t, h, d, dtype, gated: bool = True, chunk: int = 64, conf
     dht = jnp.zeros((b, h, d, d), F32)
     split = cfg.bwd_split
     bs = jax.jit(lambda q, k, w, do, gb, dht: P._state_grads(q, k, w, do, gb, dht, ctx, cfg, interpret, split))
-    ds_ends, _, dv_new = jax.block_until_ready(bs(q, k, w, do, gb, dht))
+    state_grads = once(lambda: jax.block_until_ready(bs(q, k, wut()[0], do, gb, dht)))  # dS_{c+1}, dh0, dV'
     if split:
-        bx = jax.jit(lambda q, k, v, g, beta, s, ds, w, u, tt, do: P._split_grads(
-            q, k, v, g, beta, s, ds, (w, u, tt), v_new, dv_new, do, ctx, cfg, interpret))
+        bx = jax.jit(lambda q, k, v, g, beta, s, ds, w, u, tt, vn, dvn, do: P._split_grads(
+            q, k, v, g, beta, s, ds, (w, u, tt), vn, dvn, do, ctx, cfg, interpret))
     else:
-        bx = jax.jit(lambda q, k, v, g, beta, s, ds, w, u, tt, do: P._chunk_grads(
+        bx = jax.jit(lambda q, k, v, g, beta, s, ds, w, u, tt, vn, dvn, do: P._chunk_grads(
             q, k, v, g, beta, s, ds, (w, u, tt), do, ctx, cfg, interpret))
 
     def loss(q, k, v, g, beta):
@@ -87,19 +91,22 @@ def benchmark_parts(b, t, h, d, dtype, gated: bool = True, chunk: int = 64, conf
         dqk = jax.jit(lambda q, k, vn, dvn, do, gb, s, ds: dqk_kernel(
             q, k, vn, dvn, do, gb, s, ds, ctx, cfg.block_k_dqk, cfg.block_v_dqk, cfg.num_warps_dqk,
             cfg.num_stages_dqk, interpret, wide_q, wide_k))
-        _, dk_o, dw, _ = jax.block_until_ready(dqk(q, k, v_new, dv_new, do, gb, s_starts, ds_ends))
+        dqk_args = once(lambda: (q, k, stored()[1], state_grads()[2], do, gb, stored()[0], state_grads()[0]))
+        dqk_out = once(lambda: jax.block_until_ready(dqk(*dqk_args())))  # dq, dk_o, dW, dg
         wyb = jax.jit(lambda k, v, w, u, gb, betab, tt, dw, dvn, dk_o: wy_bwd_kernel(
             k, v, w, u, gb, betab, tt, dw, dvn, dk_o, ctx, cfg.cols_wy_bwd, cfg.num_warps_wy_bwd,
             cfg.num_stages_wy_bwd, interpret, wide_dvb, wide_k))
-        split_parts = {'bwd_dqk': p(dqk, q, k, v_new, dv_new, do, gb, s_starts, ds_ends),
-                       'bwd_wy': p(wyb, k, v, w, u, gb, betab, tt, dw, dv_new, dk_o)}
+        split_parts = {'bwd_dqk': lambda: dqk(*dqk_args()),
+                       'bwd_wy': lambda: wyb(k, v, *wut()[:2], gb, betab, wut()[2], dqk_out()[2], state_grads()[2],
+                                             dqk_out()[1])}
     return split_parts | {
         'wy': p(wy, k, v, gb, betab),
-        'fwd_state': p(fs, q, k, w, u, gb),
-        'fwd_state_store': p(fss, q, k, w, u, gb),
+        'fwd_state': lambda: fs(q, k, *wut()[:2], gb),
+        'fwd_state_store': lambda: fss(q, k, *wut()[:2], gb),
         'fwd': p(jax.jit(fwd), q, k, v, g, beta),
-        'bwd_state': p(bs, q, k, w, do, gb, dht),
-        'bwd_chunk': p(bx, q, k, v, g32, beta, s_starts, ds_ends, w, u, tt, do),
+        'bwd_state': lambda: bs(q, k, wut()[0], do, gb, dht),
+        'bwd_chunk': lambda: bx(q, k, v, g32, beta, *stored()[:1], state_grads()[0], *wut(), stored()[1],
+                                state_grads()[2], do),
         'fwd_bwd': p(fb, q, k, v, g, beta),
     }
 
