@@ -65,6 +65,18 @@ def chunk_slice(c, size: int):
     return pl.ds(pl.multiple_of(c * size, size), size)
 
 
+_RCP_MAGIC = 0x7EF311C3  # initial reciprocal guess from the exponent bits (max relative error ~12%)
+
+
+def rcp_newton(x):
+    """1 / x for x >= 1 (finite) with FMA-pipe ops only: bit-trick guess, two Newton steps (rel. error
+    ~2e-4 < bf16's 2^-9), so a sigmoid costs one MUFU op per score like softmax's exp2. Plain lax ops: the
+    Mosaic GPU sigmoid forward (sigmoid_attention/mosaic_gpu.py) uses it too."""
+    r = jax.lax.bitcast_convert_type(jnp.int32(_RCP_MAGIC) - jax.lax.bitcast_convert_type(x, jnp.int32), F32)
+    r = r * (2.0 - x * r)
+    return r * (2.0 - x * r)
+
+
 class Gates:
     """Chunk-local log decays of one chunk from g [C] fp32 (masked sums: Triton has no cumsum or slice).
 

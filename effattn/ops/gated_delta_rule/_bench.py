@@ -105,7 +105,7 @@ def benchmark_parts(b, t, h, d, dtype, gated: bool = True, chunk: int = 64, conf
         'fwd_state_store': lambda: fss(q, k, *wut()[:2], gb),
         'fwd': p(jax.jit(fwd), q, k, v, g, beta),
         'bwd_state': lambda: bs(q, k, wut()[0], do, gb, dht),
-        'bwd_chunk': lambda: bx(q, k, v, g32, beta, *stored()[:1], state_grads()[0], *wut(), stored()[1],
+        'bwd_chunk': lambda: bx(q, k, v, g32, beta, stored()[0], state_grads()[0], *wut(), stored()[1],
                                 state_grads()[2], do),
         'fwd_bwd': p(fb, q, k, v, g, beta),
     }

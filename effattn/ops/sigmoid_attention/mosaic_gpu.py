@@ -32,15 +32,13 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
-import math
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-from effattn.ops.softmax_attention.pallas import _rcp_newton
-
-_LOG2E = math.log2(math.e)
+from effattn.ops.common.pallas_triton import LOG2E as _LOG2E
+from effattn.ops.common.pallas_triton import rcp_newton
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,7 +48,7 @@ class MosaicConfig:
     max_concurrent_steps: int = 2  # K, V slots in shared memory
     longest_first: bool = True  # causal: launch the query tiles with the most keys first
     # 1 / (1 + 2^a): 'approx' (the MUFU reciprocal: two MUFU ops per score with the exp2) or 'newton' (FMA-pipe
-    # Newton steps from a bit-trick guess, softmax_attention/pallas.py's _rcp_newton: one MUFU op per score, as
+    # Newton steps from a bit-trick guess, common/pallas_triton.rcp_newton: one MUFU op per score, as
     # softmax). Not yet timed here: in the Triton kernel 'newton' lost (instruction-bound), but this schedule
     # overlaps the score math with the dots, which may leave the MUFU pipe the limit.
     reciprocal: str = 'approx'
@@ -164,7 +162,7 @@ def sigmoid_forward(q, k, v, bias, *, causal: bool, scale: float, config: Mosaic
                 # approx_math: ex2.approx and a fast reciprocal
                 x = 1.0 + jnp.exp2(qk * c + lax.broadcast_in_dim(nb, qk.shape, [0]))
                 if config.reciprocal == 'newton':
-                    p = _rcp_newton(jnp.minimum(x, 2.0 ** 126))  # finite: 1 / 2^126 is 0 in bf16 anyway
+                    p = rcp_newton(jnp.minimum(x, 2.0 ** 126))  # finite: 1 / 2^126 is 0 in bf16 anyway
                 else:
                     p = 1.0 / x
                 if masked:

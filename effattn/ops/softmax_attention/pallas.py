@@ -41,6 +41,7 @@ from effattn.ops.common.pallas_triton import LOG2E as _LOG2E
 from effattn.ops.common.pallas_triton import CompilerParams as _CompilerParams
 from effattn.ops.common.pallas_triton import inline_asm as _inline_asm
 from effattn.ops.common.pallas_triton import next_pow2 as _next_pow2
+from effattn.ops.common.pallas_triton import rcp_newton as _rcp_newton
 
 _MAX_HEAD_DIM = 128
 
@@ -210,20 +211,11 @@ def _dot(a, b, ca: int, cb: int, sp: _Spec):
 
 
 _SIGMOID_MATH = ('ieee', 'rcp', 'newton', 'f16x2')
-_RCP_MAGIC = 0x7EF311C3  # initial reciprocal guess from the exponent bits (max relative error ~12%)
 
 
 def _asm(code: str, x, dtype, constraints: str, pack: int):
     return _inline_asm(code, args=[x], constraints=constraints, pack=pack,
                        result_shape_dtypes=[jax.ShapeDtypeStruct(x.shape, dtype)])[0]
-
-
-def _rcp_newton(x):
-    """1 / x for x >= 1 (finite) with FMA-pipe ops only: bit-trick guess, two Newton steps (rel. error
-    ~2e-4 < bf16's 2^-9), so the sigmoid costs one MUFU op per score like softmax's exp2."""
-    r = lax.bitcast_convert_type(jnp.int32(_RCP_MAGIC) - lax.bitcast_convert_type(x, jnp.int32), _F32)
-    r = r * (2.0 - x * r)
-    return r * (2.0 - x * r)
 
 
 def _sigmoid_probs(sp, qk, bias2, masked, mask_fn, interpret):
