@@ -48,10 +48,14 @@ class MosaicConfig:
     max_concurrent_steps: int = 2  # K, V slots in shared memory
     longest_first: bool = True  # causal: launch the query tiles with the most keys first
     # 1 / (1 + 2^a): 'approx' (the MUFU reciprocal: two MUFU ops per score with the exp2) or 'newton' (FMA-pipe
-    # Newton steps from a bit-trick guess, common/pallas_triton.rcp_newton: one MUFU op per score, as
-    # softmax). Not yet timed here: in the Triton kernel 'newton' lost (instruction-bound), but this schedule
-    # overlaps the score math with the dots, which may leave the MUFU pipe the limit.
-    reciprocal: str = 'approx'
+    # Newton steps from a bit-trick guess, common/pallas_triton.rcp_newton: one MUFU op per score, as softmax).
+    # None: by head dim (reciprocal_for). Timed on the H200 (bf16, causal; results/sigmoid_forwards_2026-12-03.json):
+    # at D = 64 (8x8192x12) 'newton' 2.287 ms against 'approx' 2.519, where each score carries half the matrix
+    # work, so the MUFU pipe is the limit; at D = 128 (4x4096x16) 0.583 against 0.577, equal within noise.
+    reciprocal: str | None = None
+
+    def reciprocal_for(self, d: int) -> str:
+        return self.reciprocal or ('newton' if d <= 64 else 'approx')
 
 
 def unsupported_reason(q, k, v, *, window, tp: int, config: MosaicConfig = MosaicConfig()) -> str | None:
@@ -92,13 +96,14 @@ def sigmoid_forward(q, k, v, bias, *, causal: bool, scale: float, config: Mosaic
     import jax.experimental.pallas as pl
     import jax.experimental.pallas.mosaic_gpu as plgpu
 
-    if config.reciprocal not in ('approx', 'newton'):
-        raise ValueError(f"MosaicConfig.reciprocal must be 'approx' or 'newton'; got {config.reciprocal!r}")
+    if config.reciprocal not in (None, 'approx', 'newton'):
+        raise ValueError(f"MosaicConfig.reciprocal must be None, 'approx' or 'newton'; got {config.reciprocal!r}")
     b, t, h, d = q.shape
     hkv = k.shape[2]
     groups = h // hkv
     dtype = q.dtype
     block_q, block_kv = config.block_q, config.block_kv
+    newton = config.reciprocal_for(d) == 'newton'
     steps = min(config.max_concurrent_steps, t // block_kv)
     num_q_tiles = t // (2 * block_q)
     # sigma(x) = 1 / (1 + 2^(c qk + nb)) with c = -scale log2 e, nb = -b log2 e; nb is passed as a [block_q]
@@ -161,7 +166,7 @@ def sigmoid_forward(q, k, v, bias, *, causal: bool, scale: float, config: Mosaic
                 plgpu.barrier_arrive(k_consumed.at[slot])
                 # approx_math: ex2.approx and a fast reciprocal
                 x = 1.0 + jnp.exp2(qk * c + lax.broadcast_in_dim(nb, qk.shape, [0]))
-                if config.reciprocal == 'newton':
+                if newton:
                     p = rcp_newton(jnp.minimum(x, 2.0 ** 126))  # finite: 1 / 2^126 is 0 in bf16 anyway
                 else:
                     p = 1.0 / x
