@@ -7,6 +7,7 @@ beta in (0, 1), gates g = logsigmoid(x) / n.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
@@ -167,16 +168,18 @@ def test_split_o(dtype):
 
 @pytest.mark.parametrize('split', [True, False], ids=['split-bwd', 'fused-bwd'])
 @pytest.mark.parametrize('n', [0.1, 1])
-def test_gate_cumsum_outside_the_kernels(split, n):
-    """KernelConfig(gate_cumsum='xla'): G computed once in XLA and read by every kernel (forward, WY, both
-    backwards) instead of per-kernel masked sums; bf16 only (fp32 inputs keep the in-kernel segsum dot)."""
-    cfg = KernelConfig(gate_cumsum='xla', bwd_split=split)
+@pytest.mark.parametrize('cumsum', ['kernel', 'xla'])
+def test_gate_cumsum_in_or_outside_the_kernels(split, n, cumsum):
+    """KernelConfig.gate_cumsum: 'xla' (the default) computes G once in XLA and every kernel (forward, WY, both
+    backwards) reads it; 'kernel' builds it per kernel from masked sums. Both for bf16; fp32 inputs ignore the
+    option (the in-kernel segsum dot), bit for bit."""
+    cfg = KernelConfig(gate_cumsum=cumsum, bwd_split=split)
     _check(Case(2, 70, 2, 32, 48, n=n, h0=True, chunk=32, dtype='bfloat16'),
            functools.partial(kernel_gated_delta_rule, config=cfg))
     x, cot = make_inputs(Case(1, 40, 1, 16, 16, n=n, h0=False, chunk=16))
     fp32 = _run(x, cot, fn=functools.partial(kernel_gated_delta_rule, config=cfg), chunk=16)
-    default = _run(x, cot, fn=functools.partial(kernel_gated_delta_rule, config=KernelConfig(bwd_split=split)),
-                   chunk=16)
+    other = dataclasses.replace(cfg, gate_cumsum='xla' if cumsum == 'kernel' else 'kernel')
+    default = _run(x, cot, fn=functools.partial(kernel_gated_delta_rule, config=other), chunk=16)
     for a, b in zip(jax.tree.leaves(fp32), jax.tree.leaves(default)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     with pytest.raises(ValueError, match='gate_cumsum'):

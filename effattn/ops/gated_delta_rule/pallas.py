@@ -89,8 +89,9 @@ class KernelConfig:
     num_stages_wy_bwd: int = 1
     # bf16 gated inputs: 'kernel' (each kernel builds the chunk-local cumsum G of g from [C, C] masked sums, in
     # every chunk step of the sweeps) or 'xla' (G computed once, a cumsum over [B, T, H], and read by the
-    # kernels). Not yet timed: the gate costs the gated rule 0.24 ms of its 0.71 ms forward (benchmarks/README.md).
-    gate_cumsum: str = 'kernel'
+    # kernels). H200, B=4 T=4096 H=16 D=128 bf16 (kernel_parts.py, results/gdr_parts_*_cumsum_2026-12-03.json):
+    # forward 0.718 -> 0.558 ms, forward+backward 2.884 -> 2.402 ms with 'xla'.
+    gate_cumsum: str = 'xla'
     bwd_storage: str = 'fp32'  # dtype of what the backward reads back: 'fp32'; 'input' (the input dtype, as fla:
     # half the traffic, one more rounding of each); 'states' (S_c and V' in it, dS_{c+1} and dV' fp32); 'cotangents'
     # (the reverse)
