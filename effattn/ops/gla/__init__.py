@@ -1,7 +1,6 @@
 """Gated linear attention with per-channel decay (GLA)."""
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 

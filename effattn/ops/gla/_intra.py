@@ -96,10 +96,7 @@ def _fwd_kernel(q_ref, k_ref, g_ref, a_ref, qg_ref, kg_ref, *, ctx, width):
 
   def body(cs, carry):
     a, a_own, a_quad = carry
-    qf = _f32(q_ref[rows, cs]) * ctx.scale
-    gq, gn = g_ref[rows, cs], g_ref[pl.ds(r0, 1), cs]
-    kfac = jnp.exp2(jnp.where(crow < r0, gn - g_ref[:, cs], -jnp.inf))  # e^{G_n - G_j}, keys of earlier blocks
-    a = a + _dd(qf * jnp.exp2(gq - gn), _f32(k_ref[:, cs]) * kfac, 1, 1, ctx)
+    qf, gq, a = _earlier_keys(q_ref, k_ref, g_ref, cs, a, r0, rows, crow, ctx)
     g_lo, g_hi = g_ref[pl.ds(r0, h), cs], g_ref[pl.ds(r0 + h, h), cs]
     k_lo, k_hi = _f32(k_ref[pl.ds(r0, h), cs]), _f32(k_ref[pl.ds(r0 + h, h), cs])
     hi3 = hi[:, :, None]
@@ -124,6 +121,41 @@ def _fwd_kernel(q_ref, k_ref, g_ref, a_ref, qg_ref, kg_ref, *, ctx, width):
   ad = jnp.sum(jnp.where(j16 == jp3 + jnp.where(hi, h, 0)[:, :, None], a_own[:, :, None], 0.0)
                + jnp.where(j16 == jp3, a_quad[:, :, None], 0.0), axis=1)
   sel = (col == r0 + si).astype(ctx.dt)
+  a_ref[...] = (a + _dot(ad.astype(ctx.dt), sel, 1, 0, ctx)).astype(a_ref.dtype)
+
+
+def _earlier_keys(q_ref, k_ref, g_ref, cs, a, r0, rows, crow, ctx):
+  """(scaled q, G of the block's rows, a plus the keys of earlier blocks' columns): one dot about the reference
+  row n = r0, both factors <= 1."""
+  qf = _f32(q_ref[rows, cs]) * ctx.scale
+  gq, gn = g_ref[rows, cs], g_ref[pl.ds(r0, 1), cs]
+  kfac = jnp.exp2(jnp.where(crow < r0, gn - g_ref[:, cs], -jnp.inf))  # e^{G_n - G_j}, keys of earlier blocks
+  return qf, gq, a + _dd(qf * jnp.exp2(gq - gn), _f32(k_ref[:, cs]) * kfac, 1, 1, ctx)
+
+
+def _fwd_kernel_rows(q_ref, k_ref, g_ref, a_ref, qg_ref, kg_ref, *, ctx, width):
+  """_fwd_kernel with the diagonal block as flash-linear-attention's chunk_gla_fwd_A_kernel_intra_sub_intra
+  computes it (KernelConfig.intra_diag='rows'): a loop over its 16 key rows j, each a [16, w] exp tile
+  e^{G_i - G_j} (i >= j) and a row reduction giving column j. 256 w exps per slice against the halves' 152 w,
+  but only 2-D tiles: no [16, 8, w] products, reductions over their middle axis or 0/1 selection sums."""
+  r0, rows, _, crow, col, (si, sj) = _block(ctx)
+
+  def body(cs, carry):
+    a, ad = carry
+    qf, gq, a = _earlier_keys(q_ref, k_ref, g_ref, cs, a, r0, rows, crow, ctx)
+
+    def column(j, ad):
+      key = pl.ds(r0 + j, 1)
+      e = jnp.exp2(jnp.where(si >= j, gq - g_ref[key, cs], -jnp.inf))      # [SUB, w], <= 1
+      c = jnp.sum(qf * _f32(k_ref[key, cs]) * e, axis=1, keepdims=True)    # [SUB, 1]: A_ij of key j
+      return ad + jnp.where(sj == j, c, 0.0)
+    ad = jax.lax.fori_loop(0, SUB, column, ad)
+    _gated(qf, _f32(k_ref[rows, cs]), gq, g_ref, cs, ctx, qg_ref, kg_ref)
+    return a, ad
+
+  step, n = _slices(q_ref.shape[-1], width, body)
+  a, ad = jax.lax.fori_loop(0, n, step, (jnp.zeros((SUB, ctx.chunk), F32), jnp.zeros((SUB, SUB), F32)))
+  sel = (col == r0 + si).astype(ctx.dt)  # columns r0 .. r0+15, as in _fwd_kernel
   a_ref[...] = (a + _dot(ad.astype(ctx.dt), sel, 1, 0, ctx)).astype(a_ref.dtype)
 
 
@@ -197,8 +229,11 @@ def intra_a(q, k, g, ctx, cfg, interpret):
   cs = _chunk_spec(ctx, kp)
   fac = jax.ShapeDtypeStruct((b, tp, h, kp), ctx.dt)
   width, stages = cfg.intra_fwd_for(kp)
+  kernels = {'halves': _fwd_kernel, 'rows': _fwd_kernel_rows}
+  if cfg.intra_diag not in kernels:
+    raise ValueError(f"KernelConfig.intra_diag must be 'halves' or 'rows'; got {cfg.intra_diag!r}")
   return pl.pallas_call(
-      functools.partial(_fwd_kernel, ctx=ctx, width=width), grid=(b, h, tp // SUB),
+      functools.partial(kernels[cfg.intra_diag], ctx=ctx, width=width), grid=(b, h, tp // SUB),
       in_specs=[cs, cs, cs], out_specs=[_sub_spec(ctx.chunk), _sub_spec(kp), _sub_spec(kp)],
       out_shape=[jax.ShapeDtypeStruct((b, tp, h, ctx.chunk), ctx.dt), fac, fac], interpret=interpret,
       name='gla_intra_fwd',

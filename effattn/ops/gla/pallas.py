@@ -86,6 +86,8 @@ class KernelConfig:
   intra_width: int | None = None      # forward intra kernel: key channels per step ([16, 8, width] fp32 pairwise
                                       # tiles); None: by head dim (intra_fwd_for)
   intra_width_bwd: int | None = None  # backward intra kernel: the same (intra_width_bwd_for)
+  intra_diag: str = 'halves'  # forward intra kernel's diagonal blocks: 'halves' (_intra._fwd_kernel) or 'rows'
+                              # (_intra._fwd_kernel_rows, fla's loop over key rows); not yet timed
   block_k_dq: int = 64       # backward dq sweeps: key-tile width
   block_k_dk: int = 32       # backward dk sweeps: key-tile width (64 spills ~270 bytes at 8 warps: fp32 [bk, V] dS)
   block_v_bwd: int = 64      # backward dv sweeps: value-tile width
@@ -212,8 +214,8 @@ def tune_candidates(base: KernelConfig = DEFAULT_CONFIG) -> dict[str, list[Kerne
   only backward fields)."""
   fwd = [dataclasses.replace(base, chunk=c, block_v=bv, num_warps=w, num_stages=s)
          for c in (32, 64) for bv in (32, 64, 128) for w in (4, 8) for s in (2, 3) if not (bv == 128 and w == 4)]
-  fwd += [dataclasses.replace(base, num_warps_intra=w, num_stages_intra=s, intra_width=iw)
-          for w in (2, 4, 8) for s in (1, 2, 3) for iw in (16, 32, 64)]
+  fwd += [dataclasses.replace(base, num_warps_intra=w, num_stages_intra=s, intra_width=iw, intra_diag=d)
+          for d in ('halves', 'rows') for w in (2, 4, 8) for s in (1, 2, 3) for iw in (16, 32, 64, 128)]
   bwd = [dataclasses.replace(base, block_k_dq=bq, block_k_dk=bk, block_v_bwd=bv, num_warps_bwd=w, num_stages_bwd=s)
          for bq in (32, 64) for bk in (32, 64) for bv in (32, 64) for w in (4, 8) for s in (2, 3)]
   bwd += [dataclasses.replace(base, num_warps_intra_bwd=w, num_stages_intra_bwd=s, intra_width_bwd=iw)
