@@ -74,10 +74,10 @@ def test_chunk_32_and_small_tiles(n):
 @pytest.mark.parametrize('case', [Case(1, 70, 1, 48, 40, n=0.1, h0=True),
                                   Case(1, 130, 2, 32, 48, n=1, h0=False, dtype='bfloat16')], ids=str)
 def test_rows_diagonal(case):
-  """KernelConfig(intra_diag='rows'): the forward intra kernel's diagonal blocks by a loop over key rows; with
-  16-channel slices (several steps) and all channels in one."""
+  """KernelConfig(intra_diag='rows', intra_diag_bwd='rows'): the intra kernels' diagonal blocks by a loop over key
+  rows; with 16-channel slices (several steps) and all channels in one."""
   for width in (16, None):
-    cfg = KernelConfig(intra_diag='rows', intra_width=width)
+    cfg = KernelConfig(intra_diag='rows', intra_width=width, intra_diag_bwd='rows', intra_width_bwd=width)
     _check(case, functools.partial(kernel_gla, config=cfg))
 
 
@@ -130,6 +130,9 @@ def test_unsupported_head_dim_or_chunk_raises_not_implemented():
     kernel_gla(x['q'], x['k'], x['v'], x['g'], scale=1.0, config=KernelConfig(chunk=8))
   with pytest.raises(ValueError, match='intra_diag'):
     kernel_gla(x['q'], x['k'], x['v'], x['g'], scale=1.0, config=KernelConfig(intra_diag='columns'))
+  with pytest.raises(ValueError, match='intra_diag_bwd'):
+    jax.grad(lambda q: kernel_gla(q, x['k'], x['v'], x['g'], scale=1.0,
+                                  config=KernelConfig(intra_diag_bwd='columns'))[1].sum())(x['q'])
 
 
 @pytest.mark.skipif(not ON_GPU, reason='native Triton kernel: GPU only (interpret mode is too slow here)')
@@ -143,7 +146,8 @@ def test_matches_naive_gpu_shapes(case):
                                  KernelConfig(block_v=128, block_k_dq=32, block_k_dk=64, block_v_bwd=32,
                                               num_warps_intra=8, num_warps_intra_bwd=8, intra_width=16,
                                               intra_width_bwd=16),
-                                 KernelConfig(intra_diag='rows'), KernelConfig(intra_diag='rows', intra_width=128)],
+                                 KernelConfig(intra_diag='rows', intra_diag_bwd='rows'),
+                                 KernelConfig(intra_diag='rows', intra_width=128, intra_diag_bwd='rows')],
                          ids=['c32', 'tiles', 'rows', 'rows-128'])
 def test_other_configs_gpu(cfg):
   """Other tilings the tuner may pick (tune_candidates) at real head sizes."""
@@ -159,7 +163,7 @@ def test_long_bf16_finite(n):
 @pytest.mark.parametrize('dtype, cfg', [('bfloat16', KernelConfig()), ('float32', KernelConfig()),
                                         ('bfloat16', KernelConfig(block_v=16, block_k_dq=16, block_k_dk=16,
                                                                   block_v_bwd=16, chunk=32)),
-                                        ('bfloat16', KernelConfig(intra_diag='rows'))])
+                                        ('bfloat16', KernelConfig(intra_diag='rows', intra_diag_bwd='rows'))])
 def test_lowers_to_triton(dtype, cfg):
   """Forward and backward lower through Pallas' Triton lowering (cross-platform, no GPU needed): catches
   primitives or indexing that only interpret mode accepts."""

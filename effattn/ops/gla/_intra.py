@@ -164,15 +164,11 @@ def _bwd_kernel(q_ref, k_ref, g_ref, v_ref, do_ref, dq_ref, dk_ref, x_ref, qg_re
   intra-pair gate term x = q ⊙ dq_strict - k ⊙ dk_strict; and _gated's factors (for the dv sweep). The diagonal
   block in halves of 8 rows as in _fwd_kernel."""
   r0, rows, _, crow, col, (si, sj) = _block(ctx)
-  r1 = r0 + SUB
   h = SUB // 2
   hi = si >= h
   jp = jnp.arange(h, dtype=jnp.int32)[None, :]
   own = (si - jnp.where(hi, h, 0)) > jp                # [SUB, 8] strictly earlier key of the row's own half
-  da = jnp.where(col < r0, _dot(do_ref[rows, :], v_ref[...], 1, 1, ctx), 0.0)    # dA_ij, earlier keys j
-  dat = jnp.where(col >= r1, _dot(v_ref[rows, :], do_ref[...], 1, 1, ctx), 0.0)  # [j, i]: dA_ij, later queries i
-  dd = _dot(do_ref[rows, :], v_ref[rows, :], 1, 1, ctx)                          # the diagonal block [SUB, SUB]
-  daii = jnp.sum(jnp.where(si == sj, dd, 0.0), axis=1)[:, None]
+  da, dat, dd, daii = _dA_blocks(v_ref, do_ref, rows, r0, col, si, sj, ctx)
   # dd's own-half part [SUB, 8] (masked strict) and its H x L quadrant [SUB, 8] (zero on the first half's rows)
   jp3, j16 = jp[:, :, None], sj[:, None, :]
   dd_own = jnp.where(own, jnp.sum(jnp.where(j16 == jp3 + jnp.where(hi, h, 0)[:, :, None], dd[:, None, :], 0.0),
@@ -181,13 +177,7 @@ def _bwd_kernel(q_ref, k_ref, g_ref, v_ref, do_ref, dq_ref, dk_ref, x_ref, qg_re
   to_rows = si == jp + jnp.where(hi, h, 0)             # [SUB, 8]: row si is key jp of its half
 
   def body(cs, carry):
-    g, gq = g_ref[:, cs], g_ref[rows, cs]
-    gn, gm = g_ref[pl.ds(r0, 1), cs], g_ref[pl.ds(r1 - 1, 1), cs]
-    # one exp tile for both sides: e^{G_n - G_j} on the earlier blocks' rows (keys for dq), e^{G_i - G_m} on the
-    # later blocks' rows (queries for dk); da and dat are zero outside those rows, and every entry is <= 1
-    fac = jnp.exp2(jnp.where(crow < r0, gn - g, jnp.where(crow >= r1, g - gm, -jnp.inf)))
-    dq = _ddp(da, _f32(k_ref[:, cs]) * fac, 1, 0, ctx, precise) * jnp.exp2(gq - gn)
-    dk = _ddp(dat, _f32(q_ref[:, cs]) * (fac * ctx.scale), 1, 0, ctx, precise) * jnp.exp2(gm - gq)
+    gq, dq, dk = _other_blocks(q_ref, k_ref, g_ref, cs, r0, rows, crow, da, dat, ctx, precise)
     qb, kb = _f32(q_ref[rows, cs]) * ctx.scale, _f32(k_ref[rows, cs])
     g_lo, g_hi = g_ref[pl.ds(r0, h), cs], g_ref[pl.ds(r0 + h, h), cs]
     k_lo, k_hi = _f32(k_ref[pl.ds(r0, h), cs]), _f32(k_ref[pl.ds(r0 + h, h), cs])
@@ -203,10 +193,66 @@ def _bwd_kernel(q_ref, k_ref, g_ref, v_ref, do_ref, dq_ref, dk_ref, x_ref, qg_re
     dq = dq + aq * jnp.sum(dd_quad[:, :, None] * (k_lo * bk)[None], axis=1)
     dk_lo = dk_lo + bk * jnp.sum(dd_quad[:, :, None] * (qb * aq)[:, None, :], axis=0)
     dk = dk + jnp.sum(jnp.where(to_rows[:, :, None], jnp.where(hi3, dk_hi[None], dk_lo[None]), 0.0), axis=1)
-    x_ref[:, cs] = qb * dq - kb * dk
-    dq_ref[:, cs] = dq + daii * kb
-    dk_ref[:, cs] = dk + daii * qb
-    _gated(qb, kb, gq, g_ref, cs, ctx, qg_ref, kg_ref)
+    _write_grads(dq, dk, qb, kb, gq, daii, cs, g_ref, ctx, dq_ref, dk_ref, x_ref, qg_ref, kg_ref)
+    return carry
+
+  step, n = _slices(q_ref.shape[-1], width, body)
+  jax.lax.fori_loop(0, n, step, 0)
+
+
+def _dA_blocks(v_ref, do_ref, rows, r0, col, si, sj, ctx):
+  """dA = dO V^T pieces of the block: rows x earlier keys [SUB, C], later queries x the block's keys transposed
+  [SUB, C] (zero elsewhere), the diagonal block [SUB, SUB] and its diagonal [SUB, 1]."""
+  r1 = r0 + SUB
+  da = jnp.where(col < r0, _dot(do_ref[rows, :], v_ref[...], 1, 1, ctx), 0.0)    # dA_ij, earlier keys j
+  dat = jnp.where(col >= r1, _dot(v_ref[rows, :], do_ref[...], 1, 1, ctx), 0.0)  # [j, i]: dA_ij, later queries i
+  dd = _dot(do_ref[rows, :], v_ref[rows, :], 1, 1, ctx)                          # the diagonal block [SUB, SUB]
+  return da, dat, dd, jnp.sum(jnp.where(si == sj, dd, 0.0), axis=1)[:, None]
+
+
+def _other_blocks(q_ref, k_ref, g_ref, cs, r0, rows, crow, da, dat, ctx, precise):
+  """(G of the block's rows, dq from the keys of earlier blocks, dk from the queries of later blocks)."""
+  r1 = r0 + SUB
+  g, gq = g_ref[:, cs], g_ref[rows, cs]
+  gn, gm = g_ref[pl.ds(r0, 1), cs], g_ref[pl.ds(r1 - 1, 1), cs]
+  # one exp tile for both sides: e^{G_n - G_j} on the earlier blocks' rows (keys for dq), e^{G_i - G_m} on the
+  # later blocks' rows (queries for dk); da and dat are zero outside those rows, and every entry is <= 1
+  fac = jnp.exp2(jnp.where(crow < r0, gn - g, jnp.where(crow >= r1, g - gm, -jnp.inf)))
+  dq = _ddp(da, _f32(k_ref[:, cs]) * fac, 1, 0, ctx, precise) * jnp.exp2(gq - gn)
+  dk = _ddp(dat, _f32(q_ref[:, cs]) * (fac * ctx.scale), 1, 0, ctx, precise) * jnp.exp2(gm - gq)
+  return gq, dq, dk
+
+
+def _write_grads(dq, dk, qb, kb, gq, daii, cs, g_ref, ctx, dq_ref, dk_ref, x_ref, qg_ref, kg_ref):
+  """The strict dq, dk of one channel slice -> the gate term x, dq and dk with the diagonal terms, the factors."""
+  x_ref[:, cs] = qb * dq - kb * dk
+  dq_ref[:, cs] = dq + daii * kb
+  dk_ref[:, cs] = dk + daii * qb
+  _gated(qb, kb, gq, g_ref, cs, ctx, qg_ref, kg_ref)
+
+
+def _bwd_kernel_rows(q_ref, k_ref, g_ref, v_ref, do_ref, dq_ref, dk_ref, x_ref, qg_ref, kg_ref, *, ctx, precise,
+                     width):
+  """_bwd_kernel with the diagonal block by a loop over its 16 key rows j (KernelConfig.intra_diag_bwd='rows'):
+  w_ij = dA_ij e^{G_i - G_j} (i > j) as a [16, w] tile, dq_i += w_ij k_j, dk_j = sum_i w_ij q_i (a reduction over
+  the rows, placed into row j). 2-D tiles only, as _fwd_kernel_rows."""
+  r0, rows, _, crow, col, (si, sj) = _block(ctx)
+  da, dat, dd, daii = _dA_blocks(v_ref, do_ref, rows, r0, col, si, sj, ctx)
+  dd_strict = jnp.where(si > sj, dd, 0.0)
+
+  def body(cs, carry):
+    gq, dq, dk = _other_blocks(q_ref, k_ref, g_ref, cs, r0, rows, crow, da, dat, ctx, precise)
+    qb, kb = _f32(q_ref[rows, cs]) * ctx.scale, _f32(k_ref[rows, cs])
+
+    def key_row(j, acc):
+      dq, dk = acc
+      key = pl.ds(r0 + j, 1)
+      dd_j = jnp.sum(jnp.where(sj == j, dd_strict, 0.0), axis=1, keepdims=True)    # [SUB, 1]: dA_ij, i > j
+      w = dd_j * jnp.exp2(jnp.where(si > j, gq - g_ref[key, cs], -jnp.inf))        # [SUB, w], exps <= 1
+      dq = dq + w * _f32(k_ref[key, cs])
+      return dq, dk + jnp.where(si == j, jnp.sum(w * qb, axis=0, keepdims=True), 0.0)
+    dq, dk = jax.lax.fori_loop(0, SUB, key_row, (dq, dk))
+    _write_grads(dq, dk, qb, kb, gq, daii, cs, g_ref, ctx, dq_ref, dk_ref, x_ref, qg_ref, kg_ref)
     return carry
 
   step, n = _slices(q_ref.shape[-1], width, body)
@@ -248,8 +294,12 @@ def intra_grads(q, k, g, v, do, ctx, cfg, interpret):
   cs, cv, out = _chunk_spec(ctx, kp), _chunk_spec(ctx, vp), _sub_spec(kp)
   shape = jax.ShapeDtypeStruct((b, tp, h, kp), F32)
   fac = jax.ShapeDtypeStruct((b, tp, h, kp), ctx.dt)
+  kernels = {'halves': _bwd_kernel, 'rows': _bwd_kernel_rows}
+  if cfg.intra_diag_bwd not in kernels:
+    raise ValueError(f"KernelConfig.intra_diag_bwd must be 'halves' or 'rows'; got {cfg.intra_diag_bwd!r}")
   return pl.pallas_call(
-      functools.partial(_bwd_kernel, ctx=ctx, precise=cfg.precise_dg, width=cfg.intra_width_bwd_for(kp)),
+      functools.partial(kernels[cfg.intra_diag_bwd], ctx=ctx, precise=cfg.precise_dg,
+                        width=cfg.intra_width_bwd_for(kp)),
       grid=(b, h, tp // SUB),
       in_specs=[cs, cs, cs, cv, cv], out_specs=[out] * 5, out_shape=[shape, shape, shape, fac, fac],
       interpret=interpret, name='gla_intra_bwd',

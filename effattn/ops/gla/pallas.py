@@ -88,6 +88,7 @@ class KernelConfig:
   intra_width_bwd: int | None = None  # backward intra kernel: the same (intra_width_bwd_for)
   intra_diag: str = 'halves'  # forward intra kernel's diagonal blocks: 'halves' (_intra._fwd_kernel) or 'rows'
                               # (_intra._fwd_kernel_rows, fla's loop over key rows); not yet timed
+  intra_diag_bwd: str = 'halves'  # the same for the backward intra kernel (_bwd_kernel / _bwd_kernel_rows)
   block_k_dq: int = 64       # backward dq sweeps: key-tile width
   block_k_dk: int = 32       # backward dk sweeps: key-tile width (64 spills ~270 bytes at 8 warps: fp32 [bk, V] dS)
   block_v_bwd: int = 64      # backward dv sweeps: value-tile width
@@ -219,6 +220,7 @@ def tune_candidates(base: KernelConfig = DEFAULT_CONFIG) -> dict[str, list[Kerne
   bwd = [dataclasses.replace(base, block_k_dq=bq, block_k_dk=bk, block_v_bwd=bv, num_warps_bwd=w, num_stages_bwd=s)
          for bq in (32, 64) for bk in (32, 64) for bv in (32, 64) for w in (4, 8) for s in (2, 3)]
   bwd += [dataclasses.replace(base, num_warps_intra_bwd=w, num_stages_intra_bwd=s, intra_width_bwd=iw)
-          for w in (2, 4, 8) for s in (1, 2) for iw in (16, 32, 64)]  # 64: 14% off fwd+bwd at K = 64
+          for d in ('halves', 'rows') for w in (2, 4, 8) for s in (1, 2) for iw in (16, 32, 64)]
+  # (intra_width_bwd=64: 14% off fwd+bwd at K = 64)
   bwd += [dataclasses.replace(base, precise_dg=False)]  # faster, but dg's error grows (1e-2 at T = 1000)
   return {'fwd': fwd, 'fwd_bwd': bwd}
