@@ -18,7 +18,7 @@ from helpers import TOL, OpCase, assert_close, assert_matches_oracle, upcast
 
 from effattn.ops.common.triangular import unit_lower_inverse
 from effattn.ops.delta_rule import delta_rule
-from effattn.ops.gated_delta_rule import _api, gated_delta_rule
+from effattn.ops.gated_delta_rule import _api, _split, gated_delta_rule
 from effattn.ops.gated_delta_rule._kernel_common import _Ctx
 from effattn.ops.gated_delta_rule._wy import wy_prep
 from effattn.ops.gated_delta_rule._wy_kernel import wy_kernel
@@ -206,6 +206,70 @@ def test_unknown_backward_dot_mode_is_named():
         _run(x, cot, fn=fused, chunk=16)
 
 
+SPLIT = KernelConfig(split_programs=1024, split_min_len=16)  # splits any tiny case below into segments of 1 chunk
+
+
+def _forward_only(case: Case, cfg):
+    """(o, final_state) of the kernel with `cfg` outside jax.grad, and the jaxpr's text."""
+    x, _ = make_inputs(case)
+    args = (x['q'], x['k'], x['v'], x.get('g'), x['beta'])
+    fn = functools.partial(kernel_gated_delta_rule, scale=case.k ** -0.5, initial_state=x.get('h0'),
+                           chunk_size=case.chunk, config=cfg)
+    return jax.jit(fn)(*args), str(jax.make_jaxpr(fn)(*args)), x
+
+
+@pytest.mark.parametrize('case, cfg', [
+    (Case(1, 70, 2, 32, 48, n=1, h0=True, chunk=16), SPLIT),                                  # 8 segments, 3 padding
+    (Case(2, 100, 1, 32, 48, n=None, h0=False, chunk=16), dataclasses.replace(SPLIT, split_min_len=32)),  # 4 of 32
+    (Case(2, 70, 1, 48, 32, n=1, h0=False, chunk=16, dtype='bfloat16'), SPLIT),               # K > V
+    (Case(1, 100, 2, 32, 48, n=16, h0=True, chunk=16, dtype='bfloat16'), SPLIT),
+    (Case(1, 100, 1, 32, 48, n=1, h0=True, chunk=16), dataclasses.replace(SPLIT, block_v=16)),   # 3 value tiles
+    (Case(1, 70, 1, 32, 48, n=1, h0=True, chunk=16, dtype='bfloat16'), dataclasses.replace(SPLIT, split_o=True)),
+], ids=lambda a: str(a) if isinstance(a, Case) else None)
+def test_sequence_split_forward(case, cfg):
+    """KernelConfig.split_programs (_split.py): the forward outside jax.grad runs on segments of the sequence (two
+    state-only sweeps, the combine in XLA, then the sweep from each segment's start state); it equals the naive
+    oracle and the unsplit kernel."""
+    (o, ht), jaxpr, x = _forward_only(case, cfg)
+    assert jaxpr.count('name=gated_delta_rule_states') == 2 and jaxpr.count('name=gated_delta_rule_fwd') == 1
+    (o_whole, ht_whole), _, _ = _forward_only(case, dataclasses.replace(cfg, split_programs=0))
+    up = lambda a: None if a is None else a.astype(jnp.float32)
+    o_ref, ht_ref = naive_gated_delta_rule(up(x['q']), up(x['k']), up(x['v']), x.get('g'), x['beta'],
+                                           scale=case.k ** -0.5, initial_state=x.get('h0'), segment_ids=None)
+    tol = TOL[case.dtype]
+    assert_close('o', o, o_ref, tol)
+    assert_close('final_state', ht, ht_ref, tol)
+    assert_close('o (unsplit)', o, o_whole, tol)
+    assert_close('final_state (unsplit)', ht, ht_whole, tol)
+
+
+def test_sequence_split_segment_count():
+    """How many segments: num_segments (one program per SM on GPU by default, none elsewhere) on the chunk count
+    rounded up to a power of two, segments >= split_min_len rows."""
+    count = lambda b, t, cfg=KernelConfig(), backend='gpu', h=16, vp=128, chunk=64: _split.segment_count(
+        b, h, t, vp, chunk, cfg, backend)
+    assert count(1, 65536) == 4           # 32 programs (2 value tiles of 64) -> 128 of 132 SMs
+    assert count(32, 2048) == 1 and count(4, 4096) == 1
+    assert count(1, 65536, backend='cpu') == 1
+    assert count(1, 65536, KernelConfig(split_programs=0)) == 1
+    assert count(1, 65536, KernelConfig(split_programs=1024)) == 32
+    assert count(1, 65536, KernelConfig(split_programs=1024, split_min_len=8192)) == 8
+    assert count(1, 3000, KernelConfig(split_programs=1024)) == 2  # 47 chunks: 2 segments of 24 (one padded)
+    assert count(1, 80, SPLIT, h=2, vp=64, chunk=16) == 8           # 5 chunks: 8 segments of 1 (3 padding)
+
+
+def test_sequence_split_gradients_are_the_unsplit_ones():
+    """Under jax.grad the forward stays unsplit (the backward reads the chunk states in the unsplit layout): o, the
+    final state and every gradient are the unsplit kernel's, bit for bit."""
+    case = Case(1, 70, 2, 32, 48, n=1, h0=True, chunk=16)
+    _check(case, functools.partial(kernel_gated_delta_rule, config=SPLIT))
+    x, cot = make_inputs(case)
+    split = _run(x, cot, fn=functools.partial(kernel_gated_delta_rule, config=SPLIT), chunk=16)
+    whole = _run(x, cot, fn=functools.partial(kernel_gated_delta_rule, config=KernelConfig()), chunk=16)
+    for a, b in zip(jax.tree.leaves(split), jax.tree.leaves(whole)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
 def test_public_ops_impl_kernel():
     """delta_rule and gated_delta_rule route impl='kernel' (gated with g = 0 equals DeltaNet)."""
     x, _ = make_inputs(Case(1, 20, 1, 16, 16, n=1, h0=True, chunk=16))
@@ -283,3 +347,16 @@ def test_lowers_to_triton(gate_cumsum):
     text = jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3, 4))).trace(q, q, q, g, beta).lower(
         lowering_platforms=('cuda',)).as_text()
     assert text.count('triton') >= 5  # WY, forward, state-gradient, dq/dk/dW and WY-backward kernels
+
+
+@pytest.mark.parametrize('split_o', [False, True])
+def test_sequence_split_lowers_to_triton(split_o):
+    """The split forward (outside jax.grad) lowers too: the WY kernel, two state-only sweeps and the sweep."""
+    q, g, beta = jnp.zeros((1, 128, 2, 32), jnp.bfloat16), jnp.zeros((1, 128, 2)), jnp.full((1, 128, 2), 0.5)
+
+    def calls(cfg):
+        fn = functools.partial(kernel_gated_delta_rule, scale=0.1, chunk_size=32, config=cfg, interpret=False)
+        text = jax.jit(fn).trace(q, q, q, g, beta).lower(lowering_platforms=('cuda',)).as_text()
+        return text.count('custom_call @__gpu$xla.gpu.triton(')
+    cfg = KernelConfig(split_programs=64, split_min_len=32, split_o=split_o)  # 4 segments of 32 rows
+    assert calls(cfg) == calls(dataclasses.replace(cfg, split_programs=0)) + 2

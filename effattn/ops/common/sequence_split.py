@@ -20,7 +20,8 @@ kernel is slower than the einsum, so gla keeps 'xla'.
 This is flash-linear-attention's split state passing (fla/ops/common/chunk_h_split.py) in XLA around
 an unchanged kernel. Gradients come from autodiff of these ops and the kernel's own custom VJP (its
 initial-state gradient). The delta rule is not diagonal in S (its transition is I - beta k k^T), so this
-does not apply there.
+does not apply there; ops/gated_delta_rule/_split.py splits its forward sweep instead (each segment's transition
+matrix from a sweep started at I, the same num_segments count).
 """
 from __future__ import annotations
 

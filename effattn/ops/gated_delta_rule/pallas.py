@@ -18,6 +18,9 @@ Design (why this split). Four Pallas kernels:
     KernelConfig(split_o=True) splits it as fla (chunk_fwd_h + chunk_fwd_o): the sweep computes only V'
     and S (2 dots per chunk instead of 5: 230 registers at 8 warps, 194 at 4 warps with 32-wide value
     tiles, no spills) and writes V' and every S_c; o comes from a kernel per (batch, head, chunk).
+    At long T and small B * H, outside jax.grad, the sweep runs on segments of the sequence as batch rows
+    (_split.py, KernelConfig.split_programs: two state-only sweeps for each segment's local state and transition
+    matrix, the segment start states in XLA, then the sweep from them); W, U still come from one WY call.
   - Backward kernel: the same layout sweeping the chunks in reverse with the state-gradient recurrence
     dV'_c = (Q K^T ⊙ Γ)^T dO_c + (K ⊙ e^{G_C - G}) dS_{c+1},
     dS_c  = e^{G_C} dS_{c+1} + (Q ⊙ e^G)^T dO_c - W^T dV'_c,   dS_N = d final_state, d h0 = dS_0,
@@ -47,12 +50,14 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
+from effattn.ops.common.dispatch import default_backend
 from effattn.ops.common.pallas_triton import F32 as _F32
 from effattn.ops.common.pallas_triton import LOG2E as _LOG2E
 from effattn.ops.common.pallas_triton import checked_chunk, checked_interpret
 from effattn.ops.common.pallas_triton import chunk_slice as _chunk_slice
 from effattn.ops.common.pallas_triton import next_pow2 as _next_pow2
 from effattn.ops.common.pallas_triton import pad_axis as _pad_axis
+from effattn.ops.gated_delta_rule import _split
 from effattn.ops.gated_delta_rule._bwd_kernel import chunk_grads_kernel
 from effattn.ops.gated_delta_rule._bwd_kernel import DOT_MODES
 from effattn.ops.gated_delta_rule._dqk_kernel import dqk_kernel
@@ -95,6 +100,11 @@ class KernelConfig:
     bwd_storage: str = 'fp32'  # dtype of what the backward reads back: 'fp32'; 'input' (the input dtype, as fla:
     # half the traffic, one more rounding of each); 'states' (S_c and V' in it, dS_{c+1} and dV' fp32); 'cotangents'
     # (the reverse)
+    # Long T at small B * H, forward without jax.grad only (_split.py): segments of the sequence as batch rows, up to
+    # split_programs forward-sweep programs (None: 1 per SM on GPU, no split elsewhere; 0: never), segments of
+    # >= split_min_len rows. It runs 3 sweeps (two of them state-only), so it pays only while SMs would idle.
+    split_programs: int | None = None
+    split_min_len: int = 1024
 
     def storage_dtypes(self, ctx):
         """(dtype of S_c and V', dtype of dS_{c+1} and dV') for bwd_storage."""
@@ -111,10 +121,13 @@ DEFAULT_CONFIG = KernelConfig()
 # states [Kp, BV] fp32, stacked chunk states [N * Kp, BV] fp32.
 
 def _fwd_kernel(q_ref, k_ref, w_ref, u_ref, g_ref, *rest, ctx: _Ctx, has_h0: bool, store: bool, split: bool,
-                keep_vn: bool):
-    """split: o_ref receives V' (o is left to _o_kernel); keep_vn: V' also goes to a 4th output."""
+                keep_vn: bool, emit_o: bool = True, has_u: bool = True):
+    """split: o_ref receives V' (o is left to _o_kernel); keep_vn: V' also goes to a 4th output; not emit_o: the
+    final state is the only output (no o_ref); not has_u: U = 0 (u_ref is a placeholder, never read)."""
     rest = list(rest)
     h0_ref = rest.pop(0) if has_h0 else None
+    if not emit_o:
+        rest.insert(0, None)
     o_ref, ht_ref = rest[:2]
     s_ref = rest[2] if store else None
     vn_ref = rest[3] if keep_vn else None  # V' for the split backward (in cfg.storage_dtypes' first)
@@ -129,12 +142,13 @@ def _fwd_kernel(q_ref, k_ref, w_ref, u_ref, g_ref, *rest, ctx: _Ctx, has_h0: boo
             s_ref[_chunk_slice(c, kp), :] = s.astype(s_ref.dtype)
         kc = k_ref[sl, :]
         gt = chunk_gates(g_ref, sl, ctx)
-        vp = u_ref[sl, :].astype(_F32) - _nn(w_ref[sl, :], s, ctx)  # V' = U - W S_c
+        ws = _nn(w_ref[sl, :], s, ctx)
+        vp = u_ref[sl, :].astype(_F32) - ws if has_u else -ws  # V' = U - W S_c
         if vn_ref is not None:
             vn_ref[sl, :] = vp.astype(vn_ref.dtype)
         if split:
             o_ref[sl, :] = vp.astype(o_ref.dtype)
-        else:
+        elif emit_o:
             qc = q_ref[sl, :]
             p = _nt(qc, kc, ctx) * (gt.gamma() * scale)
             o = _nn(qc, s, ctx) * (scale * jnp.exp2(gt.gi))[:, None] + _nn(p, vp, ctx)
@@ -201,19 +215,29 @@ def _state_tile(rows, bv):
 
 
 
-def _forward(q, k, w, u, g, h0, ctx, cfg, interpret, store):
+def _forward(q, k, w, u, g, h0, ctx, cfg, interpret, store, final_only=False):
     """(o, ht, chunk-start states, V'): the states only if `store` (under jax.grad), V' only if also
-    cfg.bwd_split (the fused per-chunk backward recomputes it)."""
+    cfg.bwd_split (the fused per-chunk backward recomputes it). final_only (the sequence split's state passes,
+    _split.py): (None, ht, None, None) from a sweep that computes only V' and S; there u None means U = 0, the value
+    width then h0's."""
     b, tp, h, kp = q.shape
-    vp = u.shape[-1]
+    vp = (h0 if u is None else u).shape[-1]
     n = tp // ctx.chunk
     bv = min(cfg.block_v, vp)
     has_h0 = h0 is not None
     in_specs = [_rows(tp, kp), _rows(tp, kp), _rows(tp, kp), _rows_tile(tp, bv), _gate_spec(tp)]
-    args = [q, k, w, u, g]
+    args = [q, k, w, w if u is None else u, g]  # U = 0: w stands in for u, unread (same rows, width vp = kp)
     if has_h0:
         in_specs.append(_state_tile(kp, bv))
         args.append(h0)
+    if final_only:
+        ht = pl.pallas_call(
+            functools.partial(_fwd_kernel, ctx=ctx, has_h0=has_h0, store=False, split=False, keep_vn=False,
+                              emit_o=False, has_u=u is not None),
+            grid=(b, h, vp // bv), in_specs=in_specs, out_specs=_state_tile(kp, bv),
+            out_shape=jax.ShapeDtypeStruct((b, h, kp, vp), _F32), interpret=interpret, name='gated_delta_rule_states',
+            **_params(interpret, ctx, cfg.num_warps, cfg.num_stages))(*args)
+        return None, ht, None, None
     split = cfg.split_o
     out_specs = [_rows_tile(tp, bv), _state_tile(kp, bv)]
     # split: the first output is V' (in the storage dtype under grad: the backward reads it), o from _o_kernel
@@ -288,9 +312,15 @@ def cumulative_gates(cfg, dtype, gated: bool) -> bool:
 
 
 def _run_forward(q, k, v, g, beta, h0, ctx, cfg, interpret, store):
-    """(o, ht, chunk-start states or None, (W, U, T), V' or None)."""
+    """(o, ht, chunk-start states or None, (W, U, T), V' or None). Without `store` (no jax.grad), at long T and small
+    B * H, the sweep runs on segments of the sequence (_split.py); W, U, T come from the whole sequence either way."""
     gr = _gate_rows(g, ctx)
     w, u, t = wy_kernel(k, v, gr, _gates_bht(beta), ctx, cfg.num_warps_wy, interpret)
+    b, tp, h, _ = q.shape
+    segments = 1 if store else _split.segment_count(b, h, tp, u.shape[-1], ctx.chunk, cfg, default_backend())
+    if segments > 1:
+        o, ht = _split.split_forward(_forward, q, k, w, u, gr, h0, ctx, cfg, interpret, segments)
+        return o, ht, None, (w, u, t), None
     o, ht, s_starts, v_new = _forward(q, k, w, u, gr, h0, ctx, cfg, interpret, store)
     return o, ht, s_starts, (w, u, t), v_new
 

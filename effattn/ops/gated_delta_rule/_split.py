@@ -1,0 +1,75 @@
+"""Sequence split of the (gated) delta-rule forward sweep at long T and small B * H: segments in parallel.
+
+The forward sweep of pallas.py walks the chunks of one (batch, head, value tile) in one program: B * H * V / BV
+programs, 32 at B = 1, T = 65536, H = 16, V = 128 (BV = 64) on a GPU of 132 SMs, and its time is the chain of
+1024 chunks (H200: forward 4.39 ms there against 1.85 ms at B = 32, T = 2048; the sweep 3.42 ms, the WY kernel
+0.85 ms). common/sequence_split.py splits simple_gla and gla, whose transitions are diagonal; the delta rule's is
+not (ALGORITHMS.md section 6; Yang et al. 2024, NeurIPS, arXiv 2406.06484, Sec. 3 + App. B), but it is still
+affine in the state and the same for every value column. Given W and U of the WY transform, chunk c does
+  S_{c+1} = e^{G_C} S_c + Kd^T (U - W S_c) = A_c S_c + Kd^T U,   A_c = e^{G_C} I - Kd^T W  [K, K]
+(Kd = K ⊙ e^{G_C - G}). Cut the padded sequence into P contiguous segments of whole chunks, as batch rows
+([B, Tp, H, D] -> [B * P, Tp / P, H, D] is a free reshape; the gate rows [B, H, Tp] take a small transpose).
+W and U come from the WY kernel ONCE on the whole sequence (it is parallel over chunks). Then, exactly:
+  1. S_loc(s): the sweep on the segments from a zero state (its final state; state-only, no o).
+  2. M(s) = prod of the segment's A_c: the sweep on the segments with U = 0 from I [Kp, Kp] (the value width is
+     Kp; state-only; U is never materialised).
+  3. In XLA, fp32 at Precision.HIGHEST: S_start(0) = h0 (or 0), S_start(s+1) = M(s) S_start(s) + S_loc(s)
+     (a loop over P - 1 segments: P is small).
+  4. The sweep on the segments from S_start(s): o, and the final state is the last segment's.
+Two of the three sweeps compute only V' and S (2 dots per chunk instead of 5), so the split pays only while SMs
+would idle: the number of segments is common/sequence_split.py's num_segments (KernelConfig.split_programs, one
+program per SM on GPU by default, and split_min_len), taken on the chunk count rounded up to a power of two, then
+halved until the segments hold >= split_min_len rows; when Tp is not a multiple of P chunks the segments are padded
+at the end with identity chunks (k = w = u = 0, g = 0), copies of q, k, W, U that a power-of-two T never needs.
+The split is used by the primal forward only (pallas._core). Under jax.grad (pallas._core_fwd) the forward stays
+unsplit: the backward reads every chunk-start state S_c in the unsplit layout, so gradients are unchanged.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from effattn.ops.common.pallas_triton import F32 as _F32
+from effattn.ops.common.pallas_triton import next_pow2 as _next_pow2
+from effattn.ops.common.pallas_triton import pad_axis as _pad_axis
+from effattn.ops.common.sequence_split import num_segments
+
+
+def segment_count(b: int, h: int, tp: int, vp: int, chunk: int, cfg, backend: str) -> int:
+    """Segments P for B batch rows, H heads, Tp padded rows, Vp padded value width (1: no split); see the module
+    docstring."""
+    n = tp // chunk
+    tiles = vp // min(cfg.block_v, vp)
+    p = num_segments(b, h, _next_pow2(n, 1) * chunk, tiles, chunk, split_programs=cfg.split_programs,
+                     min_len=cfg.split_min_len, backend=backend)
+    while p > 1 and -(-n // p) * chunk < cfg.split_min_len:
+        p //= 2
+    return p
+
+
+def split_forward(forward, q, k, w, u, g, h0, ctx, cfg, interpret, segments: int):
+    """(o [B,Tp,H,Vp] in q's dtype, final state fp32 [B,H,Kp,Vp]) by `segments` segments of the sweep `forward`
+    (pallas._forward). q, k, w [B,Tp,H,Kp], u [B,Tp,H,Vp] (ctx.dt), g [B,H,Tp] fp32 (the kernels' gate rows), h0
+    fp32 [B,H,Kp,Vp] or None."""
+    b, tp, h, kp = q.shape
+    vp = u.shape[-1]
+    p = segments
+    ts = -(-tp // (p * ctx.chunk)) * ctx.chunk  # rows per segment
+    # identity chunks at the end if P chunks do not divide Tp (G = 0 there, also chunk-local cumulative G)
+    q, k, w, u = (_pad_axis(x, 1, p * ts) for x in (q, k, w, u))
+    g = _pad_axis(g, 2, p * ts)
+    cut = lambda x: x.reshape(b * p, ts, *x.shape[2:])
+    qs, ks, ws, us = cut(q), cut(k), cut(w), cut(u)
+    gs = jnp.swapaxes(g.reshape(b, h, p, ts), 1, 2).reshape(b * p, h, ts)
+    s_loc = forward(qs, ks, ws, us, gs, None, ctx, cfg, interpret, False, final_only=True)[1]
+    eye = jnp.broadcast_to(jnp.eye(kp, dtype=_F32), (b * p, h, kp, kp))
+    trans = forward(qs, ks, ws, None, gs, eye, ctx, cfg, interpret, False, final_only=True)[1]
+    s_loc, trans = s_loc.reshape(b, p, h, kp, vp), trans.reshape(b, p, h, kp, kp)
+    starts = [jnp.zeros((b, h, kp, vp), _F32) if h0 is None else h0.astype(_F32)]
+    for s in range(p - 1):
+        carried = jnp.einsum('BHIJ,BHJV->BHIV', trans[:, s], starts[-1], precision=jax.lax.Precision.HIGHEST,
+                             preferred_element_type=_F32)
+        starts.append(carried + s_loc[:, s])
+    s_start = jnp.stack(starts, axis=1).reshape(b * p, h, kp, vp)
+    o, ht = forward(qs, ks, ws, us, gs, s_start, ctx, cfg, interpret, False)[:2]
+    return o.reshape(b, p * ts, h, vp)[:, :tp], ht.reshape(b, p, h, kp, vp)[:, -1]
