@@ -303,7 +303,8 @@ def main(argv=None):
                 row = bench_one(name, impl, t, a)
                 rows.append(row)
                 print(
-                    f'{name:<18}{impl:<11}T={t:<6} fwd {fmt(row["fwd_ms"]):>9} ms  fwd+bwd {fmt(row["fwd_bwd_ms"]):>9} ms'
+                    f'{name:<18}{impl:<11}T={t:<6} fwd {fmt(row["fwd_ms"]):>9} ms'
+                    f'  fwd+bwd {fmt(row["fwd_bwd_ms"]):>9} ms'
                     f'  temp {row["temp_bytes_fwd_bwd"] / MIB:8.1f} MiB  (compile {row["compile_fwd_bwd_s"]:.1f}s)'
                     + (f'  skipped: {row["skipped"]}' if row['skipped'] else ''),
                     flush=True,

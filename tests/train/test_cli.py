@@ -10,9 +10,6 @@ import time
 
 import pytest
 
-from effattn.train.checkpoint import Checkpointer
-from effattn import config as config_lib
-
 from conftest import ROOT
 
 TINY = [

@@ -46,7 +46,8 @@ def simple_gla(
     impl: str = 'auto',
     chunk_size: int = 64,
 ) -> tuple[Float[Array, 'B T H V'], Float[Array, 'B H K V'] | None]:
-  """Scalar-decay linear attention, RetNet (Sun et al. 2023) eq. 1 with A = exp(g_t) I: S_t = e^{g_t} S_{t-1} + k_t^T v_t, o_t = q_t S_t.
+  """Scalar-decay linear attention, RetNet (Sun et al. 2023) eq. 1 with A = exp(g_t) I:
+  S_t = e^{g_t} S_{t-1} + k_t^T v_t, o_t = q_t S_t.
 
   Args:
     q, k, v: [B, T, H, K], [B, T, H, K], [B, T, H, V]. q is multiplied by `scale` first.
