@@ -223,7 +223,7 @@ def _forward_only(case: Case, cfg):
     (Case(2, 100, 1, 32, 48, n=None, h0=False, chunk=16), dataclasses.replace(SPLIT, split_min_len=32)),  # 4 of 32
     (Case(2, 70, 1, 48, 32, n=1, h0=False, chunk=16, dtype='bfloat16'), SPLIT),               # K > V
     (Case(1, 100, 2, 32, 48, n=16, h0=True, chunk=16, dtype='bfloat16'), SPLIT),
-    (Case(1, 100, 1, 32, 48, n=1, h0=True, chunk=16), dataclasses.replace(SPLIT, block_v=16)),   # 3 value tiles
+    (Case(1, 100, 1, 32, 48, n=1, h0=True, chunk=16), dataclasses.replace(SPLIT, split_block_v=16)),  # 16-wide
     (Case(1, 70, 1, 32, 48, n=1, h0=True, chunk=16, dtype='bfloat16'), dataclasses.replace(SPLIT, split_o=True)),
 ], ids=lambda a: str(a) if isinstance(a, Case) else None)
 def test_sequence_split_forward(case, cfg):
@@ -256,6 +256,14 @@ def test_sequence_split_segment_count():
     assert count(1, 65536, KernelConfig(split_programs=1024, split_min_len=8192)) == 8
     assert count(1, 3000, KernelConfig(split_programs=1024)) == 2  # 47 chunks: 2 segments of 24 (one padded)
     assert count(1, 80, SPLIT, h=2, vp=64, chunk=16) == 8           # 5 chunks: 8 segments of 1 (3 padding)
+    plan = lambda b, t, cfg=KernelConfig(): _split.split_plan(b, 16, t, 128, 64, cfg, 'gpu')
+    p, cfg = plan(1, 65536)                  # split: the sweeps at split_block_v, 16 programs -> 8 segments
+    assert p == 8 and cfg.block_v == 128
+    p, cfg = plan(2, 32768)
+    assert p == 4 and cfg.block_v == 128
+    assert plan(4, 4096) == (1, KernelConfig())  # no split: block_v stays
+    p, cfg = plan(1, 65536, KernelConfig(split_block_v=None))
+    assert p == 4 and cfg.block_v == 64
 
 
 def test_sequence_split_gradients_are_the_unsplit_ones():

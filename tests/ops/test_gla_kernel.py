@@ -81,6 +81,15 @@ def test_rows_diagonal(case):
     _check(case, functools.partial(kernel_gla, config=cfg))
 
 
+def test_intra_forms_by_head_dim():
+  """The intra kernels' diagonal-block forms and widths by padded head dim (timed on the H200 at K = 128)."""
+  cfg = KernelConfig()
+  assert cfg.intra_diag_for(128) == 'rows' and cfg.intra_bwd_for(128) == ('rows', 128)
+  assert cfg.intra_diag_for(64) == 'halves' and cfg.intra_bwd_for(64) == ('halves', 64)
+  assert KernelConfig(intra_diag_bwd='halves').intra_bwd_for(128) == ('halves', 32)
+  assert KernelConfig(intra_width_bwd=16).intra_bwd_for(128) == ('rows', 16)
+
+
 @pytest.mark.parametrize('case', [Case(1, 128, 2, 32, 32, n=1, h0=True),
                                   Case(2, 128, 1, 16, 48, n=0.1, h0=False, dtype='bfloat16')], ids=str)
 def test_sequence_split_matches_naive(case):
@@ -146,9 +155,9 @@ def test_matches_naive_gpu_shapes(case):
                                  KernelConfig(block_v=128, block_k_dq=32, block_k_dk=64, block_v_bwd=32,
                                               num_warps_intra=8, num_warps_intra_bwd=8, intra_width=16,
                                               intra_width_bwd=16),
-                                 KernelConfig(intra_diag='rows', intra_diag_bwd='rows'),
-                                 KernelConfig(intra_diag='rows', intra_width=128, intra_diag_bwd='rows')],
-                         ids=['c32', 'tiles', 'rows', 'rows-128'])
+                                 KernelConfig(intra_diag='halves', intra_diag_bwd='halves'),
+                                 KernelConfig(intra_width=128, intra_width_bwd=32)],
+                         ids=['c32', 'tiles', 'halves', 'rows-128-32'])
 def test_other_configs_gpu(cfg):
   """Other tilings the tuner may pick (tune_candidates) at real head sizes."""
   _check(Case(1, 1000, 2, 128, 128, n=1, h0=True, dtype='bfloat16'), functools.partial(kernel_gla, config=cfg))

@@ -26,6 +26,8 @@ unsplit: the backward reads every chunk-start state S_c in the unsplit layout, s
 """
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 
@@ -45,6 +47,19 @@ def segment_count(b: int, h: int, tp: int, vp: int, chunk: int, cfg, backend: st
     while p > 1 and -(-n // p) * chunk < cfg.split_min_len:
         p //= 2
     return p
+
+
+def split_plan(b: int, h: int, tp: int, vp: int, chunk: int, cfg, backend: str):
+    """(segments P, the config of the split's sweeps). Where the sweep at cfg.block_v would leave SMs idle (P > 1),
+    the split's sweeps take value tiles of cfg.split_block_v and P is counted again with them: wider tiles do the
+    per-chunk K-wide dots (W S, Q K^T) once for more columns, and the segments make up the programs. H200, B=1,
+    T=65536, H=16, D=128 bf16 (benchmarks/README.md): delta_rule 2.632 ms at 64-wide tiles (P = 4), 2.497 at 128
+    (P = 8); B=2, T=32768: 2.623 -> 2.469. Unsplit shapes keep block_v (128 at B=4, T=4096: 0.670 against 0.475)."""
+    p = segment_count(b, h, tp, vp, chunk, cfg, backend)
+    if p == 1 or cfg.split_block_v is None or cfg.split_block_v == cfg.block_v:
+        return p, cfg
+    wide = dataclasses.replace(cfg, block_v=cfg.split_block_v)
+    return max(p, segment_count(b, h, tp, vp, chunk, wide, backend)), wide
 
 
 def split_forward(forward, q, k, w, u, g, h0, ctx, cfg, interpret, segments: int):

@@ -105,6 +105,7 @@ class KernelConfig:
     # >= split_min_len rows. It runs 3 sweeps (two of them state-only), so it pays only while SMs would idle.
     split_programs: int | None = None
     split_min_len: int = 1024
+    split_block_v: int | None = 128  # the split's sweeps: value-tile width (None: block_v; _split.split_plan)
 
     def storage_dtypes(self, ctx):
         """(dtype of S_c and V', dtype of dS_{c+1} and dV') for bwd_storage."""
@@ -317,9 +318,10 @@ def _run_forward(q, k, v, g, beta, h0, ctx, cfg, interpret, store):
     gr = _gate_rows(g, ctx)
     w, u, t = wy_kernel(k, v, gr, _gates_bht(beta), ctx, cfg.num_warps_wy, interpret)
     b, tp, h, _ = q.shape
-    segments = 1 if store else _split.segment_count(b, h, tp, u.shape[-1], ctx.chunk, cfg, default_backend())
+    segments, split_cfg = (1, cfg) if store else _split.split_plan(b, h, tp, u.shape[-1], ctx.chunk, cfg,
+                                                                     default_backend())
     if segments > 1:
-        o, ht = _split.split_forward(_forward, q, k, w, u, gr, h0, ctx, cfg, interpret, segments)
+        o, ht = _split.split_forward(_forward, q, k, w, u, gr, h0, ctx, split_cfg, interpret, segments)
         return o, ht, None, (w, u, t), None
     o, ht, s_starts, v_new = _forward(q, k, w, u, gr, h0, ctx, cfg, interpret, store)
     return o, ht, s_starts, (w, u, t), v_new

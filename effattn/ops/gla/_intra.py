@@ -22,9 +22,12 @@ intra-pair gate term q ⊙ dq_strict - k ⊙ dk_strict (so that the sweeps need 
 dots take two bf16 halves of each fp32 operand (~2^-16): the gate gradient takes row minus column sums of these
 pairs, which must cancel to better than bf16.
 Both kernels also write the sweeps' factors q ⊙ e^G and k ⊙ e^{G_l - G} in the dot dtype (_gated).
-Why no sequential loop over key rows (the previous design): its steps are latency-bound (a row load, [16, K] exps
-and a reduction each); the exp tiles here are independent. The work is parallel over B H T / 16 programs, so the
-sweeps do only dots.
+KernelConfig.intra_diag / intra_diag_bwd = 'rows' (the default at K > 64, by measurement: pallas.KernelConfig) takes
+the diagonal block as flash-linear-attention's sub_intra kernel does instead: a loop over its 16 key rows, each a
+[16, w] exp tile and a reduction, more exps (256 w) but only 2-D tiles (_fwd_kernel_rows, _bwd_kernel_rows).
+Why not in the sequential chunk sweep (the previous design, a loop over all the chunk's key rows inside it): those
+steps are latency-bound (a row load, [16, K] exps and a reduction each) with only B H V / BV programs. Here the work
+is parallel over B H T / 16 programs (a 16-step loop each, in 'rows'), so the sweeps do only dots.
 """
 from __future__ import annotations
 
@@ -276,10 +279,11 @@ def intra_a(q, k, g, ctx, cfg, interpret):
   fac = jax.ShapeDtypeStruct((b, tp, h, kp), ctx.dt)
   width, stages = cfg.intra_fwd_for(kp)
   kernels = {'halves': _fwd_kernel, 'rows': _fwd_kernel_rows}
-  if cfg.intra_diag not in kernels:
-    raise ValueError(f"KernelConfig.intra_diag must be 'halves' or 'rows'; got {cfg.intra_diag!r}")
+  diag = cfg.intra_diag_for(kp)
+  if diag not in kernels:
+    raise ValueError(f"KernelConfig.intra_diag must be 'halves' or 'rows'; got {diag!r}")
   return pl.pallas_call(
-      functools.partial(kernels[cfg.intra_diag], ctx=ctx, width=width), grid=(b, h, tp // SUB),
+      functools.partial(kernels[diag], ctx=ctx, width=width), grid=(b, h, tp // SUB),
       in_specs=[cs, cs, cs], out_specs=[_sub_spec(ctx.chunk), _sub_spec(kp), _sub_spec(kp)],
       out_shape=[jax.ShapeDtypeStruct((b, tp, h, ctx.chunk), ctx.dt), fac, fac], interpret=interpret,
       name='gla_intra_fwd',
@@ -295,11 +299,11 @@ def intra_grads(q, k, g, v, do, ctx, cfg, interpret):
   shape = jax.ShapeDtypeStruct((b, tp, h, kp), F32)
   fac = jax.ShapeDtypeStruct((b, tp, h, kp), ctx.dt)
   kernels = {'halves': _bwd_kernel, 'rows': _bwd_kernel_rows}
-  if cfg.intra_diag_bwd not in kernels:
-    raise ValueError(f"KernelConfig.intra_diag_bwd must be 'halves' or 'rows'; got {cfg.intra_diag_bwd!r}")
+  diag, width = cfg.intra_bwd_for(kp)
+  if diag not in kernels:
+    raise ValueError(f"KernelConfig.intra_diag_bwd must be 'halves' or 'rows'; got {diag!r}")
   return pl.pallas_call(
-      functools.partial(kernels[cfg.intra_diag_bwd], ctx=ctx, precise=cfg.precise_dg,
-                        width=cfg.intra_width_bwd_for(kp)),
+      functools.partial(kernels[diag], ctx=ctx, precise=cfg.precise_dg, width=width),
       grid=(b, h, tp // SUB),
       in_specs=[cs, cs, cs, cv, cv], out_specs=[out] * 5, out_shape=[shape, shape, shape, fac, fac],
       interpret=interpret, name='gla_intra_bwd',

@@ -86,9 +86,10 @@ class KernelConfig:
   intra_width: int | None = None      # forward intra kernel: key channels per step ([16, 8, width] fp32 pairwise
                                       # tiles); None: by head dim (intra_fwd_for)
   intra_width_bwd: int | None = None  # backward intra kernel: the same (intra_width_bwd_for)
-  intra_diag: str = 'halves'  # forward intra kernel's diagonal blocks: 'halves' (_intra._fwd_kernel) or 'rows'
-                              # (_intra._fwd_kernel_rows, fla's loop over key rows); not yet timed
-  intra_diag_bwd: str = 'halves'  # the same for the backward intra kernel (_bwd_kernel / _bwd_kernel_rows)
+  intra_diag: str | None = None      # forward intra kernel's diagonal blocks: 'halves' (_intra._fwd_kernel) or
+                                     # 'rows' (_intra._fwd_kernel_rows, fla's loop over key rows); None: by head
+                                     # dim (intra_diag_for)
+  intra_diag_bwd: str | None = None  # the same for the backward intra kernel (intra_bwd_for)
   block_k_dq: int = 64       # backward dq sweeps: key-tile width
   block_k_dk: int = 32       # backward dk sweeps: key-tile width (64 spills ~270 bytes at 8 warps: fp32 [bk, V] dS)
   block_v_bwd: int = 64      # backward dv sweeps: value-tile width
@@ -111,8 +112,17 @@ class KernelConfig:
     """(key channels per step, pipeline stages) of the forward intra kernel."""
     return self.intra_width or (kp if kp <= 64 else 16), self.num_stages_intra or (1 if kp <= 64 else 2)
 
-  def intra_width_bwd_for(self, kp: int) -> int:
-    return self.intra_width_bwd or (kp if kp <= 64 else 32)
+  # The diagonal blocks, timed on the H200 at K = 128 (B=4 T=4096 H=16, kernel_parts' intra pieces,
+  # results/gla_intra_rows_2026-12-03.json): forward 'rows' 0.588 ms (16 channels, 2 warps) against 'halves' 0.781;
+  # backward 'rows' over all 128 channels at 4 warps 1.423 against 'halves' at 32 channels 1.587 ('rows' at 32 or 64
+  # channels: 3.1-7.4). K <= 64 keeps 'halves' (not timed there with 'rows').
+  def intra_diag_for(self, kp: int) -> str:
+    return self.intra_diag or ('rows' if kp > 64 else 'halves')
+
+  def intra_bwd_for(self, kp: int) -> tuple[str, int]:
+    """(diagonal-block form, key channels per step) of the backward intra kernel."""
+    diag = self.intra_diag_bwd or ('rows' if kp > 64 else 'halves')
+    return diag, self.intra_width_bwd or (kp if kp <= 64 or diag == 'rows' else 32)
 
 
 DEFAULT_CONFIG = KernelConfig()
