@@ -26,6 +26,7 @@ from effattn.ops.simple_gla.slopes import transnormer_g_gamma
 
 ON_GPU = jax.default_backend() == 'gpu'
 simple_gla_mod = importlib.import_module('effattn.ops.simple_gla')  # the package, not the function
+pallas_mod = importlib.import_module('effattn.ops.simple_gla.pallas')
 
 
 class Case(checks.Case):
@@ -63,6 +64,13 @@ def test_three_backward_launches_and_small_tiles():
   slow gates over several chunks of 32."""
   cfg = KernelConfig(block_v=16, block_k_bwd=16, block_v_bwd=32, fuse_bwd=False)
   _check(Case(1, 130, 1, 60, 48, n=16, h0=True, chunk=32), functools.partial(kernel_simple_gla, config=cfg))
+
+
+def test_wide_value_tiles():
+  """block_v = 128 (the default on GPU for 16-bit inputs at large B * H or with the split): one value tile."""
+  cfg = KernelConfig(block_v=128)
+  _check(Case(1, 70, 1, 32, 128, n=1, h0=True, chunk=32, dtype='bfloat16'),
+         functools.partial(kernel_simple_gla, config=cfg))
 
 
 @pytest.mark.parametrize('case', [Case(1, 256, 2, 32, 32, n=1, h0=True, chunk=16),
@@ -105,6 +113,19 @@ def test_g_gamma_through_the_public_op():
   for name in ('q', 'k', 'v', 'h0'):
     assert_close(f'd{name}', grads[name], grads_ref[name], TOL['float32'])
   np.testing.assert_array_equal(dgamma, 0.0)
+
+
+def test_value_tile_width_by_shape(monkeypatch):
+  """KernelConfig.block_v None: 128-wide value tiles on GPU for 16-bit inputs unless they leave SMs idle without a
+  sequence split (timed on the H200, 132 SMs); 64 elsewhere; an explicit block_v wins."""
+  monkeypatch.setattr(pallas_mod, 'sm_count', lambda: 132)
+  width = lambda b, t, h=16, vp=128, dtype=jnp.bfloat16, backend='gpu', cfg=KernelConfig(): cfg.block_v_for(
+      b, h, t, vp, 64, dtype, backend)
+  assert width(32, 2048) == 128 and width(8, 8192) == 128      # >= half a wave of 128-wide programs
+  assert width(4, 4096) == 64                                   # 64 wide programs, no split at 64
+  assert width(2, 32768) == 128 and width(1, 65536) == 128      # the split fills the SMs
+  assert width(32, 2048, dtype=jnp.float32) == 64 and width(32, 2048, backend='cpu') == 64
+  assert width(32, 2048, vp=64) == 64 and width(32, 2048, cfg=KernelConfig(block_v=32)) == 32
 
 
 def test_segment_ids_not_implemented_and_auto_falls_back(monkeypatch):

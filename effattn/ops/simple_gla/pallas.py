@@ -56,7 +56,7 @@ from effattn.ops.common.pallas_triton import checked_chunk, checked_interpret
 from effattn.ops.common.pallas_triton import chunk_slice as _chunk_slice
 from effattn.ops.common.pallas_triton import next_pow2 as _next_pow2
 from effattn.ops.common.pallas_triton import pad_axis as _pad_axis
-from effattn.ops.common.sequence_split import num_segments, split_over_segments
+from effattn.ops.common.sequence_split import num_segments, sm_count, split_over_segments
 
 _MAX_HEAD_DIM = 128  # K and V; larger heads fall back ('auto') to the chunk form
 
@@ -71,7 +71,7 @@ class KernelConfig:
   three launches, 2.35 ms with 32-wide tiles). Compiled offline for sm_90 (triton 3.6, ptxas -v), every
   kernel reaches the 255-register cap: at 4 warps the fused backward spills ~4 KB, at 8 warps ~200 bytes.
   """
-  block_v: int = 64          # forward: value-tile width of each program
+  block_v: int | None = None  # forward: value-tile width of each program; None: by shape (block_v_for)
   block_k_bwd: int = 64      # backward dq / dk sweeps: key-tile width
   block_v_bwd: int = 64      # backward dv sweep: value-tile width
   num_warps: int = 8
@@ -89,6 +89,22 @@ class KernelConfig:
   # segment states of the split: 'kernel' (common/block_states.py; 0.29 ms at B=1, T=65536, H=16, D=128 bf16 on
   # the H200) or 'xla' (a transposing einsum, 0.48 ms)
   split_states: str = 'kernel'
+
+  def block_v_for(self, b: int, h: int, t: int, vp: int, chunk: int, dtype, backend: str) -> int:
+    """The forward's value-tile width. 128-wide tiles compute each chunk's Q K^T once for twice the columns; they
+    win unless they leave SMs idle. H200, bf16, D=128, forward ms at 64 / 128 (benchmarks/README.md, 2026-12-03):
+    B=32 T=2048 H=16 1.130 / 0.811 (FLA 0.829); B=8 T=8192 1.131 / 0.808 (128 programs of 132 SMs); with the
+    sequence split, B=2 T=32768 1.422 / 1.124 and B=1 T=65536 1.430 / 1.133. At B=4 T=4096 H=16 (64 wide programs
+    for 132 SMs, no split at 64) 64 stays: 0.293 ms, 128 not timed there. fp32 tiles stay at 64 (shared memory)."""
+    if self.block_v is not None:
+      return self.block_v
+    if backend != 'gpu' or jnp.dtype(dtype).itemsize > 2 or vp < 128:
+      return 64
+    if 2 * b * h * (vp // 128) >= sm_count():
+      return 128
+    narrow = num_segments(b, h, t, vp // 64, chunk, split_programs=self.split_programs, min_len=self.split_min_len,
+                          backend=backend)
+    return 128 if narrow > 1 else 64  # the split fills the SMs either way
 
 
 DEFAULT_CONFIG = KernelConfig()
@@ -455,6 +471,7 @@ def kernel_simple_gla(q, k, v, g, *, scale, initial_state=None, segment_ids=None
   dtype = jnp.promote_types(jnp.promote_types(dtype, k.dtype), v.dtype)
   tp = -(-t // chunk) * chunk
   kp, vp = _next_pow2(kd), _next_pow2(vd)
+  cfg = dataclasses.replace(cfg, block_v=cfg.block_v_for(b, h, t, vp, chunk, dtype, backend))
   segments = num_segments(b, h, t, -(-vp // min(cfg.block_v, vp)), chunk, split_programs=cfg.split_programs,
                           min_len=cfg.split_min_len, backend=backend)
   if segments > 1:
