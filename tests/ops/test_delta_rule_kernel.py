@@ -327,6 +327,15 @@ def test_split_o_gpu_shapes(n):
            functools.partial(kernel_gated_delta_rule, config=cfg))
 
 
+@pytest.mark.skipif(not ON_GPU, reason='native Triton kernel: GPU only (interpret mode is too slow here)')
+@pytest.mark.parametrize('n', [None, 1])
+def test_sequence_split_forward_gpu(n):
+    """The split forward at a real head size on the GPU (8 segments of 1024 rows, 128-wide value tiles): oracle and
+    unsplit kernel."""
+    case = Case(1, 8192, 2, 128, 128, n=n, h0=True, chunk=64, dtype='bfloat16')
+    test_sequence_split_forward(case, KernelConfig(split_programs=64, split_min_len=1024))
+
+
 @pytest.mark.skipif(not ON_GPU, reason='T = 65536: GPU only')
 @pytest.mark.parametrize('n', [0.1, 16, None])
 def test_long_bf16_finite(n):
