@@ -47,6 +47,7 @@ GPU_CASES = [
     Case(2, 1000, 2, 128, 128, n=1, h0=True, dtype='bfloat16'),
     Case(1, 1000, 3, 128, 64, n=0.1, h0=True, dtype='bfloat16'),
     Case(1, 777, 2, 128, 128, n=16, h0=True),
+    Case(8, 520, 16, 128, 128, n=1, h0=True, dtype='bfloat16'),  # B*H = 128: 128-wide value tiles (block_v_for)
 ]
 
 
