@@ -13,11 +13,14 @@ import importlib
 import jax
 import jax.numpy as jnp
 import linear_op_checks as checks
+import numpy as np
 import pytest
 from helpers import TOL, assert_close
 
 from effattn.ops.gla import gla
 from effattn.ops.gla.naive import gla_naive
+from effattn.ops.gla import _intra, _scan
+from effattn.ops.gla import pallas as gla_pallas
 from effattn.ops.gla.pallas import KernelConfig, kernel_gla
 
 ON_GPU = jax.default_backend() == 'gpu'
@@ -79,6 +82,25 @@ def test_rows_diagonal(case):
   for width in (16, None):
     cfg = KernelConfig(intra_diag='rows', intra_width=width, intra_diag_bwd='rows', intra_width_bwd=width)
     _check(case, functools.partial(kernel_gla, config=cfg))
+
+
+@pytest.mark.parametrize('case', [Case(1, 70, 2, 48, 40, n=1, h0=True),
+                                  Case(1, 130, 1, 32, 48, n=0.1, h0=True, dtype='bfloat16')], ids=str)
+def test_fused_gates(case):
+  """KernelConfig(fused_gates=True): the 'rows' forward intra kernel computes G itself (no gates kernel); the G it
+  stores is the gates kernel's to fp32 rounding, and o, the final state and every gradient match the oracle."""
+  for width in (16, None):
+    cfg = KernelConfig(intra_diag='rows', intra_width=width, fused_gates=True)
+    _check(case, functools.partial(kernel_gla, config=cfg))
+  ctx = gla_pallas._Ctx(jnp.dtype(case.dtype), 0.1, 16 if case.dtype == 'float32' else 64)
+  g = jax.nn.log_sigmoid(jax.random.normal(jax.random.key(1), (1, 128, 2, 32))) / case.n
+  q = jax.random.normal(jax.random.key(2), (1, 128, 2, 32)).astype(case.dtype)
+  fused = _intra.intra_a_fused_gates(q, q, g, ctx, KernelConfig(intra_width=16), True)
+  separate_g = _scan.chunk_gates(g, ctx.chunk, True)
+  separate = _intra.intra_a(q, q, separate_g, ctx, KernelConfig(intra_diag='rows', intra_width=16), True)
+  np.testing.assert_allclose(fused[3], separate_g, rtol=1e-6, atol=1e-6)
+  for a, b in zip(fused[:3], separate):
+    np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32), rtol=1e-2, atol=1e-5)
 
 
 def test_intra_forms_by_head_dim():
@@ -172,7 +194,8 @@ def test_long_bf16_finite(n):
 @pytest.mark.parametrize('dtype, cfg', [('bfloat16', KernelConfig()), ('float32', KernelConfig()),
                                         ('bfloat16', KernelConfig(block_v=16, block_k_dq=16, block_k_dk=16,
                                                                   block_v_bwd=16, chunk=32)),
-                                        ('bfloat16', KernelConfig(intra_diag='rows', intra_diag_bwd='rows'))])
+                                        ('bfloat16', KernelConfig(intra_diag='rows', intra_diag_bwd='rows')),
+                                        ('bfloat16', KernelConfig(intra_diag='rows', fused_gates=True))])
 def test_lowers_to_triton(dtype, cfg):
   """Forward and backward lower through Pallas' Triton lowering (cross-platform, no GPU needed): catches
   primitives or indexing that only interpret mode accepts."""

@@ -37,7 +37,8 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
-from effattn.ops.common.pallas_triton import F32
+from effattn.ops.common.pallas_triton import F32, LOG2E
+from effattn.ops.gla._scan import sum_rows
 from effattn.ops.simple_gla.pallas import _dot, _f32, _params
 
 SUB = 16  # rows of a sub-block
@@ -77,11 +78,14 @@ def _slices(kp, width, body):
   return step, kp // w
 
 
-def _gated(qf, kb, gq, g_ref, cs, ctx, qg_ref, kg_ref):
+def _gated(qf, kb, gq, g_ref, cs, ctx, qg_ref, kg_ref, g_last=None):
   """The sweeps' factors of the block's rows, in the dot dtype: q ⊙ e^G and k ⊙ e^{G_l - G} (G_l the chunk's last
-  row), so that the sweeps that round them to it anyway load two tiles instead of q, k and fp32 G, and do no exps."""
+  row, read from g_ref unless given), so that the sweeps that round them to it anyway load two tiles instead of q,
+  k and fp32 G, and do no exps."""
+  if g_last is None:
+    g_last = g_ref[pl.ds(ctx.chunk - 1, 1), cs]
   qg_ref[:, cs] = (qf * jnp.exp2(gq)).astype(qg_ref.dtype)
-  kg_ref[:, cs] = (kb * jnp.exp2(g_ref[pl.ds(ctx.chunk - 1, 1), cs] - gq)).astype(kg_ref.dtype)
+  kg_ref[:, cs] = (kb * jnp.exp2(g_last - gq)).astype(kg_ref.dtype)
 
 
 def _fwd_kernel(q_ref, k_ref, g_ref, a_ref, qg_ref, kg_ref, *, ctx, width):
@@ -127,33 +131,56 @@ def _fwd_kernel(q_ref, k_ref, g_ref, a_ref, qg_ref, kg_ref, *, ctx, width):
   a_ref[...] = (a + _dot(ad.astype(ctx.dt), sel, 1, 0, ctx)).astype(a_ref.dtype)
 
 
-def _earlier_keys(q_ref, k_ref, g_ref, cs, a, r0, rows, crow, ctx):
+def _earlier_keys(q_ref, k_ref, g_ref, cs, a, r0, rows, crow, ctx, gates=None):
   """(scaled q, G of the block's rows, a plus the keys of earlier blocks' columns): one dot about the reference
-  row n = r0, both factors <= 1."""
+  row n = r0, both factors <= 1. gates: (G of the chunk [C, w], of the block's rows [SUB, w], of row r0 [1, w])
+  when computed in the kernel (_fwd_kernel_rows with fused gates), else read from g_ref."""
   qf = _f32(q_ref[rows, cs]) * ctx.scale
-  gq, gn = g_ref[rows, cs], g_ref[pl.ds(r0, 1), cs]
-  kfac = jnp.exp2(jnp.where(crow < r0, gn - g_ref[:, cs], -jnp.inf))  # e^{G_n - G_j}, keys of earlier blocks
+  gc, gq, gn = gates or (g_ref[:, cs], g_ref[rows, cs], g_ref[pl.ds(r0, 1), cs])
+  kfac = jnp.exp2(jnp.where(crow < r0, gn - gc, -jnp.inf))  # e^{G_n - G_j}, keys of earlier blocks
   return qf, gq, a + _dd(qf * jnp.exp2(gq - gn), _f32(k_ref[:, cs]) * kfac, 1, 1, ctx)
 
 
-def _fwd_kernel_rows(q_ref, k_ref, g_ref, a_ref, qg_ref, kg_ref, *, ctx, width):
+def _chunk_gates(g_ref, cs, r0, si, col, ctx):
+  """G (base 2, fp32) from the raw log decays of the chunk, in the kernel (what _scan.chunk_gates stores):
+  (G of the chunk [C, w], of the block's rows [SUB, w], of row r0 [1, w], of the last row [1, w]). Each is a dot
+  of a 0/1 matrix with g split in three bf16 parts (_scan.sum_rows, fp32-exact); the block's rows and the last
+  row come from [SUB, C] row selections of the triangle, as values cannot be sliced."""
+  x = g_ref[:, cs].astype(F32) * LOG2E
+  lower = (col <= jnp.arange(ctx.chunk, dtype=jnp.int32)[:, None]).astype(jnp.bfloat16)
+  gq = sum_rows((col <= r0 + si).astype(jnp.bfloat16), x)
+  g_last = sum_rows(jnp.ones((SUB, ctx.chunk), jnp.bfloat16), x)  # every row: the chunk's total
+  first = lambda y: jnp.sum(jnp.where(si == 0, y, 0.0), axis=0, keepdims=True)
+  return sum_rows(lower, x), gq, first(gq), first(g_last)
+
+
+def _fwd_kernel_rows(q_ref, k_ref, g_ref, a_ref, qg_ref, kg_ref, *g_out, ctx, width, fused_gates=False):
   """_fwd_kernel with the diagonal block as flash-linear-attention's chunk_gla_fwd_A_kernel_intra_sub_intra
   computes it (KernelConfig.intra_diag='rows'): a loop over its 16 key rows j, each a [16, w] exp tile
   e^{G_i - G_j} (i >= j) and a row reduction giving column j. 256 w exps per slice against the halves' 152 w,
-  but only 2-D tiles: no [16, 8, w] products, reductions over their middle axis or 0/1 selection sums."""
+  but only 2-D tiles: no [16, 8, w] products, reductions over their middle axis or 0/1 selection sums.
+  fused_gates (KernelConfig.fused_gates): g_ref holds the raw log decays g; G is computed here (_chunk_gates) and
+  the block's rows of it go to g_out, in place of the separate gates kernel (_scan.chunk_gates)."""
   r0, rows, _, crow, col, (si, sj) = _block(ctx)
 
   def body(cs, carry):
     a, ad = carry
-    qf, gq, a = _earlier_keys(q_ref, k_ref, g_ref, cs, a, r0, rows, crow, ctx)
+    if fused_gates:
+      gc, gq, gn, g_last = _chunk_gates(g_ref, cs, r0, si, col, ctx)
+      g_out[0][:, cs] = gq
+      g_key = lambda j: jnp.sum(jnp.where(si == j, gq, 0.0), axis=0, keepdims=True)  # G of key row r0 + j
+      qf, gq, a = _earlier_keys(q_ref, k_ref, g_ref, cs, a, r0, rows, crow, ctx, (gc, gq, gn))
+    else:
+      g_last = None
+      g_key = lambda j: g_ref[pl.ds(r0 + j, 1), cs]
+      qf, gq, a = _earlier_keys(q_ref, k_ref, g_ref, cs, a, r0, rows, crow, ctx)
 
     def column(j, ad):
-      key = pl.ds(r0 + j, 1)
-      e = jnp.exp2(jnp.where(si >= j, gq - g_ref[key, cs], -jnp.inf))      # [SUB, w], <= 1
-      c = jnp.sum(qf * _f32(k_ref[key, cs]) * e, axis=1, keepdims=True)    # [SUB, 1]: A_ij of key j
+      e = jnp.exp2(jnp.where(si >= j, gq - g_key(j), -jnp.inf))                       # [SUB, w], <= 1
+      c = jnp.sum(qf * _f32(k_ref[pl.ds(r0 + j, 1), cs]) * e, axis=1, keepdims=True)  # [SUB, 1]: A_ij of key j
       return ad + jnp.where(sj == j, c, 0.0)
     ad = jax.lax.fori_loop(0, SUB, column, ad)
-    _gated(qf, _f32(k_ref[rows, cs]), gq, g_ref, cs, ctx, qg_ref, kg_ref)
+    _gated(qf, _f32(k_ref[rows, cs]), gq, g_ref, cs, ctx, qg_ref, kg_ref, g_last)
     return a, ad
 
   step, n = _slices(q_ref.shape[-1], width, body)
@@ -269,6 +296,21 @@ def _chunk_spec(ctx, d):
 
 def _sub_spec(d):
   return pl.BlockSpec((None, SUB, None, d), lambda b, h, p: (b, p, h, 0))
+
+
+def intra_a_fused_gates(q, k, g, ctx, cfg, interpret):
+  """(A, q ⊙ e^G, k ⊙ e^{G_l - G} as intra_a, and G [B, Tp, H, Kp] fp32) from the raw log decays g: the 'rows'
+  forward kernel computes G itself (KernelConfig.fused_gates)."""
+  b, tp, h, kp = q.shape
+  cs = _chunk_spec(ctx, kp)
+  fac = jax.ShapeDtypeStruct((b, tp, h, kp), ctx.dt)
+  width, stages = cfg.intra_fwd_for(kp)
+  return pl.pallas_call(
+      functools.partial(_fwd_kernel_rows, ctx=ctx, width=width, fused_gates=True), grid=(b, h, tp // SUB),
+      in_specs=[cs, cs, cs], out_specs=[_sub_spec(ctx.chunk), _sub_spec(kp), _sub_spec(kp), _sub_spec(kp)],
+      out_shape=[jax.ShapeDtypeStruct((b, tp, h, ctx.chunk), ctx.dt), fac, fac,
+                 jax.ShapeDtypeStruct((b, tp, h, kp), F32)], interpret=interpret,
+      name='gla_intra_fwd', **_params(interpret, ctx, cfg.num_warps_intra, stages))(q, k, g)
 
 
 def intra_a(q, k, g, ctx, cfg, interpret):

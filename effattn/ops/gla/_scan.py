@@ -27,7 +27,7 @@ def _tri(c, keep):
   return keep(idx[:, None], idx[None, :]).astype(_BF16)
 
 
-def _sum_rows(m, x):
+def sum_rows(m, x):
   """m [C, C] 0/1 (bf16) times x [C, K] fp32, to fp32 accuracy (x split in three bf16 parts)."""
   out = None
   for _ in range(3):
@@ -53,7 +53,7 @@ def _gates_kernel(g_ref, o_ref):
   lower = _tri(c, lambda i, j: j <= i)
 
   def body(cs):
-    o_ref[:, cs] = _sum_rows(lower, g_ref[:, cs].astype(F32) * LOG2E)
+    o_ref[:, cs] = sum_rows(lower, g_ref[:, cs].astype(F32) * LOG2E)
   _over_slices(kp, body)
 
 
@@ -62,7 +62,7 @@ def _dg_kernel(xq_ref, y_ref, off_ref, o_ref):
   upper, strict = _tri(c, lambda i, j: j >= i), _tri(c, lambda i, j: j < i)
 
   def body(cs):
-    dg = _sum_rows(upper, xq_ref[:, cs]) + _sum_rows(strict, y_ref[:, cs]) + off_ref[:, cs]
+    dg = sum_rows(upper, xq_ref[:, cs]) + sum_rows(strict, y_ref[:, cs]) + off_ref[:, cs]
     o_ref[:, cs] = dg.astype(o_ref.dtype)
   _over_slices(kp, body)
 
