@@ -54,14 +54,18 @@ def main(segment_counts):
             report(f'  kernel on the segments P={p}',
                    lambda q, k, v, g, h0: sp.kernel_simple_gla(q, k, v, g, scale=SCALE, initial_state=h0,
                                                                config=whole)[0], cut(q), cut(k), cut(v), cut(g), h0)
-            report(f'  whole op split in P={p}', op(dataclasses.replace(cfg, split_programs=H * 2 * p)), q, k, v, g)
+            tiles = D // cfg.block_v_for(b, H, t, D, 64, jnp.bfloat16, jax.default_backend())
+            report(f'  whole op split in P={p}', op(dataclasses.replace(cfg, split_programs=H * tiles * p)), q, k, v,
+                   g)
         report('  unsplit', op(dataclasses.replace(cfg, split_programs=0)), q, k, v, g)
     q, k, v, g = inputs(1, 65536)
     for blk in (1024, 4096):
         for bv in (64, 128):
             for w in (4, 8):
-                report(f'block_states blk={blk} bv={bv} w={w}',
-                       lambda k, v, g: block_states(k, v, g, block=blk, block_v=bv, num_warps=w), k, v, g)
+                for c in (64, 128):
+                    report(f'block_states blk={blk} bv={bv} w={w} chunk={c}',
+                           lambda k, v, g: block_states(k, v, g, block=blk, chunk=c, block_v=bv, num_warps=w), k, v,
+                           g)
     report('block_states no gate blk=1024', lambda k, v: block_states(k, v, None, block=1024), k, v)
     report('xla transpose k', lambda k: jnp.swapaxes(k, 1, 2) * 2, k)
     report('xla states einsum only', lambda k, v: jnp.einsum(
