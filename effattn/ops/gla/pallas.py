@@ -87,7 +87,7 @@ class KernelConfig:
                                       # tiles); None: by head dim (intra_fwd_for)
   intra_width_bwd: int | None = None  # backward intra kernel: the same (intra_width_bwd_for)
   intra_diag: str | None = None      # forward intra kernel's diagonal blocks: 'halves' (_intra._fwd_kernel) or
-                                     # 'rows' (_intra._fwd_kernel_rows, fla's loop over key rows); None: by head
+                                     # 'rows' (_intra_rows.py, fla's loop over key rows); None: by head
                                      # dim (intra_diag_for)
   intra_diag_bwd: str | None = None  # the same for the backward intra kernel (intra_bwd_for)
   fused_gates: bool = False  # 'rows' forward: G computed in the intra kernel, no gates kernel (~0.07 ms of the
