@@ -80,8 +80,9 @@ def test_rows_diagonal(case):
   """KernelConfig(intra_diag='rows', intra_diag_bwd='rows'): the intra kernels' diagonal blocks by a loop over key
   rows; with 16-channel slices (several steps) and all channels in one."""
   for width in (16, None):
-    cfg = KernelConfig(intra_diag='rows', intra_width=width, intra_diag_bwd='rows', intra_width_bwd=width)
-    _check(case, functools.partial(kernel_gla, config=cfg))
+    for bwd in ('rows', 'rows2'):
+      cfg = KernelConfig(intra_diag='rows', intra_width=width, intra_diag_bwd=bwd, intra_width_bwd=width)
+      _check(case, functools.partial(kernel_gla, config=cfg))
 
 
 @pytest.mark.parametrize('case', [Case(1, 70, 2, 48, 40, n=1, h0=True),
@@ -110,6 +111,7 @@ def test_intra_forms_by_head_dim():
   assert cfg.intra_diag_for(64) == 'halves' and cfg.intra_bwd_for(64) == ('halves', 64)
   assert KernelConfig(intra_diag_bwd='halves').intra_bwd_for(128) == ('halves', 32)
   assert KernelConfig(intra_width_bwd=16).intra_bwd_for(128) == ('rows', 16)
+  assert KernelConfig(intra_diag_bwd='rows2').intra_bwd_for(128) == ('rows2', 128)
 
 
 @pytest.mark.parametrize('case', [Case(1, 128, 2, 32, 32, n=1, h0=True),
@@ -195,7 +197,8 @@ def test_long_bf16_finite(n):
                                         ('bfloat16', KernelConfig(block_v=16, block_k_dq=16, block_k_dk=16,
                                                                   block_v_bwd=16, chunk=32)),
                                         ('bfloat16', KernelConfig(intra_diag='rows', intra_diag_bwd='rows')),
-                                        ('bfloat16', KernelConfig(intra_diag='rows', fused_gates=True))])
+                                        ('bfloat16', KernelConfig(intra_diag='rows', fused_gates=True)),
+                                        ('bfloat16', KernelConfig(intra_diag_bwd='rows2'))])
 def test_lowers_to_triton(dtype, cfg):
   """Forward and backward lower through Pallas' Triton lowering (cross-platform, no GPU needed): catches
   primitives or indexing that only interpret mode accepts."""

@@ -170,10 +170,11 @@ def intra_grads(q, k, g, v, do, ctx, cfg, interpret):
   cs, cv, out = _chunk_spec(ctx, kp), _chunk_spec(ctx, vp), _sub_spec(kp)
   shape = jax.ShapeDtypeStruct((b, tp, h, kp), F32)
   fac = jax.ShapeDtypeStruct((b, tp, h, kp), ctx.dt)
-  kernels = {'halves': _bwd_kernel, 'rows': _bwd_kernel_rows}
+  kernels = {'halves': _bwd_kernel, 'rows': _bwd_kernel_rows,
+             'rows2': functools.partial(_bwd_kernel_rows, two_loops=True)}
   diag, width = cfg.intra_bwd_for(kp)
   if diag not in kernels:
-    raise ValueError(f"KernelConfig.intra_diag_bwd must be 'halves' or 'rows'; got {diag!r}")
+    raise ValueError(f"KernelConfig.intra_diag_bwd must be 'halves', 'rows' or 'rows2'; got {diag!r}")
   return pl.pallas_call(
       functools.partial(kernels[diag], ctx=ctx, precise=cfg.precise_dg, width=width),
       grid=(b, h, tp // SUB),

@@ -52,13 +52,17 @@ def _fwd_kernel_rows(q_ref, k_ref, g_ref, a_ref, qg_ref, kg_ref, *g_out, ctx, wi
 
 
 def _bwd_kernel_rows(q_ref, k_ref, g_ref, v_ref, do_ref, dq_ref, dk_ref, x_ref, qg_ref, kg_ref, *, ctx, precise,
-                     width):
+                     width, two_loops=False):
   """_bwd_kernel with the diagonal block by a loop over its 16 key rows j (KernelConfig.intra_diag_bwd='rows'):
   w_ij = dA_ij e^{G_i - G_j} (i > j) as a [16, w] tile, dq_i += w_ij k_j, dk_j = sum_i w_ij q_i (a reduction over
-  the rows, placed into row j). 2-D tiles only, as _fwd_kernel_rows."""
+  the rows, placed into row j). 2-D tiles only, as _fwd_kernel_rows.
+  two_loops ('rows2'): dk from a second loop, over the block's query rows i, as dk_j += dA_ij e^{G_i - G_j} q_i on
+  a [16, w] tile of key rows j: twice the exps, but no reduction across the tile's rows (threads) per step."""
   r0, rows, _, crow, col, (si, sj) = _block(ctx)
   da, dat, dd, daii = _dA_blocks(v_ref, do_ref, rows, r0, col, si, sj, ctx)
   dd_strict = jnp.where(si > sj, dd, 0.0)
+  if two_loops:
+    dd_t = jnp.where(sj > si, _dot(v_ref[rows, :], do_ref[rows, :], 1, 1, ctx), 0.0)  # [j, i]: dA_ij, i > j
 
   def body(cs, carry):
     gq, dq, dk = _other_blocks(q_ref, k_ref, g_ref, cs, r0, rows, crow, da, dat, ctx, precise)
@@ -70,8 +74,18 @@ def _bwd_kernel_rows(q_ref, k_ref, g_ref, v_ref, do_ref, dq_ref, dk_ref, x_ref, 
       dd_j = jnp.sum(jnp.where(sj == j, dd_strict, 0.0), axis=1, keepdims=True)    # [SUB, 1]: dA_ij, i > j
       w = dd_j * jnp.exp2(jnp.where(si > j, gq - g_ref[key, cs], -jnp.inf))        # [SUB, w], exps <= 1
       dq = dq + w * _f32(k_ref[key, cs])
+      if two_loops:
+        return dq, dk
       return dq, dk + jnp.where(si == j, jnp.sum(w * qb, axis=0, keepdims=True), 0.0)
+
+    def query_row(i, dk):
+      query = pl.ds(r0 + i, 1)
+      dd_i = jnp.sum(jnp.where(sj == i, dd_t, 0.0), axis=1, keepdims=True)         # [SUB, 1]: dA_ij over keys j
+      w = dd_i * jnp.exp2(jnp.where(si < i, g_ref[query, cs] - gq, -jnp.inf))      # [SUB (j), w], exps <= 1
+      return dk + w * (_f32(q_ref[query, cs]) * ctx.scale)
     dq, dk = jax.lax.fori_loop(0, SUB, key_row, (dq, dk))
+    if two_loops:
+      dk = jax.lax.fori_loop(0, SUB, query_row, dk)
     _write_grads(dq, dk, qb, kb, gq, daii, cs, g_ref, ctx, dq_ref, dk_ref, x_ref, qg_ref, kg_ref)
     return carry
 

@@ -89,7 +89,8 @@ class KernelConfig:
   intra_diag: str | None = None      # forward intra kernel's diagonal blocks: 'halves' (_intra._fwd_kernel) or
                                      # 'rows' (_intra_rows.py, fla's loop over key rows); None: by head
                                      # dim (intra_diag_for)
-  intra_diag_bwd: str | None = None  # the same for the backward intra kernel (intra_bwd_for)
+  intra_diag_bwd: str | None = None  # the same for the backward intra kernel (intra_bwd_for), or 'rows2' (dk from
+                                     # a second loop, over query rows; not yet timed)
   fused_gates: bool = False  # 'rows' forward: G computed in the intra kernel, no gates kernel (~0.07 ms of the
                              # forward at B=4 T=4096 H=16 K=128); not yet timed
   block_k_dq: int = 64       # backward dq sweeps: key-tile width
@@ -124,7 +125,7 @@ class KernelConfig:
   def intra_bwd_for(self, kp: int) -> tuple[str, int]:
     """(diagonal-block form, key channels per step) of the backward intra kernel."""
     diag = self.intra_diag_bwd or ('rows' if kp > 64 else 'halves')
-    return diag, self.intra_width_bwd or (kp if kp <= 64 or diag == 'rows' else 32)
+    return diag, self.intra_width_bwd or (kp if kp <= 64 or diag != 'halves' else 32)
 
 
 DEFAULT_CONFIG = KernelConfig()
@@ -236,7 +237,7 @@ def tune_candidates(base: KernelConfig = DEFAULT_CONFIG) -> dict[str, list[Kerne
   bwd = [dataclasses.replace(base, block_k_dq=bq, block_k_dk=bk, block_v_bwd=bv, num_warps_bwd=w, num_stages_bwd=s)
          for bq in (32, 64) for bk in (32, 64) for bv in (32, 64) for w in (4, 8) for s in (2, 3)]
   bwd += [dataclasses.replace(base, num_warps_intra_bwd=w, num_stages_intra_bwd=s, intra_width_bwd=iw)
-          for d in ('halves', 'rows') for w in (2, 4, 8) for s in (1, 2) for iw in (16, 32, 64, 128)]
+          for d in ('halves', 'rows', 'rows2') for w in (2, 4, 8) for s in (1, 2) for iw in (16, 32, 64, 128)]
   # (intra_width_bwd=64: 14% off fwd+bwd at K = 64)
   bwd += [dataclasses.replace(base, precise_dg=False)]  # faster, but dg's error grows (1e-2 at T = 1000)
   return {'fwd': fwd, 'fwd_bwd': bwd}
