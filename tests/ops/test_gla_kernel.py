@@ -77,11 +77,12 @@ def test_chunk_32_and_small_tiles(n):
 @pytest.mark.parametrize('case', [Case(1, 70, 1, 48, 40, n=0.1, h0=True),
                                   Case(1, 130, 2, 32, 48, n=1, h0=False, dtype='bfloat16')], ids=str)
 def test_rows_diagonal(case):
-  """KernelConfig(intra_diag='rows', intra_diag_bwd='rows'): the intra kernels' diagonal blocks by a loop over key
-  rows; with 16-channel slices (several steps) and all channels in one."""
+  """KernelConfig(intra_diag='rows', intra_diag_bwd='rows' or 'rows2'): the intra kernels' diagonal blocks by loops
+  over the block's rows; with 16-channel slices (several steps), and all channels in one with the loops unrolled."""
   for width in (16, None):
     for bwd in ('rows', 'rows2'):
-      cfg = KernelConfig(intra_diag='rows', intra_width=width, intra_diag_bwd=bwd, intra_width_bwd=width)
+      cfg = KernelConfig(intra_diag='rows', intra_width=width, intra_diag_bwd=bwd, intra_width_bwd=width,
+                         intra_unroll=width is None)
       _check(case, functools.partial(kernel_gla, config=cfg))
 
 
@@ -198,7 +199,9 @@ def test_long_bf16_finite(n):
                                                                   block_v_bwd=16, chunk=32)),
                                         ('bfloat16', KernelConfig(intra_diag='rows', intra_diag_bwd='rows')),
                                         ('bfloat16', KernelConfig(intra_diag='rows', fused_gates=True)),
-                                        ('bfloat16', KernelConfig(intra_diag_bwd='rows2'))])
+                                        ('bfloat16', KernelConfig(intra_diag_bwd='rows2')),
+                                        ('bfloat16', KernelConfig(intra_diag='rows', intra_diag_bwd='rows2',
+                                                                  intra_unroll=True, fused_gates=True))])
 def test_lowers_to_triton(dtype, cfg):
   """Forward and backward lower through Pallas' Triton lowering (cross-platform, no GPU needed): catches
   primitives or indexing that only interpret mode accepts."""

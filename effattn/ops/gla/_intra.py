@@ -136,7 +136,8 @@ def intra_a_fused_gates(q, k, g, ctx, cfg, interpret):
   fac = jax.ShapeDtypeStruct((b, tp, h, kp), ctx.dt)
   width, stages = cfg.intra_fwd_for(kp)
   return pl.pallas_call(
-      functools.partial(_fwd_kernel_rows, ctx=ctx, width=width, fused_gates=True), grid=(b, h, tp // SUB),
+      functools.partial(_fwd_kernel_rows, ctx=ctx, width=width, fused_gates=True, unroll=cfg.intra_unroll),
+      grid=(b, h, tp // SUB),
       in_specs=[cs, cs, cs], out_specs=[_sub_spec(ctx.chunk), _sub_spec(kp), _sub_spec(kp), _sub_spec(kp)],
       out_shape=[jax.ShapeDtypeStruct((b, tp, h, ctx.chunk), ctx.dt), fac, fac,
                  jax.ShapeDtypeStruct((b, tp, h, kp), F32)], interpret=interpret,
@@ -150,7 +151,7 @@ def intra_a(q, k, g, ctx, cfg, interpret):
   cs = _chunk_spec(ctx, kp)
   fac = jax.ShapeDtypeStruct((b, tp, h, kp), ctx.dt)
   width, stages = cfg.intra_fwd_for(kp)
-  kernels = {'halves': _fwd_kernel, 'rows': _fwd_kernel_rows}
+  kernels = {'halves': _fwd_kernel, 'rows': functools.partial(_fwd_kernel_rows, unroll=cfg.intra_unroll)}
   diag = cfg.intra_diag_for(kp)
   if diag not in kernels:
     raise ValueError(f"KernelConfig.intra_diag must be 'halves' or 'rows'; got {diag!r}")
@@ -170,8 +171,8 @@ def intra_grads(q, k, g, v, do, ctx, cfg, interpret):
   cs, cv, out = _chunk_spec(ctx, kp), _chunk_spec(ctx, vp), _sub_spec(kp)
   shape = jax.ShapeDtypeStruct((b, tp, h, kp), F32)
   fac = jax.ShapeDtypeStruct((b, tp, h, kp), ctx.dt)
-  kernels = {'halves': _bwd_kernel, 'rows': _bwd_kernel_rows,
-             'rows2': functools.partial(_bwd_kernel_rows, two_loops=True)}
+  kernels = {'halves': _bwd_kernel, 'rows': functools.partial(_bwd_kernel_rows, unroll=cfg.intra_unroll),
+             'rows2': functools.partial(_bwd_kernel_rows, two_loops=True, unroll=cfg.intra_unroll)}
   diag, width = cfg.intra_bwd_for(kp)
   if diag not in kernels:
     raise ValueError(f"KernelConfig.intra_diag_bwd must be 'halves', 'rows' or 'rows2'; got {diag!r}")

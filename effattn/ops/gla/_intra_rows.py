@@ -16,7 +16,18 @@ from effattn.ops.gla._intra_common import (SUB, _block, _chunk_gates, _dA_blocks
                                            _slices, _write_grads)
 from effattn.ops.simple_gla.pallas import _dot, _f32
 
-def _fwd_kernel_rows(q_ref, k_ref, g_ref, a_ref, qg_ref, kg_ref, *g_out, ctx, width, fused_gates=False):
+def _row_loop(body, init, unroll: bool):
+  """body(j, carry) over the block's 16 rows: a fori_loop, or (unroll, KernelConfig.intra_unroll) the 16 steps
+  written out with static row indices, so that the compiler may overlap one step's loads and exps with another's."""
+  if not unroll:
+    return jax.lax.fori_loop(0, SUB, body, init)
+  for j in range(SUB):
+    init = body(j, init)
+  return init
+
+
+def _fwd_kernel_rows(q_ref, k_ref, g_ref, a_ref, qg_ref, kg_ref, *g_out, ctx, width, fused_gates=False,
+                     unroll=False):
   """_fwd_kernel with the diagonal block as flash-linear-attention's chunk_gla_fwd_A_kernel_intra_sub_intra
   computes it (KernelConfig.intra_diag='rows'): a loop over its 16 key rows j, each a [16, w] exp tile
   e^{G_i - G_j} (i >= j) and a row reduction giving column j. 256 w exps per slice against the halves' 152 w,
@@ -41,7 +52,7 @@ def _fwd_kernel_rows(q_ref, k_ref, g_ref, a_ref, qg_ref, kg_ref, *g_out, ctx, wi
       e = jnp.exp2(jnp.where(si >= j, gq - g_key(j), -jnp.inf))                       # [SUB, w], <= 1
       c = jnp.sum(qf * _f32(k_ref[pl.ds(r0 + j, 1), cs]) * e, axis=1, keepdims=True)  # [SUB, 1]: A_ij of key j
       return ad + jnp.where(sj == j, c, 0.0)
-    ad = jax.lax.fori_loop(0, SUB, column, ad)
+    ad = _row_loop(column, ad, unroll)
     _gated(qf, _f32(k_ref[rows, cs]), gq, g_ref, cs, ctx, qg_ref, kg_ref, g_last)
     return a, ad
 
@@ -52,7 +63,7 @@ def _fwd_kernel_rows(q_ref, k_ref, g_ref, a_ref, qg_ref, kg_ref, *g_out, ctx, wi
 
 
 def _bwd_kernel_rows(q_ref, k_ref, g_ref, v_ref, do_ref, dq_ref, dk_ref, x_ref, qg_ref, kg_ref, *, ctx, precise,
-                     width, two_loops=False):
+                     width, two_loops=False, unroll=False):
   """_bwd_kernel with the diagonal block by a loop over its 16 key rows j (KernelConfig.intra_diag_bwd='rows'):
   w_ij = dA_ij e^{G_i - G_j} (i > j) as a [16, w] tile, dq_i += w_ij k_j, dk_j = sum_i w_ij q_i (a reduction over
   the rows, placed into row j). 2-D tiles only, as _fwd_kernel_rows.
@@ -83,9 +94,9 @@ def _bwd_kernel_rows(q_ref, k_ref, g_ref, v_ref, do_ref, dq_ref, dk_ref, x_ref, 
       dd_i = jnp.sum(jnp.where(sj == i, dd_t, 0.0), axis=1, keepdims=True)         # [SUB, 1]: dA_ij over keys j
       w = dd_i * jnp.exp2(jnp.where(si < i, g_ref[query, cs] - gq, -jnp.inf))      # [SUB (j), w], exps <= 1
       return dk + w * (_f32(q_ref[query, cs]) * ctx.scale)
-    dq, dk = jax.lax.fori_loop(0, SUB, key_row, (dq, dk))
+    dq, dk = _row_loop(key_row, (dq, dk), unroll)
     if two_loops:
-      dk = jax.lax.fori_loop(0, SUB, query_row, dk)
+      dk = _row_loop(query_row, dk, unroll)
     _write_grads(dq, dk, qb, kb, gq, daii, cs, g_ref, ctx, dq_ref, dk_ref, x_ref, qg_ref, kg_ref)
     return carry
 

@@ -91,6 +91,7 @@ class KernelConfig:
                                      # dim (intra_diag_for)
   intra_diag_bwd: str | None = None  # the same for the backward intra kernel (intra_bwd_for), or 'rows2' (dk from
                                      # a second loop, over query rows; not yet timed)
+  intra_unroll: bool = False  # 'rows' / 'rows2' kernels: their 16-step row loops written out; not yet timed
   fused_gates: bool = False  # 'rows' forward: G computed in the intra kernel, no gates kernel (~0.07 ms of the
                              # forward at B=4 T=4096 H=16 K=128); not yet timed
   block_k_dq: int = 64       # backward dq sweeps: key-tile width
@@ -233,7 +234,7 @@ def tune_candidates(base: KernelConfig = DEFAULT_CONFIG) -> dict[str, list[Kerne
          for c in (32, 64) for bv in (32, 64, 128) for w in (4, 8) for s in (2, 3) if not (bv == 128 and w == 4)]
   fwd += [dataclasses.replace(base, num_warps_intra=w, num_stages_intra=s, intra_width=iw, intra_diag=d)
           for d in ('halves', 'rows') for w in (2, 4, 8) for s in (1, 2, 3) for iw in (16, 32, 64, 128)]
-  fwd += [dataclasses.replace(base, fused_gates=True)]
+  fwd += [dataclasses.replace(base, fused_gates=True), dataclasses.replace(base, intra_unroll=True)]
   bwd = [dataclasses.replace(base, block_k_dq=bq, block_k_dk=bk, block_v_bwd=bv, num_warps_bwd=w, num_stages_bwd=s)
          for bq in (32, 64) for bk in (32, 64) for bv in (32, 64) for w in (4, 8) for s in (2, 3)]
   bwd += [dataclasses.replace(base, num_warps_intra_bwd=w, num_stages_intra_bwd=s, intra_width_bwd=iw)
