@@ -361,7 +361,7 @@ def _expected_params(cfg: config_lib.Config) -> dict[str, tuple[int, ...]]:
 
     model = nnx.eval_shape(lambda: build_model(cfg, cfg.train.seed))
     _, params, _ = nnx.split(model, (nnx.Param, nnx.BatchStat), ...)
-    return {k: tuple(v.shape) for k, v in flatten_params(params.to_pure_dict()).items()}
+    return {k: tuple(v.shape) for k, v in flatten_params(nnx.to_pure_dict(params)).items()}
 
 
 def load_hf_params(
@@ -502,6 +502,7 @@ def write_run(cfg: config_lib.Config, params: dict[str, np.ndarray], workdir: st
 
 def _run_params(workdir: str) -> tuple[config_lib.Config, int, dict[str, np.ndarray]]:
     import jax
+    from flax import nnx
 
     from effattn.eval.run import EvalError, load_run
 
@@ -509,7 +510,7 @@ def _run_params(workdir: str) -> tuple[config_lib.Config, int, dict[str, np.ndar
         cfg, _, state, step = load_run(workdir)
     except EvalError as e:
         raise ConvertError(str(e)) from e
-    flat = flatten_params(state.params.to_pure_dict())
+    flat = flatten_params(nnx.to_pure_dict(state.params))
     return cfg, step, {k: np.asarray(jax.device_get(v)) for k, v in flat.items()}
 
 

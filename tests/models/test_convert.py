@@ -156,7 +156,7 @@ def test_export_effattn_safetensors_holds_every_parameter(tmp_path):
     )
     tensors = load_file(str(tmp_path / 'out' / 'model.safetensors'))
     cfg, _, state, _ = load_run(str(tmp_path / 'run'))
-    flat = convert.flatten_params(state.params.to_pure_dict())
+    flat = convert.flatten_params(nnx.to_pure_dict(state.params))
     assert set(tensors) == set(flat)
     assert 'blocks.1.attn.wk.bias' in tensors
     for k, v in flat.items():

@@ -87,7 +87,7 @@ def _params(**model):
         setattr(target, k, v)
     cfg = config_lib.validate(c)
     m = nnx.eval_shape(lambda: build_model(cfg, 0))
-    return nnx.state(m, nnx.Param).to_pure_dict()
+    return nnx.to_pure_dict(nnx.state(m, nnx.Param))
 
 
 def test_mlp_hidden_and_qkv_bias_fields():
