@@ -118,3 +118,9 @@ class Checkpointer:
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
+
+    def __enter__(self) -> 'Checkpointer':
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -22,7 +22,8 @@ def test_resume_is_bitwise_exact(tiny, tmp_path):
     cfg = tiny(train__steps=6, checkpoint__async_save=True)
     loop.train_and_evaluate(cfg, str(tmp_path / 'whole'), quiet=True)
     loop.train_and_evaluate(cfg, str(tmp_path / 'split'), stop_after=3, quiet=True)
-    assert Checkpointer(str(tmp_path / 'split' / 'checkpoints'), cfg.checkpoint).steps() == [3]
+    with Checkpointer(str(tmp_path / 'split' / 'checkpoints'), cfg.checkpoint) as ckpt:
+        assert ckpt.steps() == [3]
     loop.train_and_evaluate(cfg, str(tmp_path / 'split'), quiet=True)
     step_a, a, opt_a = params_of(str(tmp_path / 'whole'))
     step_b, b, opt_b = params_of(str(tmp_path / 'split'))
@@ -62,7 +63,8 @@ def test_corrupted_newest_checkpoint_falls_back(tiny, tmp_path, capsys, corrupt)
     workdir = str(tmp_path / 'run')
     loop.train_and_evaluate(cfg, workdir, quiet=True)
     ckdir = os.path.join(workdir, 'checkpoints')
-    assert Checkpointer(ckdir, cfg.checkpoint).steps() == [4, 2]
+    with Checkpointer(ckdir, cfg.checkpoint) as ckpt:
+        assert ckpt.steps() == [4, 2]
     corrupt(os.path.join(ckdir, '4'))
     capsys.readouterr()
     step, _, _ = params_of(workdir)
@@ -128,10 +130,10 @@ def test_checkpoint_of_another_model_is_an_error_and_nothing_moves(tiny, tmp_pat
     loop.train_and_evaluate(cfg, workdir, quiet=True)
     other = tiny(train__steps=2, model__d_model=32)
     _, state = loop.create_train_state(other, loop.make_optimizer(other.train))
-    ckpt = Checkpointer(os.path.join(workdir, 'checkpoints'), cfg.checkpoint)
-    with pytest.raises(CheckpointError, match='could be restored'):
-        ckpt.restore_latest(state)
-    assert ckpt.steps() == [2, 1]
+    with Checkpointer(os.path.join(workdir, 'checkpoints'), cfg.checkpoint) as ckpt:
+        with pytest.raises(CheckpointError, match='could be restored'):
+            ckpt.restore_latest(state)
+        assert ckpt.steps() == [2, 1]
 
 
 def test_loss_on_labelled_positions_only_equals_full_loss(tiny):
