@@ -105,6 +105,35 @@ def test_fused_gates(case):
     np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32), rtol=1e-2, atol=1e-5)
 
 
+BWD_STATES = KernelConfig(bwd_states=True)
+
+
+@pytest.mark.parametrize('case', CASES, ids=str)
+def test_bwd_states_matches_naive(case):
+  """KernelConfig(bwd_states=True): the backward from stored chunk states (_state_grads.py)."""
+  _check(case, functools.partial(kernel_gla, config=BWD_STATES))
+
+
+@pytest.mark.parametrize('case', [Case(1, 70, 1, 48, 40, n=0.1, h0=True),
+                                  Case(1, 100, 1, 32, 48, n=1, h0=False, dtype='bfloat16')], ids=str)
+def test_bwd_states_chunk_32_small_tiles(case):
+  """bwd_states at chunk 32 with several key tiles (dq, dk) and value tiles (sweeps, dv) per chunk."""
+  cfg = KernelConfig(chunk=32, chunk_fp32=32, block_k_dq=16, block_k_dk=16, block_v_bwd=16, bwd_states=True)
+  _check(case, functools.partial(kernel_gla, config=cfg))
+
+
+@pytest.mark.parametrize('case', [Case(1, 130, 2, 48, 60, n=0.1, h0=True),
+                                  Case(1, 130, 1, 32, 48, n=1, h0=True, dtype='bfloat16')], ids=str)
+def test_bwd_states_equals_sweeps(case):
+  """The two backward paths give the same gradients to 1e-5 (measured: dg ~1e-6, the rest ~1e-7 or equal), except dv
+  in bf16 (~4e-4: its dS_q comes from fp32 factors here, from the bf16 q ⊙ e^G in the dv sweep)."""
+  x, cot, _ = checks.make_inputs(OP, case)
+  ref = checks.run_fn(x, cot, fn=kernel_gla)[2]
+  got = checks.run_fn(x, cot, fn=functools.partial(kernel_gla, config=BWD_STATES))[2]
+  for name in x:
+    assert_close(f'd{name}', got[name], ref[name], 1e-3 if name == 'v' and case.dtype == 'bfloat16' else 1e-5)
+
+
 def test_intra_forms_by_head_dim():
   """The intra kernels' diagonal-block forms and widths by padded head dim (timed on the H200 at K = 128)."""
   cfg = KernelConfig()
@@ -201,7 +230,9 @@ def test_long_bf16_finite(n):
                                         ('bfloat16', KernelConfig(intra_diag='rows', fused_gates=True)),
                                         ('bfloat16', KernelConfig(intra_diag_bwd='rows2')),
                                         ('bfloat16', KernelConfig(intra_diag='rows', intra_diag_bwd='rows2',
-                                                                  intra_unroll=True, fused_gates=True))])
+                                                                  intra_unroll=True, fused_gates=True)),
+                                        ('bfloat16', KernelConfig(bwd_states=True)),
+                                        ('float32', KernelConfig(bwd_states=True))])
 def test_lowers_to_triton(dtype, cfg):
   """Forward and backward lower through Pallas' Triton lowering (cross-platform, no GPU needed): catches
   primitives or indexing that only interpret mode accepts."""

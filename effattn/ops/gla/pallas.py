@@ -19,6 +19,8 @@ Backward (custom VJP), the same split:
   _intra.py (parallel); the sweeps add the inter-chunk terms (dq forward in time per key tile, dk reverse per key
   tile, dv = A^T dO + (K ⊙ e^{G_l-G}) dS_{c+1} reverse per value tile; one launch, grid axis 2 picks the role).
   The forward saves A and G (instead of g) for it; the state S and dS are recomputed, never stored.
+  KernelConfig.bwd_states (opt-in, untimed): instead state-only sweeps store S and dS_q per chunk and the
+  inter-chunk terms run parallel over (b, h, chunk), flash-linear-attention's chunk_gla_bwd layout (_state_grads.py).
 Launches: forward gates (_scan.py), intra, output sweep; backward intra, W = V dS_T^T, sweeps, dg (_scan.py).
 
 Gate gradient (ALGORITHMS.md section 0, per channel): dg_l = sum_{t>=l} (q_t dq_t - k_t dk_t) + sum_v S_T dS_T,
@@ -51,7 +53,7 @@ from effattn.ops.common.pallas_triton import checked_chunk, checked_interpret
 from effattn.ops.common.pallas_triton import next_pow2 as _next_pow2
 from effattn.ops.common.pallas_triton import pad_axis as _pad_axis
 from effattn.ops.common.sequence_split import num_segments, split_over_segments
-from effattn.ops.gla import _intra, _scan, _sweeps
+from effattn.ops.gla import _intra, _scan, _state_grads, _sweeps
 from effattn.ops.simple_gla.pallas import _MAX_HEAD_DIM, _Ctx
 from effattn.ops.simple_gla.pallas import split_states_mode as _split_states_mode
 
@@ -100,6 +102,9 @@ class KernelConfig:
   num_warps_bwd: int = 4
   num_stages_bwd: int = 2
   precise_dg: bool = True    # bf16: gate-gradient terms to ~2^-17 (two bf16 dots per fp32 operand)
+  bwd_states: bool = False   # backward from stored chunk states (_state_grads.py, fla's chunk_gla_bwd layout:
+                             # state-only sweeps, then dq, dk, dv parallel over chunks; tiles block_k_dq,
+                             # block_k_dk, block_v_bwd); not yet timed
   # Long T at small B * H (ops/common/sequence_split.py): segments as batch rows up to split_programs output-sweep
   # programs (None: 1 per SM on GPU, no split elsewhere; 0: never), segments of >= split_min_len rows.
   split_programs: int | None = None
@@ -159,8 +164,9 @@ def _core_bwd(ctx, cfg, interpret, res, cts):
   do, dht = cts
   do, dht = do.astype(q.dtype), dht.astype(_F32)
   dq_i, dk_i, x_i, qg, kg = _intra.intra_grads(q, k, gc, v, do, ctx, cfg, interpret)
-  dq, dk, dv, xq, xq_tot, y, y_tot, xk_tot, dh0 = _sweeps.backward(q, k, v, gc, a, dq_i, dk_i, x_i, qg, kg, h0, do,
-                                                                    dht, ctx, cfg, interpret)
+  backward = _state_grads.backward if cfg.bwd_states else _sweeps.backward
+  dq, dk, dv, xq, xq_tot, y, y_tot, xk_tot, dh0 = backward(q, k, v, gc, a, dq_i, dk_i, x_i, qg, kg, h0, do, dht, ctx,
+                                                           cfg, interpret)
   # dg_l = sum_{t>=l} (x_q - x_k)_t + sum_{t<l} E_t + e^{sum g} sum_v h0 dS_T (module docstring), with
   # sum_{t>=l} x_k = sum_T x_k - sum_{t<l} x_k: reverse cumsum of x_q, exclusive cumsum of y = x_k + E, within
   # chunks in _scan.py, plus per chunk the sums over later / earlier chunks of the kernel's chunk totals.
@@ -241,4 +247,5 @@ def tune_candidates(base: KernelConfig = DEFAULT_CONFIG) -> dict[str, list[Kerne
           for d in ('halves', 'rows', 'rows2') for w in (2, 4, 8) for s in (1, 2) for iw in (16, 32, 64, 128)]
   # (intra_width_bwd=64: 14% off fwd+bwd at K = 64)
   bwd += [dataclasses.replace(base, precise_dg=False)]  # faster, but dg's error grows (1e-2 at T = 1000)
+  bwd += [dataclasses.replace(base, bwd_states=True)]   # stored chunk states, gradients parallel over chunks
   return {'fwd': fwd, 'fwd_bwd': bwd}
