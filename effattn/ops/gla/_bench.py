@@ -5,9 +5,10 @@
 
 Pieces: 'gates' (chunk-local cumsums of g, _scan.chunk_gates), 'intra_fwd' (A and the gated q, k,
 _intra.intra_a), 'fwd_sweep' (the output sweep, _sweeps.forward), 'fwd' (whole forward), 'intra_bwd'
-(_intra.intra_grads), 'bwd_sweeps' (the dq / dk / dv sweeps, _sweeps.backward), 'dg' (_scan.chunk_dg, the
-gate gradient's cumsums), 'fwd_bwd' (forward + backward of sum(o * do) + sum(ht)). K and V powers of two
-and T a multiple of the chunk (no padding).
+(_intra.intra_grads), 'bwd_sweeps' (the dq / dk / dv sweeps, _sweeps.backward; under config.bwd_states the
+state sweeps and per-chunk gradients of _state_grads.backward), 'dg' (_scan.chunk_dg, the gate gradient's
+cumsums), 'fwd_bwd' (forward + backward of sum(o * do) + sum(ht)). K and V powers of two and T a multiple of
+the chunk (no padding).
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from effattn.ops.common.pallas_triton import F32
-from effattn.ops.gla import _intra, _scan, _sweeps
+from effattn.ops.gla import _intra, _scan, _state_grads, _sweeps
 from effattn.ops.gla import pallas as P
 from effattn.ops.simple_gla.pallas import _Ctx
 
@@ -44,7 +45,8 @@ def benchmark_parts(b, t, h, d, dtype, config=None, interpret=None):
   intra_fwd = jax.jit(lambda q, k, gc: _intra.intra_a(q, k, gc, ctx, cfg, interpret))
   sweep = jax.jit(lambda qg, kg, v, gc, a: _sweeps.forward(qg, kg, v, gc, a, None, ctx, cfg, interpret))
   intra_bwd = jax.jit(lambda q, k, gc, v, do: _intra.intra_grads(q, k, gc, v, do, ctx, cfg, interpret))
-  bwd = jax.jit(lambda *a: _sweeps.backward(*a, None, do, dht, ctx, cfg, interpret))
+  backward = _state_grads.backward if cfg.bwd_states else _sweeps.backward  # as pallas._core_bwd
+  bwd = jax.jit(lambda *a: backward(*a, None, do, dht, ctx, cfg, interpret))
   off = jnp.zeros((b, t // chunk, h, d), F32)
   dg = jax.jit(lambda xq, y, off: _scan.chunk_dg(xq, y, off, chunk, g.dtype, interpret))
   once = functools.cache
