@@ -14,13 +14,8 @@ device time; plus the device busy time and the wall time per iteration. Pallas k
 from __future__ import annotations
 
 import argparse
-import collections
-import glob
-import gzip
 import json
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -28,39 +23,7 @@ import jax
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import ops_gpu  # noqa: E402  (a sibling script module)
-
-DEVICE_PREFIX = '/device:GPU'
-
-
-def device_kernel_times(events: list[dict], iters: int, device_prefix: str = DEVICE_PREFIX) -> dict:
-  """{'kernels': [{name, calls, us}] per iteration, longest first, 'busy_us', 'threads'} from Chrome-trace
-  events. Only complete ('X') events on the device's stream threads count; where a device has no thread named
-  'Stream ...', all of its threads do (the XLA Ops / Modules lines of some jax versions repeat the kernels)."""
-  procs = {e['pid']: e.get('args', {}).get('name', '') for e in events
-           if e.get('ph') == 'M' and e.get('name') == 'process_name'}
-  threads = {(e['pid'], e['tid']): e.get('args', {}).get('name', '') for e in events
-             if e.get('ph') == 'M' and e.get('name') == 'thread_name'}
-  pids = {p for p, n in procs.items() if n.startswith(device_prefix)}
-  streams = {key for key, n in threads.items() if key[0] in pids and n.startswith('Stream')}
-  keep = (lambda e: (e['pid'], e.get('tid')) in streams) if streams else (lambda e: e['pid'] in pids)
-  total, calls = collections.Counter(), collections.Counter()
-  for e in events:
-    if e.get('ph') == 'X' and e.get('pid') in pids and keep(e):
-      total[e['name']] += float(e.get('dur', 0.0))
-      calls[e['name']] += 1
-  kernels = [{'name': n, 'calls': calls[n] / iters, 'us': us / iters} for n, us in total.most_common()]
-  used = sorted({threads.get(k, '') for k in streams} if streams else
-                {n for (p, _), n in threads.items() if p in pids})
-  return {'kernels': kernels, 'busy_us': sum(total.values()) / iters, 'threads': used}
-
-
-def read_trace(logdir: str) -> list[dict]:
-  paths = sorted(glob.glob(os.path.join(logdir, '**', 'perfetto_trace.json.gz'), recursive=True))
-  if not paths:
-    raise SystemExit(f'no perfetto_trace.json.gz under {logdir}: the profiler wrote no trace')
-  with gzip.open(paths[-1]) as f:
-    data = json.load(f)
-  return data['traceEvents'] if isinstance(data, dict) else data
+from profiling import profile  # noqa: E402  (a sibling script module)
 
 
 def op_call(op: str, impl: str, shape, mode: str, configs: dict, window: int):
@@ -78,21 +41,6 @@ def op_call(op: str, impl: str, shape, mode: str, configs: dict, window: int):
   return (lambda: fwd(x)) if mode == 'fwd' else (lambda: fwd_bwd(x, do))
 
 
-def profile(call, iters: int, warmup: int) -> dict:
-  for _ in range(warmup):
-    jax.block_until_ready(call())
-  with tempfile.TemporaryDirectory() as logdir:
-    t0 = time.perf_counter()
-    with jax.profiler.trace(logdir, create_perfetto_trace=True):
-      for _ in range(iters):
-        out = call()
-      jax.block_until_ready(out)
-    wall = time.perf_counter() - t0
-    result = device_kernel_times(read_trace(logdir), iters)
-  result['wall_us_traced'] = 1e6 * wall / iters  # includes the profiler's own overhead
-  return result
-
-
 def print_table(result: dict, log=print) -> None:
   busy = result['busy_us'] or 1.0
   log(f'{"kernel":60s} {"calls":>6s} {"us":>9s} {"share":>6s}')
@@ -100,6 +48,7 @@ def print_table(result: dict, log=print) -> None:
     log(f'{k["name"][:60]:60s} {k["calls"]:>6.1f} {k["us"]:>9.1f} {100 * k["us"] / busy:>5.1f}%')
   log(f'device busy {result["busy_us"]:.1f} us per iteration; wall (traced) {result["wall_us_traced"]:.1f} us; '
       f'threads: {", ".join(result["threads"]) or "none"}')
+  log('by kind: ' + ', '.join(f'{name} {us:.1f} us' for name, us in result['categories'].items()))
 
 
 def main(argv=None):

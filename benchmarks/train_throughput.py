@@ -67,6 +67,7 @@ from effattn.train.step import make_train_step
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_common  # noqa: E402  (a sibling script module)
+import profiling  # noqa: E402  (a sibling script module)
 
 KINDS = ('softmax', 'gla', 'deltanet', 'gated_deltanet', 'lightning', 'linear')
 QUADRATIC_KINDS = ('softmax', 'sigmoid')  # T x T scores
@@ -239,6 +240,8 @@ def run_one(args, kind: str, seq_len: int, log) -> dict:
         row['mfu'] = (
             round(achieved / (row['peak_tflops'] * 1e12), 5) if row['peak_tflops'] else None
         )
+        if args.profile_steps:
+            row['profile'] = profile_steps(compiled, state, data, args.profile_steps)
     except Exception as e:  # noqa: BLE001  (OOM or any failure becomes the row's status)
         if bench_common.is_oom(e):
             row['status'] = 'OOM'
@@ -250,7 +253,28 @@ def run_one(args, kind: str, seq_len: int, log) -> dict:
     stats = dev.memory_stats() if hasattr(dev, 'memory_stats') else None
     row['peak_mem_gib'] = gib((stats or {}).get('peak_bytes_in_use'))
     log(f'  {kind:15s} T={seq_len:<6d} B={batch:<4d} {row["status"]:3s} ' + summary(row))
+    if row.get('profile'):
+        p = row['profile']
+        log(f'    device {p["busy_ms"]} ms per step: '
+            + ', '.join(f'{k} {v}' for k, v in p['ms_by_kind'].items()))
     return row
+
+
+def profile_steps(compiled, state, data, steps: int) -> dict:
+    """Device time of `steps` more train steps under jax's profiler (profiling.py), per step: busy ms, ms by kind
+    of kernel (effattn's attention kernels, cuDNN, matmuls, other XLA) and the 12 longest kernels."""
+    carry = {'state': state}
+
+    def one_step():
+        carry['state'], metrics = compiled(carry['state'], data)  # the step may donate its state
+        return metrics
+    p = profiling.profile(one_step, steps)
+    return {
+        'steps': steps,
+        'busy_ms': round(p['busy_us'] / 1e3, 3),
+        'ms_by_kind': {k: round(v / 1e3, 3) for k, v in p['categories'].items()},
+        'top_kernels': [dict(k, us=round(k['us'], 1)) for k in p['kernels'][:12]],
+    }
 
 
 def summary(row: dict) -> str:
@@ -312,6 +336,10 @@ def parse_args(argv):
     )
     p.add_argument(
         '--batch', type=int, default=0, help='fixed batch size instead of --tokens-per-step'
+    )
+    p.add_argument(
+        '--profile-steps', type=int, default=0,
+        help="also trace this many steps with jax's profiler: device ms by kind of kernel (GPU)",
     )
     helps = {
         'steps': 'timed steps (default 20)',

@@ -39,6 +39,16 @@ def test_tiny_softmax_gla_json(tt, tmp_path):
         assert 'peak_mem_gib' in row and row['loss'] > 0
 
 
+def test_profile_steps_in_process(tt, tmp_path):
+    """--profile-steps traces more steps after the timing (device events only on GPU: none here) and the state
+    the step donates is carried through."""
+    out = tmp_path / 'tt.json'
+    result = tt.main(['--tiny', '--in-process', '--kinds', 'gla', '--profile-steps', '2', '--out', str(out)])
+    (row,) = result['rows']
+    assert row['status'] == 'ok', row
+    assert row['profile'] == {'steps': 2, 'busy_ms': 0.0, 'ms_by_kind': {}, 'top_kernels': []}
+
+
 def test_flop_model(tt):
     args = tt.parse_args([])  # the full-size model; only the config is built
     cfg = tt.build_config(args, 'softmax', 2048, 32)
