@@ -3,7 +3,7 @@
 At B*T = 65536, H = 16, D = 128 bf16 (GPU): the whole op at B=32 T=2048 (no split) and at B=1 T=65536, and at
 the latter, for each segment count P given: the segment states by the XLA einsum and by the block_states kernel,
 the kernel on the P segments from given initial states, the whole op forced to P segments, and the op unsplit;
-then block_states at several block / value-tile / warp settings, a transpose of k and the einsum alone.
+then block_states at several block / value-tile / warp / chunk settings, also with the decays folded into k, a transpose of k and the einsum alone.
 Median ms of batched calls (timing.py).
 
   python benchmarks/split_parts.py 4 16 > split_parts.txt
@@ -66,6 +66,11 @@ def main(segment_counts):
                     report(f'block_states blk={blk} bv={bv} w={w} chunk={c}',
                            lambda k, v, g: block_states(k, v, g, block=blk, chunk=c, block_v=bv, num_warps=w), k, v,
                            g)
+    for blk in (1024, 4096):
+        for c in (64, 128):
+            for w in (4, 8):
+                report(f'block_states fold blk={blk} bv=128 w={w} chunk={c}',
+                       lambda k, v, g: block_states(k, v, g, block=blk, chunk=c, num_warps=w, fold=True), k, v, g)
     report('block_states no gate blk=1024', lambda k, v: block_states(k, v, None, block=1024), k, v)
     report('xla transpose k', lambda k: jnp.swapaxes(k, 1, 2) * 2, k)
     report('xla states einsum only', lambda k, v: jnp.einsum(

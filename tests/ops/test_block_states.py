@@ -20,11 +20,13 @@ def _inputs(gate, dtype, b=2, t=96, h=2, kd=24, vd=40, seed=0):
     return k, v, g
 
 
+@pytest.mark.parametrize('fold', [False, True], ids=['rescale', 'fold'])
 @pytest.mark.parametrize('gate, dtype', [('none', 'float32'), ('scalar', 'float32'), ('channel', 'float32'),
-                                         ('channel', 'bfloat16')])
-def test_block_states_match_xla(gate, dtype):
+                                         ('channel', 'bfloat16'), ('scalar', 'bfloat16')])
+def test_block_states_match_xla(gate, dtype, fold):
+    """Both forms (the state rescaled every chunk, or the decays folded into k) against the XLA einsum."""
     k, v, g = _inputs(gate, jnp.dtype(dtype))
-    got = block_states(k, v, g, block=32, chunk=16, block_v=16, interpret=True)   # 3 blocks, 2 chunks each
+    got = block_states(k, v, g, block=32, chunk=16, block_v=16, interpret=True, fold=fold)  # 3 blocks, 2 chunks each
     ref = sequence_split._local_states_xla(k, v, g, 3)
     assert got.shape == ref.shape == (2, 3, 2, 24, 40)
     assert_close('states', got, ref, 1e-5 if dtype == 'float32' else 5e-3)
@@ -54,3 +56,14 @@ def test_bad_block_is_named():
     with pytest.raises(ValueError, match='multiple of block=40'):
         block_states(k, v, None, block=40, chunk=8, interpret=True)
     np.testing.assert_equal(sequence_split._SUB_BLOCK % 64, 0)
+
+
+@pytest.mark.parametrize('gate', ['scalar', 'channel'])
+@pytest.mark.parametrize('fold', [False, True], ids=['rescale', 'fold'])
+def test_lowers_to_triton(gate, fold):
+    """Both forms lower through Pallas' Triton lowering (cross-platform, no GPU needed)."""
+    k, v, g = _inputs(gate, jnp.bfloat16, b=1, t=128, h=2, kd=32, vd=32)
+    fn = lambda k, v, g: block_states(k, v, g, block=64, chunk=32, block_v=32, fold=fold)
+    text = jax.jit(fn).trace(k, v, g).lower(lowering_platforms=('cuda',)).as_text()
+    assert text.count('triton') >= 1
+
