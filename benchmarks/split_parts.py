@@ -3,7 +3,8 @@
 At B*T = 65536, H = 16, D = 128 bf16 (GPU): the whole op at B=32 T=2048 (no split) and at B=1 T=65536, and at
 the latter, for each segment count P given: the segment states by the XLA einsum and by the block_states kernel,
 the kernel on the P segments from given initial states, the whole op forced to P segments, and the op unsplit;
-then block_states at several block / value-tile / warp / chunk settings, also with the decays folded into k, a transpose of k and the einsum alone.
+then block_states at several block / value-tile / warp / chunk settings, also with the decays folded into k
+(fold=True), a transpose of k and the einsum alone.
 Median ms of batched calls (timing.py).
 
   python benchmarks/split_parts.py 4 16 > split_parts.txt

@@ -38,7 +38,7 @@ def simple_gla(
     v: Float[Array, 'B T H V'],
     g: Float[Array, 'B T H'] | None = None,
     *,
-    g_gamma: Float[Array, 'H'] | None = None,
+    g_gamma: Float[Array, 'H'] | None = None,  # noqa: F821  (a jaxtyping shape, not a name)
     scale: float | None = None,
     initial_state: Float[Array, 'B H K V'] | None = None,
     output_final_state: bool = False,
