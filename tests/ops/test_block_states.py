@@ -32,8 +32,9 @@ def test_block_states_match_xla(gate, dtype, fold):
     assert_close('states', got, ref, 1e-5 if dtype == 'float32' else 5e-3)
 
 
+@pytest.mark.parametrize('fold', [False, True], ids=['rescale', 'fold'])
 @pytest.mark.parametrize('gate', ['none', 'scalar', 'channel'])
-def test_kernel_segment_states_and_their_gradients(gate, monkeypatch):
+def test_kernel_segment_states_and_their_gradients(gate, fold, monkeypatch):
     """Sub-blocks of 16 rows summed with their decays per segment; the custom VJP gives the XLA form's grads."""
     monkeypatch.setattr(sequence_split, '_SUB_BLOCK', 16)
     k, v, g = _inputs(gate, jnp.float32)
@@ -42,7 +43,7 @@ def test_kernel_segment_states_and_their_gradients(gate, monkeypatch):
     def loss(local_states, *a):
         s = local_states(*(a if g is not None else (*a, None)))
         return jnp.sum(s * jnp.cos(jnp.arange(s.size, dtype=jnp.float32).reshape(s.shape)))
-    kern = lambda k, v, g: sequence_split._local_states(k, v, g, 2, 16, True)
+    kern = lambda k, v, g: sequence_split._local_states(k, v, g, 2, 16, True, fold)
     xla = lambda k, v, g: sequence_split._local_states_xla(k, v, g, 2)
     assert_close('states', kern(*args[:2], g), xla(*args[:2], g), 1e-5)
     got = jax.grad(lambda *a: loss(kern, *a), argnums=tuple(range(len(args))))(*args)

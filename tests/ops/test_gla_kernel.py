@@ -153,10 +153,11 @@ def test_sequence_split_matches_naive(case):
   _check(case, functools.partial(kernel_gla, config=cfg))
 
 
-def test_sequence_split_with_kernel_segment_states():
-  """KernelConfig(split_states='kernel'): per-channel segment states by block_states."""
+@pytest.mark.parametrize('states', ['kernel', 'kernel_fold'])
+def test_sequence_split_with_kernel_segment_states(states):
+  """KernelConfig(split_states='kernel' or 'kernel_fold'): per-channel segment states by block_states."""
   case = Case(2, 128, 1, 16, 48, n=0.1, h0=True, dtype='bfloat16')
-  cfg = KernelConfig(chunk=16, split_programs=4 * case.b * case.h, split_min_len=32, split_states='kernel')
+  cfg = KernelConfig(chunk=16, split_programs=4 * case.b * case.h, split_min_len=32, split_states=states)
   _check(case, functools.partial(kernel_gla, config=cfg))
 
 

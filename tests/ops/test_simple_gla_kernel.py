@@ -86,16 +86,18 @@ def test_sequence_split_matches_naive(case, monkeypatch):
   _check(case, functools.partial(kernel_simple_gla, config=cfg))
 
 
-def test_sequence_split_with_kernel_segment_states(monkeypatch):
-  """KernelConfig(split_states='kernel'): the segment states by block_states (sub-blocks of 16 rows here)."""
+@pytest.mark.parametrize('states', ['kernel', 'kernel_fold'])
+def test_sequence_split_with_kernel_segment_states(monkeypatch, states):
+  """KernelConfig(split_states='kernel' or 'kernel_fold'): the segment states by block_states (sub-blocks of 16
+  rows here; 'kernel_fold': the decays folded into k)."""
   monkeypatch.setattr(sequence_split, '_SUB_BLOCK', 16)
   case = Case(1, 128, 2, 32, 32, n=1, h0=True, chunk=16)
-  cfg = KernelConfig(split_programs=4 * case.b * case.h, split_min_len=32, split_states='kernel')
+  cfg = KernelConfig(split_programs=4 * case.b * case.h, split_min_len=32, split_states=states)
   _check(case, functools.partial(kernel_simple_gla, config=cfg))
   x, _, _ = checks.make_inputs(OP, case)
   for split in (4 * case.b * case.h, 0):  # named whether or not this call splits
     bad = KernelConfig(split_programs=split, split_min_len=32, split_states='einsum')
-    with pytest.raises(ValueError, match="split_states must be 'kernel' or 'xla'; got 'einsum'"):
+    with pytest.raises(ValueError, match="split_states must be 'kernel', 'kernel_fold' or 'xla'; got 'einsum'"):
       kernel_simple_gla(x['q'], x['k'], x['v'], x['g'], scale=1.0, chunk_size=16, config=bad)
 
 

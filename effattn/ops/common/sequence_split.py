@@ -87,13 +87,14 @@ def _local_states_xla(k, v, g, p: int):
                     precision=lax.Precision.HIGHEST if dot_dtype == _F32 else None).sum(axis=2)
 
 
-def _local_states_kernel(k, v, g, p: int, chunk: int, interpret: bool):
+def _local_states_kernel(k, v, g, p: int, chunk: int, interpret: bool, fold: bool = False):
   """As _local_states_xla, by the block_states Pallas kernel over sub-blocks of <= _SUB_BLOCK rows (reading
-  [B, T, H, D] in place), the sub-blocks of a segment summed with their decays to its end."""
+  [B, T, H, D] in place), the sub-blocks of a segment summed with their decays to its end. fold: block_states'
+  folded form."""
   b, t, h, kd = k.shape
   ts = t // p
   sub = ts // _SUB_BLOCK if ts % _SUB_BLOCK == 0 and _SUB_BLOCK % chunk == 0 else 1
-  s_blocks = block_states(k, v, g, block=ts // sub, chunk=chunk, interpret=interpret)  # [B, P*sub, H, K, V]
+  s_blocks = block_states(k, v, g, block=ts // sub, chunk=chunk, interpret=interpret, fold=fold)  # [B,P*sub,H,K,V]
   s_blocks = s_blocks.reshape(b, p, sub, h, kd, -1)
   if g is None:
     return s_blocks.sum(axis=2)
@@ -102,17 +103,17 @@ def _local_states_kernel(k, v, g, p: int, chunk: int, interpret: bool):
   return jnp.sum(jnp.exp(later)[..., None] * s_blocks, axis=2)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
-def _local_states(k, v, g, p, chunk, interpret):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6))
+def _local_states(k, v, g, p, chunk, interpret, fold):
   """Forward by the Pallas kernel, gradients by autodiff of the XLA form (the same function)."""
-  return _local_states_kernel(k, v, g, p, chunk, interpret)
+  return _local_states_kernel(k, v, g, p, chunk, interpret, fold)
 
 
-def _local_states_fwd(k, v, g, p, chunk, interpret):
-  return _local_states_kernel(k, v, g, p, chunk, interpret), (k, v, g)
+def _local_states_fwd(k, v, g, p, chunk, interpret, fold):
+  return _local_states_kernel(k, v, g, p, chunk, interpret, fold), (k, v, g)
 
 
-def _local_states_bwd(p, chunk, interpret, res, ct):
+def _local_states_bwd(p, chunk, interpret, fold, res, ct):
   return jax.vjp(lambda k, v, g: _local_states_xla(k, v, g, p), *res)[1](ct)
 
 
@@ -120,14 +121,14 @@ _local_states.defvjp(_local_states_fwd, _local_states_bwd)
 
 
 def split_over_segments(kernel, q, k, v, g, *, initial_state, segments: int, chunk: int | None = None,
-                        interpret: bool | None = None):
+                        interpret: bool | None = None, fold: bool = False):
   """Runs `kernel` on `segments` equal cuts of the sequence at once, each from its exact initial state.
 
   kernel(q, k, v, g, h0) -> (o [B', T', H, V] in q's dtype, final state fp32 [B', H, K, V]), where
   q, k: [B', T', H, K], v: [B', T', H, V], g: None, [B', T', H] (scalar log decay) or [B', T', H, K]
   (per channel), h0 fp32 [B', H, K, V]. Returns (o [B, T, H, V], final state fp32 [B, H, K, V]).
   interpret not None: the segment states' forward by the block_states Pallas kernel (chunks of `chunk`
-  rows; in interpret mode if interpret), else in XLA.
+  rows; in interpret mode if interpret; its folded form if fold), else in XLA.
   """
   b, t, h, kd = q.shape
   vd = v.shape[-1]
@@ -141,7 +142,7 @@ def split_over_segments(kernel, q, k, v, g, *, initial_state, segments: int, chu
   if interpret is None:
     s_loc = _local_states_xla(k, v, g, p)
   else:
-    s_loc = _local_states(k, v, g, p, chunk, bool(interpret))
+    s_loc = _local_states(k, v, g, p, chunk, bool(interpret), fold)
   a_in, s_end = lax.associative_scan(_combine, (decay_last, s_loc), axis=1)  # from a zero state
   first = jnp.zeros((b, 1, h, kd, vd), _F32)
   if initial_state is not None:

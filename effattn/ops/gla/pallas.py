@@ -110,7 +110,8 @@ class KernelConfig:
   split_programs: int | None = None
   split_min_len: int = 1024
   # segment states of the split: 'xla' or 'kernel' (common/block_states.py: 2.3x slower here on the H200, its
-  # per-channel [C, K] decay sums run in every chunk step; simple_gla's scalar form uses it)
+  # per-channel [C, K] decay sums run in every chunk step; simple_gla's scalar form uses it) or 'kernel_fold'
+  # (block_states with the decays folded into k; not yet timed)
   split_states: str = 'xla'
 
   # The intra kernels' key-channel widths by padded head dim Kp, where left None. Timed on the H200 (bf16): at
@@ -212,7 +213,7 @@ def kernel_gla(q, k, v, g, *, scale, initial_state=None, segment_ids=None, chunk
     kernel = lambda q, k, v, g, h0: kernel_gla(q, k, v, g, scale=scale, initial_state=h0, config=whole,
                                                interpret=interpret)
     return split_over_segments(kernel, q, k, v, g, initial_state=initial_state, segments=segments, chunk=chunk,
-                               interpret=states_mode)
+                               interpret=states_mode, fold=cfg.split_states == 'kernel_fold')
   pad = lambda x, d, dt: _pad_axis(_pad_axis(x.astype(dt), 1, tp), 3, d)
   gdt = g.dtype if g.dtype in (jnp.bfloat16, jnp.float32) else _F32
   h0 = None

@@ -87,7 +87,8 @@ class KernelConfig:
   split_programs: int | None = None
   split_min_len: int = 1024
   # segment states of the split: 'kernel' (common/block_states.py; 0.29 ms at B=1, T=65536, H=16, D=128 bf16 on
-  # the H200) or 'xla' (a transposing einsum, 0.48 ms)
+  # the H200), 'kernel_fold' (its decays folded into k, fold=True; not yet timed) or 'xla' (a transposing einsum,
+  # 0.48 ms)
   split_states: str = 'kernel'
 
   def block_v_for(self, b: int, h: int, t: int, vp: int, chunk: int, dtype, backend: str) -> int:
@@ -447,9 +448,9 @@ _core.defvjp(_core_fwd, _core_bwd)
 
 def split_states_mode(cfg, interpret: bool):
   """split_over_segments' `interpret` argument for cfg.split_states: None (XLA) or the kernels' mode."""
-  if cfg.split_states not in ('kernel', 'xla'):
-    raise ValueError(f"KernelConfig.split_states must be 'kernel' or 'xla'; got {cfg.split_states!r}")
-  return interpret if cfg.split_states == 'kernel' else None
+  if cfg.split_states not in ('kernel', 'kernel_fold', 'xla'):
+    raise ValueError(f"KernelConfig.split_states must be 'kernel', 'kernel_fold' or 'xla'; got {cfg.split_states!r}")
+  return None if cfg.split_states == 'xla' else interpret
 
 
 def kernel_simple_gla(q, k, v, g, *, scale, initial_state=None, segment_ids=None, chunk_size=64,
@@ -479,7 +480,7 @@ def kernel_simple_gla(q, k, v, g, *, scale, initial_state=None, segment_ids=None
     kernel = lambda q, k, v, g, h0: kernel_simple_gla(q, k, v, g, scale=scale, initial_state=h0,
                                                       chunk_size=chunk, config=whole, interpret=interpret)
     return split_over_segments(kernel, q, k, v, g, initial_state=initial_state, segments=segments, chunk=chunk,
-                               interpret=states_mode)
+                               interpret=states_mode, fold=cfg.split_states == 'kernel_fold')
   pad = lambda x, d: _pad_axis(_pad_axis(x.astype(dtype), 1, tp), 3, d)
   g = jnp.zeros((b, t, h), _F32) if g is None else g.astype(_F32)
   gp = _pad_axis(jnp.swapaxes(g, 1, 2), 2, tp)  # [B,H,Tp]
