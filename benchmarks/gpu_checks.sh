@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# One GPU session's standing checks, most important first, each under its own time limit, so that a command cut
+# off by the device's per-call limit still leaves the earlier results:
+#   1. the linear kernels' GPU tests against the fp32 oracles (o and every gradient; ~150 s);
+#   2. every op at issue 6's shape against cuDNN and the pure-JAX chunk form (kernels checked against chunk);
+#   3. time per token from T = 2048 to 65536 at B*T = 65536 (criterion 3);
+#   4. per-kernel device time of gla forward and forward+backward (kernel_profile.py);
+#   5. the flash (softmax / sigmoid, Triton and Mosaic GPU) kernels' GPU tests (~250 s).
+# Results (JSON, logs) go to $OUT (default benchmarks/results/gpu_checks-<date>). Steps 1-3 fit one 10-minute
+# device command, 4-5 another. Usage, from the repo root:
+#   bash benchmarks/gpu_checks.sh 1 2 3
+#   bash benchmarks/gpu_checks.sh 4 5
+set -uo pipefail
+OUT=${OUT:-benchmarks/results/gpu_checks-$(date +%Y-%m-%d)}
+mkdir -p "$OUT"
+steps=${*:-1 2 3 4 5}
+run() {  # run STEP LIMIT_S NAME CMD...: the command's output to $OUT/NAME.log, its tail to stdout
+  local step=$1 limit=$2 name=$3
+  shift 3
+  [[ " $steps " == *" $step "* ]] || return 0
+  echo "== $step $name (limit ${limit}s)"
+  timeout "$limit" "$@" > "$OUT/$name.log" 2>&1
+  echo "   exit $?"
+  grep -v Warning "$OUT/$name.log" | tail -14
+}
+run 1 200 tests_linear python3 -m pytest -q -p no:cacheprovider tests/ops/test_gla_kernel.py \
+  tests/ops/test_simple_gla_kernel.py tests/ops/test_delta_rule_kernel.py tests/ops/test_block_states.py \
+  -k "gpu or long"
+run 2 200 issue_shape python3 benchmarks/ops_gpu.py --ops simple_gla,gla,delta_rule,gated_delta_rule,sigmoid \
+  --impls kernel,chunk,cudnn --shapes 4x4096x16x128 --out "$OUT/ops_gpu_issue_shape.json"
+run 3 150 scaling python3 benchmarks/ops_gpu.py --ops simple_gla,gla,delta_rule,gated_delta_rule --impls kernel \
+  --modes fwd --shapes scaling --out "$OUT/ops_gpu_scaling.json"
+run 4 60 profile_gla_fwd python3 benchmarks/kernel_profile.py --op gla --mode fwd --out "$OUT/profile_gla_fwd.json"
+run 4 60 profile_gla_fwd_bwd python3 benchmarks/kernel_profile.py --op gla --mode fwd_bwd \
+  --out "$OUT/profile_gla_fwd_bwd.json"
+run 5 280 tests_flash python3 -m pytest -q -p no:cacheprovider tests/ops/test_flash_kernel.py -k "gpu or long"
+echo "results in $OUT"
