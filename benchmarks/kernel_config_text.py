@@ -5,17 +5,29 @@ from __future__ import annotations
 import dataclasses
 
 
-def _value(name: str, raw: str, default, flag: str):
+def _kind(field: dataclasses.Field, default) -> type:
+  """The field's value type: its default's, or for a None default the non-None type of its annotation
+  ('str | None' -> str; annotations are strings under `from __future__ import annotations`)."""
+  if default is not None:
+    return type(default)
+  annotation = field.type if isinstance(field.type, str) else getattr(field.type, '__name__', str(field.type))
+  for kind in (bool, int, float, str):
+    if kind.__name__ in annotation:
+      return kind
+  return int
+
+
+def _value(name: str, raw: str, kind: type, flag: str):
   if raw.lower() == 'none':
     return None
-  if isinstance(default, bool):
+  if kind is bool:
     if raw.lower() not in ('1', '0', 'true', 'false', 'yes', 'no'):
       raise SystemExit(f'{flag}: {name} takes true or false; got {raw!r}')
     return raw.lower() in ('1', 'true', 'yes')
   try:
-    return int(raw) if default is None or isinstance(default, int) else type(default)(raw)
+    return kind(raw)
   except ValueError:
-    raise SystemExit(f'{flag}: {name}={raw!r} is not a {type(default).__name__}') from None
+    raise SystemExit(f'{flag}: {name}={raw!r} is not a {kind.__name__}') from None
 
 
 def parse_config(cls, text: str | None, flag: str = '--config'):
@@ -23,7 +35,7 @@ def parse_config(cls, text: str | None, flag: str = '--config'):
   empty text. Unknown fields and malformed values end the program with a message naming them."""
   if not text:
     return None
-  fields = {f.name for f in dataclasses.fields(cls)}
+  fields = {f.name: f for f in dataclasses.fields(cls)}
   base = cls()
   values = {}
   for item in text.split(','):
@@ -31,5 +43,5 @@ def parse_config(cls, text: str | None, flag: str = '--config'):
     if name not in fields or not eq:
       raise SystemExit(f'{flag}: {cls.__module__}.{cls.__name__} has no field {name!r} (write field=value); '
                        f'fields: {", ".join(sorted(fields))}')
-    values[name] = _value(name, raw, getattr(base, name), flag)
+    values[name] = _value(name, raw, _kind(fields[name], getattr(base, name)), flag)
   return dataclasses.replace(base, **values)
