@@ -243,7 +243,8 @@ def tune_candidates(base: KernelConfig = DEFAULT_CONFIG) -> dict[str, list[Kerne
           for d in ('halves', 'rows') for w in (2, 4, 8) for s in (1, 2, 3) for iw in (16, 32, 64, 128)]
   fwd += [dataclasses.replace(base, fused_gates=True), dataclasses.replace(base, intra_unroll=True)]
   bwd = [dataclasses.replace(base, block_k_dq=bq, block_k_dk=bk, block_v_bwd=bv, num_warps_bwd=w, num_stages_bwd=s)
-         for bq in (32, 64) for bk in (32, 64) for bv in (32, 64) for w in (4, 8) for s in (2, 3)]
+         for bq in (32, 64) for bk in (16, 32, 64) for bv in (32, 64) for w in (4, 8) for s in (2, 3)]
+  # (block_k_dq=32, block_k_dk=16 at 4 warps: the sweeps without spills, ptxas_report.py; 628 bytes at the default)
   bwd += [dataclasses.replace(base, num_warps_intra_bwd=w, num_stages_intra_bwd=s, intra_width_bwd=iw,
                               intra_diag_bwd=d)
           for d in ('halves', 'rows', 'rows2') for w in (2, 4, 8) for s in (1, 2) for iw in (16, 32, 64, 128)]
