@@ -22,64 +22,48 @@ from effattn.ops.common.pallas_triton import F32, LOG2E, CompilerParams, chunk_s
 
 
 def _kernel(k_ref, v_ref, *rest, chunk: int, gate: str, dt, prec, fold: bool = False):
-    """gate: 'none', 'scalar' (g_ref [L], one log decay per row) or 'channel' (g_ref [L, K])."""
+    """gate: 'none', 'scalar' (g_ref [L], one log decay per row) or 'channel' (g_ref [L, K]).
+
+    fold=False: S <- diag(e^{G_C}) S + (K_c ⊙ e^{G_C - G})^T V_c over the chunks in order. fold=True (block_states'
+    fold): the chunks in reverse with the decay to the block's end folded into k, S = sum_c (K_c ⊙ e^{G_L - G})^T
+    V_c, so that the state is never rescaled and each dot accumulates into it (the form Triton fuses into one
+    accumulating MMA); the exponent adds `later`, the sum of g over the later chunks, accumulated from the end (no
+    cancellation of large sums)."""
     g_ref, s_ref = rest if gate != 'none' else (None, rest[0])
     rows, kp = k_ref.shape
     bv = v_ref.shape[-1]
+    n = rows // chunk
+    fold = fold and gate != 'none'
     idx = jnp.arange(chunk, dtype=jnp.int32)
     after = (idx[None, :] > idx[:, None]).astype(F32)           # [t, l] = l > t
-    if fold and gate != 'none':
-        _folded(k_ref, v_ref, g_ref, s_ref, after, chunk=chunk, gate=gate, dt=dt, prec=prec)
-        return
-
-    def body(c, s):
-        sl = chunk_slice(c, chunk)
-        k, v = k_ref[sl, :].astype(F32), v_ref[sl, :]
-        if gate == 'none':
-            kd = k
-        elif gate == 'scalar':
-            g = g_ref[sl] * LOG2E
-            s = jnp.exp2(jnp.sum(g)) * s
-            kd = k * jnp.exp2(jnp.sum(after * g[None, :], axis=1))[:, None]   # e^{G_C - G_t}
-        else:
-            g = g_ref[sl, :] * LOG2E                                           # [C, K]
-            s = jnp.exp2(jnp.sum(g, axis=0))[:, None] * s
-            to_end = jax.lax.dot_general(after, g, (((1,), (0,)), ((), ())), precision=jax.lax.Precision.HIGHEST,
-                                         preferred_element_type=F32)           # [t, k] = sum_{l > t} g_lk
-            kd = k * jnp.exp2(to_end)
-        return s + jax.lax.dot_general(kd.astype(dt), v.astype(dt), (((0,), (0,)), ((), ())), precision=prec,
-                                       preferred_element_type=F32)
-
-    s_ref[...] = jax.lax.fori_loop(0, rows // chunk, body, jnp.zeros((kp, bv), F32))
-
-
-def _folded(k_ref, v_ref, g_ref, s_ref, after, *, chunk, gate, dt, prec):
-    """block_states(fold=True): the chunks in reverse with the decay to the block's end folded into k,
-    S = sum_c (K_c ⊙ e^{G_L - G})^T V_c, so that the state is never rescaled and each dot accumulates into it (the
-    form Triton fuses into one accumulating MMA). The exponent is the sum of g over the later rows of the chunk plus
-    `later`, the sum over the later chunks, accumulated from the end (no cancellation of large sums)."""
-    rows, kp = k_ref.shape
-    n = rows // chunk
 
     def body(i, carry):
         s, later = carry
-        sl = chunk_slice(n - 1 - i, chunk)
+        sl = chunk_slice(n - 1 - i if fold else i, chunk)
         k, v = k_ref[sl, :].astype(F32), v_ref[sl, :]
-        if gate == 'scalar':
-            g = g_ref[sl] * LOG2E
-            kd = k * jnp.exp2(jnp.sum(after * g[None, :], axis=1) + later)[:, None]
-            later = later + jnp.sum(g)
+        if gate == 'none':
+            kd = k
         else:
-            g = g_ref[sl, :] * LOG2E                                           # [C, K]
-            to_end = jax.lax.dot_general(after, g, (((1,), (0,)), ((), ())), precision=jax.lax.Precision.HIGHEST,
-                                         preferred_element_type=F32)           # [t, k] = sum_{l > t} g_lk
-            kd = k * jnp.exp2(to_end + later)
-            later = later + jnp.sum(g, axis=0, keepdims=True)
-        return s + jax.lax.dot_general(kd.astype(dt), v.astype(dt), (((0,), (0,)), ((), ())), precision=prec,
-                                       preferred_element_type=F32), later
+            if gate == 'scalar':
+                g = g_ref[sl] * LOG2E
+                to_end, total = jnp.sum(after * g[None, :], axis=1)[:, None], jnp.sum(g)       # e^{G_C - G_t}
+            else:
+                g = g_ref[sl, :] * LOG2E                                                      # [C, K]
+                to_end = jax.lax.dot_general(after, g, (((1,), (0,)), ((), ())),
+                                             precision=jax.lax.Precision.HIGHEST,
+                                             preferred_element_type=F32)                       # sum_{l > t} g_lk
+                total = jnp.sum(g, axis=0, keepdims=True)                                      # [1, K]
+            if fold:
+                kd, later = k * jnp.exp2(to_end + later), later + total
+            else:
+                s = (jnp.exp2(total) if gate == 'scalar' else jnp.exp2(total)[0][:, None]) * s
+                kd = k * jnp.exp2(to_end)
+        s = s + jax.lax.dot_general(kd.astype(dt), v.astype(dt), (((0,), (0,)), ((), ())), precision=prec,
+                                    preferred_element_type=F32)
+        return s, later
 
-    later0 = jnp.zeros((), F32) if gate == 'scalar' else jnp.zeros((1, kp), F32)
-    s_ref[...] = jax.lax.fori_loop(0, n, body, (jnp.zeros((kp, s_ref.shape[-1]), F32), later0))[0]
+    later0 = jnp.zeros((), F32) if gate != 'channel' else jnp.zeros((1, kp), F32)
+    s_ref[...] = jax.lax.fori_loop(0, n, body, (jnp.zeros((kp, bv), F32), later0))[0]
 
 
 def block_states(k, v, g, *, block: int, chunk: int = 64, block_v: int = 128, num_warps: int = 4,
@@ -90,7 +74,7 @@ def block_states(k, v, g, *, block: int, chunk: int = 64, block_v: int = 128, nu
 
     Defaults timed on the H200 (B=1, T=65536, H=16, K=V=128 bf16, scalar gates, block 1024): 128-wide value
     tiles at 4 warps 0.291 ms (k read once), 64-wide 0.485 ms, 8 warps 0.40 / 0.52 ms; the XLA einsum of
-    sequence_split 0.48 ms. fold: the decays folded into k instead of rescaling the state every chunk (_folded;
+    sequence_split 0.48 ms. fold: the decays folded into k instead of rescaling the state every chunk (_kernel;
     not yet timed)."""
     b, t, h, kd = k.shape
     vd = v.shape[-1]
