@@ -97,7 +97,9 @@ def test_fused_gates(case):
   ctx = gla_pallas._Ctx(jnp.dtype(case.dtype), 0.1, 16 if case.dtype == 'float32' else 64)
   g = jax.nn.log_sigmoid(jax.random.normal(jax.random.key(1), (1, 128, 2, 32))) / case.n
   q = jax.random.normal(jax.random.key(2), (1, 128, 2, 32)).astype(case.dtype)
-  fused = _intra.intra_a_fused_gates(q, q, g, ctx, KernelConfig(intra_width=16), True)
+  fused = _intra.intra_a(q, q, g, ctx, KernelConfig(intra_diag='rows', intra_width=16), True, fused_gates=True)
+  with pytest.raises(ValueError, match="fused gates need the 'rows' forward intra kernel; got intra_diag 'halves'"):
+    _intra.intra_a(q, q, g, ctx, KernelConfig(intra_diag='halves'), True, fused_gates=True)
   separate_g = _scan.chunk_gates(g, ctx.chunk, True)
   separate = _intra.intra_a(q, q, separate_g, ctx, KernelConfig(intra_diag='rows', intra_width=16), True)
   np.testing.assert_allclose(fused[3], separate_g, rtol=1e-6, atol=1e-6)

@@ -128,25 +128,10 @@ def _bwd_kernel(q_ref, k_ref, g_ref, v_ref, do_ref, dq_ref, dk_ref, x_ref, qg_re
   jax.lax.fori_loop(0, n, step, 0)
 
 
-def intra_a_fused_gates(q, k, g, ctx, cfg, interpret):
-  """(A, q ⊙ e^G, k ⊙ e^{G_l - G} as intra_a, and G [B, Tp, H, Kp] fp32) from the raw log decays g: the 'rows'
-  forward kernel computes G itself (KernelConfig.fused_gates)."""
-  b, tp, h, kp = q.shape
-  cs = _chunk_spec(ctx, kp)
-  fac = jax.ShapeDtypeStruct((b, tp, h, kp), ctx.dt)
-  width, stages = cfg.intra_fwd_for(kp)
-  return pl.pallas_call(
-      functools.partial(_fwd_kernel_rows, ctx=ctx, width=width, fused_gates=True, unroll=cfg.intra_unroll),
-      grid=(b, h, tp // SUB),
-      in_specs=[cs, cs, cs], out_specs=[_sub_spec(ctx.chunk), _sub_spec(kp), _sub_spec(kp), _sub_spec(kp)],
-      out_shape=[jax.ShapeDtypeStruct((b, tp, h, ctx.chunk), ctx.dt), fac, fac,
-                 jax.ShapeDtypeStruct((b, tp, h, kp), F32)], interpret=interpret,
-      name='gla_intra_fwd', **_params(interpret, ctx, cfg.num_warps_intra, stages))(q, k, g)
-
-
-def intra_a(q, k, g, ctx, cfg, interpret):
+def intra_a(q, k, g, ctx, cfg, interpret, fused_gates: bool = False):
   """A [B, Tp, H, C], q ⊙ e^G and k ⊙ e^{G_l - G} [B, Tp, H, Kp], all in the dot dtype (A and the factors are
-  rounded to it before their dots anyway); q, k [B,Tp,H,Kp], g = G."""
+  rounded to it before their dots anyway); q, k [B,Tp,H,Kp], g = G. fused_gates (the 'rows' kernel,
+  KernelConfig.fused_gates): g holds the raw log decays, the kernel computes G and returns it too, fp32 [B,Tp,H,Kp]."""
   b, tp, h, kp = q.shape
   cs = _chunk_spec(ctx, kp)
   fac = jax.ShapeDtypeStruct((b, tp, h, kp), ctx.dt)
@@ -155,10 +140,15 @@ def intra_a(q, k, g, ctx, cfg, interpret):
   diag = cfg.intra_diag_for(kp)
   if diag not in kernels:
     raise ValueError(f"KernelConfig.intra_diag must be 'halves' or 'rows'; got {diag!r}")
+  if fused_gates and diag != 'rows':
+    raise ValueError(f"fused gates need the 'rows' forward intra kernel; got intra_diag {diag!r}")
+  kernel = functools.partial(kernels[diag], fused_gates=True) if fused_gates else kernels[diag]
+  out_specs = [_sub_spec(ctx.chunk), _sub_spec(kp), _sub_spec(kp)] + [_sub_spec(kp)] * fused_gates
+  out_shape = [jax.ShapeDtypeStruct((b, tp, h, ctx.chunk), ctx.dt), fac, fac]
+  out_shape += [jax.ShapeDtypeStruct((b, tp, h, kp), F32)] * fused_gates
   return pl.pallas_call(
-      functools.partial(kernels[diag], ctx=ctx, width=width), grid=(b, h, tp // SUB),
-      in_specs=[cs, cs, cs], out_specs=[_sub_spec(ctx.chunk), _sub_spec(kp), _sub_spec(kp)],
-      out_shape=[jax.ShapeDtypeStruct((b, tp, h, ctx.chunk), ctx.dt), fac, fac], interpret=interpret,
+      functools.partial(kernel, ctx=ctx, width=width), grid=(b, h, tp // SUB),
+      in_specs=[cs, cs, cs], out_specs=out_specs, out_shape=out_shape, interpret=interpret,
       name='gla_intra_fwd',
       **_params(interpret, ctx, cfg.num_warps_intra, stages))(q, k, g)
 

@@ -16,6 +16,7 @@ from effattn.ops.gla._intra_common import (SUB, _block, _chunk_gates, _dA_blocks
                                            _slices, _write_grads)
 from effattn.ops.simple_gla.pallas import _dot, _f32
 
+
 def _row_loop(body, init, unroll: bool):
   """body(j, carry) over the block's 16 rows: a fori_loop, or (unroll, KernelConfig.intra_unroll) the 16 steps
   written out with static row indices, so that the compiler may overlap one step's loads and exps with another's."""

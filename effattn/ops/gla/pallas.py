@@ -64,8 +64,9 @@ class KernelConfig:
 
   Timed on the H200 (jax 0.11.2, B=4 T=4096 H=16 K=V=128 bf16, 48 forward and 25 backward configurations of
   tune_candidates): the forward intra kernel at 2 warps and 16 key channels per step took the forward from 1.36
-  to 1.00 ms (4 warps / 32 channels before); 16 channels in the backward intra kernel cost ~1 ms, so it keeps 32
-  (intra_width_bwd); backward sweeps at 4 warps, 2 stages: 6.10 -> 5.33 ms fwd+bwd at the same forward settings.
+  to 1.00 ms (4 warps / 32 channels before); 16 channels in the backward intra kernel cost ~1 ms, so 'halves' keeps
+  32 (intra_bwd_for; 'rows', the default at K = 128 since, takes all 128); backward sweeps at 4 warps, 2 stages:
+  6.10 -> 5.33 ms fwd+bwd at the same forward settings.
   The rest are first guesses.
 
   Compiled offline for sm_90 at the earlier defaults (jax 0.10.2's Triton IR, B=4 T=4096 H=16 K=V=128 bf16, triton 3.6,
@@ -115,7 +116,7 @@ class KernelConfig:
   split_states: str = 'xla'
 
   # The intra kernels' key-channel widths by padded head dim Kp, where left None. Timed on the H200 (bf16): at
-  # K = 128 (B=4 T=4096 H=16) 16 channels per forward step and 32 per backward step (above); at K <= 64 all the
+  # K = 128 (B=4 T=4096 H=16) 16 channels per forward step (the backward's: intra_bwd_for); at K <= 64 all the
   # channels in one step, forward at 1 stage: at the LM's shape (B=8 T=8192 H=12 K=64) forward 1.794 -> 1.684 ms,
   # forward+backward 6.563 -> 5.639 ms (benchmarks/results/gla_lm_shape_widths_2026-12-03.json).
   def intra_fwd_for(self, kp: int) -> tuple[int, int]:
@@ -141,7 +142,7 @@ DEFAULT_CONFIG = KernelConfig()
 def _forward(q, k, v, g, h0, ctx, cfg, interpret):
   """(o, final state, A, G); q, k, g [B,Tp,H,Kp] (g raw log decays), v [B,Tp,H,Vp]."""
   if cfg.fused_gates and cfg.intra_diag_for(q.shape[-1]) == 'rows':
-    a, qg, kg, gc = _intra.intra_a_fused_gates(q, k, g, ctx, cfg, interpret)
+    a, qg, kg, gc = _intra.intra_a(q, k, g, ctx, cfg, interpret, fused_gates=True)
   else:
     gc = _scan.chunk_gates(g, ctx.chunk, interpret)
     a, qg, kg = _intra.intra_a(q, k, gc, ctx, cfg, interpret)
@@ -245,11 +246,11 @@ def tune_candidates(base: KernelConfig = DEFAULT_CONFIG) -> dict[str, list[Kerne
   bwd = [dataclasses.replace(base, block_k_dq=bq, block_k_dk=bk, block_v_bwd=bv, num_warps_bwd=w, num_stages_bwd=s)
          for bq in (32, 64) for bk in (16, 32, 64) for bv in (32, 64) for w in (4, 8) for s in (2, 3)]
   # (block_k_dq=32, block_k_dk=16 at 4 warps: the sweeps without spills, ptxas_report.py; 628 bytes at the default)
+  # (intra_width_bwd=64: 14% off fwd+bwd at K = 64)
   bwd += [dataclasses.replace(base, num_warps_intra_bwd=w, num_stages_intra_bwd=s, intra_width_bwd=iw,
                               intra_diag_bwd=d)
           for d in ('halves', 'rows', 'rows2') for w in (2, 4, 8) for s in (1, 2) for iw in (16, 32, 64, 128)]
   bwd += [dataclasses.replace(base, intra_unroll=True)]
-  # (intra_width_bwd=64: 14% off fwd+bwd at K = 64)
   bwd += [dataclasses.replace(base, precise_dg=False)]  # faster, but dg's error grows (1e-2 at T = 1000)
   bwd += [dataclasses.replace(base, bwd_states=True)]   # stored chunk states, gradients parallel over chunks
   return {'fwd': fwd, 'fwd_bwd': bwd}
