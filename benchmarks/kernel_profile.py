@@ -28,6 +28,13 @@ from profiling import profile  # noqa: E402  (a sibling script module)
 
 def op_call(op: str, impl: str, shape, mode: str, configs: dict, window: int):
   """A zero-argument callable running one (op, impl, mode) call at shape, jitted and with its inputs."""
+  fn, args = op_fn_and_args(op, impl, shape, mode, configs, window)
+  return lambda: fn(*args)
+
+
+def op_fn_and_args(op: str, impl: str, shape, mode: str, configs: dict, window: int):
+  """(jitted fn, its arguments) of one (op, impl, mode) call at shape: fwd(x) or the VJP fwd_bwd(x, do), with
+  ops_gpu.py's inputs; op 'softmax' is jax's dot_product_attention with impl cudnn or xla."""
   b, t, h, d = shape
   x, do = ops_gpu.jax_inputs('sigmoid' if op == 'softmax' else op, b, t, h, d)
   if op == 'softmax':
@@ -38,7 +45,7 @@ def op_call(op: str, impl: str, shape, mode: str, configs: dict, window: int):
   else:
     fn = ops_gpu.effattn_op(op, impl, window)
   fwd, fwd_bwd = ops_gpu.jax_fns(fn, tuple(x))
-  return (lambda: fwd(x)) if mode == 'fwd' else (lambda: fwd_bwd(x, do))
+  return (fwd, (x,)) if mode == 'fwd' else (fwd_bwd, (x, do))
 
 
 def print_table(result: dict, log=print) -> None:

@@ -27,6 +27,7 @@ import jax
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import ops_gpu  # noqa: E402  (a sibling script module)
+from kernel_profile import op_fn_and_args  # noqa: E402  (a sibling script module)
 
 
 @contextlib.contextmanager
@@ -120,11 +121,7 @@ def programs_per_sm(registers: int, num_warps: int, shared_bytes: int | None) ->
 
 
 def report(op: str, shape, mode: str, configs: dict, window: int = 0, arch: int = 90) -> list[dict]:
-  b, t, h, d = shape
-  x, do = ops_gpu.jax_inputs(op, b, t, h, d)
-  fn = ops_gpu.kernel_fn(op, configs.get(op), window, configs)
-  fwd, fwd_bwd = ops_gpu.jax_fns(fn, tuple(x))
-  target, args = (fwd, (x,)) if mode == 'fwd' else (fwd_bwd, (x, do))
+  target, args = op_fn_and_args(op, 'kernel', shape, mode, configs, window)
   rows = []
   for kernel in triton_modules(target, args):
     row = {k: kernel[k] for k in ('name', 'num_warps', 'num_stages')}
