@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from effattn.ops.common.pallas_triton import F32
-from effattn.ops.gla import _intra, _scan, _state_grads, _sweeps
+from effattn.ops.gla import _intra, _scan, _sweeps
 from effattn.ops.gla import pallas as P
 from effattn.ops.simple_gla.pallas import _Ctx
 
@@ -45,7 +45,7 @@ def benchmark_parts(b, t, h, d, dtype, config=None, interpret=None):
   intra_fwd = jax.jit(lambda q, k, gc: _intra.intra_a(q, k, gc, ctx, cfg, interpret))
   sweep = jax.jit(lambda qg, kg, v, gc, a: _sweeps.forward(qg, kg, v, gc, a, None, ctx, cfg, interpret))
   intra_bwd = jax.jit(lambda q, k, gc, v, do: _intra.intra_grads(q, k, gc, v, do, ctx, cfg, interpret))
-  backward = _state_grads.backward if cfg.bwd_states else _sweeps.backward  # as pallas._core_bwd
+  backward = P.inter_chunk_backward(cfg)
   bwd = jax.jit(lambda *a: backward(*a, None, do, dht, ctx, cfg, interpret))
   off = jnp.zeros((b, t // chunk, h, d), F32)
   dg = jax.jit(lambda xq, y, off: _scan.chunk_dg(xq, y, off, chunk, g.dtype, interpret))

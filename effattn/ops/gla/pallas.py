@@ -150,6 +150,12 @@ def _forward(q, k, v, g, h0, ctx, cfg, interpret):
   return o, ht, a, gc
 
 
+def inter_chunk_backward(cfg: KernelConfig):
+  """The backward's inter-chunk part for cfg: the sequential sweeps (_sweeps.backward) or, with cfg.bwd_states,
+  state-only sweeps and per-chunk gradients (_state_grads.backward); the same arguments and outputs."""
+  return _state_grads.backward if cfg.bwd_states else _sweeps.backward
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7))
 def _core(q, k, v, g, h0, ctx, cfg, interpret):
   return tuple(_forward(q, k, v, g, h0, ctx, cfg, interpret)[:2])
@@ -166,9 +172,8 @@ def _core_bwd(ctx, cfg, interpret, res, cts):
   do, dht = cts
   do, dht = do.astype(q.dtype), dht.astype(_F32)
   dq_i, dk_i, x_i, qg, kg = _intra.intra_grads(q, k, gc, v, do, ctx, cfg, interpret)
-  backward = _state_grads.backward if cfg.bwd_states else _sweeps.backward
-  dq, dk, dv, xq, xq_tot, y, y_tot, xk_tot, dh0 = backward(q, k, v, gc, a, dq_i, dk_i, x_i, qg, kg, h0, do, dht, ctx,
-                                                           cfg, interpret)
+  dq, dk, dv, xq, xq_tot, y, y_tot, xk_tot, dh0 = inter_chunk_backward(cfg)(
+      q, k, v, gc, a, dq_i, dk_i, x_i, qg, kg, h0, do, dht, ctx, cfg, interpret)
   # dg_l = sum_{t>=l} (x_q - x_k)_t + sum_{t<l} E_t + e^{sum g} sum_v h0 dS_T (module docstring), with
   # sum_{t>=l} x_k = sum_T x_k - sum_{t<l} x_k: reverse cumsum of x_q, exclusive cumsum of y = x_k + E, within
   # chunks in _scan.py, plus per chunk the sums over later / earlier chunks of the kernel's chunk totals.
