@@ -15,6 +15,7 @@ built lazily, so --parts / --tune compile only what they time). Before 2026-12-0
 
   python benchmarks/kernel_parts.py                          # gated_delta_rule, B=4 T=4096 H=16 D=128 bf16
   python benchmarks/kernel_parts.py --op gla
+  python benchmarks/kernel_parts.py --op gla --parts fwd,fwd_bwd --config default --config bwd_states=true
   python benchmarks/kernel_parts.py --op delta_rule --config split_o=true,block_v=32,num_warps=4,num_stages=2
   python benchmarks/kernel_parts.py --tune fwd_state          # every tune_candidates config of one piece
   python benchmarks/kernel_parts.py --op delta_rule --parts bwd_chunk --config bwd_split=false --ablate dk_role
@@ -110,7 +111,9 @@ def main(argv=None):
   p.add_argument('--nogate', action='store_true', help='the same as --op delta_rule')
   p.add_argument('--dtype', default='bfloat16')
   p.add_argument('--parts', default=None, help='comma-separated pieces (default: all of the op\'s)')
-  p.add_argument('--config', default=None, help='KernelConfig fields, e.g. block_v=32,num_warps=4')
+  p.add_argument('--config', action='append', default=None,
+                 help='KernelConfig fields, e.g. block_v=32,num_warps=4; repeat it to time each configuration in '
+                      'turn in one process ("default": no overrides)')
   p.add_argument('--tune', default=None, help='one piece: time it at every tune_candidates config')
   p.add_argument('--ablate', default='', help=f'comma-separated, of {", ".join(ABLATIONS)} (delta rules; diagnostic)')
   p.add_argument('--reps', type=int, default=20)
@@ -119,15 +122,19 @@ def main(argv=None):
   op = 'delta_rule' if a.nogate else a.op
   if len(a.shape) != 4:
     raise SystemExit(f'shape: give B T H D (4 integers); got {a.shape}')
-  cfg, dtype = parse_config(a.config, op), jnp.dtype(a.dtype)
+  texts = a.config or [None]
+  cfgs = [parse_config(None if text == 'default' else text, op) for text in texts]  # all checked before timing
+  dtype = jnp.dtype(a.dtype)
   names = (a.parts or PARTS[op]).split(',')
   unknown = sorted(set(names + ([a.tune] if a.tune else [])) - set(PARTS[op].split(',')))
   if unknown:
     raise SystemExit(f'--parts / --tune: {op} has no piece {unknown}; pieces: {PARTS[op]}')
   if a.ablate and op == 'gla':
     raise SystemExit('--ablate: only for the delta rules')
+  if a.tune and len(cfgs) > 1:
+    raise SystemExit('--tune: give at most one --config (the base of the candidates)')
   roles = {'dq_role', 'dk_role'} & set(a.ablate.split(','))
-  if roles and getattr(cfg or config_class(op)(), 'bwd_split', False):
+  if roles and any(getattr(cfg or config_class(op)(), 'bwd_split', False) for cfg in cfgs):
     raise SystemExit(f'--ablate {",".join(sorted(roles))}: a role of the fused per-chunk kernel; '
                      'add --config bwd_split=false')
   for what in filter(None, a.ablate.split(',')):
@@ -135,30 +142,45 @@ def main(argv=None):
   b, t, h, d = a.shape
   print(f'{op} B={b} T={t} H={h} D={d} {a.dtype} {jax.devices()[0].device_kind}', flush=True)
   rows = []
+
+  def save():  # after every row, so that a run cut off by a time limit keeps what it timed
+    if a.out:
+      meta = {'op': op, 'shape': [b, t, h, d], 'dtype': a.dtype, 'gated': op == 'gated_delta_rule',
+              'device': jax.devices()[0].device_kind, 'jax': jax.__version__,
+              'config': dataclasses.asdict(cfgs[0] or config_class(op)()), 'ablate': a.ablate}
+      with open(a.out, 'w') as f:
+        json.dump({'meta': meta, 'rows': rows}, f, indent=1)
+
   if a.tune:
-    for c in candidates(op, a.tune, cfg):
+    for c in candidates(op, a.tune, cfgs[0]):
       try:
         row = time_part(parts_of(op, a.shape, dtype, c)[a.tune], a.reps)
       except Exception as e:  # noqa: BLE001  (a configuration Triton cannot compile)
         row = {'ms': None, 'error': f'{type(e).__name__}: {str(e)[:200]}'}
       rows.append({'part': a.tune, 'config': dataclasses.asdict(c), **row})
       print(f'{a.tune:16s} {row["ms"] if row["ms"] is None else round(row["ms"], 3)} ms  {c}', flush=True)
-  else:
+      save()
+  for text, cfg in ([] if a.tune else zip(texts, cfgs)):
+    if len(cfgs) > 1:
+      print(f'-- config {text or "default"}', flush=True)
     parts = parts_of(op, a.shape, dtype, cfg)
     for name in names:
       if name not in parts:
         print(f'{name:16s} not in this configuration (bwd_dqk, bwd_wy: the split backward only)', flush=True)
         continue
-      row = time_part(parts[name], a.reps)
-      rows.append({'part': name, **row})
-      print(f'{name:16s} {row["ms"]:8.3f} ms  (min {row["min_ms"]:.3f}, first call {row["first_call_s"]:.1f} s)',
-            flush=True)
-  if a.out:
-    meta = {'op': op, 'shape': [b, t, h, d], 'dtype': a.dtype, 'gated': op == 'gated_delta_rule',
-            'device': jax.devices()[0].device_kind, 'jax': jax.__version__,
-            'config': dataclasses.asdict(cfg or config_class(op)()), 'ablate': a.ablate}
-    with open(a.out, 'w') as f:
-      json.dump({'meta': meta, 'rows': rows}, f, indent=1)
+      try:
+        row = time_part(parts[name], a.reps)
+      except Exception as e:  # noqa: BLE001  (one configuration failing to compile leaves the others' rows)
+        if len(cfgs) == 1:
+          raise
+        row = {'ms': None, 'error': f'{type(e).__name__}: {str(e)[:200]}'}
+        print(f'{name:16s} failed: {row["error"]}', flush=True)
+      else:
+        print(f'{name:16s} {row["ms"]:8.3f} ms  (min {row["min_ms"]:.3f}, first call {row["first_call_s"]:.1f} s)',
+              flush=True)
+      rows.append({'part': name, 'config_text': text or 'default', **row})
+      save()
+  save()
 
 
 if __name__ == '__main__':

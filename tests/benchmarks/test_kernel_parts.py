@@ -24,6 +24,20 @@ def test_every_part_runs_and_is_saved(kp, tmp_path, op, shape, config):
     assert stored['meta']['op'] == op and stored['meta']['config']['block_v'] == 16
 
 
+def test_repeated_configs_time_each_in_turn(kp, tmp_path):
+    out = tmp_path / 'parts.json'
+    kp.main(['1', '64', '1', '16', '--op', 'gla', '--reps', '1', '--parts', 'intra_fwd,fwd', '--config',
+             'chunk=16,block_v=16', '--config', 'chunk=16,block_v=16,intra_diag=rows', '--out', str(out)])
+    rows = json.loads(out.read_text())['rows']
+    assert [(r['part'], r['config_text']) for r in rows] == [
+        ('intra_fwd', 'chunk=16,block_v=16'), ('fwd', 'chunk=16,block_v=16'),
+        ('intra_fwd', 'chunk=16,block_v=16,intra_diag=rows'), ('fwd', 'chunk=16,block_v=16,intra_diag=rows')]
+    with pytest.raises(SystemExit, match='no field .nope'):  # every config is checked before any timing
+        kp.main(['1', '64', '1', '16', '--op', 'gla', '--config', 'default', '--config', 'nope=1'])
+    with pytest.raises(SystemExit, match='at most one --config'):
+        kp.main(['--op', 'gla', '--tune', 'intra_fwd', '--config', 'default', '--config', 'chunk=16'])
+
+
 def test_config_and_arguments_are_checked(kp):
     cfg = kp.parse_config('block_v=32,split_o=false')
     assert cfg.block_v == 32 and cfg.split_o is False
