@@ -86,6 +86,24 @@ def test_rows_diagonal(case):
       _check(case, functools.partial(kernel_gla, config=cfg))
 
 
+@pytest.mark.parametrize('case', [Case(1, 70, 1, 48, 40, n=0.1, h0=True),
+                                  Case(2, 130, 2, 32, 48, n=1, h0=False, dtype='bfloat16')], ids=str)
+def test_stored_dA_backward(case):
+  """KernelConfig(intra_diag_bwd='stored'): dA by XLA, the backward intra kernel over channel slices on the grid
+  (_intra_bwd_stored.py); 16-channel slices (several programs per block) and all channels in one."""
+  for width in (16, None):
+    _check(case, functools.partial(kernel_gla, config=KernelConfig(intra_diag_bwd='stored', intra_width_bwd=width)))
+
+
+def test_stored_dA_equals_rows_backward():
+  """'stored' and 'rows' compute the same intra gradients from the same dA (fp32: to rounding)."""
+  x, cot, _ = checks.make_inputs(OP, Case(1, 130, 2, 48, 40, n=1, h0=True))
+  ref = checks.run_fn(x, cot, fn=functools.partial(kernel_gla, config=KernelConfig(intra_diag_bwd='rows')))[2]
+  got = checks.run_fn(x, cot, fn=functools.partial(kernel_gla, config=KernelConfig(intra_diag_bwd='stored')))[2]
+  for name in x:
+    assert_close(f'd{name}', got[name], ref[name], 1e-5)
+
+
 @pytest.mark.parametrize('case', [Case(1, 70, 2, 48, 40, n=1, h0=True),
                                   Case(1, 130, 1, 32, 48, n=0.1, h0=True, dtype='bfloat16')], ids=str)
 def test_fused_gates(case):
@@ -144,6 +162,8 @@ def test_intra_forms_by_head_dim():
   assert KernelConfig(intra_diag_bwd='halves').intra_bwd_for(128) == ('halves', 32)
   assert KernelConfig(intra_width_bwd=16).intra_bwd_for(128) == ('rows', 16)
   assert KernelConfig(intra_diag_bwd='rows2').intra_bwd_for(128) == ('rows2', 128)
+  assert KernelConfig(intra_diag_bwd='stored').intra_bwd_for(128) == ('stored', 64)
+  assert KernelConfig(intra_diag_bwd='stored').intra_bwd_for(32) == ('stored', 32)
 
 
 @pytest.mark.parametrize('case', [Case(1, 128, 2, 32, 32, n=1, h0=True),
@@ -235,6 +255,7 @@ def test_long_bf16_finite(n):
                                         ('bfloat16', KernelConfig(intra_diag='rows', intra_diag_bwd='rows2',
                                                                   intra_unroll=True, fused_gates=True)),
                                         ('bfloat16', KernelConfig(bwd_states=True)),
+                                        ('bfloat16', KernelConfig(intra_diag_bwd='stored', intra_width_bwd=16)),
                                         ('float32', KernelConfig(bwd_states=True))])
 def test_lowers_to_triton(dtype, cfg):
   """Forward and backward lower through Pallas' Triton lowering (cross-platform, no GPU needed): catches

@@ -93,7 +93,8 @@ class KernelConfig:
                                      # 'rows' (_intra_rows.py, fla's loop over key rows); None: by head
                                      # dim (intra_diag_for)
   intra_diag_bwd: str | None = None  # the same for the backward intra kernel (intra_bwd_for), or 'rows2' (dk from
-                                     # a second loop, over query rows; not yet timed)
+                                     # a second loop, over query rows; not yet timed), or 'stored' (dA by XLA,
+                                     # channel slices on the grid: _intra_bwd_stored.py; not yet timed)
   intra_unroll: bool = False  # 'rows' / 'rows2' kernels: their 16-step row loops written out; not yet timed
   fused_gates: bool = False  # 'rows' forward: G computed in the intra kernel, no gates kernel (~0.07 ms of the
                              # forward at B=4 T=4096 H=16 K=128); not yet timed
@@ -133,7 +134,8 @@ class KernelConfig:
   def intra_bwd_for(self, kp: int) -> tuple[str, int]:
     """(diagonal-block form, key channels per step) of the backward intra kernel."""
     diag = self.intra_diag_bwd or ('rows' if kp > 64 else 'halves')
-    return diag, self.intra_width_bwd or (kp if kp <= 64 or diag != 'halves' else 32)
+    width = {'halves': 32, 'stored': 64}.get(diag, kp)
+    return diag, self.intra_width_bwd or (kp if kp <= 64 else width)
 
 
 DEFAULT_CONFIG = KernelConfig()
@@ -254,7 +256,7 @@ def tune_candidates(base: KernelConfig = DEFAULT_CONFIG) -> dict[str, list[Kerne
   # (intra_width_bwd=64: 14% off fwd+bwd at K = 64)
   bwd += [dataclasses.replace(base, num_warps_intra_bwd=w, num_stages_intra_bwd=s, intra_width_bwd=iw,
                               intra_diag_bwd=d)
-          for d in ('halves', 'rows', 'rows2') for w in (2, 4, 8) for s in (1, 2) for iw in (16, 32, 64, 128)]
+          for d in ('halves', 'rows', 'rows2', 'stored') for w in (2, 4, 8) for s in (1, 2) for iw in (16, 32, 64, 128)]
   bwd += [dataclasses.replace(base, intra_unroll=True)]
   bwd += [dataclasses.replace(base, precise_dg=False)]  # faster, but dg's error grows (1e-2 at T = 1000)
   bwd += [dataclasses.replace(base, bwd_states=True)]   # stored chunk states, gradients parallel over chunks
