@@ -233,8 +233,11 @@ def test_matches_naive_gpu_shapes(case):
                                               num_warps_intra=8, num_warps_intra_bwd=8, intra_width=16,
                                               intra_width_bwd=16),
                                  KernelConfig(intra_diag='halves', intra_diag_bwd='halves'),
-                                 KernelConfig(intra_width=128, intra_width_bwd=32)],
-                         ids=['c32', 'tiles', 'halves', 'rows-128-32'])
+                                 KernelConfig(intra_width=128, intra_width_bwd=32),
+                                 KernelConfig(intra_diag_bwd='stored', bwd_states=True, num_warps_bwd=8,
+                                              fused_gates=True),
+                                 KernelConfig(intra_diag_bwd='rows2', block_k_dq=32, block_k_dk=16)],
+                         ids=['c32', 'tiles', 'halves', 'rows-128-32', 'stored-states-fused', 'rows2-spillfree'])
 def test_other_configs_gpu(cfg):
   """Other tilings the tuner may pick (tune_candidates) at real head sizes."""
   _check(Case(1, 1000, 2, 128, 128, n=1, h0=True, dtype='bfloat16'), functools.partial(kernel_gla, config=cfg))
