@@ -42,8 +42,8 @@ def test_config_and_arguments_are_checked(kp):
     cfg = kp.parse_config('block_v=32,split_o=false')
     assert cfg.block_v == 32 and cfg.split_o is False
     assert kp.parse_config('intra_width=16', 'gla').intra_width == 16
-    cfg = kp.parse_config('intra_diag_bwd=rows2,fused_gates=true,num_stages_intra=none', 'gla')  # str | None fields
-    assert (cfg.intra_diag_bwd, cfg.fused_gates, cfg.num_stages_intra) == ('rows2', True, None)
+    cfg = kp.parse_config('intra_diag_bwd=rows2,bwd_states=true,num_stages_intra=none', 'gla')  # str | None fields
+    assert (cfg.intra_diag_bwd, cfg.bwd_states, cfg.num_stages_intra) == ('rows2', True, None)
     with pytest.raises(SystemExit, match='no field .blockv'):
         kp.parse_config('blockv=16')
     with pytest.raises(SystemExit, match='split_o takes true or false'):

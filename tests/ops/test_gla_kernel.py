@@ -13,14 +13,11 @@ import importlib
 import jax
 import jax.numpy as jnp
 import linear_op_checks as checks
-import numpy as np
 import pytest
 from helpers import TOL, assert_close
 
 from effattn.ops.gla import gla
 from effattn.ops.gla.naive import gla_naive
-from effattn.ops.gla import _intra, _scan
-from effattn.ops.gla import pallas as gla_pallas
 from effattn.ops.gla.pallas import KernelConfig, kernel_gla
 
 ON_GPU = jax.default_backend() == 'gpu'
@@ -102,27 +99,6 @@ def test_stored_dA_equals_rows_backward():
   got = checks.run_fn(x, cot, fn=functools.partial(kernel_gla, config=KernelConfig(intra_diag_bwd='stored')))[2]
   for name in x:
     assert_close(f'd{name}', got[name], ref[name], 1e-5)
-
-
-@pytest.mark.parametrize('case', [Case(1, 70, 2, 48, 40, n=1, h0=True),
-                                  Case(1, 130, 1, 32, 48, n=0.1, h0=True, dtype='bfloat16')], ids=str)
-def test_fused_gates(case):
-  """KernelConfig(fused_gates=True): the 'rows' forward intra kernel computes G itself (no gates kernel); the G it
-  stores is the gates kernel's to fp32 rounding, and o, the final state and every gradient match the oracle."""
-  for width in (16, None):
-    cfg = KernelConfig(intra_diag='rows', intra_width=width, fused_gates=True)
-    _check(case, functools.partial(kernel_gla, config=cfg))
-  ctx = gla_pallas._Ctx(jnp.dtype(case.dtype), 0.1, 16 if case.dtype == 'float32' else 64)
-  g = jax.nn.log_sigmoid(jax.random.normal(jax.random.key(1), (1, 128, 2, 32))) / case.n
-  q = jax.random.normal(jax.random.key(2), (1, 128, 2, 32)).astype(case.dtype)
-  fused = _intra.intra_a(q, q, g, ctx, KernelConfig(intra_diag='rows', intra_width=16), True, fused_gates=True)
-  with pytest.raises(ValueError, match="fused gates need the 'rows' forward intra kernel; got intra_diag 'halves'"):
-    _intra.intra_a(q, q, g, ctx, KernelConfig(intra_diag='halves'), True, fused_gates=True)
-  separate_g = _scan.chunk_gates(g, ctx.chunk, True)
-  separate = _intra.intra_a(q, q, separate_g, ctx, KernelConfig(intra_diag='rows', intra_width=16), True)
-  np.testing.assert_allclose(fused[3], separate_g, rtol=1e-6, atol=1e-6)
-  for a, b in zip(fused[:3], separate):
-    np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32), rtol=1e-2, atol=1e-5)
 
 
 BWD_STATES = KernelConfig(bwd_states=True)
@@ -234,10 +210,9 @@ def test_matches_naive_gpu_shapes(case):
                                               intra_width_bwd=16),
                                  KernelConfig(intra_diag='halves', intra_diag_bwd='halves'),
                                  KernelConfig(intra_width=128, intra_width_bwd=32),
-                                 KernelConfig(intra_diag_bwd='stored', bwd_states=True, num_warps_bwd=8,
-                                              fused_gates=True),
+                                 KernelConfig(intra_diag_bwd='stored', bwd_states=True, num_warps_bwd=8),
                                  KernelConfig(intra_diag_bwd='rows2', block_k_dq=32, block_k_dk=16)],
-                         ids=['c32', 'tiles', 'halves', 'rows-128-32', 'stored-states-fused', 'rows2-spillfree'])
+                         ids=['c32', 'tiles', 'halves', 'rows-128-32', 'stored-states', 'rows2-spillfree'])
 def test_other_configs_gpu(cfg):
   """Other tilings the tuner may pick (tune_candidates) at real head sizes."""
   _check(Case(1, 1000, 2, 128, 128, n=1, h0=True, dtype='bfloat16'), functools.partial(kernel_gla, config=cfg))
@@ -253,10 +228,9 @@ def test_long_bf16_finite(n):
                                         ('bfloat16', KernelConfig(block_v=16, block_k_dq=16, block_k_dk=16,
                                                                   block_v_bwd=16, chunk=32)),
                                         ('bfloat16', KernelConfig(intra_diag='rows', intra_diag_bwd='rows')),
-                                        ('bfloat16', KernelConfig(intra_diag='rows', fused_gates=True)),
                                         ('bfloat16', KernelConfig(intra_diag_bwd='rows2')),
                                         ('bfloat16', KernelConfig(intra_diag='rows', intra_diag_bwd='rows2',
-                                                                  intra_unroll=True, fused_gates=True)),
+                                                                  intra_unroll=True)),
                                         ('bfloat16', KernelConfig(bwd_states=True)),
                                         ('bfloat16', KernelConfig(intra_diag_bwd='stored', intra_width_bwd=16)),
                                         ('float32', KernelConfig(bwd_states=True))])

@@ -129,10 +129,9 @@ def _bwd_kernel(q_ref, k_ref, g_ref, v_ref, do_ref, dq_ref, dk_ref, x_ref, qg_re
   jax.lax.fori_loop(0, n, step, 0)
 
 
-def intra_a(q, k, g, ctx, cfg, interpret, fused_gates: bool = False):
+def intra_a(q, k, g, ctx, cfg, interpret):
   """A [B, Tp, H, C], q ⊙ e^G and k ⊙ e^{G_l - G} [B, Tp, H, Kp], all in the dot dtype (A and the factors are
-  rounded to it before their dots anyway); q, k [B,Tp,H,Kp], g = G. fused_gates (the 'rows' kernel,
-  KernelConfig.fused_gates): g holds the raw log decays, the kernel computes G and returns it too, fp32 [B,Tp,H,Kp]."""
+  rounded to it before their dots anyway); q, k [B,Tp,H,Kp], g = G."""
   b, tp, h, kp = q.shape
   cs = _chunk_spec(ctx, kp)
   fac = jax.ShapeDtypeStruct((b, tp, h, kp), ctx.dt)
@@ -141,14 +140,10 @@ def intra_a(q, k, g, ctx, cfg, interpret, fused_gates: bool = False):
   diag = cfg.intra_diag_for(kp)
   if diag not in kernels:
     raise ValueError(f"KernelConfig.intra_diag must be 'halves' or 'rows'; got {diag!r}")
-  if fused_gates and diag != 'rows':
-    raise ValueError(f"fused gates need the 'rows' forward intra kernel; got intra_diag {diag!r}")
-  kernel = functools.partial(kernels[diag], fused_gates=True) if fused_gates else kernels[diag]
-  out_specs = [_sub_spec(ctx.chunk), _sub_spec(kp), _sub_spec(kp)] + [_sub_spec(kp)] * fused_gates
+  out_specs = [_sub_spec(ctx.chunk), _sub_spec(kp), _sub_spec(kp)]
   out_shape = [jax.ShapeDtypeStruct((b, tp, h, ctx.chunk), ctx.dt), fac, fac]
-  out_shape += [jax.ShapeDtypeStruct((b, tp, h, kp), F32)] * fused_gates
   return pl.pallas_call(
-      functools.partial(kernel, ctx=ctx, width=width), grid=(b, h, tp // SUB),
+      functools.partial(kernels[diag], ctx=ctx, width=width), grid=(b, h, tp // SUB),
       in_specs=[cs, cs, cs], out_specs=out_specs, out_shape=out_shape, interpret=interpret,
       name='gla_intra_fwd',
       **_params(interpret, ctx, cfg.num_warps_intra, stages))(q, k, g)

@@ -1,13 +1,11 @@
 """Shared pieces of the GLA intra-chunk kernels (_intra.py, _intra_rows.py): the block's indices, channel slices,
-the off-diagonal (earlier / later block) terms, the in-kernel chunk cumsum of the gates, the sweeps' factors and the
+the off-diagonal (earlier / later block) terms, the sweeps' factors and the
 block specs. The math is in _intra.py's docstring."""
 from __future__ import annotations
 
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
-from effattn.ops.common.pallas_triton import F32, LOG2E
-from effattn.ops.gla._scan import sum_rows
 from effattn.ops.simple_gla.pallas import _dot, _f32
 
 SUB = 16  # rows of a sub-block
@@ -47,37 +45,22 @@ def _slices(kp, width, body):
   return step, kp // w
 
 
-def _gated(qf, kb, gq, g_ref, cs, ctx, qg_ref, kg_ref, g_last=None):
+def _gated(qf, kb, gq, g_ref, cs, ctx, qg_ref, kg_ref):
   """The sweeps' factors of the block's rows, in the dot dtype: q ⊙ e^G and k ⊙ e^{G_l - G} (G_l the chunk's last
-  row, read from g_ref unless given), so that the sweeps that round them to it anyway load two tiles instead of q,
+  row), so that the sweeps that round them to it anyway load two tiles instead of q,
   k and fp32 G, and do no exps."""
-  if g_last is None:
-    g_last = g_ref[pl.ds(ctx.chunk - 1, 1), cs]
+  g_last = g_ref[pl.ds(ctx.chunk - 1, 1), cs]
   qg_ref[:, cs] = (qf * jnp.exp2(gq)).astype(qg_ref.dtype)
   kg_ref[:, cs] = (kb * jnp.exp2(g_last - gq)).astype(kg_ref.dtype)
 
 
-def _earlier_keys(q_ref, k_ref, g_ref, cs, a, r0, rows, crow, ctx, gates=None):
+def _earlier_keys(q_ref, k_ref, g_ref, cs, a, r0, rows, crow, ctx):
   """(scaled q, G of the block's rows, a plus the keys of earlier blocks' columns): one dot about the reference
-  row n = r0, both factors <= 1. gates: (G of the chunk [C, w], of the block's rows [SUB, w], of row r0 [1, w])
-  when computed in the kernel (_fwd_kernel_rows with fused gates), else read from g_ref."""
+  row n = r0, both factors <= 1."""
   qf = _f32(q_ref[rows, cs]) * ctx.scale
-  gc, gq, gn = gates or (g_ref[:, cs], g_ref[rows, cs], g_ref[pl.ds(r0, 1), cs])
+  gc, gq, gn = g_ref[:, cs], g_ref[rows, cs], g_ref[pl.ds(r0, 1), cs]
   kfac = jnp.exp2(jnp.where(crow < r0, gn - gc, -jnp.inf))  # e^{G_n - G_j}, keys of earlier blocks
   return qf, gq, a + _dd(qf * jnp.exp2(gq - gn), _f32(k_ref[:, cs]) * kfac, 1, 1, ctx)
-
-
-def _chunk_gates(g_ref, cs, r0, si, col, ctx):
-  """G (base 2, fp32) from the raw log decays of the chunk, in the kernel (what _scan.chunk_gates stores):
-  (G of the chunk [C, w], of the block's rows [SUB, w], of row r0 [1, w], of the last row [1, w]). Each is a dot
-  of a 0/1 matrix with g split in three bf16 parts (_scan.sum_rows, fp32-exact); the block's rows and the last
-  row come from [SUB, C] row selections of the triangle, as values cannot be sliced."""
-  x = g_ref[:, cs].astype(F32) * LOG2E
-  lower = (col <= jnp.arange(ctx.chunk, dtype=jnp.int32)[:, None]).astype(jnp.bfloat16)
-  gq = sum_rows((col <= r0 + si).astype(jnp.bfloat16), x)
-  g_last = sum_rows(jnp.ones((SUB, ctx.chunk), jnp.bfloat16), x)  # every row: the chunk's total
-  first = lambda y: jnp.sum(jnp.where(si == 0, y, 0.0), axis=0, keepdims=True)
-  return sum_rows(lower, x), gq, first(gq), first(g_last)
 
 
 def _dA_blocks(v_ref, do_ref, rows, r0, col, si, sj, ctx):

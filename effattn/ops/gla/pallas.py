@@ -19,8 +19,9 @@ Backward (custom VJP), the same split:
   _intra.py (parallel); the sweeps add the inter-chunk terms (dq forward in time per key tile, dk reverse per key
   tile, dv = A^T dO + (K ⊙ e^{G_l-G}) dS_{c+1} reverse per value tile; one launch, grid axis 2 picks the role).
   The forward saves A and G (instead of g) for it; the state S and dS are recomputed, never stored.
-  KernelConfig.bwd_states (opt-in, untimed): instead state-only sweeps store S and dS_q per chunk and the
-  inter-chunk terms run parallel over (b, h, chunk), flash-linear-attention's chunk_gla_bwd layout (_state_grads.py).
+  KernelConfig.bwd_states (opt-in; slower on the H200, 4.16 against 3.50 ms fwd+bwd): instead state-only sweeps
+  store S and dS_q per chunk and the inter-chunk terms run parallel over (b, h, chunk), flash-linear-attention's
+  chunk_gla_bwd layout (_state_grads.py).
 Launches: forward gates (_scan.py), intra, output sweep; backward intra, W = V dS_T^T, sweeps, dg (_scan.py).
 
 Gate gradient (ALGORITHMS.md section 0, per channel): dg_l = sum_{t>=l} (q_t dq_t - k_t dk_t) + sum_v S_T dS_T,
@@ -93,11 +94,9 @@ class KernelConfig:
                                      # 'rows' (_intra_rows.py, fla's loop over key rows); None: by head
                                      # dim (intra_diag_for)
   intra_diag_bwd: str | None = None  # the same for the backward intra kernel (intra_bwd_for), or 'rows2' (dk from
-                                     # a second loop, over query rows; not yet timed), or 'stored' (dA by XLA,
+                                     # a second loop, over query rows; 1.98 ms against 1.41), or 'stored' (dA by XLA,
                                      # channel slices on the grid: _intra_bwd_stored.py; not yet timed)
   intra_unroll: bool = False  # 'rows' / 'rows2' kernels: their 16-step row loops written out; not yet timed
-  fused_gates: bool = False  # 'rows' forward: G computed in the intra kernel, no gates kernel (~0.07 ms of the
-                             # forward at B=4 T=4096 H=16 K=128); not yet timed
   block_k_dq: int = 64       # backward dq sweeps: key-tile width
   block_k_dk: int = 32       # backward dk sweeps: key-tile width (64 spills ~270 bytes at 8 warps: fp32 [bk, V] dS)
   block_v_bwd: int = 64      # backward dv sweeps: value-tile width
@@ -106,7 +105,8 @@ class KernelConfig:
   precise_dg: bool = True    # bf16: gate-gradient terms to ~2^-17 (two bf16 dots per fp32 operand)
   bwd_states: bool = False   # backward from stored chunk states (_state_grads.py, fla's chunk_gla_bwd layout:
                              # state-only sweeps, then dq, dk, dv parallel over chunks; tiles block_k_dq,
-                             # block_k_dk, block_v_bwd); not yet timed
+                             # block_k_dk, block_v_bwd); H200: fwd+bwd 4.16 ms against the sweeps' 3.50 (4.24
+                             # at num_warps_bwd=8, spill-free), benchmarks/results/gla_configs_2026-12-03_s4.json
   # Long T at small B * H (ops/common/sequence_split.py): segments as batch rows up to split_programs output-sweep
   # programs (None: 1 per SM on GPU, no split elsewhere; 0: never), segments of >= split_min_len rows.
   split_programs: int | None = None
@@ -143,11 +143,8 @@ DEFAULT_CONFIG = KernelConfig()
 
 def _forward(q, k, v, g, h0, ctx, cfg, interpret):
   """(o, final state, A, G); q, k, g [B,Tp,H,Kp] (g raw log decays), v [B,Tp,H,Vp]."""
-  if cfg.fused_gates and cfg.intra_diag_for(q.shape[-1]) == 'rows':
-    a, qg, kg, gc = _intra.intra_a(q, k, g, ctx, cfg, interpret, fused_gates=True)
-  else:
-    gc = _scan.chunk_gates(g, ctx.chunk, interpret)
-    a, qg, kg = _intra.intra_a(q, k, gc, ctx, cfg, interpret)
+  gc = _scan.chunk_gates(g, ctx.chunk, interpret)
+  a, qg, kg = _intra.intra_a(q, k, gc, ctx, cfg, interpret)
   o, ht = _sweeps.forward(qg, kg, v, gc, a, h0, ctx, cfg, interpret)
   return o, ht, a, gc
 
@@ -249,7 +246,7 @@ def tune_candidates(base: KernelConfig = DEFAULT_CONFIG) -> dict[str, list[Kerne
          for c in (32, 64) for bv in (32, 64, 128) for w in (4, 8) for s in (2, 3) if not (bv == 128 and w == 4)]
   fwd += [dataclasses.replace(base, num_warps_intra=w, num_stages_intra=s, intra_width=iw, intra_diag=d)
           for d in ('halves', 'rows') for w in (2, 4, 8) for s in (1, 2, 3) for iw in (16, 32, 64, 128)]
-  fwd += [dataclasses.replace(base, fused_gates=True), dataclasses.replace(base, intra_unroll=True)]
+  fwd += [dataclasses.replace(base, intra_unroll=True)]
   bwd = [dataclasses.replace(base, block_k_dq=bq, block_k_dk=bk, block_v_bwd=bv, num_warps_bwd=w, num_stages_bwd=s)
          for bq in (32, 64) for bk in (16, 32, 64) for bv in (32, 64) for w in (4, 8) for s in (2, 3)]
   # (block_k_dq=32, block_k_dk=16 at 4 warps: the sweeps without spills, ptxas_report.py; 628 bytes at the default)
