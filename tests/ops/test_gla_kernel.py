@@ -87,18 +87,21 @@ def test_rows_diagonal(case):
                                   Case(2, 130, 2, 32, 48, n=1, h0=False, dtype='bfloat16')], ids=str)
 def test_stored_dA_backward(case):
   """KernelConfig(intra_diag_bwd='stored'): dA by XLA, the backward intra kernel over channel slices on the grid
-  (_intra_bwd_stored.py); 16-channel slices (several programs per block) and all channels in one."""
+  (_intra_bwd_stored.py); 16-channel slices (several programs per block) and all channels in one. 'rows_stored':
+  the 'rows' kernel with that dA."""
   for width in (16, None):
-    _check(case, functools.partial(kernel_gla, config=KernelConfig(intra_diag_bwd='stored', intra_width_bwd=width)))
+    for form in ('stored', 'rows_stored'):
+      _check(case, functools.partial(kernel_gla, config=KernelConfig(intra_diag_bwd=form, intra_width_bwd=width)))
 
 
 def test_stored_dA_equals_rows_backward():
-  """'stored' and 'rows' compute the same intra gradients from the same dA (fp32: to rounding)."""
+  """'stored', 'rows_stored' and 'rows' compute the same intra gradients from the same dA (fp32: to rounding)."""
   x, cot, _ = checks.make_inputs(OP, Case(1, 130, 2, 48, 40, n=1, h0=True))
   ref = checks.run_fn(x, cot, fn=functools.partial(kernel_gla, config=KernelConfig(intra_diag_bwd='rows')))[2]
-  got = checks.run_fn(x, cot, fn=functools.partial(kernel_gla, config=KernelConfig(intra_diag_bwd='stored')))[2]
-  for name in x:
-    assert_close(f'd{name}', got[name], ref[name], 1e-5)
+  for form in ('stored', 'rows_stored'):
+    got = checks.run_fn(x, cot, fn=functools.partial(kernel_gla, config=KernelConfig(intra_diag_bwd=form)))[2]
+    for name in x:
+      assert_close(f'd{name}', got[name], ref[name], 1e-5)
 
 
 BWD_STATES = KernelConfig(bwd_states=True)
@@ -233,6 +236,7 @@ def test_long_bf16_finite(n):
                                                                   intra_unroll=True)),
                                         ('bfloat16', KernelConfig(bwd_states=True)),
                                         ('bfloat16', KernelConfig(intra_diag_bwd='stored', intra_width_bwd=16)),
+                                        ('bfloat16', KernelConfig(intra_diag_bwd='rows_stored', intra_width_bwd=16)),
                                         ('float32', KernelConfig(bwd_states=True))])
 def test_lowers_to_triton(dtype, cfg):
   """Forward and backward lower through Pallas' Triton lowering (cross-platform, no GPU needed): catches

@@ -41,7 +41,7 @@ from jax.experimental import pallas as pl
 from effattn.ops.common.pallas_triton import F32
 from effattn.ops.gla._intra_common import (SUB, _block, _chunk_spec, _dA_blocks, _earlier_keys, _gated, _other_blocks,
                                            _slices, _sub_spec, _write_grads)
-from effattn.ops.gla._intra_bwd_stored import intra_grads_stored
+from effattn.ops.gla._intra_bwd_stored import intra_grads_rows_stored, intra_grads_stored
 from effattn.ops.gla._intra_rows import _bwd_kernel_rows, _fwd_kernel_rows
 from effattn.ops.simple_gla.pallas import _dot, _f32, _params
 
@@ -160,10 +160,12 @@ def intra_grads(q, k, g, v, do, ctx, cfg, interpret):
   kernels = {'halves': _bwd_kernel, 'rows': functools.partial(_bwd_kernel_rows, unroll=cfg.intra_unroll),
              'rows2': functools.partial(_bwd_kernel_rows, two_loops=True, unroll=cfg.intra_unroll)}
   diag, width = cfg.intra_bwd_for(kp)
-  if diag == 'stored':
-    return intra_grads_stored(q, k, g, v, do, ctx, cfg, interpret, width)
+  if diag in ('stored', 'rows_stored'):
+    by = intra_grads_stored if diag == 'stored' else intra_grads_rows_stored
+    return by(q, k, g, v, do, ctx, cfg, interpret, width)
   if diag not in kernels:
-    raise ValueError(f"KernelConfig.intra_diag_bwd must be 'halves', 'rows', 'rows2' or 'stored'; got {diag!r}")
+    raise ValueError("KernelConfig.intra_diag_bwd must be 'halves', 'rows', 'rows2', 'stored' or 'rows_stored'; "
+                     f"got {diag!r}")
   return pl.pallas_call(
       functools.partial(kernels[diag], ctx=ctx, precise=cfg.precise_dg, width=width),
       grid=(b, h, tp // SUB),

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
 from effattn.ops.common.pallas_triton import F32
-from effattn.ops.gla._intra_common import SUB, _other_blocks, _write_grads
+from effattn.ops.gla._intra_common import SUB, _chunk_spec, _other_blocks, _slices, _sub_spec, _write_grads
 from effattn.ops.simple_gla.pallas import _f32, _params
 
 
@@ -63,6 +63,54 @@ def _bwd_kernel_stored(q_ref, k_ref, g_ref, da_ref, dat_ref, dq_ref, dk_ref, x_r
   dq = jax.lax.fori_loop(0, SUB, key_row, dq)
   dk = jax.lax.fori_loop(0, SUB, query_row, dk)
   _write_grads(dq, dk, qb, kb, gq, daii, cs, g_ref, ctx, dq_ref, dk_ref, x_ref, qg_ref, kg_ref)
+
+
+def _bwd_kernel_rows_stored(q_ref, k_ref, g_ref, da_ref, dat_ref, dq_ref, dk_ref, x_ref, qg_ref, kg_ref, *, ctx,
+                            precise, width):
+  """_intra_rows._bwd_kernel_rows (one loop over the block's key rows, one exp tile for dq and dk, the channel slices
+  looped in the kernel) with dA loaded from da_ref / dat_ref instead of the in-kernel dots and masked column
+  selections (KernelConfig.intra_diag_bwd='rows_stored')."""
+  nsub = ctx.chunk // SUB
+  r0 = pl.multiple_of((pl.program_id(2) % nsub) * SUB, SUB)
+  rows, r1 = pl.ds(r0, SUB), r0 + SUB
+  si = jnp.arange(SUB, dtype=jnp.int32)[:, None]
+  cidx = jnp.arange(ctx.chunk, dtype=jnp.int32)
+  crow, col = cidx[:, None], cidx[None, :]
+  da = jnp.where(col < r0, da_ref[rows, :], 0.0)
+  dat = jnp.where(col >= r1, dat_ref[rows, :], 0.0)
+  daii = jnp.sum(jnp.where(si == jnp.arange(SUB, dtype=jnp.int32)[None, :], da_ref[rows, pl.ds(r0, SUB)], 0.0),
+                 axis=1, keepdims=True)
+
+  def body(cs, carry):
+    gq, dq, dk = _other_blocks(q_ref, k_ref, g_ref, cs, r0, rows, crow, da, dat, ctx, precise)
+    qb, kb = _f32(q_ref[rows, cs]) * ctx.scale, _f32(k_ref[rows, cs])
+
+    def key_row(j, acc):
+      dq, dk = acc
+      key = pl.ds(r0 + j, 1)
+      w = da_ref[rows, key] * jnp.exp2(jnp.where(si > j, gq - g_ref[key, cs], -jnp.inf))  # [SUB, w]
+      return dq + w * _f32(k_ref[key, cs]), dk + jnp.where(si == j, jnp.sum(w * qb, axis=0, keepdims=True), 0.0)
+
+    dq, dk = jax.lax.fori_loop(0, SUB, key_row, (dq, dk))
+    _write_grads(dq, dk, qb, kb, gq, daii, cs, g_ref, ctx, dq_ref, dk_ref, x_ref, qg_ref, kg_ref)
+    return carry
+
+  step, n = _slices(q_ref.shape[-1], width, body)
+  jax.lax.fori_loop(0, n, step, 0)
+
+
+def intra_grads_rows_stored(q, k, g, v, do, ctx, cfg, interpret, width):
+  """_intra.intra_grads by _bwd_kernel_rows_stored: programs over (b, h, 16-row block) as 'rows'."""
+  b, tp, h, kp = q.shape
+  da, dat = chunk_dA(v, do, ctx.chunk)
+  cs, out = _chunk_spec(ctx, kp), _sub_spec(kp)
+  shape = jax.ShapeDtypeStruct((b, tp, h, kp), F32)
+  fac = jax.ShapeDtypeStruct((b, tp, h, kp), ctx.dt)
+  return pl.pallas_call(
+      lambda *refs: _bwd_kernel_rows_stored(*refs, ctx=ctx, precise=cfg.precise_dg, width=width),
+      grid=(b, h, tp // SUB), in_specs=[cs] * 3 + [_chunk_spec(ctx, ctx.chunk)] * 2, out_specs=[out] * 5,
+      out_shape=[shape, shape, shape, fac, fac], interpret=interpret, name='gla_intra_bwd',
+      **_params(interpret, ctx, cfg.num_warps_intra_bwd, cfg.num_stages_intra_bwd))(q, k, g, da, dat)
 
 
 def intra_grads_stored(q, k, g, v, do, ctx, cfg, interpret, width):

@@ -95,7 +95,8 @@ class KernelConfig:
                                      # dim (intra_diag_for)
   intra_diag_bwd: str | None = None  # the same for the backward intra kernel (intra_bwd_for), or 'rows2' (dk from
                                      # a second loop, over query rows; 1.98 ms against 1.41), or 'stored' (dA by XLA,
-                                     # channel slices on the grid: _intra_bwd_stored.py; not yet timed)
+                                     # channel slices on the grid, two loops: _intra_bwd_stored.py; 1.70 ms at
+                                     # best against 1.41) or 'rows_stored' ('rows' with that stored dA)
   intra_unroll: bool = False  # 'rows' / 'rows2' kernels: their 16-step row loops written out; not yet timed
   block_k_dq: int = 64       # backward dq sweeps: key-tile width
   block_k_dk: int = 32       # backward dk sweeps: key-tile width (64 spills ~270 bytes at 8 warps: fp32 [bk, V] dS)
@@ -253,7 +254,8 @@ def tune_candidates(base: KernelConfig = DEFAULT_CONFIG) -> dict[str, list[Kerne
   # (intra_width_bwd=64: 14% off fwd+bwd at K = 64)
   bwd += [dataclasses.replace(base, num_warps_intra_bwd=w, num_stages_intra_bwd=s, intra_width_bwd=iw,
                               intra_diag_bwd=d)
-          for d in ('halves', 'rows', 'rows2', 'stored') for w in (2, 4, 8) for s in (1, 2) for iw in (16, 32, 64, 128)]
+          for d in ('halves', 'rows', 'rows2', 'stored', 'rows_stored')
+          for w in (2, 4, 8) for s in (1, 2) for iw in (16, 32, 64, 128)]
   bwd += [dataclasses.replace(base, intra_unroll=True)]
   bwd += [dataclasses.replace(base, precise_dg=False)]  # faster, but dg's error grows (1e-2 at T = 1000)
   bwd += [dataclasses.replace(base, bwd_states=True)]   # stored chunk states, gradients parallel over chunks
