@@ -84,24 +84,13 @@ def test_rows_diagonal(case):
 
 
 @pytest.mark.parametrize('case', [Case(1, 70, 1, 48, 40, n=0.1, h0=True),
-                                  Case(2, 130, 2, 32, 48, n=1, h0=False, dtype='bfloat16')], ids=str)
-def test_stored_dA_backward(case):
-  """KernelConfig(intra_diag_bwd='stored'): dA by XLA, the backward intra kernel over channel slices on the grid
-  (_intra_bwd_stored.py); 16-channel slices (several programs per block) and all channels in one. 'rows_stored':
-  the 'rows' kernel with that dA."""
+                                  Case(1, 130, 2, 32, 48, n=1, h0=False, dtype='bfloat16')], ids=str)
+def test_halves_diagonal(case):
+  """KernelConfig(intra_diag='halves'): the forward intra kernel's diagonal blocks in halves of 8 rows (the
+  default is 'rows' at every head dim since 2026-12-03; the backward's default at K <= 64 is still 'halves')."""
   for width in (16, None):
-    for form in ('stored', 'rows_stored'):
-      _check(case, functools.partial(kernel_gla, config=KernelConfig(intra_diag_bwd=form, intra_width_bwd=width)))
-
-
-def test_stored_dA_equals_rows_backward():
-  """'stored', 'rows_stored' and 'rows' compute the same intra gradients from the same dA (fp32: to rounding)."""
-  x, cot, _ = checks.make_inputs(OP, Case(1, 130, 2, 48, 40, n=1, h0=True))
-  ref = checks.run_fn(x, cot, fn=functools.partial(kernel_gla, config=KernelConfig(intra_diag_bwd='rows')))[2]
-  for form in ('stored', 'rows_stored'):
-    got = checks.run_fn(x, cot, fn=functools.partial(kernel_gla, config=KernelConfig(intra_diag_bwd=form)))[2]
-    for name in x:
-      assert_close(f'd{name}', got[name], ref[name], 1e-5)
+    cfg = KernelConfig(intra_diag='halves', intra_width=width, intra_diag_bwd='halves', intra_width_bwd=width)
+    _check(case, functools.partial(kernel_gla, config=cfg))
 
 
 BWD_STATES = KernelConfig(bwd_states=True)
@@ -134,15 +123,16 @@ def test_bwd_states_equals_sweeps(case):
 
 
 def test_intra_forms_by_head_dim():
-  """The intra kernels' diagonal-block forms and widths by padded head dim (timed on the H200 at K = 128)."""
+  """The intra kernels' diagonal-block forms, widths, stages and warps by padded head dim (timed on the H200 at
+  K = 128 and 64)."""
   cfg = KernelConfig()
   assert cfg.intra_diag_for(128) == 'rows' and cfg.intra_bwd_for(128) == ('rows', 128)
-  assert cfg.intra_diag_for(64) == 'halves' and cfg.intra_bwd_for(64) == ('halves', 64)
+  assert cfg.intra_diag_for(64) == 'rows' and cfg.intra_bwd_for(64) == ('halves', 64)
+  assert cfg.intra_fwd_for(128) == (16, 2, 2) and cfg.intra_fwd_for(64) == (64, 1, 4)
+  assert KernelConfig(intra_width=32, num_warps_intra=8).intra_fwd_for(64) == (32, 1, 8)
   assert KernelConfig(intra_diag_bwd='halves').intra_bwd_for(128) == ('halves', 32)
   assert KernelConfig(intra_width_bwd=16).intra_bwd_for(128) == ('rows', 16)
   assert KernelConfig(intra_diag_bwd='rows2').intra_bwd_for(128) == ('rows2', 128)
-  assert KernelConfig(intra_diag_bwd='stored').intra_bwd_for(128) == ('stored', 64)
-  assert KernelConfig(intra_diag_bwd='stored').intra_bwd_for(32) == ('stored', 32)
 
 
 @pytest.mark.parametrize('case', [Case(1, 128, 2, 32, 32, n=1, h0=True),
@@ -213,9 +203,9 @@ def test_matches_naive_gpu_shapes(case):
                                               intra_width_bwd=16),
                                  KernelConfig(intra_diag='halves', intra_diag_bwd='halves'),
                                  KernelConfig(intra_width=128, intra_width_bwd=32),
-                                 KernelConfig(intra_diag_bwd='stored', bwd_states=True, num_warps_bwd=8),
+                                 KernelConfig(bwd_states=True, num_warps_bwd=8),
                                  KernelConfig(intra_diag_bwd='rows2', block_k_dq=32, block_k_dk=16)],
-                         ids=['c32', 'tiles', 'halves', 'rows-128-32', 'stored-states', 'rows2-spillfree'])
+                         ids=['c32', 'tiles', 'halves', 'rows-128-32', 'states', 'rows2-spillfree'])
 def test_other_configs_gpu(cfg):
   """Other tilings the tuner may pick (tune_candidates) at real head sizes."""
   _check(Case(1, 1000, 2, 128, 128, n=1, h0=True, dtype='bfloat16'), functools.partial(kernel_gla, config=cfg))
@@ -232,11 +222,10 @@ def test_long_bf16_finite(n):
                                                                   block_v_bwd=16, chunk=32)),
                                         ('bfloat16', KernelConfig(intra_diag='rows', intra_diag_bwd='rows')),
                                         ('bfloat16', KernelConfig(intra_diag_bwd='rows2')),
+                                        ('bfloat16', KernelConfig(intra_diag='halves', intra_diag_bwd='halves')),
                                         ('bfloat16', KernelConfig(intra_diag='rows', intra_diag_bwd='rows2',
                                                                   intra_unroll=True)),
                                         ('bfloat16', KernelConfig(bwd_states=True)),
-                                        ('bfloat16', KernelConfig(intra_diag_bwd='stored', intra_width_bwd=16)),
-                                        ('bfloat16', KernelConfig(intra_diag_bwd='rows_stored', intra_width_bwd=16)),
                                         ('float32', KernelConfig(bwd_states=True))])
 def test_lowers_to_triton(dtype, cfg):
   """Forward and backward lower through Pallas' Triton lowering (cross-platform, no GPU needed): catches

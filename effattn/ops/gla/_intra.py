@@ -22,9 +22,9 @@ intra-pair gate term q ⊙ dq_strict - k ⊙ dk_strict (so that the sweeps need 
 dots take two bf16 halves of each fp32 operand (~2^-16): the gate gradient takes row minus column sums of these
 pairs, which must cancel to better than bf16.
 Both kernels also write the sweeps' factors q ⊙ e^G and k ⊙ e^{G_l - G} in the dot dtype (_gated).
-KernelConfig.intra_diag / intra_diag_bwd = 'rows' (the default at K > 64, by measurement: pallas.KernelConfig) takes
-the diagonal block as flash-linear-attention's sub_intra kernel does instead: a loop over its 16 key rows, each a
-[16, w] exp tile and a reduction, more exps (256 w) but only 2-D tiles (_intra_rows.py).
+KernelConfig.intra_diag / intra_diag_bwd = 'rows' (the forward's default, the backward's at K > 64, by measurement:
+pallas.KernelConfig) takes the diagonal block as flash-linear-attention's sub_intra kernel does instead: a loop over
+its 16 key rows, each a [16, w] exp tile and a reduction, more exps (256 w) but only 2-D tiles (_intra_rows.py).
 Shared pieces: _intra_common.py.
 Why not in the sequential chunk sweep (the previous design, a loop over all the chunk's key rows inside it): those
 steps are latency-bound (a row load, [16, K] exps and a reduction each) with only B H V / BV programs. Here the work
@@ -41,7 +41,6 @@ from jax.experimental import pallas as pl
 from effattn.ops.common.pallas_triton import F32
 from effattn.ops.gla._intra_common import (SUB, _block, _chunk_spec, _dA_blocks, _earlier_keys, _gated, _other_blocks,
                                            _slices, _sub_spec, _write_grads)
-from effattn.ops.gla._intra_bwd_stored import intra_grads_rows_stored, intra_grads_stored
 from effattn.ops.gla._intra_rows import _bwd_kernel_rows, _fwd_kernel_rows
 from effattn.ops.simple_gla.pallas import _dot, _f32, _params
 
@@ -135,7 +134,7 @@ def intra_a(q, k, g, ctx, cfg, interpret):
   b, tp, h, kp = q.shape
   cs = _chunk_spec(ctx, kp)
   fac = jax.ShapeDtypeStruct((b, tp, h, kp), ctx.dt)
-  width, stages = cfg.intra_fwd_for(kp)
+  width, stages, warps = cfg.intra_fwd_for(kp)
   kernels = {'halves': _fwd_kernel, 'rows': functools.partial(_fwd_kernel_rows, unroll=cfg.intra_unroll)}
   diag = cfg.intra_diag_for(kp)
   if diag not in kernels:
@@ -146,7 +145,7 @@ def intra_a(q, k, g, ctx, cfg, interpret):
       functools.partial(kernels[diag], ctx=ctx, width=width), grid=(b, h, tp // SUB),
       in_specs=[cs, cs, cs], out_specs=out_specs, out_shape=out_shape, interpret=interpret,
       name='gla_intra_fwd',
-      **_params(interpret, ctx, cfg.num_warps_intra, stages))(q, k, g)
+      **_params(interpret, ctx, warps, stages))(q, k, g)
 
 
 def intra_grads(q, k, g, v, do, ctx, cfg, interpret):
@@ -160,12 +159,8 @@ def intra_grads(q, k, g, v, do, ctx, cfg, interpret):
   kernels = {'halves': _bwd_kernel, 'rows': functools.partial(_bwd_kernel_rows, unroll=cfg.intra_unroll),
              'rows2': functools.partial(_bwd_kernel_rows, two_loops=True, unroll=cfg.intra_unroll)}
   diag, width = cfg.intra_bwd_for(kp)
-  if diag in ('stored', 'rows_stored'):
-    by = intra_grads_stored if diag == 'stored' else intra_grads_rows_stored
-    return by(q, k, g, v, do, ctx, cfg, interpret, width)
   if diag not in kernels:
-    raise ValueError("KernelConfig.intra_diag_bwd must be 'halves', 'rows', 'rows2', 'stored' or 'rows_stored'; "
-                     f"got {diag!r}")
+    raise ValueError(f"KernelConfig.intra_diag_bwd must be 'halves', 'rows' or 'rows2'; got {diag!r}")
   return pl.pallas_call(
       functools.partial(kernels[diag], ctx=ctx, precise=cfg.precise_dg, width=width),
       grid=(b, h, tp // SUB),

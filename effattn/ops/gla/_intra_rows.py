@@ -1,8 +1,9 @@
 """GLA intra-chunk kernels with the diagonal block by a loop over its key rows (KernelConfig.intra_diag /
-intra_diag_bwd = 'rows', the default at K > 64): flash-linear-attention's chunk_gla_fwd_A_kernel_intra_sub_intra form
-(Yang et al. 2024, arXiv 2312.06635, Sec. 4.3; ALGORITHMS.md section 5). Each of the 16 key rows j of the block is a
+intra_diag_bwd = 'rows'; the forward's default, the backward's at K > 64): flash-linear-attention's
+chunk_gla_fwd_A_kernel_intra_sub_intra form (Yang et al. 2024, arXiv 2312.06635, Sec. 4.3; ALGORITHMS.md section 5).
+Each of the 16 key rows j of the block is a
 [16, w] exp tile e^{G_i - G_j} and a reduction: more exps than _intra.py's halves (256 w against 152 w per slice) but
-only 2-D tiles, which Triton runs faster at K = 128 (timings in pallas.KernelConfig). The earlier / later blocks
+only 2-D tiles, which Triton runs faster at K = 128 and 64 (timings in pallas.KernelConfig). The earlier / later blocks
 and the outputs are as in _intra.py.
 """
 from __future__ import annotations

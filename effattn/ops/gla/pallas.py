@@ -83,7 +83,7 @@ class KernelConfig:
   block_v: int = 64          # forward sweep: value-tile width of each program
   num_warps: int = 8         # forward sweep
   num_stages: int = 3
-  num_warps_intra: int = 2   # forward intra kernel (one program per 16-row block)
+  num_warps_intra: int | None = None  # forward intra kernel (one program per 16-row block); None: by head dim
   num_stages_intra: int | None = None  # None: by head dim (intra_fwd_for)
   num_warps_intra_bwd: int = 4  # backward intra kernel
   num_stages_intra_bwd: int = 2
@@ -94,10 +94,9 @@ class KernelConfig:
                                      # 'rows' (_intra_rows.py, fla's loop over key rows); None: by head
                                      # dim (intra_diag_for)
   intra_diag_bwd: str | None = None  # the same for the backward intra kernel (intra_bwd_for), or 'rows2' (dk from
-                                     # a second loop, over query rows; 1.98 ms against 1.41), or 'stored' (dA by XLA,
-                                     # channel slices on the grid, two loops: _intra_bwd_stored.py; 1.70 ms at
-                                     # best against 1.41) or 'rows_stored' ('rows' with that stored dA)
-  intra_unroll: bool = False  # 'rows' / 'rows2' kernels: their 16-step row loops written out; not yet timed
+                                     # a second loop, over query rows; 1.98 ms against 1.41 at K = 128)
+  intra_unroll: bool = True  # 'rows' / 'rows2' kernels: their 16-step row loops written out (H200, K = 128:
+                             # intra fwd 0.563 -> 0.481 ms, bwd 1.427 -> 1.341, fwd+bwd 3.501 -> 3.331)
   block_k_dq: int = 64       # backward dq sweeps: key-tile width
   block_k_dk: int = 32       # backward dk sweeps: key-tile width (64 spills ~270 bytes at 8 warps: fp32 [bk, V] dS)
   block_v_bwd: int = 64      # backward dv sweeps: value-tile width
@@ -114,29 +113,32 @@ class KernelConfig:
   split_min_len: int = 1024
   # segment states of the split: 'xla' or 'kernel' (common/block_states.py: 2.3x slower here on the H200, its
   # per-channel [C, K] decay sums run in every chunk step; simple_gla's scalar form uses it) or 'kernel_fold'
-  # (block_states with the decays folded into k; not yet timed)
+  # (block_states with the decays folded into k: the whole op 2.80 ms at B=8 T=8192 but 6.91 at B=1 T=65536 on the
+  # H200, against 3.94 with 'xla')
   split_states: str = 'xla'
 
-  # The intra kernels' key-channel widths by padded head dim Kp, where left None. Timed on the H200 (bf16): at
-  # K = 128 (B=4 T=4096 H=16) 16 channels per forward step (the backward's: intra_bwd_for); at K <= 64 all the
-  # channels in one step, forward at 1 stage: at the LM's shape (B=8 T=8192 H=12 K=64) forward 1.794 -> 1.684 ms,
-  # forward+backward 6.563 -> 5.639 ms (benchmarks/results/gla_lm_shape_widths_2026-12-03.json).
-  def intra_fwd_for(self, kp: int) -> tuple[int, int]:
-    """(key channels per step, pipeline stages) of the forward intra kernel."""
-    return self.intra_width or (kp if kp <= 64 else 16), self.num_stages_intra or (1 if kp <= 64 else 2)
+  # The forward intra kernel by padded head dim Kp, where left None. Timed on the H200 (bf16, 'rows', unrolled):
+  # at K = 128 (B=4 T=4096 H=16) 16 channels per step at 2 warps, 0.481 ms (32 channels: 0.497 at 2 warps, 0.619
+  # at 4); at K = 64 (the LM's B=8 T=8192 H=12) all 64 channels at 4 warps and 1 stage, 0.729 ms (32 channels:
+  # 0.746 at 2 warps, 0.821 at 4; 8 warps 1.05-1.39; 'halves' 1.283), forward 1.685 -> 1.100 ms and
+  # forward+backward 5.712 -> 5.131 against 'halves' (benchmarks/results/gla_k64_*_2026-12-03.json).
+  def intra_fwd_for(self, kp: int) -> tuple[int, int, int]:
+    """(key channels per step, pipeline stages, warps) of the forward intra kernel."""
+    return (self.intra_width or (kp if kp <= 64 else 16), self.num_stages_intra or (1 if kp <= 64 else 2),
+            self.num_warps_intra or (4 if kp <= 64 else 2))
 
   # The diagonal blocks, timed on the H200 at K = 128 (B=4 T=4096 H=16, kernel_parts' intra pieces,
   # results/gla_intra_rows_2026-12-03.json): forward 'rows' 0.588 ms (16 channels, 2 warps) against 'halves' 0.781;
   # backward 'rows' over all 128 channels at 4 warps 1.423 against 'halves' at 32 channels 1.587 ('rows' at 32 or 64
-  # channels: 3.1-7.4). K <= 64 keeps 'halves' (not timed there with 'rows').
+  # channels: 3.1-7.4). The forward takes 'rows' at every K (K = 64 above); the backward keeps 'halves' at K <= 64
+  # ('rows' at 64 channels: intra bwd 2.219 against 1.883 at the LM's shape).
   def intra_diag_for(self, kp: int) -> str:
-    return self.intra_diag or ('rows' if kp > 64 else 'halves')
+    return self.intra_diag or 'rows'
 
   def intra_bwd_for(self, kp: int) -> tuple[str, int]:
     """(diagonal-block form, key channels per step) of the backward intra kernel."""
     diag = self.intra_diag_bwd or ('rows' if kp > 64 else 'halves')
-    width = {'halves': 32, 'stored': 64}.get(diag, kp)
-    return diag, self.intra_width_bwd or (kp if kp <= 64 else width)
+    return diag, self.intra_width_bwd or (kp if kp <= 64 or diag != 'halves' else 32)
 
 
 DEFAULT_CONFIG = KernelConfig()
@@ -254,8 +256,7 @@ def tune_candidates(base: KernelConfig = DEFAULT_CONFIG) -> dict[str, list[Kerne
   # (intra_width_bwd=64: 14% off fwd+bwd at K = 64)
   bwd += [dataclasses.replace(base, num_warps_intra_bwd=w, num_stages_intra_bwd=s, intra_width_bwd=iw,
                               intra_diag_bwd=d)
-          for d in ('halves', 'rows', 'rows2', 'stored', 'rows_stored')
-          for w in (2, 4, 8) for s in (1, 2) for iw in (16, 32, 64, 128)]
+          for d in ('halves', 'rows', 'rows2') for w in (2, 4, 8) for s in (1, 2) for iw in (16, 32, 64, 128)]
   bwd += [dataclasses.replace(base, intra_unroll=True)]
   bwd += [dataclasses.replace(base, precise_dg=False)]  # faster, but dg's error grows (1e-2 at T = 1000)
   bwd += [dataclasses.replace(base, bwd_states=True)]   # stored chunk states, gradients parallel over chunks

@@ -86,10 +86,10 @@ class KernelConfig:
   # keeping segments of >= split_min_len rows.
   split_programs: int | None = None
   split_min_len: int = 1024
-  # segment states of the split: 'kernel' (common/block_states.py; 0.29 ms at B=1, T=65536, H=16, D=128 bf16 on
-  # the H200), 'kernel_fold' (its decays folded into k, fold=True; not yet timed) or 'xla' (a transposing einsum,
-  # 0.48 ms)
-  split_states: str = 'kernel'
+  # segment states of the split: 'kernel_fold' (common/block_states.py with the decays folded into k, fold=True;
+  # 0.239 ms at B=1, T=65536, H=16, D=128 bf16 on the H200, and the whole op 1.137 -> 1.085 ms), 'kernel' (the
+  # same kernel rescaling its state per chunk, 0.290 ms) or 'xla' (a transposing einsum, 0.48 ms)
+  split_states: str = 'kernel_fold'
 
   def block_v_for(self, b: int, h: int, t: int, vp: int, chunk: int, dtype, backend: str) -> int:
     """The forward's value-tile width. 128-wide tiles compute each chunk's Q K^T once for twice the columns; they
