@@ -5,15 +5,16 @@
 #   2. every op at issue 6's shape against cuDNN and the pure-JAX chunk form (kernels checked against chunk);
 #   3. time per token from T = 2048 to 65536 at B*T = 65536 (criterion 3);
 #   4. per-kernel device time of gla forward and forward+backward (kernel_profile.py);
-#   5. the flash (softmax / sigmoid, Triton and Mosaic GPU) kernels' GPU tests (~250 s).
+#   5. the flash (softmax / sigmoid, Triton and Mosaic GPU) kernels' GPU tests (~250 s);
+#   6. criterion 5b: the GLA, DeltaNet and softmax LMs at T = 8192 in one process (~300 s).
 # Results (JSON, logs) go to $OUT (default benchmarks/results/gpu_checks-<date>). Steps 1-3 fit one 10-minute
-# device command, 4-5 another. Usage, from the repo root:
+# device command, 4-5 another, 6 a third. Usage, from the repo root:
 #   bash benchmarks/gpu_checks.sh 1 2 3
 #   bash benchmarks/gpu_checks.sh 4 5
 set -uo pipefail
 OUT=${OUT:-benchmarks/results/gpu_checks-$(date +%Y-%m-%d)}
 mkdir -p "$OUT"
-steps=${*:-1 2 3 4 5}
+steps=${*:-1 2 3 4 5 6}
 run() {  # run STEP LIMIT_S NAME CMD...: the command's output to $OUT/NAME.log, its tail to stdout
   local step=$1 limit=$2 name=$3
   shift 3
@@ -34,4 +35,6 @@ run 4 60 profile_gla_fwd python3 benchmarks/kernel_profile.py --op gla --mode fw
 run 4 60 profile_gla_fwd_bwd python3 benchmarks/kernel_profile.py --op gla --mode fwd_bwd \
   --out "$OUT/profile_gla_fwd_bwd.json"
 run 5 280 tests_flash python3 -m pytest -q -p no:cacheprovider tests/ops/test_flash_kernel.py -k "gpu or long"
+run 6 420 lm_8192 python3 benchmarks/train_throughput.py --in-process --kinds gla,softmax,deltanet --seq-lens 8192 \
+  --steps 10 --out "$OUT/train_throughput_8192.json"
 echo "results in $OUT"
