@@ -143,11 +143,37 @@ def split_over_segments(kernel, q, k, v, g, *, initial_state, segments: int, chu
     s_loc = _local_states_xla(k, v, g, p)
   else:
     s_loc = _local_states(k, v, g, p, chunk, bool(interpret), fold)
+  s_start, s_final = segment_starts(decay_last, s_loc, initial_state)
+  o, _ = kernel(cut(q), cut(k), cut(v), cut(g), s_start)
+  return o.reshape(b, t, h, vd), s_final
+
+
+def segment_starts(decay_last, s_loc, initial_state):
+  """(each segment's start state fp32 [B * P, H, K, V], the final state [B, H, K, V]) from the segments' decays
+  over their whole length decay_last [B, P, H, K, 1] and local states s_loc [B, P, H, K, V] (from zero), by an
+  associative scan of the affine maps S -> a S + b; initial_state [B, H, K, V] or None."""
+  b, p, h, kd, vd = s_loc.shape
   a_in, s_end = lax.associative_scan(_combine, (decay_last, s_loc), axis=1)  # from a zero state
   first = jnp.zeros((b, 1, h, kd, vd), _F32)
   if initial_state is not None:
     h0 = initial_state.astype(_F32)[:, None]
     s_end, first = s_end + a_in * h0, h0
-  s_start = jnp.concatenate([first, s_end[:, :-1]], axis=1).reshape(b * p, h, kd, vd)
-  o, _ = kernel(cut(q), cut(k), cut(v), cut(g), s_start)
-  return o.reshape(b, t, h, vd), s_end[:, -1]
+  return jnp.concatenate([first, s_end[:, :-1]], axis=1).reshape(b * p, h, kd, vd), s_end[:, -1]
+
+
+def primal_with_vjp_of(primal, differentiable):
+  """f(*args) = primal(*args) outside differentiation; under jax.grad / jax.vjp, f's forward and backward are
+  those of `differentiable`, which must compute the same function (for a primal-only fast path, such as a split
+  whose pieces have no VJP of their own)."""
+  @jax.custom_vjp
+  def f(*args):
+    return primal(*args)
+
+  def fwd(*args):
+    return jax.vjp(differentiable, *args)
+
+  def bwd(vjp, ct):
+    return vjp(ct)
+
+  f.defvjp(fwd, bwd)
+  return f

@@ -86,6 +86,34 @@ def forward(q, k, v, g, a, h0, ctx, cfg, interpret):
       **_params(interpret, ctx, cfg.num_warps, cfg.num_stages))(q, k, v, g, a, *([h0] if has_h0 else []))
 
 
+def _state_kernel(kg_ref, v_ref, g_ref, ht_ref, *, ctx):
+  """The forward sweep's state only (no o): S_{c+1} = diag(e^{G_l}) S_c + kg_c^T V_c from S_0 = 0."""
+  tp, kp = kg_ref.shape
+  chunk = ctx.chunk
+
+  def body(c, s):
+    sl = chunk_slice(c, chunk)
+    gl = g_ref[pl.ds(c * chunk + chunk - 1, 1), :]
+    return jnp.exp2(_col(gl)) * s + _dot(kg_ref[sl, :], v_ref[sl, :], 0, 0, ctx)
+
+  ht_ref[...] = jax.lax.fori_loop(0, tp // chunk, body, jnp.zeros((kp, v_ref.shape[-1]), F32))
+
+
+def final_states(k, v, g, ctx, cfg, interpret):
+  """The final state fp32 [B,H,Kp,Vp] of each batch row from a zero state, by the forward sweep without its
+  output (the sequence split's segment states, _split.py); k = k ⊙ e^{G_l - G}, g = G [B,Tp,H,Kp]."""
+  b, tp, h, kp = k.shape
+  vp = v.shape[-1]
+  bv = min(cfg.block_v, vp)
+  rk = _row_spec(tp, kp)
+  return pl.pallas_call(
+      functools.partial(_state_kernel, ctx=ctx), grid=(b, h, vp // bv),
+      in_specs=[rk, pl.BlockSpec((None, tp, None, bv), lambda b, h, r: (b, 0, h, r)), rk],
+      out_specs=pl.BlockSpec((None, None, kp, bv), lambda b, h, r: (b, h, 0, r)),
+      out_shape=jax.ShapeDtypeStruct((b, h, kp, vp), F32), interpret=interpret, name='gla_states',
+      **_params(interpret, ctx, cfg.num_warps, cfg.num_stages))(k, v, g)
+
+
 # ----------------------------------------------------------------------------------------------------
 # Backward roles. Refs hold whole [Tp, Kp] / [Tp, Vp] rows of one (batch, head); each role loads its tile.
 

@@ -53,8 +53,8 @@ from effattn.ops.common.pallas_triton import LOG2E as _LOG2E
 from effattn.ops.common.pallas_triton import checked_chunk, checked_interpret
 from effattn.ops.common.pallas_triton import next_pow2 as _next_pow2
 from effattn.ops.common.pallas_triton import pad_axis as _pad_axis
-from effattn.ops.common.sequence_split import num_segments, split_over_segments
-from effattn.ops.gla import _intra, _scan, _state_grads, _sweeps
+from effattn.ops.common.sequence_split import num_segments, primal_with_vjp_of, split_over_segments
+from effattn.ops.gla import _intra, _scan, _split, _state_grads, _sweeps
 from effattn.ops.simple_gla.pallas import _MAX_HEAD_DIM, _Ctx
 from effattn.ops.simple_gla.pallas import split_states_mode as _split_states_mode
 
@@ -114,7 +114,8 @@ class KernelConfig:
   # segment states of the split: 'xla' or 'kernel' (common/block_states.py: 2.3x slower here on the H200, its
   # per-channel [C, K] decay sums run in every chunk step; simple_gla's scalar form uses it) or 'kernel_fold'
   # (block_states with the decays folded into k: the whole op 2.80 ms at B=8 T=8192 but 6.91 at B=1 T=65536 on the
-  # H200, against 3.94 with 'xla')
+  # H200, against 3.94 with 'xla'), or 'sweeps' (_split.py: the states from the kernel's own gates, intra and a
+  # state-only sweep, no [B, T, H, K] XLA passes; primal forward only, gradients as 'xla'; not yet timed)
   split_states: str = 'xla'
 
   # The forward intra kernel by padded head dim Kp, where left None. Timed on the H200 (bf16, 'rows', unrolled):
@@ -206,7 +207,8 @@ def kernel_gla(q, k, v, g, *, scale, initial_state=None, segment_ids=None, chunk
   interpret = checked_interpret('gla', q, v, segment_ids, interpret, _MAX_HEAD_DIM)
   backend = default_backend()
   cfg = DEFAULT_CONFIG if config is None else config
-  states_mode = _split_states_mode(cfg, interpret)  # checked on every call, not only when the split runs
+  # checked on every call, not only when the split runs
+  states_mode = None if cfg.split_states == 'sweeps' else _split_states_mode(cfg, interpret)
   t, kd, vd = q.shape[1], q.shape[-1], v.shape[-1]
   dtype = jnp.promote_types(q.dtype, jnp.bfloat16)  # fp16 / bf16 / fp32 kernels; mixed inputs promote
   dtype = jnp.promote_types(jnp.promote_types(dtype, k.dtype), v.dtype)
@@ -214,23 +216,34 @@ def kernel_gla(q, k, v, g, *, scale, initial_state=None, segment_ids=None, chunk
   checked_chunk('gla', chunk, (16, 32, 64), 'config.chunk')
   tp = -(-t // chunk) * chunk
   kp, vp = _next_pow2(kd), _next_pow2(vd)
+  ctx = _Ctx(jnp.dtype(dtype), float(scale), chunk)
+  gdt = g.dtype if g.dtype in (jnp.bfloat16, jnp.float32) else _F32
+
+  def padded(run):
+    """run(q, k, v, g, h0) on the inputs padded to the kernel's shapes (Tp, Kp, Vp), its outputs cut back."""
+    def f(q, k, v, g, initial_state):
+      pad = lambda x, d, dt: _pad_axis(_pad_axis(x.astype(dt), 1, tp), 3, d)
+      h0 = None
+      if initial_state is not None:
+        h0 = _pad_axis(_pad_axis(initial_state.astype(_F32), 2, kp), 3, vp)
+      o, ht = run(pad(q, kp, dtype), pad(k, kp, dtype), pad(v, vp, dtype), pad(g, kp, gdt), h0)
+      return o[:, :t, :, :vd].astype(q.dtype), ht[:, :, :kd, :vd]
+    return f
+
   segments = num_segments(q.shape[0], q.shape[2], t, -(-vp // min(cfg.block_v, vp)), chunk,
                           split_programs=cfg.split_programs, min_len=cfg.split_min_len, backend=backend)
   if segments > 1:
     whole = dataclasses.replace(cfg, split_programs=0)
     kernel = lambda q, k, v, g, h0: kernel_gla(q, k, v, g, scale=scale, initial_state=h0, config=whole,
                                                interpret=interpret)
-    return split_over_segments(kernel, q, k, v, g, initial_state=initial_state, segments=segments, chunk=chunk,
-                               interpret=states_mode, fold=cfg.split_states == 'kernel_fold')
-  pad = lambda x, d, dt: _pad_axis(_pad_axis(x.astype(dt), 1, tp), 3, d)
-  gdt = g.dtype if g.dtype in (jnp.bfloat16, jnp.float32) else _F32
-  h0 = None
-  if initial_state is not None:
-    h0 = _pad_axis(_pad_axis(initial_state.astype(_F32), 2, kp), 3, vp)
-  ctx = _Ctx(jnp.dtype(dtype), float(scale), chunk)
-  o, ht = _core(pad(q, kp, dtype), pad(k, kp, dtype), pad(v, vp, dtype), pad(g, kp, gdt), h0, ctx, cfg,
-                bool(interpret))
-  return o[:, :t, :, :vd].astype(q.dtype), ht[:, :, :kd, :vd]
+    by_segments = lambda q, k, v, g, h0: split_over_segments(
+        kernel, q, k, v, g, initial_state=h0, segments=segments, chunk=chunk, interpret=states_mode,
+        fold=cfg.split_states == 'kernel_fold')
+    if cfg.split_states != 'sweeps':
+      return by_segments(q, k, v, g, initial_state)
+    from_sweeps = padded(lambda *args: _split.split_forward(*args, ctx, cfg, bool(interpret), segments))
+    return primal_with_vjp_of(from_sweeps, by_segments)(q, k, v, g, initial_state)
+  return padded(lambda *args: _core(*args, ctx, cfg, bool(interpret)))(q, k, v, g, initial_state)
 
 
 # ----------------------------------------------------------------------------------------------------
