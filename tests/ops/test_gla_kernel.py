@@ -173,6 +173,8 @@ def test_sequence_split_from_sweeps(case):
   tol = 1e-5 if case.dtype == 'float32' else 5e-3  # bf16: the local states round k's decays differently
   assert_close('o vs xla split', o, xla_o, tol)
   assert_close('final_state vs xla split', ht, xla_ht, tol)
+  with pytest.raises(ValueError, match="split_states must be one of 'kernel', 'kernel_fold', 'xla', 'sweeps'; got 'x'"):
+    call(functools.partial(kernel_gla, config=dataclasses.replace(cfg, split_states='x')), x)
 
 
 def test_sequence_split_from_sweeps_lowers_to_triton():

@@ -97,7 +97,7 @@ def test_sequence_split_with_kernel_segment_states(monkeypatch, states):
   x, _, _ = checks.make_inputs(OP, case)
   for split in (4 * case.b * case.h, 0):  # named whether or not this call splits
     bad = KernelConfig(split_programs=split, split_min_len=32, split_states='einsum')
-    with pytest.raises(ValueError, match="split_states must be 'kernel', 'kernel_fold' or 'xla'; got 'einsum'"):
+    with pytest.raises(ValueError, match="split_states must be one of 'kernel', 'kernel_fold', 'xla'; got 'einsum'"):
       kernel_simple_gla(x['q'], x['k'], x['v'], x['g'], scale=1.0, chunk_size=16, config=bad)
 
 

@@ -56,7 +56,7 @@ from effattn.ops.common.pallas_triton import pad_axis as _pad_axis
 from effattn.ops.common.sequence_split import num_segments, primal_with_vjp_of, split_over_segments
 from effattn.ops.gla import _intra, _scan, _split, _state_grads, _sweeps
 from effattn.ops.simple_gla.pallas import _MAX_HEAD_DIM, _Ctx
-from effattn.ops.simple_gla.pallas import split_states_mode as _split_states_mode
+from effattn.ops.simple_gla.pallas import split_states_args
 
 
 @dataclasses.dataclass(frozen=True)
@@ -207,8 +207,7 @@ def kernel_gla(q, k, v, g, *, scale, initial_state=None, segment_ids=None, chunk
   interpret = checked_interpret('gla', q, v, segment_ids, interpret, _MAX_HEAD_DIM)
   backend = default_backend()
   cfg = DEFAULT_CONFIG if config is None else config
-  # checked on every call, not only when the split runs
-  states_mode = None if cfg.split_states == 'sweeps' else _split_states_mode(cfg, interpret)
+  states_args = split_states_args(cfg, interpret, extra=('sweeps',))  # checked on every call
   t, kd, vd = q.shape[1], q.shape[-1], v.shape[-1]
   dtype = jnp.promote_types(q.dtype, jnp.bfloat16)  # fp16 / bf16 / fp32 kernels; mixed inputs promote
   dtype = jnp.promote_types(jnp.promote_types(dtype, k.dtype), v.dtype)
@@ -237,8 +236,7 @@ def kernel_gla(q, k, v, g, *, scale, initial_state=None, segment_ids=None, chunk
     kernel = lambda q, k, v, g, h0: kernel_gla(q, k, v, g, scale=scale, initial_state=h0, config=whole,
                                                interpret=interpret)
     by_segments = lambda q, k, v, g, h0: split_over_segments(
-        kernel, q, k, v, g, initial_state=h0, segments=segments, chunk=chunk, interpret=states_mode,
-        fold=cfg.split_states == 'kernel_fold')
+        kernel, q, k, v, g, initial_state=h0, segments=segments, chunk=chunk, **states_args)
     if cfg.split_states != 'sweeps':
       return by_segments(q, k, v, g, initial_state)
     from_sweeps = padded(lambda *args: _split.split_forward(*args, ctx, cfg, bool(interpret), segments))

@@ -446,11 +446,14 @@ def _core_bwd(ctx, cfg, interpret, res, cts):
 _core.defvjp(_core_fwd, _core_bwd)
 
 
-def split_states_mode(cfg, interpret: bool):
-  """split_over_segments' `interpret` argument for cfg.split_states: None (XLA) or the kernels' mode."""
-  if cfg.split_states not in ('kernel', 'kernel_fold', 'xla'):
-    raise ValueError(f"KernelConfig.split_states must be 'kernel', 'kernel_fold' or 'xla'; got {cfg.split_states!r}")
-  return None if cfg.split_states == 'xla' else interpret
+def split_states_args(cfg, interpret: bool, extra: tuple[str, ...] = ()) -> dict:
+  """split_over_segments' keyword arguments for cfg.split_states: `interpret` (None: the XLA states, else the
+  block_states kernel's mode) and `fold`. `extra`: further values the caller handles itself (gla's 'sweeps')."""
+  known = ('kernel', 'kernel_fold', 'xla') + extra
+  if cfg.split_states not in known:
+    raise ValueError(f"KernelConfig.split_states must be one of {', '.join(map(repr, known))}; "
+                     f"got {cfg.split_states!r}")
+  return {'interpret': None if cfg.split_states == 'xla' else interpret, 'fold': cfg.split_states == 'kernel_fold'}
 
 
 def kernel_simple_gla(q, k, v, g, *, scale, initial_state=None, segment_ids=None, chunk_size=64,
@@ -465,7 +468,7 @@ def kernel_simple_gla(q, k, v, g, *, scale, initial_state=None, segment_ids=None
   chunk = checked_chunk('simple_gla', chunk_size, (16, 32, 64, 128))
   backend = default_backend()
   cfg = DEFAULT_CONFIG if config is None else config
-  states_mode = split_states_mode(cfg, interpret)  # checked on every call, not only when the split runs
+  states_args = split_states_args(cfg, interpret)  # checked on every call, not only when the split runs
   b, t, h, kd = q.shape
   vd = v.shape[-1]
   dtype = jnp.promote_types(q.dtype, jnp.bfloat16)  # fp16 / bf16 / fp32 kernels; mixed inputs promote
@@ -480,7 +483,7 @@ def kernel_simple_gla(q, k, v, g, *, scale, initial_state=None, segment_ids=None
     kernel = lambda q, k, v, g, h0: kernel_simple_gla(q, k, v, g, scale=scale, initial_state=h0,
                                                       chunk_size=chunk, config=whole, interpret=interpret)
     return split_over_segments(kernel, q, k, v, g, initial_state=initial_state, segments=segments, chunk=chunk,
-                               interpret=states_mode, fold=cfg.split_states == 'kernel_fold')
+                               **states_args)
   pad = lambda x, d: _pad_axis(_pad_axis(x.astype(dtype), 1, tp), 3, d)
   g = jnp.zeros((b, t, h), _F32) if g is None else g.astype(_F32)
   gp = _pad_axis(jnp.swapaxes(g, 1, 2), 2, tp)  # [B,H,Tp]
