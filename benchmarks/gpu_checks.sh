@@ -4,7 +4,7 @@
 #   1. the linear kernels' GPU tests against the fp32 oracles (o and every gradient; ~150 s);
 #   2. every op at issue 6's shape against cuDNN and the pure-JAX chunk form (kernels checked against chunk);
 #   3. time per token from T = 2048 to 65536 at B*T = 65536 (criterion 3), and gla's split from its own sweeps
-#      (split_states='sweeps', checked against chunk);
+#      (split_states='sweeps', checked against chunk), and the delta rules' split with one state-sweep launch;
 #   4. per-kernel device time of gla forward and forward+backward (kernel_profile.py);
 #   5. the flash (softmax / sigmoid, Triton and Mosaic GPU) kernels' GPU tests (~250 s);
 #   6. criterion 5b: the GLA, DeltaNet and softmax LMs at T = 8192 in one process (~300 s).
@@ -34,7 +34,13 @@ run 3 150 scaling python3 benchmarks/ops_gpu.py --ops simple_gla,gla,delta_rule,
   --modes fwd --shapes scaling --out "$OUT/ops_gpu_scaling.json"
 run 3 80 scaling_gla_sweeps python3 benchmarks/ops_gpu.py --ops gla --impls kernel,chunk --modes fwd --shapes scaling \
   --kernel-config gla:split_states=sweeps --out "$OUT/ops_gpu_scaling_gla_sweeps.json"
+run 3 80 scaling_delta_one_launch python3 benchmarks/ops_gpu.py --ops delta_rule,gated_delta_rule --impls kernel \
+  --modes fwd --shapes scaling --kernel-config delta_rule:split_one_launch=true \
+  --kernel-config gated_delta_rule:split_one_launch=true --out "$OUT/ops_gpu_scaling_delta_one_launch.json"
 run 4 60 profile_gla_fwd python3 benchmarks/kernel_profile.py --op gla --mode fwd --out "$OUT/profile_gla_fwd.json"
+run 3 80 scaling_delta_one_launch python3 benchmarks/ops_gpu.py --ops delta_rule,gated_delta_rule --impls kernel \
+  --modes fwd --shapes scaling --kernel-config delta_rule:split_one_launch=true \
+  --kernel-config gated_delta_rule:split_one_launch=true --out "$OUT/ops_gpu_scaling_delta_one_launch.json"
 run 4 60 profile_gla_fwd_bwd python3 benchmarks/kernel_profile.py --op gla --mode fwd_bwd \
   --out "$OUT/profile_gla_fwd_bwd.json"
 run 5 280 tests_flash python3 -m pytest -q -p no:cacheprovider tests/ops/test_flash_kernel.py -k "gpu or long"
