@@ -8,10 +8,12 @@
 #   4. per-kernel device time of gla forward and forward+backward (kernel_profile.py);
 #   5. the flash (softmax / sigmoid, Triton and Mosaic GPU) kernels' GPU tests (~250 s);
 #   6. criterion 5b: the GLA, DeltaNet and softmax LMs at T = 8192 in one process (~300 s).
-# Results (JSON, logs) go to $OUT (default benchmarks/results/gpu_checks-<date>). Steps 1-3 fit one 10-minute
-# device command, 4-5 another, 6 a third. Usage, from the repo root:
-#   bash benchmarks/gpu_checks.sh 1 2 3
+# Results (JSON, logs) go to $OUT (default benchmarks/results/gpu_checks-<date>). Each line below fits one
+# 10-minute device command (the limits add up to 400, 310, 400 and 420 s). Usage, from the repo root:
+#   bash benchmarks/gpu_checks.sh 1 2
+#   bash benchmarks/gpu_checks.sh 3
 #   bash benchmarks/gpu_checks.sh 4 5
+#   bash benchmarks/gpu_checks.sh 6
 set -uo pipefail
 OUT=${OUT:-benchmarks/results/gpu_checks-$(date +%Y-%m-%d)}
 mkdir -p "$OUT"
