@@ -142,7 +142,7 @@ def _fwd_kernel(q_ref, k_ref, w_ref, u_ref, g_ref, *rest, ctx: _Ctx, has_h0: boo
     bv = u_ref.shape[-1]
     chunk, scale = ctx.chunk, ctx.scale
     s0 = h0_ref[...].astype(_F32) if has_h0 else jnp.zeros((kp, bv), _F32)
-    u_on = 1.0
+    u_on = None  # the transition's tiles: 0 (U = 0), else 1; None outside the one-launch split (no multiply)
     if eye_from is not None:
         eye_tile = pl.program_id(2) - eye_from  # >= 0 on the transition's tiles
         rows = jnp.arange(kp, dtype=jnp.int32)[:, None]
@@ -157,7 +157,11 @@ def _fwd_kernel(q_ref, k_ref, w_ref, u_ref, g_ref, *rest, ctx: _Ctx, has_h0: boo
         kc = k_ref[sl, :]
         gt = chunk_gates(g_ref, sl, ctx)
         ws = _nn(w_ref[sl, :], s, ctx)
-        vp = u_ref[sl, :].astype(_F32) * u_on - ws if has_u else -ws  # V' = U - W S_c
+        if has_u:
+            u = u_ref[sl, :].astype(_F32)
+            vp = (u if u_on is None else u * u_on) - ws  # V' = U - W S_c
+        else:
+            vp = -ws
         if vn_ref is not None:
             vn_ref[sl, :] = vp.astype(vn_ref.dtype)
         if split:

@@ -1,4 +1,4 @@
-"""Sequence split of the GLA kernel's forward from its own pieces (KernelConfig.split_form = 'sweeps'): segments
+"""Sequence split of the GLA kernel's forward from its own pieces (KernelConfig.split_states = 'sweeps'): segments
 in parallel at long T and small B * H (ops/common/sequence_split.py has the math; Yang et al. 2024, arXiv
 2312.06635, eq. 1; ALGORITHMS.md section 5).
 
