@@ -9,7 +9,7 @@
 #   5. the flash (softmax / sigmoid, Triton and Mosaic GPU) kernels' GPU tests (~250 s);
 #   6. criterion 5b: the GLA, DeltaNet and softmax LMs at T = 8192 in one process (~300 s).
 # Results (JSON, logs) go to $OUT (default benchmarks/results/gpu_checks-<date>). Each line below fits one
-# 10-minute device command (the limits add up to 400, 310, 400 and 420 s). Usage, from the repo root:
+# 10-minute device command (the limits add up to 400, 390, 400 and 420 s). Usage, from the repo root:
 #   bash benchmarks/gpu_checks.sh 1 2
 #   bash benchmarks/gpu_checks.sh 3
 #   bash benchmarks/gpu_checks.sh 4 5
@@ -39,10 +39,9 @@ run 3 80 scaling_gla_sweeps python3 benchmarks/ops_gpu.py --ops gla --impls kern
 run 3 80 scaling_delta_one_launch python3 benchmarks/ops_gpu.py --ops delta_rule,gated_delta_rule --impls kernel \
   --modes fwd --shapes scaling --kernel-config delta_rule:split_one_launch=true \
   --kernel-config gated_delta_rule:split_one_launch=true --out "$OUT/ops_gpu_scaling_delta_one_launch.json"
+run 3 80 scaling_delta_one_launch_w8 python3 benchmarks/ops_gpu.py --ops delta_rule --impls kernel --modes fwd \
+  --shapes scaling --kernel-config delta_rule:split_one_launch=true,num_warps_split_states=8 --out "$OUT/ops_gpu_scaling_delta_one_launch_w8.json"
 run 4 60 profile_gla_fwd python3 benchmarks/kernel_profile.py --op gla --mode fwd --out "$OUT/profile_gla_fwd.json"
-run 3 80 scaling_delta_one_launch python3 benchmarks/ops_gpu.py --ops delta_rule,gated_delta_rule --impls kernel \
-  --modes fwd --shapes scaling --kernel-config delta_rule:split_one_launch=true \
-  --kernel-config gated_delta_rule:split_one_launch=true --out "$OUT/ops_gpu_scaling_delta_one_launch.json"
 run 4 60 profile_gla_fwd_bwd python3 benchmarks/kernel_profile.py --op gla --mode fwd_bwd \
   --out "$OUT/profile_gla_fwd_bwd.json"
 run 5 280 tests_flash python3 -m pytest -q -p no:cacheprovider tests/ops/test_flash_kernel.py -k "gpu or long"
