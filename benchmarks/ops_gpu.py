@@ -142,13 +142,15 @@ def softmax_op(impl: str, window: int = 0):
 
 
 def jax_fns(fn, names: tuple[str, ...]):
-  """(fwd(x), fwd_bwd(x, do)) jitted; fwd_bwd is the VJP with respect to every input."""
+  """(fwd(x), fwd_bwd(x, do)) jitted; fwd_bwd returns the output and its VJP with respect to every input, as a
+  training step needs both: returning only the VJP would let XLA drop forward kernels whose outputs the backward
+  does not read (a linear op's output sweep), and time less than a forward plus a backward."""
   def fwd(x):
     return fn(**x)
 
   def fwd_bwd(x, do):
-    _, vjp = jax.vjp(lambda *a: fn(**dict(zip(names, a))), *(x[n] for n in names))
-    return vjp(do)
+    out, vjp = jax.vjp(lambda *a: fn(**dict(zip(names, a))), *(x[n] for n in names))
+    return out, vjp(do)
   return jax.jit(fwd), jax.jit(fwd_bwd)
 
 

@@ -53,7 +53,7 @@ def bench(b, t, h, d, causal, bias=-8.3, sweep=False):
             outs[name] = fwd(q, k, v)
             row[name + '_fwd'] = ms(fwd, q, k, v)
             loss = lambda q, k, v: jnp.sum(f(q, k, v).astype(jnp.float32) * do.astype(jnp.float32))
-            row[name + '_fwdbwd'] = ms(jax.jit(jax.grad(loss, argnums=(0, 1, 2))), q, k, v)
+            row[name + '_fwdbwd'] = ms(jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2))), q, k, v)
         except Exception as e:  # noqa: BLE001  (report and go on)
             row[name] = f'{type(e).__name__}: {str(e)[:400]}'
     if 'mosaic' in outs and 'triton' in outs:

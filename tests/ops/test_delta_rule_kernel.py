@@ -225,21 +225,13 @@ def _forward_only(case: Case, cfg):
     (Case(1, 100, 2, 32, 48, n=16, h0=True, chunk=16, dtype='bfloat16'), SPLIT),
     (Case(1, 100, 1, 32, 48, n=1, h0=True, chunk=16), dataclasses.replace(SPLIT, split_block_v=16)),  # 16-wide
     (Case(1, 70, 1, 32, 48, n=1, h0=True, chunk=16, dtype='bfloat16'), dataclasses.replace(SPLIT, split_o=True)),
-    # the two state-only sweeps in one launch: K < V, K > V (bf16), and 16-wide tiles (two tiles of each)
-    (Case(1, 70, 2, 32, 48, n=1, h0=True, chunk=16), dataclasses.replace(SPLIT, split_one_launch=True)),
-    (Case(2, 70, 1, 48, 32, n=1, h0=False, chunk=16, dtype='bfloat16'),
-     dataclasses.replace(SPLIT, split_one_launch=True)),
-    (Case(1, 100, 1, 32, 32, n=None, h0=True, chunk=16),
-     dataclasses.replace(SPLIT, split_one_launch=True, split_block_v=16)),
 ], ids=lambda a: str(a) if isinstance(a, Case) else None)
 def test_sequence_split_forward(case, cfg):
     """KernelConfig.split_programs (_split.py): the forward outside jax.grad runs on segments of the sequence (two
     state-only sweeps, the combine in XLA, then the sweep from each segment's start state); it equals the naive
     oracle and the unsplit kernel."""
     (o, ht), jaxpr, x = _forward_only(case, cfg)
-    states_launches = 1 if cfg.split_one_launch else 2
-    assert jaxpr.count('name=gated_delta_rule_states') == states_launches
-    assert jaxpr.count('name=gated_delta_rule_fwd') == 1
+    assert jaxpr.count('name=gated_delta_rule_states') == 2 and jaxpr.count('name=gated_delta_rule_fwd') == 1
     (o_whole, ht_whole), _, _ = _forward_only(case, dataclasses.replace(cfg, split_programs=0))
     up = lambda a: None if a is None else a.astype(jnp.float32)
     o_ref, ht_ref = naive_gated_delta_rule(up(x['q']), up(x['k']), up(x['v']), x.get('g'), x['beta'],
@@ -342,7 +334,6 @@ def test_sequence_split_forward_gpu(n):
     unsplit kernel."""
     case = Case(1, 8192, 2, 128, 128, n=n, h0=True, chunk=64, dtype='bfloat16')
     test_sequence_split_forward(case, KernelConfig(split_programs=64, split_min_len=1024))
-    test_sequence_split_forward(case, KernelConfig(split_programs=64, split_min_len=1024, split_one_launch=True))
 
 
 @pytest.mark.skipif(not ON_GPU, reason='T = 65536: GPU only')
@@ -386,4 +377,3 @@ def test_sequence_split_lowers_to_triton(split_o):
         return text.count('custom_call @__gpu$xla.gpu.triton(')
     cfg = KernelConfig(split_programs=64, split_min_len=32, split_o=split_o)  # 4 segments of 32 rows
     assert calls(cfg) == calls(dataclasses.replace(cfg, split_programs=0)) + 2
-    assert calls(dataclasses.replace(cfg, split_one_launch=True)) == calls(cfg) - 1  # both state sweeps in one

@@ -177,6 +177,24 @@ def test_sequence_split_from_sweeps(case):
     call(functools.partial(kernel_gla, config=dataclasses.replace(cfg, split_states='x')), x)
 
 
+@pytest.mark.skipif(not ON_GPU, reason='native Triton kernel at T = 8192: GPU only')
+@pytest.mark.parametrize('states', ['sweeps', 'xla'])
+def test_sequence_split_forward_gpu(states):
+  """The split forward at a real head size on the GPU (8 segments of 1024 rows): oracle and unsplit kernel."""
+  case = Case(1, 8192, 2, 128, 128, n=1, h0=True, dtype='bfloat16')
+  x, _, _ = checks.make_inputs(OP, case)
+  cfg = KernelConfig(split_programs=64, split_min_len=1024, split_states=states)
+  call = lambda cfg: jax.jit(lambda x: kernel_gla(x['q'], x['k'], x['v'], x['g'], scale=case.k ** -0.5,
+                                                  initial_state=x['h0'], config=cfg))(x)
+  o, ht = call(cfg)
+  o_whole, ht_whole = call(dataclasses.replace(cfg, split_programs=0))
+  ref_o, ref_ht = _naive(*(jnp.asarray(x[n], jnp.float32) for n in 'qkvg'), scale=case.k ** -0.5,
+                         initial_state=x['h0'])
+  for name, a, b in [('o', o, ref_o), ('final_state', ht, ref_ht), ('o (unsplit)', o, o_whole),
+                     ('final_state (unsplit)', ht, ht_whole)]:
+    assert_close(name, a, b, TOL[case.dtype])
+
+
 def test_sequence_split_from_sweeps_lowers_to_triton():
   """The 'sweeps' split's primal forward (gates, intra, the state-only sweep, the output sweep) lowers through
   Pallas' Triton lowering."""

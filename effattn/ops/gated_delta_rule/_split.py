@@ -16,12 +16,10 @@ W and U come from the WY kernel ONCE on the whole sequence (it is parallel over 
   3. In XLA, fp32 at Precision.HIGHEST: S_start(0) = h0 (or 0), S_start(s+1) = M(s) S_start(s) + S_loc(s)
      (a loop over P - 1 segments: P is small).
   4. The sweep on the segments from S_start(s): o, and the final state is the last segment's.
-Two of the three sweeps compute only V' and S (2 dots per chunk instead of 5); with KernelConfig.split_one_launch
-they are one launch (pallas._local_states_and_transitions: the transition's identity tiles are more value tiles of
-the same sweep, U = 0 there), so that their programs share the SMs. The split pays only while SMs would idle: the
-number of segments is common/sequence_split.py's num_segments (KernelConfig.split_programs, one program per SM on
-GPU by default, and split_min_len), taken on the chunk count rounded up to a power of two, then halved until the
-segments hold >= split_min_len rows; when Tp is not a multiple of P chunks the segments are padded
+Two of the three sweeps compute only V' and S (2 dots per chunk instead of 5), so the split pays only while SMs
+would idle: the number of segments is common/sequence_split.py's num_segments (KernelConfig.split_programs, one
+program per SM on GPU by default, and split_min_len), taken on the chunk count rounded up to a power of two, then
+halved until the segments hold >= split_min_len rows; when Tp is not a multiple of P chunks the segments are padded
 at the end with identity chunks (k = w = u = 0, g = 0), copies of q, k, W, U that a power-of-two T never needs.
 The split is used by the primal forward only (pallas._core). Under jax.grad (pallas._core_fwd) the forward stays
 unsplit: the backward reads every chunk-start state S_c in the unsplit layout, so gradients are unchanged.
@@ -64,11 +62,10 @@ def split_plan(b: int, h: int, tp: int, vp: int, chunk: int, cfg, backend: str):
     return max(p, segment_count(b, h, tp, vp, chunk, wide, backend)), wide
 
 
-def split_forward(forward, q, k, w, u, g, h0, ctx, cfg, interpret, segments: int, both_states=None):
+def split_forward(forward, q, k, w, u, g, h0, ctx, cfg, interpret, segments: int):
     """(o [B,Tp,H,Vp] in q's dtype, final state fp32 [B,H,Kp,Vp]) by `segments` segments of the sweep `forward`
     (pallas._forward). q, k, w [B,Tp,H,Kp], u [B,Tp,H,Vp] (ctx.dt), g [B,H,Tp] fp32 (the kernels' gate rows), h0
-    fp32 [B,H,Kp,Vp] or None. both_states (pallas._local_states_and_transitions, with cfg.split_one_launch): steps
-    1 and 2 in one launch."""
+    fp32 [B,H,Kp,Vp] or None."""
     b, tp, h, kp = q.shape
     vp = u.shape[-1]
     p = segments
@@ -79,12 +76,9 @@ def split_forward(forward, q, k, w, u, g, h0, ctx, cfg, interpret, segments: int
     cut = lambda x: x.reshape(b * p, ts, *x.shape[2:])
     qs, ks, ws, us = cut(q), cut(k), cut(w), cut(u)
     gs = jnp.swapaxes(g.reshape(b, h, p, ts), 1, 2).reshape(b * p, h, ts)
-    if cfg.split_one_launch:
-        s_loc, trans = both_states(qs, ks, ws, us, gs, ctx, cfg, interpret)
-    else:
-        s_loc = forward(qs, ks, ws, us, gs, None, ctx, cfg, interpret, False, final_only=True)[1]
-        eye = jnp.broadcast_to(jnp.eye(kp, dtype=_F32), (b * p, h, kp, kp))
-        trans = forward(qs, ks, ws, None, gs, eye, ctx, cfg, interpret, False, final_only=True)[1]
+    s_loc = forward(qs, ks, ws, us, gs, None, ctx, cfg, interpret, False, final_only=True)[1]
+    eye = jnp.broadcast_to(jnp.eye(kp, dtype=_F32), (b * p, h, kp, kp))
+    trans = forward(qs, ks, ws, None, gs, eye, ctx, cfg, interpret, False, final_only=True)[1]
     s_loc, trans = s_loc.reshape(b, p, h, kp, vp), trans.reshape(b, p, h, kp, kp)
     starts = [jnp.zeros((b, h, kp, vp), _F32) if h0 is None else h0.astype(_F32)]
     for s in range(p - 1):

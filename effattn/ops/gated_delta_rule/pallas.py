@@ -106,11 +106,6 @@ class KernelConfig:
     split_programs: int | None = None
     split_min_len: int = 1024
     split_block_v: int | None = 128  # the split's sweeps: value-tile width (None: block_v; _split.split_plan)
-    # the split's two state-only sweeps (local states, transition matrices) in one launch, the transition's tiles as
-    # more programs of it (_split.py), at num_warps_split_states: ptxas (sm_90a, 128-wide tiles) gives 208 registers
-    # at 4 warps, two programs per SM, so both sweeps' programs run at once; 130 at 8 warps, one. Not yet timed.
-    split_one_launch: bool = False
-    num_warps_split_states: int = 4
 
     def storage_dtypes(self, ctx):
         """(dtype of S_c and V', dtype of dS_{c+1} and dV') for bwd_storage."""
@@ -127,10 +122,9 @@ DEFAULT_CONFIG = KernelConfig()
 # states [Kp, BV] fp32, stacked chunk states [N * Kp, BV] fp32.
 
 def _fwd_kernel(q_ref, k_ref, w_ref, u_ref, g_ref, *rest, ctx: _Ctx, has_h0: bool, store: bool, split: bool,
-                keep_vn: bool, emit_o: bool = True, has_u: bool = True, eye_from: int | None = None):
+                keep_vn: bool, emit_o: bool = True, has_u: bool = True):
     """split: o_ref receives V' (o is left to _o_kernel); keep_vn: V' also goes to a 4th output; not emit_o: the
-    final state is the only output (no o_ref); not has_u: U = 0 (u_ref is a placeholder, never read); eye_from:
-    value tiles from this one on are the transition's (_split.py): U = 0 and S_0 the identity's columns there."""
+    final state is the only output (no o_ref); not has_u: U = 0 (u_ref is a placeholder, never read)."""
     rest = list(rest)
     h0_ref = rest.pop(0) if has_h0 else None
     if not emit_o:
@@ -142,13 +136,6 @@ def _fwd_kernel(q_ref, k_ref, w_ref, u_ref, g_ref, *rest, ctx: _Ctx, has_h0: boo
     bv = u_ref.shape[-1]
     chunk, scale = ctx.chunk, ctx.scale
     s0 = h0_ref[...].astype(_F32) if has_h0 else jnp.zeros((kp, bv), _F32)
-    u_on = None  # the transition's tiles: 0 (U = 0), else 1; None outside the one-launch split (no multiply)
-    if eye_from is not None:
-        eye_tile = pl.program_id(2) - eye_from  # >= 0 on the transition's tiles
-        rows = jnp.arange(kp, dtype=jnp.int32)[:, None]
-        cols = jnp.arange(bv, dtype=jnp.int32)[None, :] + eye_tile * bv
-        s0 = ((eye_tile >= 0) & (rows == cols)).astype(_F32)
-        u_on = (eye_tile < 0).astype(_F32)
 
     def body(c, s):
         sl = _chunk_slice(c, chunk)
@@ -157,11 +144,7 @@ def _fwd_kernel(q_ref, k_ref, w_ref, u_ref, g_ref, *rest, ctx: _Ctx, has_h0: boo
         kc = k_ref[sl, :]
         gt = chunk_gates(g_ref, sl, ctx)
         ws = _nn(w_ref[sl, :], s, ctx)
-        if has_u:
-            u = u_ref[sl, :].astype(_F32)
-            vp = (u if u_on is None else u * u_on) - ws  # V' = U - W S_c
-        else:
-            vp = -ws
+        vp = u_ref[sl, :].astype(_F32) - ws if has_u else -ws  # V' = U - W S_c
         if vn_ref is not None:
             vn_ref[sl, :] = vp.astype(vn_ref.dtype)
         if split:
@@ -288,25 +271,6 @@ def _forward(q, k, w, u, g, h0, ctx, cfg, interpret, store, final_only=False):
     return o, outs[1], (outs[2] if store else None), v_new
 
 
-def _local_states_and_transitions(q, k, w, u, g, ctx, cfg, interpret):
-    """The sequence split's two state-only sweeps in one launch (KernelConfig.split_one_launch, _split.py): (each
-    row's final state from zero [B,H,Kp,Vp], its transition matrix, the final state from I with U = 0 [B,H,Kp,Kp]),
-    fp32. Grid axis 2 walks Vp / BV value tiles, then Kp / BV identity tiles, so both are programs of one launch."""
-    b, tp, h, kp = q.shape
-    vp = u.shape[-1]
-    bv = min(cfg.block_v, vp, kp)
-    nv = vp // bv
-    u_tile = pl.BlockSpec((None, tp, None, bv), lambda b, h, r: (b, 0, h, jnp.minimum(r, nv - 1)))
-    both = pl.pallas_call(
-        functools.partial(_fwd_kernel, ctx=ctx, has_h0=False, store=False, split=False, keep_vn=False, emit_o=False,
-                          eye_from=nv),
-        grid=(b, h, nv + kp // bv), in_specs=[_rows(tp, kp), _rows(tp, kp), _rows(tp, kp), u_tile, _gate_spec(tp)],
-        out_specs=_state_tile(kp, bv), out_shape=jax.ShapeDtypeStruct((b, h, kp, vp + kp), _F32),
-        interpret=interpret, name='gated_delta_rule_states',
-        **_params(interpret, ctx, cfg.num_warps_split_states, cfg.num_stages))(q, k, w, u, g)
-    return both[..., :vp], both[..., vp:]
-
-
 def _state_grads(q, k, w, do, g, dht, ctx, cfg, interpret, with_dv_new=False):
     """Chunk-end state cotangents [B,H,N*Kp,Vp], d initial_state [B,H,Kp,Vp] (fp32) and, if `with_dv_new`,
     dV' [B,Tp,H,Vp] (None otherwise); the first and last in cfg.storage_dtypes' second."""
@@ -357,8 +321,7 @@ def _run_forward(q, k, v, g, beta, h0, ctx, cfg, interpret, store):
     segments, split_cfg = (1, cfg) if store else _split.split_plan(b, h, tp, u.shape[-1], ctx.chunk, cfg,
                                                                      default_backend())
     if segments > 1:
-        o, ht = _split.split_forward(_forward, q, k, w, u, gr, h0, ctx, split_cfg, interpret, segments,
-                                     both_states=_local_states_and_transitions)
+        o, ht = _split.split_forward(_forward, q, k, w, u, gr, h0, ctx, split_cfg, interpret, segments)
         return o, ht, None, (w, u, t), None
     o, ht, s_starts, v_new = _forward(q, k, w, u, gr, h0, ctx, cfg, interpret, store)
     return o, ht, s_starts, (w, u, t), v_new

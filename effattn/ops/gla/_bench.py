@@ -72,5 +72,5 @@ def benchmark_parts(b, t, h, d, dtype, config=None, interpret=None):
       'intra_bwd': lambda: intra_bwd(q, k, gc(), v, do),
       'bwd_sweeps': lambda: bwd(*bwd_args()),
       'dg': lambda: dg(grads()[3], grads()[5], off),
-      'fwd_bwd': p(jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3))), q, k, v, g),
+      'fwd_bwd': p(jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 3))), q, k, v, g),  # value: o is computed
   }

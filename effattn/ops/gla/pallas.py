@@ -115,8 +115,10 @@ class KernelConfig:
   # per-channel [C, K] decay sums run in every chunk step; simple_gla's scalar form uses it) or 'kernel_fold'
   # (block_states with the decays folded into k: the whole op 2.80 ms at B=8 T=8192 but 6.91 at B=1 T=65536 on the
   # H200, against 3.94 with 'xla'), or 'sweeps' (_split.py: the states from the kernel's own gates, intra and a
-  # state-only sweep, no [B, T, H, K] XLA passes; primal forward only, gradients as 'xla'; not yet timed)
-  split_states: str = 'xla'
+  # state-only sweep, no [B, T, H, K] XLA passes; primal forward only, gradients as 'xla'). H200 forward at
+  # B*T = 65536: 'sweeps' 2.880 ms at T=2048 and 3.039 at T=65536 (1.06x), 'xla' 2.901 and 3.941 (1.36x)
+  # (benchmarks/results/gpu_checks-2026-12-03_s5/ops_gpu_scaling*.json).
+  split_states: str = 'sweeps'
 
   # The forward intra kernel by padded head dim Kp, where left None. Timed on the H200 (bf16, 'rows', unrolled):
   # at K = 128 (B=4 T=4096 H=16) 16 channels per step at 2 warps, 0.481 ms (32 channels: 0.497 at 2 warps, 0.619
