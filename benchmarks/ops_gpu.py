@@ -325,15 +325,16 @@ def kernel_fn(op, cfg, window, configs=None):
 
 
 def parse_kernel_configs(items: list[str]) -> dict:
-  """['gla:num_warps=4,split_programs=0', ...] -> {op: KernelConfig}."""
-  out = {}
+  """['gla:num_warps=4,split_programs=0', ...] -> {op: KernelConfig}; repeated items of one op add up."""
+  texts = {}
   for item in items:
     op, sep, text = item.partition(':')
     if not sep or op not in KERNEL_CONFIGS:
       raise SystemExit(f'--kernel-config: write OP:field=value,...; OP one of {", ".join(KERNEL_CONFIGS)}; '
                        f'got {item!r}')
-    out[op] = kernel_config_text.parse_config(KERNEL_CONFIGS[op], text, '--kernel-config')
-  return out
+    texts[op] = f'{texts[op]},{text}' if op in texts else text
+  return {op: kernel_config_text.parse_config(KERNEL_CONFIGS[op], text, '--kernel-config')
+          for op, text in texts.items()}
 
 
 def tune_by_candidates(op: str, shape, budget_s: float, log, base=None) -> tuple[object, list[dict]]:

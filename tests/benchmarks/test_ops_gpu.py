@@ -2,6 +2,8 @@
 
 import json
 
+import jax
+import jax.numpy as jnp
 import pytest
 from helpers import load_script
 
@@ -19,6 +21,22 @@ def test_kernel_config_text(og):
         og.parse_kernel_configs(['softmax:block_q=64'])
     with pytest.raises(SystemExit, match="no field 'warps'"):
         og.parse_kernel_configs(['gla:warps=4'])
+    both = og.parse_kernel_configs(['delta_rule:split_o=true', 'delta_rule:num_warps=4'])  # repeated items add up
+    assert both['delta_rule'].split_o is True and both['delta_rule'].num_warps == 4
+
+
+def test_fwd_bwd_keeps_the_forward(og):
+    """fwd_bwd times the output with its VJP: a forward whose result the backward never reads (as a linear op's
+    output sweep) must stay in the compiled program, not be dropped by XLA."""
+    @jax.custom_vjp
+    def f(x):
+        return jnp.sin(x)
+    f.defvjp(lambda x: (jnp.sin(x), x), lambda x, ct: (ct * jnp.cos(x),))
+    x, do = {'x': jnp.ones(8)}, jnp.ones(8)
+    fwd_bwd = og.jax_fns(f, ('x',))[1]
+    assert 'sine' in fwd_bwd.lower(x, do).compile().as_text()
+    out, (dx,) = fwd_bwd(x, do)
+    assert jnp.allclose(out, jnp.sin(1.0)) and jnp.allclose(dx, jnp.cos(1.0))
 
 
 def test_tuned_gla_config_is_used_and_saved(og, tmp_path):
