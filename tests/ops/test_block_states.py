@@ -52,6 +52,32 @@ def test_kernel_segment_states_and_their_gradients(gate, fold, monkeypatch):
         assert_close(f'd{name}', x, y, 1e-5)
 
 
+@pytest.mark.parametrize('gate', ['none', 'scalar', 'channel'])
+def test_first_blocks_and_segments_only(gate, monkeypatch):
+    """block_states(blocks=n) and the local states of the first `count` segments (the split needs P - 1 of them):
+    the prefix of the whole, with the XLA form's gradients."""
+    k, v, g = _inputs(gate, jnp.float32)
+    whole = block_states(k, v, g, block=32, chunk=16, block_v=16, interpret=True)
+    first = block_states(k, v, g, block=32, chunk=16, block_v=16, interpret=True, blocks=2)
+    assert first.shape == (2, 2, 2, 24, 40)
+    assert_close('first blocks', first, whole[:, :2], 1e-6)
+    with pytest.raises(ValueError, match='blocks=4 must be in 1..T // block = 3'):
+        block_states(k, v, g, block=32, chunk=16, interpret=True, blocks=4)
+    monkeypatch.setattr(sequence_split, '_SUB_BLOCK', 16)
+    k, v, g = _inputs(gate, jnp.float32, t=128)
+    all_xla = sequence_split._local_states_xla(k, v, g, 4)
+    assert_close('xla, first 3', sequence_split._local_states_xla(k, v, g, 4, 3), all_xla[:, :3], 1e-6)
+    kern = lambda k, v, g: sequence_split._local_states(k, v, g, 4, 16, True, False, 3)
+    assert_close('kernel, first 3', kern(k, v, g), all_xla[:, :3], 1e-5)
+    weights = jnp.cos(jnp.arange(3 * 24 * 40.0)).reshape(3, 24, 40)[:, None]
+    wsum = lambda f: lambda k, v, g: jnp.sum(f(k, v, g) * weights)
+    args = (0, 1) if g is None else (0, 1, 2)
+    got = jax.grad(wsum(kern), argnums=args)(k, v, g)
+    ref = jax.grad(wsum(lambda k, v, g: sequence_split._local_states_xla(k, v, g, 4)[:, :3]), argnums=args)(k, v, g)
+    for name, x, y in zip('kvg', got, ref):
+        assert_close(f'd{name}', x, y, 1e-5)
+
+
 def test_bad_block_is_named():
     k, v, _ = _inputs('none', jnp.float32)
     with pytest.raises(ValueError, match='multiple of block=40'):

@@ -95,6 +95,11 @@ def test_sequence_split_with_kernel_segment_states(monkeypatch, states):
   cfg = KernelConfig(split_programs=4 * case.b * case.h, split_min_len=32, split_states=states)
   _check(case, functools.partial(kernel_simple_gla, config=cfg))
   x, _, _ = checks.make_inputs(OP, case)
+  # 2 segments of 64 rows (one block each at chunk 64): block_states computes the first segment's state only; the
+  # kernel's run of the last segment gives the final state
+  jaxpr = str(jax.make_jaxpr(lambda x: kernel_simple_gla(x['q'], x['k'], x['v'], x['g'], scale=0.1,
+                                                          initial_state=x['h0'], config=cfg))(x))
+  assert 'name=block_states' in jaxpr and 'f32[1,1,2,32,32] = pallas_call' in jaxpr
   for split in (4 * case.b * case.h, 0):  # named whether or not this call splits
     bad = KernelConfig(split_programs=split, split_min_len=32, split_states='einsum')
     with pytest.raises(ValueError, match="split_states must be one of 'kernel', 'kernel_fold', 'xla'; got 'einsum'"):

@@ -67,10 +67,11 @@ def _kernel(k_ref, v_ref, *rest, chunk: int, gate: str, dt, prec, fold: bool = F
 
 
 def block_states(k, v, g, *, block: int, chunk: int = 64, block_v: int = 128, num_warps: int = 4,
-                 interpret: bool = False, fold: bool = False):
-    """k [B,T,H,K], v [B,T,H,V], g None, [B,T,H] or [B,T,H,K] (log decays) -> fp32 [B, T // block, H, K, V], the
-    local state of each block of `block` rows (T a multiple of block, block a multiple of chunk). Dots in the
-    inputs' dtype with fp32 accumulation (IEEE for fp32 inputs). No VJP: see sequence_split for its use.
+                 interpret: bool = False, fold: bool = False, blocks: int | None = None):
+    """k [B,T,H,K], v [B,T,H,V], g None, [B,T,H] or [B,T,H,K] (log decays) -> fp32 [B, blocks, H, K, V], the
+    local state of each of the first `blocks` blocks of `block` rows (None: all T // block; T a multiple of block,
+    block a multiple of chunk; the rows after them are never read). Dots in the inputs' dtype with fp32
+    accumulation (IEEE for fp32 inputs). No VJP: see sequence_split for its use.
 
     Defaults timed on the H200 (B=1, T=65536, H=16, K=V=128 bf16, scalar gates, block 1024): 128-wide value
     tiles at 4 warps 0.291 ms (k read once), 64-wide 0.485 ms, 8 warps 0.40 / 0.52 ms; the XLA einsum of
@@ -81,10 +82,12 @@ def block_states(k, v, g, *, block: int, chunk: int = 64, block_v: int = 128, nu
     vd = v.shape[-1]
     if t % block or block % chunk:
         raise ValueError(f'block_states: T={t} must be a multiple of block={block}, and block of chunk={chunk}')
+    if blocks is not None and not 0 < blocks <= t // block:
+        raise ValueError(f'block_states: blocks={blocks} must be in 1..T // block = {t // block}')
     dt = jnp.promote_types(k.dtype, v.dtype)
     kp, vp = next_pow2(kd), next_pow2(vd)
     bv = min(block_v, vp)
-    nb, nv = t // block, vp // bv
+    nb, nv = (t // block if blocks is None else blocks), vp // bv
     k, v = pad_axis(k.astype(dt), 3, kp), pad_axis(v.astype(dt), 3, vp)
     gate = 'none' if g is None else ('scalar' if g.ndim == 3 else 'channel')
     in_specs = [pl.BlockSpec((None, block, None, kp), lambda bi, hi, i: (bi, i // nv, hi, 0)),

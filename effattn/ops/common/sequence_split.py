@@ -9,8 +9,9 @@ and let G_t = sum of log a from the segment's start to t (inclusive). Then, exac
   S_loc(s)     = sum_{t in s} diag(e^{G_last - G_t}) k_t v_t^T      (one batched matmul, all segments)
   S_start(s+1) = diag(e^{G_last(s)}) S_start(s) + S_loc(s)         (associative scan over segments)
 and the kernel runs once on the segments as batch rows (P times the programs), each from its own
-initial state S_start(s). Extra cost: the state matmul (2 T K V flops per head, reading k and v once)
-and a log2(P)-deep scan of [K, V] states, far less than stitching the outputs (reading q, writing o).
+initial state S_start(s). Extra cost: the state matmul (2 T K V flops per head, reading k and v once, but for
+the last segment: the final state is the kernel's own, from the last segment's start state) and a log2(P)-deep
+scan of [K, V] states, far less than stitching the outputs (reading q, writing o).
 With KernelConfig.split_states='kernel' the kernels compute S_loc with the block_states Pallas kernel
 (sub-blocks of _SUB_BLOCK rows read in place, summed with their decays; gradients from the XLA form below): the
 XLA einsum batches over heads, so k, scaled, and v are transposed in HBM first (~1.6 GB at B*T = 65536, H = 16,
@@ -67,11 +68,16 @@ def _combine(earlier, later):
   return a1 * a2, a2 * b1 + b2
 
 
-def _local_states_xla(k, v, g, p: int):
-  """[B, P, H, K, V] fp32: each segment's state from zero, sum_t diag(e^{G_last - G_t}) k_t v_t^T (XLA)."""
+def _local_states_xla(k, v, g, p: int, count: int | None = None):
+  """[B, count, H, K, V] fp32: the state from zero of each of the first `count` of P segments (None: all),
+  sum_t diag(e^{G_last - G_t}) k_t v_t^T (XLA)."""
   b, t, h, kd = k.shape
-  vd = v.shape[-1]
   ts = t // p
+  if count is not None and count < p:
+    k, v, g = (None if x is None else x[:, :count * ts] for x in (k, v, g))
+    b, t, h, kd = k.shape
+    p = count
+  vd = v.shape[-1]
   if g is None:
     to_end = jnp.ones((b, p, ts, h, 1), _F32)
   else:
@@ -87,34 +93,37 @@ def _local_states_xla(k, v, g, p: int):
                     precision=lax.Precision.HIGHEST if dot_dtype == _F32 else None).sum(axis=2)
 
 
-def _local_states_kernel(k, v, g, p: int, chunk: int, interpret: bool, fold: bool = False):
+def _local_states_kernel(k, v, g, p: int, chunk: int, interpret: bool, fold: bool = False,
+                         count: int | None = None):
   """As _local_states_xla, by the block_states Pallas kernel over sub-blocks of <= _SUB_BLOCK rows (reading
-  [B, T, H, D] in place), the sub-blocks of a segment summed with their decays to its end. fold: block_states'
-  folded form."""
+  [B, T, H, D] in place, the rows of the first `count` segments only), the sub-blocks of a segment summed with
+  their decays to its end. fold: block_states' folded form."""
   b, t, h, kd = k.shape
   ts = t // p
+  n = p if count is None else count
   sub = ts // _SUB_BLOCK if ts % _SUB_BLOCK == 0 and _SUB_BLOCK % chunk == 0 else 1
-  s_blocks = block_states(k, v, g, block=ts // sub, chunk=chunk, interpret=interpret, fold=fold)  # [B,P*sub,H,K,V]
-  s_blocks = s_blocks.reshape(b, p, sub, h, kd, -1)
+  s_blocks = block_states(k, v, g, block=ts // sub, chunk=chunk, interpret=interpret, fold=fold,
+                          blocks=n * sub)                                                # [B, n * sub, H, K, V]
+  s_blocks = s_blocks.reshape(b, n, sub, h, kd, -1)
   if g is None:
     return s_blocks.sum(axis=2)
-  gsum = g.astype(_F32).reshape(b, p, sub, ts // sub, h, -1).sum(axis=3)  # [B, P, sub, H, 1 or K]
+  gsum = g.astype(_F32).reshape(b, p, sub, ts // sub, h, -1)[:, :n].sum(axis=3)  # [B, n, sub, H, 1 or K]
   later = jnp.cumsum(gsum[:, :, ::-1], axis=2)[:, :, ::-1] - gsum     # log decay of the later sub-blocks
   return jnp.sum(jnp.exp(later)[..., None] * s_blocks, axis=2)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6))
-def _local_states(k, v, g, p, chunk, interpret, fold):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6, 7))
+def _local_states(k, v, g, p, chunk, interpret, fold, count=None):
   """Forward by the Pallas kernel, gradients by autodiff of the XLA form (the same function)."""
-  return _local_states_kernel(k, v, g, p, chunk, interpret, fold)
+  return _local_states_kernel(k, v, g, p, chunk, interpret, fold, count)
 
 
-def _local_states_fwd(k, v, g, p, chunk, interpret, fold):
-  return _local_states_kernel(k, v, g, p, chunk, interpret, fold), (k, v, g)
+def _local_states_fwd(k, v, g, p, chunk, interpret, fold, count=None):
+  return _local_states_kernel(k, v, g, p, chunk, interpret, fold, count), (k, v, g)
 
 
-def _local_states_bwd(p, chunk, interpret, fold, res, ct):
-  return jax.vjp(lambda k, v, g: _local_states_xla(k, v, g, p), *res)[1](ct)
+def _local_states_bwd(p, chunk, interpret, fold, count, res, ct):
+  return jax.vjp(lambda k, v, g: _local_states_xla(k, v, g, p, count), *res)[1](ct)
 
 
 _local_states.defvjp(_local_states_fwd, _local_states_bwd)
@@ -134,31 +143,34 @@ def split_over_segments(kernel, q, k, v, g, *, initial_state, segments: int, chu
   vd = v.shape[-1]
   p, ts = segments, t // segments
   cut = lambda x: None if x is None else x.reshape(b * p, ts, *x.shape[2:])
+  # the first P - 1 segments' decays and local states give every start state; the last segment's run gives the
+  # final state (its local state would be work for nothing: block_states takes 7/8 of the time at P = 8)
   if g is None:
-    decay_last = jnp.ones((b, p, h, kd, 1), _F32)
+    decay_last = jnp.ones((b, p - 1, h, kd, 1), _F32)
   else:
-    gsum = jnp.sum(g.astype(_F32).reshape(b, p, ts, h, -1), axis=2)  # [B, P, H, 1 or K]
-    decay_last = jnp.broadcast_to(jnp.exp(gsum)[..., None], (b, p, h, kd, 1))
+    gsum = jnp.sum(g.astype(_F32).reshape(b, p, ts, h, -1)[:, :p - 1], axis=2)  # [B, P - 1, H, 1 or K]
+    decay_last = jnp.broadcast_to(jnp.exp(gsum)[..., None], (b, p - 1, h, kd, 1))
   if interpret is None:
-    s_loc = _local_states_xla(k, v, g, p)
+    s_loc = _local_states_xla(k, v, g, p, p - 1)
   else:
-    s_loc = _local_states(k, v, g, p, chunk, bool(interpret), fold)
-  s_start, s_final = segment_starts(decay_last, s_loc, initial_state)
-  o, _ = kernel(cut(q), cut(k), cut(v), cut(g), s_start)
-  return o.reshape(b, t, h, vd), s_final
+    s_loc = _local_states(k, v, g, p, chunk, bool(interpret), fold, p - 1)
+  s_start = boundary_states(decay_last, s_loc, initial_state).reshape(b * p, h, kd, vd)
+  o, ht = kernel(cut(q), cut(k), cut(v), cut(g), s_start)
+  return o.reshape(b, t, h, vd), ht.reshape(b, p, h, kd, vd)[:, -1]
 
 
-def segment_starts(decay_last, s_loc, initial_state):
-  """(each segment's start state fp32 [B * P, H, K, V], the final state [B, H, K, V]) from the segments' decays
-  over their whole length decay_last [B, P, H, K, 1] and local states s_loc [B, P, H, K, V] (from zero), by an
-  associative scan of the affine maps S -> a S + b; initial_state [B, H, K, V] or None."""
-  b, p, h, kd, vd = s_loc.shape
+def boundary_states(decay_last, s_loc, initial_state):
+  """The state fp32 [B, N + 1, H, K, V] at each boundary of N consecutive segments (the start of each, then the
+  end of the last) from their decays over their whole length decay_last [B, N, H, K, 1] and local states s_loc
+  [B, N, H, K, V] (from zero), by an associative scan of the affine maps S -> a S + b; initial_state
+  [B, H, K, V] or None (zero)."""
+  b, n, h, kd, vd = s_loc.shape
   a_in, s_end = lax.associative_scan(_combine, (decay_last, s_loc), axis=1)  # from a zero state
   first = jnp.zeros((b, 1, h, kd, vd), _F32)
   if initial_state is not None:
     h0 = initial_state.astype(_F32)[:, None]
     s_end, first = s_end + a_in * h0, h0
-  return jnp.concatenate([first, s_end[:, :-1]], axis=1).reshape(b * p, h, kd, vd), s_end[:, -1]
+  return jnp.concatenate([first, s_end], axis=1)
 
 
 def primal_with_vjp_of(primal, differentiable):

@@ -9,7 +9,7 @@ already hold what that needs, chunk by chunk: the gates kernel's chunk-local G a
 k ⊙ e^{G_l - G} (both chunk-parallel, so they run once on the whole sequence, as in the unsplit kernel). Here:
   1. gates and intra kernels on the whole sequence (as pallas._forward);
   2. S_loc(s): the forward sweep without its output on the segments as batch rows (_sweeps.final_states);
-  3. the segments' start states by sequence_split.segment_starts (decay of a segment: 2^{sum of its chunks' G_l});
+  3. the segments' start states by sequence_split.boundary_states (decay of a segment: 2^{sum of its chunks' G_l});
   4. the output sweep on the segments from their start states.
 Only the primal forward takes this path; under jax.grad the split keeps split_over_segments (pallas.kernel_gla
 wraps the two with sequence_split.primal_with_vjp_of), whose gradients come from autodiff and the kernel's VJP.
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from effattn.ops.common.sequence_split import segment_starts
+from effattn.ops.common.sequence_split import boundary_states
 from effattn.ops.gla import _intra, _scan, _sweeps
 
 
@@ -33,6 +33,7 @@ def split_forward(q, k, v, g, h0, ctx, cfg, interpret, segments: int):
   cut = lambda x: x.reshape(b * p, tp // p, *x.shape[2:])
   s_loc = _sweeps.final_states(cut(kg), cut(v), cut(gc), ctx, cfg, interpret).reshape(b, p, h, kp, vp)
   log2_decay = jnp.sum(gc[:, c - 1::c].reshape(b, p, -1, h, kp), axis=2)     # [B, P, H, Kp], base 2
-  s_start, s_final = segment_starts(jnp.exp2(log2_decay)[..., None], s_loc, h0)
+  bounds = boundary_states(jnp.exp2(log2_decay)[..., None], s_loc, h0)        # [B, P + 1, H, Kp, Vp]
+  s_start, s_final = bounds[:, :p].reshape(b * p, h, kp, vp), bounds[:, p]
   o, _ = _sweeps.forward(cut(qg), cut(kg), cut(v), cut(gc), cut(a), s_start, ctx, cfg, interpret)
   return o.reshape(b, tp, h, vp), s_final
