@@ -14,12 +14,13 @@ import importlib
 import jax
 import jax.numpy as jnp
 import linear_op_checks as checks
+import numpy as np
 import pytest
 from helpers import TOL, assert_close
 
-from effattn.ops.gla import gla
+from effattn.ops.gla import _intra, _intra_dots, _scan, gla
 from effattn.ops.gla.naive import gla_naive
-from effattn.ops.gla.pallas import KernelConfig, kernel_gla
+from effattn.ops.gla.pallas import KernelConfig, _Ctx, kernel_gla
 
 ON_GPU = jax.default_backend() == 'gpu'
 gla_mod = importlib.import_module('effattn.ops.gla')  # the package, not the function
@@ -92,6 +93,42 @@ def test_halves_diagonal(case):
   for width in (16, None):
     cfg = KernelConfig(intra_diag='halves', intra_width=width, intra_diag_bwd='halves', intra_width_bwd=width)
     _check(case, functools.partial(kernel_gla, config=cfg))
+
+
+@pytest.mark.parametrize('case', [Case(1, 70, 1, 48, 40, n=0.1, h0=True), Case(2, 63, 2, 48, 60, n=1, h0=True),
+                                  Case(1, 130, 2, 32, 48, n=1, h0=False, dtype='bfloat16'),
+                                  Case(1, 130, 1, 64, 64, n=16, h0=True, dtype='bfloat16')], ids=str)
+def test_dots_diagonal(case):
+  """KernelConfig(intra_diag='dots', intra_diag_bwd='dots') (_intra_dots.py): the diagonal blocks by dots about
+  their first row where the decay span allows, else by the row loops; 16-channel slices and all channels."""
+  for width in (16, None):
+    cfg = KernelConfig(intra_diag='dots', intra_width=width, intra_diag_bwd='dots', intra_width_bwd=width)
+    _check(case, functools.partial(kernel_gla, config=cfg))
+
+
+@pytest.mark.parametrize('n', [16, 0.1])
+def test_dots_diagonal_falls_back_on_fast_gates(n, monkeypatch):
+  """Slow gates (a 16-row block's span ~1.5 at n = 16) take the dots, fast ones (~230 at n = 0.1) the row loops:
+  'dots' equals the dots forced (span limit 1e9) at n = 16, and the row loops at n = 0.1, where the forced dots
+  overflow."""
+  case = Case(1, 64, 1, 32, 32, n=n, h0=False)
+  x, _, _ = checks.make_inputs(OP, case)
+  gc = _scan.chunk_gates(x['g'], 64, True)
+  ctx = _Ctx(jnp.dtype(jnp.float32), 32 ** -0.5, 64)
+  do = jnp.cos(jnp.arange(64 * 32.0)).reshape(1, 64, 1, 32)
+
+  def run(diag, max_span=_intra_dots._MAX_SPAN):
+    monkeypatch.setattr(_intra_dots, '_MAX_SPAN', max_span)
+    cfg = KernelConfig(intra_diag=diag, intra_diag_bwd=diag)
+    a = _intra.intra_a(x['q'], x['k'], gc, ctx, cfg, True)[0]
+    return (a, *_intra.intra_grads(x['q'], x['k'], gc, x['v'], do, ctx, cfg, True)[:2])
+  dots, forced, rows = run('dots'), run('dots', 1e9), run('rows')
+  for name, d, f, r in zip(('A', 'dq', 'dk'), dots, forced, rows):
+    assert_close(name, d, r, 1e-5)
+    if n == 16:
+      np.testing.assert_array_equal(d, f)
+    else:
+      assert not bool(jnp.all(jnp.isfinite(f))), name
 
 
 BWD_STATES = KernelConfig(bwd_states=True)
@@ -257,8 +294,9 @@ def test_matches_naive_gpu_shapes(case):
                                  KernelConfig(intra_diag='halves', intra_diag_bwd='halves'),
                                  KernelConfig(intra_width=128, intra_width_bwd=32),
                                  KernelConfig(bwd_states=True, num_warps_bwd=8),
-                                 KernelConfig(intra_diag_bwd='rows2', block_k_dq=32, block_k_dk=16)],
-                         ids=['c32', 'tiles', 'halves', 'rows-128-32', 'states', 'rows2-spillfree'])
+                                 KernelConfig(intra_diag_bwd='rows2', block_k_dq=32, block_k_dk=16),
+                                 KernelConfig(intra_diag='dots', intra_diag_bwd='dots')],
+                         ids=['c32', 'tiles', 'halves', 'rows-128-32', 'states', 'rows2-spillfree', 'dots'])
 def test_other_configs_gpu(cfg):
   """Other tilings the tuner may pick (tune_candidates) at real head sizes."""
   _check(Case(1, 1000, 2, 128, 128, n=1, h0=True, dtype='bfloat16'), functools.partial(kernel_gla, config=cfg))
@@ -276,6 +314,8 @@ def test_long_bf16_finite(n):
                                         ('bfloat16', KernelConfig(intra_diag='rows', intra_diag_bwd='rows')),
                                         ('bfloat16', KernelConfig(intra_diag_bwd='rows2')),
                                         ('bfloat16', KernelConfig(intra_diag='halves', intra_diag_bwd='halves')),
+                                        ('bfloat16', KernelConfig(intra_diag='dots', intra_diag_bwd='dots')),
+                                        ('float32', KernelConfig(intra_diag='dots', intra_diag_bwd='dots')),
                                         ('bfloat16', KernelConfig(intra_diag='rows', intra_diag_bwd='rows2',
                                                                   intra_unroll=True)),
                                         ('bfloat16', KernelConfig(bwd_states=True)),

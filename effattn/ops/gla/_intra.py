@@ -41,6 +41,7 @@ from jax.experimental import pallas as pl
 from effattn.ops.common.pallas_triton import F32
 from effattn.ops.gla._intra_common import (SUB, _block, _chunk_spec, _dA_blocks, _earlier_keys, _gated, _other_blocks,
                                            _slices, _sub_spec, _write_grads)
+from effattn.ops.gla._intra_dots import _bwd_kernel_dots, _fwd_kernel_dots
 from effattn.ops.gla._intra_rows import _bwd_kernel_rows, _fwd_kernel_rows
 from effattn.ops.simple_gla.pallas import _dot, _f32, _params
 
@@ -135,10 +136,11 @@ def intra_a(q, k, g, ctx, cfg, interpret):
   cs = _chunk_spec(ctx, kp)
   fac = jax.ShapeDtypeStruct((b, tp, h, kp), ctx.dt)
   width, stages, warps = cfg.intra_fwd_for(kp)
-  kernels = {'halves': _fwd_kernel, 'rows': functools.partial(_fwd_kernel_rows, unroll=cfg.intra_unroll)}
+  kernels = {'halves': _fwd_kernel, 'rows': functools.partial(_fwd_kernel_rows, unroll=cfg.intra_unroll),
+             'dots': functools.partial(_fwd_kernel_dots, unroll=cfg.intra_unroll)}
   diag = cfg.intra_diag_for(kp)
   if diag not in kernels:
-    raise ValueError(f"KernelConfig.intra_diag must be 'halves' or 'rows'; got {diag!r}")
+    raise ValueError(f"KernelConfig.intra_diag must be 'halves', 'rows' or 'dots'; got {diag!r}")
   out_specs = [_sub_spec(ctx.chunk), _sub_spec(kp), _sub_spec(kp)]
   out_shape = [jax.ShapeDtypeStruct((b, tp, h, ctx.chunk), ctx.dt), fac, fac]
   return pl.pallas_call(
@@ -157,10 +159,11 @@ def intra_grads(q, k, g, v, do, ctx, cfg, interpret):
   shape = jax.ShapeDtypeStruct((b, tp, h, kp), F32)
   fac = jax.ShapeDtypeStruct((b, tp, h, kp), ctx.dt)
   kernels = {'halves': _bwd_kernel, 'rows': functools.partial(_bwd_kernel_rows, unroll=cfg.intra_unroll),
-             'rows2': functools.partial(_bwd_kernel_rows, two_loops=True, unroll=cfg.intra_unroll)}
+             'rows2': functools.partial(_bwd_kernel_rows, two_loops=True, unroll=cfg.intra_unroll),
+             'dots': functools.partial(_bwd_kernel_dots, unroll=cfg.intra_unroll)}
   diag, width = cfg.intra_bwd_for(kp)
   if diag not in kernels:
-    raise ValueError(f"KernelConfig.intra_diag_bwd must be 'halves', 'rows' or 'rows2'; got {diag!r}")
+    raise ValueError(f"KernelConfig.intra_diag_bwd must be 'halves', 'rows', 'rows2' or 'dots'; got {diag!r}")
   return pl.pallas_call(
       functools.partial(kernels[diag], ctx=ctx, precise=cfg.precise_dg, width=width),
       grid=(b, h, tp // SUB),

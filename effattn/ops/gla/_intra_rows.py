@@ -28,14 +28,16 @@ def _row_loop(body, init, unroll: bool):
   return init
 
 
-def _fwd_kernel_rows(q_ref, k_ref, g_ref, a_ref, qg_ref, kg_ref, *, ctx, width, unroll=False):
+def _fwd_kernel_rows(q_ref, k_ref, g_ref, a_ref, qg_ref, kg_ref, *, ctx, width, unroll=False, block=None):
   """_fwd_kernel with the diagonal block as flash-linear-attention's chunk_gla_fwd_A_kernel_intra_sub_intra
   computes it (KernelConfig.intra_diag='rows'): a loop over its 16 key rows j, each a [16, w] exp tile
   e^{G_i - G_j} (i >= j) and a row reduction giving column j. 256 w exps per slice against the halves' 152 w,
   but only 2-D tiles: no [16, 8, w] products, reductions over their middle axis or 0/1 selection sums.
   (Computing G here from the raw gates instead of the separate gates kernel took the forward from 0.795 to 1.94 ms
-  on the H200 at B=4 T=4096 H=16 K=128: each 16-row program redid the chunk's cumsum dots; removed.)"""
-  r0, rows, _, crow, col, (si, sj) = _block(ctx)
+  on the H200 at B=4 T=4096 H=16 K=128: each 16-row program redid the chunk's cumsum dots; removed.)
+  block: _block(ctx), when the caller has it (a lax.cond branch: interpret mode resolves program ids at the top
+  level only)."""
+  r0, rows, _, crow, col, (si, sj) = block or _block(ctx)
 
   def body(cs, carry):
     a, ad = carry
@@ -57,13 +59,14 @@ def _fwd_kernel_rows(q_ref, k_ref, g_ref, a_ref, qg_ref, kg_ref, *, ctx, width, 
 
 
 def _bwd_kernel_rows(q_ref, k_ref, g_ref, v_ref, do_ref, dq_ref, dk_ref, x_ref, qg_ref, kg_ref, *, ctx, precise,
-                     width, two_loops=False, unroll=False):
+                     width, two_loops=False, unroll=False, block=None):
   """_bwd_kernel with the diagonal block by a loop over its 16 key rows j (KernelConfig.intra_diag_bwd='rows'):
   w_ij = dA_ij e^{G_i - G_j} (i > j) as a [16, w] tile, dq_i += w_ij k_j, dk_j = sum_i w_ij q_i (a reduction over
   the rows, placed into row j). 2-D tiles only, as _fwd_kernel_rows.
   two_loops ('rows2'): dk from a second loop, over the block's query rows i, as dk_j += dA_ij e^{G_i - G_j} q_i on
-  a [16, w] tile of key rows j: twice the exps, but no reduction across the tile's rows (threads) per step."""
-  r0, rows, _, crow, col, (si, sj) = _block(ctx)
+  a [16, w] tile of key rows j: twice the exps, but no reduction across the tile's rows (threads) per step.
+  block: as _fwd_kernel_rows'."""
+  r0, rows, _, crow, col, (si, sj) = block or _block(ctx)
   da, dat, dd, daii = _dA_blocks(v_ref, do_ref, rows, r0, col, si, sj, ctx)
   dd_strict = jnp.where(si > sj, dd, 0.0)
   if two_loops:

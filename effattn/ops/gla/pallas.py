@@ -90,9 +90,10 @@ class KernelConfig:
   intra_width: int | None = None      # forward intra kernel: key channels per step ([16, 8, width] fp32 pairwise
                                       # tiles); None: by head dim (intra_fwd_for)
   intra_width_bwd: int | None = None  # backward intra kernel: the same (intra_width_bwd_for)
-  intra_diag: str | None = None      # forward intra kernel's diagonal blocks: 'halves' (_intra._fwd_kernel) or
-                                     # 'rows' (_intra_rows.py, fla's loop over key rows); None: by head
-                                     # dim (intra_diag_for)
+  intra_diag: str | None = None      # forward intra kernel's diagonal blocks: 'halves' (_intra._fwd_kernel),
+                                     # 'rows' (_intra_rows.py, fla's loop over key rows) or 'dots' (_intra_dots.py:
+                                     # dots about the block's first row where its decay span allows, else 'rows';
+                                     # not yet timed); None: by head dim (intra_diag_for)
   intra_diag_bwd: str | None = None  # the same for the backward intra kernel (intra_bwd_for), or 'rows2' (dk from
                                      # a second loop, over query rows; 1.98 ms against 1.41 at K = 128)
   intra_unroll: bool = True  # 'rows' / 'rows2' kernels: their 16-step row loops written out (H200, K = 128:
