@@ -3,15 +3,15 @@
 # off by the device's per-call limit still leaves the earlier results:
 #   1. the linear kernels' GPU tests against the fp32 oracles (o and every gradient; 336 s on the H200);
 #   2. every op at issue 6's shape against cuDNN and the pure-JAX chunk form (kernels checked against chunk);
-#   3. time per token from T = 2048 to 65536 at B*T = 65536 (criterion 3), and gla's split at split_states='xla'
-#      (the default 'sweeps' against it);
+#   3. time per token from T = 2048 to 65536 at B*T = 65536 (criterion 3), gla's split at split_states='xla'
+#      (the default 'sweeps' against it), and the split's block_states in key tiles (split_parts.py);
 #   4. per-kernel device time of gla forward and forward+backward (kernel_profile.py);
 #   5. the flash (softmax / sigmoid, Triton and Mosaic GPU) kernels' GPU tests (> 280 s);
 #   6. criterion 5b: the GLA, DeltaNet and softmax LMs at T = 8192 in one process (~300 s);
 #   7. gla's diagonal blocks by dots where the decay span allows (intra_diag='dots', _intra_dots.py) against the
 #      default 'rows': the intra kernels and the whole op at K = 128 and 64 (numerics: step 1's GPU tests).
 # Results (JSON, logs) go to $OUT (default benchmarks/results/gpu_checks-<date>). Each line below fits one
-# 10-minute device command (the limits add up to 500, 420, 390, 420 and 480 s). Usage, from the repo root:
+# 10-minute device command (the limits add up to 500, 420, 450, 420 and 480 s). Usage, from the repo root:
 #   bash benchmarks/gpu_checks.sh 2 7
 #   bash benchmarks/gpu_checks.sh 1
 #   bash benchmarks/gpu_checks.sh 3 4
@@ -39,6 +39,7 @@ run 3 150 scaling python3 benchmarks/ops_gpu.py --ops simple_gla,gla,delta_rule,
   --modes fwd --shapes scaling --out "$OUT/ops_gpu_scaling.json"
 run 3 120 scaling_gla_xla python3 benchmarks/ops_gpu.py --ops gla --impls kernel --modes fwd --shapes scaling \
   --kernel-config gla:split_states=xla --out "$OUT/ops_gpu_scaling_gla_xla.json"
+run 3 60 block_states_key_tiles python3 benchmarks/split_parts.py --key-tiles
 run 4 60 profile_gla_fwd python3 benchmarks/kernel_profile.py --op gla --mode fwd --out "$OUT/profile_gla_fwd.json"
 run 4 60 profile_gla_fwd_bwd python3 benchmarks/kernel_profile.py --op gla --mode fwd_bwd \
   --out "$OUT/profile_gla_fwd_bwd.json"

@@ -4,10 +4,11 @@ At B*T = 65536, H = 16, D = 128 bf16 (GPU): the whole op at B=32 T=2048 (no spli
 the latter, for each segment count P given: the segment states by the XLA einsum and by the block_states kernel,
 the kernel on the P segments from given initial states, the whole op forced to P segments, and the op unsplit;
 then block_states at several block / value-tile / warp / chunk settings, also with the decays folded into k
-(fold=True), a transpose of k and the einsum alone.
+(fold=True) and in key tiles (block_k), a transpose of k and the einsum alone.
 Median ms of batched calls (timing.py).
 
   python benchmarks/split_parts.py 4 16 > split_parts.txt
+  python benchmarks/split_parts.py --key-tiles        # block_states in key tiles only
 """
 import dataclasses
 import os
@@ -37,6 +38,17 @@ def report(name, f, *args):
     f = jax.jit(f)
     ms = time_calls(lambda: f(*args), jax.block_until_ready) * 1e3
     print(f'{name:40s} {ms:.3f} ms', flush=True)
+
+
+def key_tiles(k, v, g):
+    """block_states in key tiles (block_k): smaller states, more programs per SM, v read K / block_k times (ptxas,
+    sm_90a: full K at 4 warps 255 registers, 904 bytes spilled, 2 programs per SM; block_k 64 at 4 warps 207, no
+    spills, 2 per SM; 32 at 2 warps 167, 6 per SM; 32 at 4 warps 134, 3 per SM)."""
+    report('block_states fold blk=1024 (default)',
+           lambda k, v, g: block_states(k, v, g, block=1024, fold=True), k, v, g)
+    for bk, w in ((64, 4), (32, 2), (32, 4)):
+        report(f'block_states fold blk=1024 bk={bk} w={w}',
+               lambda k, v, g: block_states(k, v, g, block=1024, num_warps=w, fold=True, block_k=bk), k, v, g)
 
 
 def main(segment_counts):
@@ -72,6 +84,7 @@ def main(segment_counts):
             for w in (4, 8):
                 report(f'block_states fold blk={blk} bv=128 w={w} chunk={c}',
                        lambda k, v, g: block_states(k, v, g, block=blk, chunk=c, num_warps=w, fold=True), k, v, g)
+    key_tiles(k, v, g)
     report('block_states no gate blk=1024', lambda k, v: block_states(k, v, None, block=1024), k, v)
     report('xla transpose k', lambda k: jnp.swapaxes(k, 1, 2) * 2, k)
     report('xla states einsum only', lambda k, v: jnp.einsum(
@@ -80,4 +93,7 @@ def main(segment_counts):
 
 
 if __name__ == '__main__':
-    main([int(a) for a in sys.argv[1:]] or [4])
+    if sys.argv[1:] == ['--key-tiles']:
+        key_tiles(*inputs(1, 65536)[1:])
+    else:
+        main([int(a) for a in sys.argv[1:]] or [4])

@@ -26,10 +26,11 @@ def _inputs(gate, dtype, b=2, t=96, h=2, kd=24, vd=40, seed=0):
 def test_block_states_match_xla(gate, dtype, fold):
     """Both forms (the state rescaled every chunk, or the decays folded into k) against the XLA einsum."""
     k, v, g = _inputs(gate, jnp.dtype(dtype))
-    got = block_states(k, v, g, block=32, chunk=16, block_v=16, interpret=True, fold=fold)  # 3 blocks, 2 chunks each
     ref = sequence_split._local_states_xla(k, v, g, 3)
-    assert got.shape == ref.shape == (2, 3, 2, 24, 40)
-    assert_close('states', got, ref, 1e-5 if dtype == 'float32' else 5e-3)
+    for block_k in (None, 8):  # 8: 4 key tiles per value tile
+        got = block_states(k, v, g, block=32, chunk=16, block_v=16, interpret=True, fold=fold, block_k=block_k)
+        assert got.shape == ref.shape == (2, 3, 2, 24, 40)  # 3 blocks, 2 chunks each
+        assert_close(f'states, block_k={block_k}', got, ref, 1e-5 if dtype == 'float32' else 5e-3)
 
 
 @pytest.mark.parametrize('fold', [False, True], ids=['rescale', 'fold'])
@@ -58,7 +59,7 @@ def test_first_blocks_and_segments_only(gate, monkeypatch):
     the prefix of the whole, with the XLA form's gradients."""
     k, v, g = _inputs(gate, jnp.float32)
     whole = block_states(k, v, g, block=32, chunk=16, block_v=16, interpret=True)
-    first = block_states(k, v, g, block=32, chunk=16, block_v=16, interpret=True, blocks=2)
+    first = block_states(k, v, g, block=32, chunk=16, block_v=16, interpret=True, blocks=2, block_k=16)
     assert first.shape == (2, 2, 2, 24, 40)
     assert_close('first blocks', first, whole[:, :2], 1e-6)
     with pytest.raises(ValueError, match='blocks=4 must be in 1..T // block = 3'):

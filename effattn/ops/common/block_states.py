@@ -67,7 +67,7 @@ def _kernel(k_ref, v_ref, *rest, chunk: int, gate: str, dt, prec, fold: bool = F
 
 
 def block_states(k, v, g, *, block: int, chunk: int = 64, block_v: int = 128, num_warps: int = 4,
-                 interpret: bool = False, fold: bool = False, blocks: int | None = None):
+                 interpret: bool = False, fold: bool = False, blocks: int | None = None, block_k: int | None = None):
     """k [B,T,H,K], v [B,T,H,V], g None, [B,T,H] or [B,T,H,K] (log decays) -> fp32 [B, blocks, H, K, V], the
     local state of each of the first `blocks` blocks of `block` rows (None: all T // block; T a multiple of block,
     block a multiple of chunk; the rows after them are never read). Dots in the inputs' dtype with fp32
@@ -77,7 +77,9 @@ def block_states(k, v, g, *, block: int, chunk: int = 64, block_v: int = 128, nu
     tiles at 4 warps 0.291 ms (k read once), 64-wide 0.485 ms, 8 warps 0.40 / 0.52 ms; the XLA einsum of
     sequence_split 0.48 ms. fold: the decays folded into k instead of rescaling the state every chunk (_kernel):
     0.239 ms at the same settings (simple_gla's default since 2026-12-03); with per-channel gates (gla) it is
-    slower than the einsum."""
+    slower than the einsum. block_k (None: all of K): key-tile width, K / block_k programs per value tile (adjacent
+    in the grid, so that they share v's tile through L2), each with a [block_k, block_v] state: at K = V = 128,
+    4 warps, ptxas gives the full tile 255 registers and spills, one program per SM; not yet timed."""
     b, t, h, kd = k.shape
     vd = v.shape[-1]
     if t % block or block % chunk:
@@ -86,18 +88,20 @@ def block_states(k, v, g, *, block: int, chunk: int = 64, block_v: int = 128, nu
         raise ValueError(f'block_states: blocks={blocks} must be in 1..T // block = {t // block}')
     dt = jnp.promote_types(k.dtype, v.dtype)
     kp, vp = next_pow2(kd), next_pow2(vd)
-    bv = min(block_v, vp)
-    nb, nv = (t // block if blocks is None else blocks), vp // bv
+    bv, bk = min(block_v, vp), min(block_k or kp, kp)
+    nb, nv, nk = (t // block if blocks is None else blocks), vp // bv, kp // bk
+    tiles = nv * nk  # per block: value tile i // nk, key tile i % nk
     k, v = pad_axis(k.astype(dt), 3, kp), pad_axis(v.astype(dt), 3, vp)
     gate = 'none' if g is None else ('scalar' if g.ndim == 3 else 'channel')
-    in_specs = [pl.BlockSpec((None, block, None, kp), lambda bi, hi, i: (bi, i // nv, hi, 0)),
-                pl.BlockSpec((None, block, None, bv), lambda bi, hi, i: (bi, i // nv, hi, i % nv))]
+    key_tile = pl.BlockSpec((None, block, None, bk), lambda bi, hi, i: (bi, i // tiles, hi, i % nk))
+    value_tile = pl.BlockSpec((None, block, None, bv), lambda bi, hi, i: (bi, i // tiles, hi, i % tiles // nk))
+    in_specs = [key_tile, value_tile]
     args = [k, v]
     if gate == 'scalar':
-        in_specs.append(pl.BlockSpec((None, None, block), lambda bi, hi, i: (bi, hi, i // nv)))
+        in_specs.append(pl.BlockSpec((None, None, block), lambda bi, hi, i: (bi, hi, i // tiles)))
         args.append(jnp.swapaxes(g.astype(F32), 1, 2))                       # [B, H, T]
     elif gate == 'channel':
-        in_specs.append(pl.BlockSpec((None, block, None, kp), lambda bi, hi, i: (bi, i // nv, hi, 0)))
+        in_specs.append(key_tile)
         args.append(pad_axis(g.astype(F32), 3, kp))
     fp32 = dt == jnp.float32
     params = {} if interpret or CompilerParams is None else {
@@ -105,8 +109,9 @@ def block_states(k, v, g, *, block: int, chunk: int = 64, block_v: int = 128, nu
     s = pl.pallas_call(
         functools.partial(_kernel, chunk=chunk, gate=gate, dt=dt, prec=jax.lax.Precision.HIGHEST if fp32 else None,
                           fold=fold),
-        grid=(b, h, nb * nv), in_specs=in_specs,
-        out_specs=pl.BlockSpec((None, None, None, kp, bv), lambda bi, hi, i: (bi, i // nv, hi, 0, i % nv)),
+        grid=(b, h, nb * tiles), in_specs=in_specs,
+        out_specs=pl.BlockSpec((None, None, None, bk, bv),
+                               lambda bi, hi, i: (bi, i // tiles, hi, i % nk, i % tiles // nk)),
         out_shape=jax.ShapeDtypeStruct((b, nb, h, kp, vp), F32), interpret=interpret, name='block_states',
         **params)(*args)
     return s[..., :kd, :vd]
