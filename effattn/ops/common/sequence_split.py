@@ -144,7 +144,7 @@ def split_over_segments(kernel, q, k, v, g, *, initial_state, segments: int, chu
   p, ts = segments, t // segments
   cut = lambda x: None if x is None else x.reshape(b * p, ts, *x.shape[2:])
   # the first P - 1 segments' decays and local states give every start state; the last segment's run gives the
-  # final state (its local state would be work for nothing: block_states takes 7/8 of the time at P = 8)
+  # final state (its local state would be work for nothing: 1 / P of block_states' programs)
   if g is None:
     decay_last = jnp.ones((b, p - 1, h, kd, 1), _F32)
   else:
