@@ -157,7 +157,8 @@ def train_and_evaluate(
 
     bar = None if quiet else ProgressBar(cfg.train.steps, start)
     pending = None  # (step, device metrics) not yet checked
-    interval = {'loss': 0.0, 'accuracy': 0.0, 'n': 0, 'tokens': 0}
+    # 'paused': seconds of evaluation and checkpointing since the interval began, left out of its tokens/s
+    interval = {'loss': 0.0, 'accuracy': 0.0, 'n': 0, 'tokens': 0, 'paused': 0.0}
     last_time = None
     saved_step = start if restored is not None else -1
     results = {}
@@ -188,7 +189,7 @@ def train_and_evaluate(
         interval['tokens'] += tokens
         if (step + 1) % cfg.train.log_every == 0 or step + 1 == cfg.train.steps:
             now = time.perf_counter()
-            tps = interval['tokens'] / max(now - last_time, 1e-9)
+            tps = interval['tokens'] / max(now - last_time - interval['paused'], 1e-9)
             throughput.append(tps)
             n = interval['n']
             values = {
@@ -203,8 +204,16 @@ def train_and_evaluate(
                 bar.update(
                     0, loss=values['train/loss'], acc=values['train/accuracy'], tok_s=f'{tps:,.0f}'
                 )
-            interval.update(loss=0.0, accuracy=0.0, n=0, tokens=0)
+            interval.update(loss=0.0, accuracy=0.0, n=0, tokens=0, paused=0.0)
             last_time = now
+
+    def paused(fn, *args):
+        """fn(*args), its time left out of the training throughput."""
+        began = time.perf_counter()
+        try:
+            return fn(*args)
+        finally:
+            interval['paused'] += time.perf_counter() - began
 
     interrupted = reached = False
     throughput = []  # tokens/s per logging interval (compilation excluded)
@@ -229,10 +238,10 @@ def train_and_evaluate(
                     log(pending[0], check(*pending))  # never save unverified parameters
                     pending = None
                 if at_save or stop_now:
-                    save(done)
+                    paused(save, done)
                     saved_step = done
                 if at_eval:
-                    results = evaluate(done)
+                    results = paused(evaluate, done)
                     if bar:
                         bar.write(f'step {done}: {_describe(results, short=True)}')
                     target = cfg.train.stop_at_accuracy
