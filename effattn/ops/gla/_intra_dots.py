@@ -13,7 +13,9 @@ lies in [2^-span, 2^span], far inside bf16's and fp32's range, so here:
             masked after it): no exps beyond the two factor tiles;
   backward: dq_i += e^{G_i - G_n} sum_j dA_ij (k_j e^{G_n - G_j}), dk_j += e^{G_n - G_j} sum_i dA_ij (q_i e^{G_i -
             G_n}) over the block's strict lower triangle: two [16, 16] x [16, w] dots (split in two bf16 halves
-            with `precise`, as the earlier / later blocks' dots are), no reduction across rows.
+            with `precise`, as the earlier / later blocks' dots are), no reduction across rows. (Folding the block
+            into the earlier / later blocks' dots instead needs two [C, w] factor tiles, one per side: ptxas gave
+            that 304 bytes of spills at 128 channels against 96 here.)
 Each program checks its block's span once (all channels) and takes the rows kernel where it is larger: fast gates
 (in the tests, g = logsigmoid(x) / 0.1, a span of ~150) stay exact. The rounding of the factored terms is that of
 the earlier blocks' dots (one rounding of each factor to the dot dtype). fp16 inputs always take the rows kernel:
