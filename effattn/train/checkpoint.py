@@ -35,6 +35,30 @@ def fingerprint(params) -> list[list[float]]:
     return np.asarray(jax.device_get(jnp.stack(sums)), np.float64).tolist()
 
 
+class _Shape(tuple):
+    """A leaf's shape, kept whole by tree maps (optax states are tuples too)."""
+
+
+def shape_mismatches(saved_tree, abstract_state) -> list[str]:
+    """'name: checkpoint (16, 16), this model (32, 32)' for every array of abstract_state whose saved shape differs,
+    and the arrays one side has and the other lacks, by orbax's parameter names (saved_tree: the state item's
+    metadata tree)."""
+    saved = {
+        x.name: tuple(x.shape)
+        for x in jax.tree.leaves(saved_tree, is_leaf=lambda x: hasattr(x, 'shape') and hasattr(x, 'name'))
+    }
+    # leaves without a shape (optax's empty states) are not saved as arrays
+    shapes = jax.tree.map(lambda x: _Shape(x.shape) if hasattr(x, 'shape') else None, abstract_state)
+    named = jax.tree.map(lambda n, s: (n, tuple(s)) if isinstance(s, _Shape) else None,
+                         ocp.tree.get_param_names(abstract_state), shapes)
+    wanted = dict(jax.tree.leaves(named, is_leaf=lambda x: isinstance(x, tuple) and len(x) == 2
+                                  and isinstance(x[0], str)))
+    out = [f'{n}: checkpoint {saved[n]}, this model {s}' for n, s in wanted.items() if n in saved and saved[n] != s]
+    out += [f'{n}: not in the checkpoint' for n in wanted if n not in saved]
+    out += [f'{n}: in the checkpoint, not in this model' for n in saved if n not in wanted]
+    return out
+
+
 def _matches(a, b) -> bool:
     a, b = np.asarray(a), np.asarray(b)
     return a.shape == b.shape and bool(np.allclose(a, b, rtol=1e-5, atol=1e-6))
@@ -51,7 +75,9 @@ class Checkpointer:
             max_to_keep=cfg.keep, create=True, enable_async_checkpointing=cfg.async_save
         )
         self.manager = ocp.CheckpointManager(
-            self.directory, options=options, item_names=('state', 'meta')
+            self.directory,
+            options=options,
+            item_handlers={'state': ocp.StandardCheckpointHandler(), 'meta': ocp.JsonCheckpointHandler()},
         )
 
     def save(self, step: int, state: Any, meta: dict) -> None:
@@ -77,6 +103,11 @@ class Checkpointer:
         failures = []
         for step in self.steps():
             try:
+                # shapes first, from the metadata: a restore that fails part way leaves orbax's reads pending
+                mismatched = shape_mismatches(self._saved_tree(step), abstract_state)
+                if mismatched:
+                    more = f' (and {len(mismatched) - 3} more)' if len(mismatched) > 3 else ''
+                    raise ValueError('another model: ' + '; '.join(mismatched[:3]) + more)
                 restored = self.manager.restore(
                     step,
                     args=ocp.args.Composite(
@@ -104,6 +135,11 @@ class Checkpointer:
                 + '; '.join(f'step {s}: {r}' for s, r in failures)
             )
         return None
+
+    def _saved_tree(self, step: int):
+        """The state item's metadata tree of a step (names, shapes, dtypes of its arrays)."""
+        metadata = self.manager.item_metadata(step)['state']
+        return getattr(metadata, 'tree', metadata)
 
     def _quarantine(self, step: int) -> str:
         """Moves an unreadable step out of the manager's folder, so that training can save it anew."""
