@@ -97,7 +97,9 @@ def test_halves_diagonal(case):
 
 @pytest.mark.parametrize('case', [Case(1, 70, 1, 48, 40, n=0.1, h0=True), Case(2, 63, 2, 48, 60, n=1, h0=True),
                                   Case(1, 130, 2, 32, 48, n=1, h0=False, dtype='bfloat16'),
-                                  Case(1, 130, 1, 64, 64, n=16, h0=True, dtype='bfloat16')], ids=str)
+                                  Case(1, 130, 1, 64, 64, n=16, h0=True, dtype='bfloat16'),
+                                  Case(1, 130, 2, 32, 48, n=0.4, h0=True, dtype='bfloat16')],  # spans 57-68 (log2)
+                         ids=str)                                # around the 64 limit: both kinds of block in one call
 def test_dots_diagonal(case):
   """KernelConfig(intra_diag='dots', intra_diag_bwd='dots') (_intra_dots.py): the diagonal blocks by dots about
   their first row where the decay span allows, else by the row loops; 16-channel slices and all channels."""
