@@ -8,9 +8,10 @@ segment, their exps and a [K, V] einsum, all over [B, T, H, K] fp32 arrays. But 
 already hold what that needs, chunk by chunk: the gates kernel's chunk-local G and the intra kernel's
 k ⊙ e^{G_l - G} (both chunk-parallel, so they run once on the whole sequence, as in the unsplit kernel). Here:
   1. gates and intra kernels on the whole sequence (as pallas._forward);
-  2. S_loc(s): the forward sweep without its output on the segments as batch rows (_sweeps.final_states);
+  2. S_loc(s) of the first P - 1 segments: the forward sweep without its output (_sweeps.segment_states);
   3. the segments' start states by sequence_split.boundary_states (decay of a segment: 2^{sum of its chunks' G_l});
-  4. the output sweep on the segments from their start states.
+  4. the output sweep on the segments as batch rows from their start states; the last one's final state is the
+     op's (as in split_over_segments).
 Only the primal forward takes this path; under jax.grad the split keeps split_over_segments (pallas.kernel_gla
 wraps the two with sequence_split.primal_with_vjp_of), whose gradients come from autodiff and the kernel's VJP.
 """
@@ -31,9 +32,8 @@ def split_forward(q, k, v, g, h0, ctx, cfg, interpret, segments: int):
   gc = _scan.chunk_gates(g, c, interpret)
   a, qg, kg = _intra.intra_a(q, k, gc, ctx, cfg, interpret)
   cut = lambda x: x.reshape(b * p, tp // p, *x.shape[2:])
-  s_loc = _sweeps.final_states(cut(kg), cut(v), cut(gc), ctx, cfg, interpret).reshape(b, p, h, kp, vp)
-  log2_decay = jnp.sum(gc[:, c - 1::c].reshape(b, p, -1, h, kp), axis=2)     # [B, P, H, Kp], base 2
-  bounds = boundary_states(jnp.exp2(log2_decay)[..., None], s_loc, h0)        # [B, P + 1, H, Kp, Vp]
-  s_start, s_final = bounds[:, :p].reshape(b * p, h, kp, vp), bounds[:, p]
-  o, _ = _sweeps.forward(cut(qg), cut(kg), cut(v), cut(gc), cut(a), s_start, ctx, cfg, interpret)
-  return o.reshape(b, tp, h, vp), s_final
+  s_loc = _sweeps.segment_states(kg, v, gc, p, ctx, cfg, interpret)                    # [B, P - 1, H, Kp, Vp]
+  log2_decay = jnp.sum(gc[:, c - 1::c].reshape(b, p, -1, h, kp)[:, :p - 1], axis=2)  # [B, P - 1, H, Kp], base 2
+  s_start = boundary_states(jnp.exp2(log2_decay)[..., None], s_loc, h0).reshape(b * p, h, kp, vp)
+  o, ht = _sweeps.forward(cut(qg), cut(kg), cut(v), cut(gc), cut(a), s_start, ctx, cfg, interpret)
+  return o.reshape(b, tp, h, vp), ht.reshape(b, p, h, kp, vp)[:, -1]

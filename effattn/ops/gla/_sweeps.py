@@ -99,18 +99,20 @@ def _state_kernel(kg_ref, v_ref, g_ref, ht_ref, *, ctx):
   ht_ref[...] = jax.lax.fori_loop(0, tp // chunk, body, jnp.zeros((kp, v_ref.shape[-1]), F32))
 
 
-def final_states(k, v, g, ctx, cfg, interpret):
-  """The final state fp32 [B,H,Kp,Vp] of each batch row from a zero state, by the forward sweep without its
-  output (the sequence split's segment states, _split.py); k = k ⊙ e^{G_l - G}, g = G [B,Tp,H,Kp]."""
+def segment_states(k, v, g, segments: int, ctx, cfg, interpret):
+  """The state fp32 [B, P - 1, H, Kp, Vp] of each of the first P - 1 of `segments` equal runs of whole chunks,
+  from a zero state, by the forward sweep without its output (the sequence split's local states, _split.py; the
+  last segment's is never needed); k = k ⊙ e^{G_l - G}, g = G [B,Tp,H,Kp], read in place."""
   b, tp, h, kp = k.shape
   vp = v.shape[-1]
   bv = min(cfg.block_v, vp)
-  rk = _row_spec(tp, kp)
+  ts = tp // segments
+  rows = pl.BlockSpec((None, ts, None, kp), lambda b, s, h, r: (b, s, h, 0))
   return pl.pallas_call(
-      functools.partial(_state_kernel, ctx=ctx), grid=(b, h, vp // bv),
-      in_specs=[rk, pl.BlockSpec((None, tp, None, bv), lambda b, h, r: (b, 0, h, r)), rk],
-      out_specs=pl.BlockSpec((None, None, kp, bv), lambda b, h, r: (b, h, 0, r)),
-      out_shape=jax.ShapeDtypeStruct((b, h, kp, vp), F32), interpret=interpret, name='gla_states',
+      functools.partial(_state_kernel, ctx=ctx), grid=(b, segments - 1, h, vp // bv),
+      in_specs=[rows, pl.BlockSpec((None, ts, None, bv), lambda b, s, h, r: (b, s, h, r)), rows],
+      out_specs=pl.BlockSpec((None, None, None, kp, bv), lambda b, s, h, r: (b, s, h, 0, r)),
+      out_shape=jax.ShapeDtypeStruct((b, segments - 1, h, kp, vp), F32), interpret=interpret, name='gla_states',
       **_params(interpret, ctx, cfg.num_warps, cfg.num_stages))(k, v, g)
 
 
