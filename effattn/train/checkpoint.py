@@ -42,10 +42,6 @@ def fingerprint(params) -> list[list[float]]:
     return np.asarray(jax.device_get(_leaf_sums(params)), np.float64).tolist()
 
 
-class _Shape(tuple):
-    """A leaf's shape, kept whole by tree maps (optax states are tuples too)."""
-
-
 def shape_mismatches(saved_tree, abstract_state) -> list[str]:
     """'name: checkpoint (16, 16), this model (32, 32)' for every array of abstract_state whose saved shape differs,
     and the arrays one side has and the other lacks, by orbax's parameter names (saved_tree: the state item's
@@ -54,12 +50,9 @@ def shape_mismatches(saved_tree, abstract_state) -> list[str]:
         x.name: tuple(x.shape)
         for x in jax.tree.leaves(saved_tree, is_leaf=lambda x: hasattr(x, 'shape') and hasattr(x, 'name'))
     }
-    # leaves without a shape (optax's empty states) are not saved as arrays
-    shapes = jax.tree.map(lambda x: _Shape(x.shape) if hasattr(x, 'shape') else None, abstract_state)
-    named = jax.tree.map(lambda n, s: (n, tuple(s)) if isinstance(s, _Shape) else None,
-                         ocp.tree.get_param_names(abstract_state), shapes)
-    wanted = dict(jax.tree.leaves(named, is_leaf=lambda x: isinstance(x, tuple) and len(x) == 2
-                                  and isinstance(x[0], str)))
+    names, treedef = jax.tree.flatten(ocp.tree.get_param_names(abstract_state))
+    # names also cover empty nodes (optax's EmptyState), which hold no array and are not saved
+    wanted = {n: tuple(x.shape) for n, x in zip(names, treedef.flatten_up_to(abstract_state)) if hasattr(x, 'shape')}
     out = [f'{n}: checkpoint {saved[n]}, this model {s}' for n, s in wanted.items() if n in saved and saved[n] != s]
     out += [f'{n}: not in the checkpoint' for n in wanted if n not in saved]
     out += [f'{n}: in the checkpoint, not in this model' for n in saved if n not in wanted]
