@@ -377,7 +377,7 @@ def check_against_chunk(op, shape, cfg, window, configs=None) -> dict:
   kf, kb = jax_fns(kernel_fn(op, cfg, window, configs), tuple(x))
   cf, cb = jax_fns(effattn_op(op, 'chunk', window), tuple(x))
   out = {'o': rel_rms(kf(x), cf(x))}
-  for name, a, b in zip(x, kb(x, do), cb(x, do)):
+  for name, a, b in zip(x, kb(x, do)[1], cb(x, do)[1]):  # fwd_bwd returns (o, gradients)
     out[f'd{name}'] = rel_rms(a, b)
   return out
 

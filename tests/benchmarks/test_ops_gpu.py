@@ -47,6 +47,7 @@ def test_tuned_gla_config_is_used_and_saved(og, tmp_path):
     assert [r['mode'] for r in result['tune']] == ['fwd', 'fwd_bwd']  # the base of each list, budget spent
     assert all(r['config']['chunk'] == 16 for r in result['tune'])
     assert result['kernel_configs']['gla']['chunk'] == 16
-    assert result['check_vs_chunk']['gla']['rel_rms']['o'] < 1e-2
+    rel = result['check_vs_chunk']['gla']['rel_rms']
+    assert set(rel) == {'o', 'dq', 'dk', 'dv', 'dg'} and max(rel.values()) < 1e-2, rel  # o and every gradient
     assert {(r['impl'], r['mode']) for r in result['rows'] if r['op'] == 'gla'} == {('kernel', 'fwd'), ('chunk', 'fwd')}
     assert all(r['ms'] > 0 for r in result['rows'])

@@ -88,8 +88,8 @@ def test_rows_diagonal(case):
 @pytest.mark.parametrize('case', [Case(1, 70, 1, 48, 40, n=0.1, h0=True),
                                   Case(1, 130, 2, 32, 48, n=1, h0=False, dtype='bfloat16')], ids=str)
 def test_halves_diagonal(case):
-  """KernelConfig(intra_diag='halves'): the forward intra kernel's diagonal blocks in halves of 8 rows (the
-  default is 'rows' at every head dim since 2026-12-03; the backward's default at K <= 64 is still 'halves')."""
+  """KernelConfig(intra_diag='halves'): the intra kernels' diagonal blocks in halves of 8 rows (the default was
+  'dots' at every head dim from the sixth session of 2026-12-03, 'rows' before, and 'halves' at first)."""
   for width in (16, None):
     cfg = KernelConfig(intra_diag='halves', intra_width=width, intra_diag_bwd='halves', intra_width_bwd=width)
     _check(case, functools.partial(kernel_gla, config=cfg))
@@ -100,11 +100,12 @@ def test_halves_diagonal(case):
                                   Case(1, 130, 1, 64, 64, n=16, h0=True, dtype='bfloat16'),
                                   Case(1, 130, 2, 32, 48, n=0.4, h0=True, dtype='bfloat16')],  # spans 57-68 (log2)
                          ids=str)                                # around the 64 limit: both kinds of block in one call
-def test_dots_diagonal(case):
-  """KernelConfig(intra_diag='dots', intra_diag_bwd='dots') (_intra_dots.py): the diagonal blocks by dots about
-  their first row where the decay span allows, else by the row loops; 16-channel slices and all channels."""
-  for width in (16, None):
-    cfg = KernelConfig(intra_diag='dots', intra_width=width, intra_diag_bwd='dots', intra_width_bwd=width)
+def test_dots_and_rows_diagonal(case):
+  """'dots' (the default, _intra_dots.py): the diagonal blocks by dots about their first row where the decay span
+  allows, else by the row loops; 16-channel slices and all channels. 'rows' (_intra_rows.py): the row loops
+  everywhere."""
+  for diag, width in (('dots', 16), ('dots', None), ('rows', None)):
+    cfg = KernelConfig(intra_diag=diag, intra_width=width, intra_diag_bwd=diag, intra_width_bwd=width)
     _check(case, functools.partial(kernel_gla, config=cfg))
 
 
@@ -166,12 +167,12 @@ def test_intra_forms_by_head_dim():
   """The intra kernels' diagonal-block forms, widths, stages and warps by padded head dim (timed on the H200 at
   K = 128 and 64)."""
   cfg = KernelConfig()
-  assert cfg.intra_diag_for(128) == 'rows' and cfg.intra_bwd_for(128) == ('rows', 128)
-  assert cfg.intra_diag_for(64) == 'rows' and cfg.intra_bwd_for(64) == ('halves', 64)
+  assert cfg.intra_diag_for(128) == 'dots' and cfg.intra_bwd_for(128) == ('dots', 128)
+  assert cfg.intra_diag_for(64) == 'dots' and cfg.intra_bwd_for(64) == ('dots', 64)
   assert cfg.intra_fwd_for(128) == (16, 2, 2) and cfg.intra_fwd_for(64) == (64, 1, 4)
   assert KernelConfig(intra_width=32, num_warps_intra=8).intra_fwd_for(64) == (32, 1, 8)
   assert KernelConfig(intra_diag_bwd='halves').intra_bwd_for(128) == ('halves', 32)
-  assert KernelConfig(intra_width_bwd=16).intra_bwd_for(128) == ('rows', 16)
+  assert KernelConfig(intra_width_bwd=16).intra_bwd_for(128) == ('dots', 16)
   assert KernelConfig(intra_diag_bwd='rows2').intra_bwd_for(128) == ('rows2', 128)
 
 
@@ -297,8 +298,8 @@ def test_matches_naive_gpu_shapes(case):
                                  KernelConfig(intra_width=128, intra_width_bwd=32),
                                  KernelConfig(bwd_states=True, num_warps_bwd=8),
                                  KernelConfig(intra_diag_bwd='rows2', block_k_dq=32, block_k_dk=16),
-                                 KernelConfig(intra_diag='dots', intra_diag_bwd='dots')],
-                         ids=['c32', 'tiles', 'halves', 'rows-128-32', 'states', 'rows2-spillfree', 'dots'])
+                                 KernelConfig(intra_diag='rows', intra_diag_bwd='rows')],
+                         ids=['c32', 'tiles', 'halves', 'rows-128-32', 'states', 'rows2-spillfree', 'rows'])
 def test_other_configs_gpu(cfg):
   """Other tilings the tuner may pick (tune_candidates) at real head sizes."""
   _check(Case(1, 1000, 2, 128, 128, n=1, h0=True, dtype='bfloat16'), functools.partial(kernel_gla, config=cfg))
@@ -316,8 +317,7 @@ def test_long_bf16_finite(n):
                                         ('bfloat16', KernelConfig(intra_diag='rows', intra_diag_bwd='rows')),
                                         ('bfloat16', KernelConfig(intra_diag_bwd='rows2')),
                                         ('bfloat16', KernelConfig(intra_diag='halves', intra_diag_bwd='halves')),
-                                        ('bfloat16', KernelConfig(intra_diag='dots', intra_diag_bwd='dots')),
-                                        ('float32', KernelConfig(intra_diag='dots', intra_diag_bwd='dots')),
+                                        ('float32', KernelConfig(intra_diag='rows', intra_diag_bwd='rows')),
                                         ('bfloat16', KernelConfig(intra_diag='rows', intra_diag_bwd='rows2',
                                                                   intra_unroll=True)),
                                         ('bfloat16', KernelConfig(bwd_states=True)),

@@ -22,9 +22,10 @@ intra-pair gate term q ⊙ dq_strict - k ⊙ dk_strict (so that the sweeps need 
 dots take two bf16 halves of each fp32 operand (~2^-16): the gate gradient takes row minus column sums of these
 pairs, which must cancel to better than bf16.
 Both kernels also write the sweeps' factors q ⊙ e^G and k ⊙ e^{G_l - G} in the dot dtype (_gated).
-KernelConfig.intra_diag / intra_diag_bwd = 'rows' (the forward's default, the backward's at K > 64, by measurement:
-pallas.KernelConfig) takes the diagonal block as flash-linear-attention's sub_intra kernel does instead: a loop over
-its 16 key rows, each a [16, w] exp tile and a reduction, more exps (256 w) but only 2-D tiles (_intra_rows.py).
+KernelConfig.intra_diag / intra_diag_bwd = 'rows' takes the diagonal block as flash-linear-attention's sub_intra
+kernel does instead: a loop over its 16 key rows, each a [16, w] exp tile and a reduction, more exps (256 w) but only
+2-D tiles (_intra_rows.py); 'dots' (the default at every head dim, by measurement: pallas.KernelConfig) takes it in
+the earlier keys' dots about the block's first row where its decay span allows, else as 'rows' (_intra_dots.py).
 Shared pieces: _intra_common.py.
 Why not in the sequential chunk sweep (the previous design, a loop over all the chunk's key rows inside it): those
 steps are latency-bound (a row load, [16, K] exps and a reduction each) with only B H V / BV programs. Here the work

@@ -93,7 +93,7 @@ class KernelConfig:
   intra_diag: str | None = None      # forward intra kernel's diagonal blocks: 'halves' (_intra._fwd_kernel),
                                      # 'rows' (_intra_rows.py, fla's loop over key rows) or 'dots' (_intra_dots.py:
                                      # dots about the block's first row where its decay span allows, else 'rows';
-                                     # not yet timed); None: by head dim (intra_diag_for)
+                                     # the default); None: intra_diag_for
   intra_diag_bwd: str | None = None  # the same for the backward intra kernel (intra_bwd_for), or 'rows2' (dk from
                                      # a second loop, over query rows; 1.98 ms against 1.41 at K = 128)
   intra_unroll: bool = True  # 'rows' / 'rows2' kernels: their 16-step row loops written out (H200, K = 128:
@@ -131,17 +131,19 @@ class KernelConfig:
     return (self.intra_width or (kp if kp <= 64 else 16), self.num_stages_intra or (1 if kp <= 64 else 2),
             self.num_warps_intra or (4 if kp <= 64 else 2))
 
-  # The diagonal blocks, timed on the H200 at K = 128 (B=4 T=4096 H=16, kernel_parts' intra pieces,
-  # results/gla_intra_rows_2026-12-03.json): forward 'rows' 0.588 ms (16 channels, 2 warps) against 'halves' 0.781;
-  # backward 'rows' over all 128 channels at 4 warps 1.423 against 'halves' at 32 channels 1.587 ('rows' at 32 or 64
-  # channels: 3.1-7.4). The forward takes 'rows' at every K (K = 64 above); the backward keeps 'halves' at K <= 64
-  # ('rows' at 64 channels: intra bwd 2.219 against 1.883 at the LM's shape).
+  # The diagonal blocks, timed on the H200 (bf16, kernel_parts.py, results/gpu_checks-2026-12-03_s6/gla_dots_*.json):
+  # 'dots' (dots about the block's first row where its decay span allows, else 'rows'; _intra_dots.py) against
+  # 'rows' at K = 128 (B=4 T=4096 H=16): intra fwd 0.480 -> 0.276 ms, intra bwd 1.334 -> 0.817, forward 0.709 ->
+  # 0.501, fwd+bwd 3.557 -> 2.824; at K = 64 (B=8 T=8192 H=12, against 'halves' in the backward) intra fwd 0.729
+  # -> 0.485, intra bwd 1.843 -> 1.299, fwd+bwd 5.373 -> 4.572. Earlier, 'rows' against 'halves' at K = 128
+  # (results/gla_intra_rows_2026-12-03.json): forward 0.588 ms against 0.781; backward over all 128 channels at
+  # 4 warps 1.423 against 'halves' at 32 channels 1.587.
   def intra_diag_for(self, kp: int) -> str:
-    return self.intra_diag or 'rows'
+    return self.intra_diag or 'dots'
 
   def intra_bwd_for(self, kp: int) -> tuple[str, int]:
     """(diagonal-block form, key channels per step) of the backward intra kernel."""
-    diag = self.intra_diag_bwd or ('rows' if kp > 64 else 'halves')
+    diag = self.intra_diag_bwd or 'dots'
     return diag, self.intra_width_bwd or (kp if kp <= 64 or diag != 'halves' else 32)
 
 
