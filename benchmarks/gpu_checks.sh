@@ -8,10 +8,10 @@
 #   4. per-kernel device time of gla forward and forward+backward (kernel_profile.py);
 #   5. the flash (softmax / sigmoid, Triton and Mosaic GPU) kernels' GPU tests (> 280 s);
 #   6. criterion 5b: the GLA, DeltaNet and softmax LMs at T = 8192 in one process (~300 s);
-#   7. gla's diagonal blocks by dots where the decay span allows (intra_diag='dots', _intra_dots.py) against the
-#      default 'rows': the intra kernels and the whole op at K = 128 and 64 (numerics: step 1's GPU tests).
+#   7. gla's backward sweeps and intra kernels at other tiles / warps / stages around the defaults (kernel_parts.py;
+#      the 'dots' diagonal blocks, the default since the sixth session of 2026-12-03).
 # Results (JSON, logs) go to $OUT (default benchmarks/results/gpu_checks-<date>). Each line below fits one
-# 10-minute device command (the limits add up to 530, 420, 450, 420 and 480 s). Usage, from the repo root:
+# 10-minute device command (the limits add up to 550, 420, 450, 420 and 480 s). Usage, from the repo root:
 #   bash benchmarks/gpu_checks.sh 2 7
 #   bash benchmarks/gpu_checks.sh 1
 #   bash benchmarks/gpu_checks.sh 3 4
@@ -43,14 +43,14 @@ run 3 60 block_states_key_tiles python3 benchmarks/split_parts.py --key-tiles
 run 4 60 profile_gla_fwd python3 benchmarks/kernel_profile.py --op gla --mode fwd --out "$OUT/profile_gla_fwd.json"
 run 4 60 profile_gla_fwd_bwd python3 benchmarks/kernel_profile.py --op gla --mode fwd_bwd \
   --out "$OUT/profile_gla_fwd_bwd.json"
-run 7 210 gla_dots_parts python3 benchmarks/kernel_parts.py --op gla --parts intra_fwd,intra_bwd,fwd,fwd_bwd \
-  --config default --config intra_diag=dots,intra_diag_bwd=dots \
-  --config intra_diag=dots,intra_diag_bwd=dots,intra_unroll=false \
-  --config intra_diag=dots,intra_diag_bwd=dots,intra_width_bwd=64 \
-  --config intra_diag=dots,intra_diag_bwd=dots,intra_unroll=false,intra_width=64,num_warps_intra=4 \
-  --config precise_dg=false --out "$OUT/gla_dots_parts.json"   # the last: what the precise gate terms cost
-run 7 120 gla_dots_k64 python3 benchmarks/kernel_parts.py 8 8192 12 64 --op gla --parts intra_fwd,intra_bwd,fwd_bwd \
-  --config default --config intra_diag=dots,intra_diag_bwd=dots --out "$OUT/gla_dots_k64.json"
+run 7 200 gla_bwd_sweeps python3 benchmarks/kernel_parts.py --op gla --parts bwd_sweeps --config default \
+  --config num_warps_bwd=8 --config num_stages_bwd=3 --config block_k_dk=64 --config block_k_dk=16 \
+  --config block_v_bwd=32 --config block_v_bwd=128 --config block_k_dq=32 --config block_k_dq=128 \
+  --config block_k_dq=32,block_k_dk=16 --out "$OUT/gla_bwd_sweeps.json"
+run 7 150 gla_intra_dots python3 benchmarks/kernel_parts.py --op gla --parts intra_fwd,intra_bwd --config default \
+  --config intra_width=32 --config num_warps_intra=4 --config num_stages_intra=3 --config intra_unroll=false \
+  --config num_warps_intra_bwd=8 --config num_stages_intra_bwd=1 --config intra_width_bwd=64 \
+  --config intra_width_bwd=32 --out "$OUT/gla_intra_dots.json"
 run 5 480 tests_flash python3 -m pytest -q -p no:cacheprovider tests/ops/test_flash_kernel.py -k "gpu or long"
 run 6 420 lm_8192 python3 benchmarks/train_throughput.py --in-process --kinds gla,softmax,deltanet --seq-lens 8192 \
   --steps 10 --out "$OUT/train_throughput_8192.json"

@@ -264,7 +264,7 @@ def tune_candidates(base: KernelConfig = DEFAULT_CONFIG) -> dict[str, list[Kerne
   fwd = [dataclasses.replace(base, chunk=c, block_v=bv, num_warps=w, num_stages=s)
          for c in (32, 64) for bv in (32, 64, 128) for w in (4, 8) for s in (2, 3) if not (bv == 128 and w == 4)]
   fwd += [dataclasses.replace(base, num_warps_intra=w, num_stages_intra=s, intra_width=iw, intra_diag=d)
-          for d in ('halves', 'rows') for w in (2, 4, 8) for s in (1, 2, 3) for iw in (16, 32, 64, 128)]
+          for d in ('rows', 'dots') for w in (2, 4, 8) for s in (1, 2, 3) for iw in (16, 32, 64, 128)]
   fwd += [dataclasses.replace(base, intra_unroll=True)]
   bwd = [dataclasses.replace(base, block_k_dq=bq, block_k_dk=bk, block_v_bwd=bv, num_warps_bwd=w, num_stages_bwd=s)
          for bq in (32, 64) for bk in (16, 32, 64) for bv in (32, 64) for w in (4, 8) for s in (2, 3)]
@@ -272,7 +272,7 @@ def tune_candidates(base: KernelConfig = DEFAULT_CONFIG) -> dict[str, list[Kerne
   # (intra_width_bwd=64: 14% off fwd+bwd at K = 64)
   bwd += [dataclasses.replace(base, num_warps_intra_bwd=w, num_stages_intra_bwd=s, intra_width_bwd=iw,
                               intra_diag_bwd=d)
-          for d in ('halves', 'rows', 'rows2') for w in (2, 4, 8) for s in (1, 2) for iw in (16, 32, 64, 128)]
+          for d in ('rows', 'dots') for w in (2, 4, 8) for s in (1, 2) for iw in (16, 32, 64, 128)]
   bwd += [dataclasses.replace(base, intra_unroll=True)]
   bwd += [dataclasses.replace(base, precise_dg=False)]  # faster, but dg's error grows (1e-2 at T = 1000)
   bwd += [dataclasses.replace(base, bwd_states=True)]   # stored chunk states, gradients parallel over chunks
