@@ -11,12 +11,13 @@
 #   7. gla's backward sweeps and intra kernels at other tiles / warps / stages around the defaults (kernel_parts.py;
 #      the 'dots' diagonal blocks, the default since the sixth session of 2026-12-03).
 # Results (JSON, logs) go to $OUT (default benchmarks/results/gpu_checks-<date>). Each line below fits one
-# 10-minute device command (the limits add up to 550, 420, 450, 420 and 480 s). Usage, from the repo root:
-#   bash benchmarks/gpu_checks.sh 2 7
-#   bash benchmarks/gpu_checks.sh 1
-#   bash benchmarks/gpu_checks.sh 3 4
+# 10-minute device command (the limits add up to 200, 420, 480, 420, 450 and 350 s). Usage, from the repo root:
+#   bash benchmarks/gpu_checks.sh 2
 #   bash benchmarks/gpu_checks.sh 6
 #   bash benchmarks/gpu_checks.sh 5
+#   bash benchmarks/gpu_checks.sh 1
+#   bash benchmarks/gpu_checks.sh 3 4
+#   bash benchmarks/gpu_checks.sh 7
 set -uo pipefail
 OUT=${OUT:-benchmarks/results/gpu_checks-$(date +%Y-%m-%d)}
 mkdir -p "$OUT"

@@ -103,6 +103,9 @@ class KernelConfig:
   block_v_bwd: int = 64      # backward dv sweeps: value-tile width
   num_warps_bwd: int = 4
   num_stages_bwd: int = 2
+  # The sweeps' tiles, warps and stages above: the fastest of ten on the H200 (kernel_parts.py --parts bwd_sweeps,
+  # results/gpu_checks-2026-12-03_s6/call5_gla_bwd_sweeps.json): 1.257 ms; block_v_bwd 32 1.306, 128 1.934;
+  # block_k_dk 16 1.487, 64 1.549; block_k_dq 32 1.725, 128 2.763; 8 warps 2.055; 3 stages 1.547.
   precise_dg: bool = True    # bf16: gate-gradient terms to ~2^-17 (two bf16 dots per fp32 operand)
   bwd_states: bool = False   # backward from stored chunk states (_state_grads.py, fla's chunk_gla_bwd layout:
                              # state-only sweeps, then dq, dk, dv parallel over chunks; tiles block_k_dq,
@@ -131,11 +134,13 @@ class KernelConfig:
     return (self.intra_width or (kp if kp <= 64 else 16), self.num_stages_intra or (1 if kp <= 64 else 2),
             self.num_warps_intra or (4 if kp <= 64 else 2))
 
-  # The diagonal blocks, timed on the H200 (bf16, kernel_parts.py, results/gpu_checks-2026-12-03_s6/gla_dots_*.json):
-  # 'dots' (dots about the block's first row where its decay span allows, else 'rows'; _intra_dots.py) against
-  # 'rows' at K = 128 (B=4 T=4096 H=16): intra fwd 0.480 -> 0.276 ms, intra bwd 1.334 -> 0.817, forward 0.709 ->
-  # 0.501, fwd+bwd 3.557 -> 2.824; at K = 64 (B=8 T=8192 H=12, against 'halves' in the backward) intra fwd 0.729
-  # -> 0.485, intra bwd 1.843 -> 1.299, fwd+bwd 5.373 -> 4.572. Earlier, 'rows' against 'halves' at K = 128
+  # The diagonal blocks, timed on the H200 (bf16, kernel_parts.py, two runs each;
+  # benchmarks/results/gpu_checks-2026-12-03_s6/call1_gla_dots_*.json and call4_*): 'dots' (dots about the block's
+  # first row where its decay span allows, else 'rows'; _intra_dots.py) against 'rows' at K = 128 (B=4 T=4096
+  # H=16): intra fwd 0.480 -> 0.276 ms, intra bwd 1.334 -> 0.817, forward 0.709 -> 0.501, fwd+bwd 3.557 -> 2.824
+  # (2.869 in the second run); at K = 64 (B=8 T=8192 H=12, against 'halves' in the backward) intra fwd 0.729 ->
+  # 0.485, intra bwd 1.843 -> 1.299, fwd+bwd 5.373 -> 4.572. Around 'dots', other intra widths, warps and stages
+  # were equal or slower (call5_gla_intra_dots.json). Earlier, 'rows' against 'halves' at K = 128
   # (results/gla_intra_rows_2026-12-03.json): forward 0.588 ms against 0.781; backward over all 128 channels at
   # 4 warps 1.423 against 'halves' at 32 channels 1.587.
   def intra_diag_for(self, kp: int) -> str:
