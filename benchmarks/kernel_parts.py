@@ -7,7 +7,7 @@ Pieces, from each op's _bench.benchmark_parts:
     (the backward after that sweep; 'bwd_xla' in result files before 2026-12-02 evening), 'bwd_dqk' and
     'bwd_wy' (its two kernels; the split backward, the default), 'fwd_bwd'.
   gla (effattn/ops/gla/_bench.py): 'gates' (chunk cumsums), 'intra_fwd', 'fwd_sweep', 'fwd', 'intra_bwd',
-    'bwd_sweeps', 'dg', 'fwd_bwd'.
+    'bwd_sweeps', 'bwd_sweeps_o', 'dg', 'fwd_bwd', 'fwd_bwd_o' (the _o pieces: no d final_state, as in training).
 Median over --reps batches of calls (each ~25 ms, synchronised once; timing.py) after 3 warm-up calls; compile
 excluded (reported as the first call's time, which since 2026-12-03 also computes the piece's inputs: pieces are
 built lazily, so --parts / --tune compile only what they time). Before 2026-12-02 late each call was synchronised
@@ -51,7 +51,7 @@ from timing import time_call_batches  # noqa: E402  (a sibling script module)
 
 OPS = ('gated_delta_rule', 'delta_rule', 'gla')
 PARTS = {'gated_delta_rule': 'wy,fwd_state,fwd_state_store,fwd,bwd_state,bwd_chunk,bwd_dqk,bwd_wy,fwd_bwd',
-         'gla': 'gates,intra_fwd,fwd_sweep,fwd,intra_bwd,bwd_sweeps,dg,fwd_bwd'}
+         'gla': 'gates,intra_fwd,fwd_sweep,fwd,intra_bwd,bwd_sweeps,bwd_sweeps_o,dg,fwd_bwd,fwd_bwd_o'}
 PARTS['delta_rule'] = PARTS['gated_delta_rule']
 GLA_FORWARD_PARTS = ('gates', 'intra_fwd', 'fwd_sweep', 'fwd')
 ABLATIONS = ('dq_role', 'dk_role', 'bf16_dots')

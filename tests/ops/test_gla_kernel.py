@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import linear_op_checks as checks
 import numpy as np
 import pytest
+import helpers
 from helpers import TOL, assert_close
 
 from effattn.ops.gla import _intra, _intra_dots, _scan, gla
@@ -132,6 +133,38 @@ def test_dots_diagonal_falls_back_on_fast_gates(n, monkeypatch):
       np.testing.assert_array_equal(d, f)
     else:
       assert not bool(jnp.all(jnp.isfinite(f))), name
+
+
+def _grads_of_o_only(fn, x, do):
+  """The gradients of sum(o * do) alone: the final state is never read, so its cotangent is a symbolic zero."""
+  f = lambda x: fn(x['q'], x['k'], x['v'], x['g'], scale=x['q'].shape[-1] ** -0.5, initial_state=x.get('h0'))[0]
+  o, vjp = jax.vjp(f, x)
+  return vjp(do.astype(o.dtype))[0]
+
+
+@pytest.mark.parametrize('case', [Case(2, 63, 2, 48, 60, n=1, h0=True),
+                                  Case(1, 130, 1, 48, 32, n=0.1, h0=True, dtype='bfloat16')], ids=str)
+@pytest.mark.parametrize('cfg', [KernelConfig(), KernelConfig(bwd_states=True)], ids=['sweeps', 'states'])
+def test_unread_final_state(case, cfg):
+  """Training never reads the final state: the backward then skips the d final_state terms (no W kernel, no λ dS_T
+  in the dk sweep, the dv sweep from a zero dS) and still matches the oracle, every gradient, h0's included."""
+  x, cot, _ = checks.make_inputs(OP, case)
+  fn = functools.partial(kernel_gla, config=cfg)
+  got = _grads_of_o_only(fn, x, cot[0])
+  xr, cotr = helpers.upcast(x, cot)
+  ref = _grads_of_o_only(_naive, xr, cotr[0])
+  for name in x:
+    assert_close(f'd{name}', got[name], ref[name], TOL[case.dtype])
+
+  def backward_jaxpr(read_ht: bool) -> str:
+    def grads(x):
+      def f(x):
+        o, ht = fn(x['q'], x['k'], x['v'], x['g'], scale=0.1, initial_state=x.get('h0'))
+        return (o, ht) if read_ht else o
+      return jax.vjp(f, x)[1](cot if read_ht else cot[0])
+    return str(jax.make_jaxpr(grads)(x))
+  if not cfg.bwd_states:
+    assert 'gla_w' in backward_jaxpr(True) and 'gla_w' not in backward_jaxpr(False)
 
 
 BWD_STATES = KernelConfig(bwd_states=True)
@@ -328,9 +361,10 @@ def test_lowers_to_triton(dtype, cfg):
   q = jnp.zeros((1, 64, 2, 32), dtype)
   g, h0 = jnp.zeros((1, 64, 2, 32)), jnp.zeros((1, 2, 32, 32))
 
-  def loss(q, k, v, g, h0):
+  def loss(q, k, v, g, h0, read_ht=True):
     o, ht = kernel_gla(q, k, v, g, scale=0.1, initial_state=h0, config=cfg, interpret=False)
-    return jnp.sum(o.astype(jnp.float32)) + jnp.sum(ht)
-  text = jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3, 4))).trace(q, q, q, g, h0).lower(
-      lowering_platforms=('cuda',)).as_text()
-  assert text.count('triton') >= 4  # two forward and two backward kernels
+    return jnp.sum(o.astype(jnp.float32)) + (jnp.sum(ht) if read_ht else 0.0)
+  for read_ht in (True, False):  # with d final_state and without (a symbolic zero: no W kernel, other sweeps)
+    text = jax.jit(jax.grad(functools.partial(loss, read_ht=read_ht), argnums=(0, 1, 2, 3, 4))).trace(
+        q, q, q, g, h0).lower(lowering_platforms=('cuda',)).as_text()
+    assert text.count('triton') >= 4  # two forward and two backward kernels

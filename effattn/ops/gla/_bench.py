@@ -5,9 +5,11 @@
 
 Pieces: 'gates' (chunk-local cumsums of g, _scan.chunk_gates), 'intra_fwd' (A and the gated q, k,
 _intra.intra_a), 'fwd_sweep' (the output sweep, _sweeps.forward), 'fwd' (whole forward), 'intra_bwd'
-(_intra.intra_grads), 'bwd_sweeps' (the dq / dk / dv sweeps, _sweeps.backward; under config.bwd_states the
-state sweeps and per-chunk gradients of _state_grads.backward), 'dg' (_scan.chunk_dg, the gate gradient's
-cumsums), 'fwd_bwd' (forward + backward of sum(o * do) + sum(ht)). K and V powers of two and T a multiple of
+(_intra.intra_grads), 'bwd_sweeps' (the dq / dk / dv sweeps, _sweeps.backward, with d final_state, so with the
+W kernel; under config.bwd_states the state sweeps and per-chunk gradients of _state_grads.backward),
+'bwd_sweeps_o' (the same without d final_state), 'dg' (_scan.chunk_dg, the gate gradient's cumsums), 'fwd_bwd'
+(forward + backward of sum(o * do) + sum(ht)), 'fwd_bwd_o' (of sum(o * do) alone: training's case, d final_state
+a symbolic zero). K and V powers of two and T a multiple of
 the chunk (no padding).
 """
 from __future__ import annotations
@@ -47,6 +49,7 @@ def benchmark_parts(b, t, h, d, dtype, config=None, interpret=None):
   intra_bwd = jax.jit(lambda q, k, gc, v, do: _intra.intra_grads(q, k, gc, v, do, ctx, cfg, interpret))
   backward = P.inter_chunk_backward(cfg)
   bwd = jax.jit(lambda *a: backward(*a, None, do, dht, ctx, cfg, interpret))
+  bwd_o = jax.jit(lambda *a: backward(*a, None, do, None, ctx, cfg, interpret))  # d final_state symbolic zero
   off = jnp.zeros((b, t // chunk, h, d), F32)
   dg = jax.jit(lambda xq, y, off: _scan.chunk_dg(xq, y, off, chunk, g.dtype, interpret))
   once = functools.cache
@@ -63,6 +66,9 @@ def benchmark_parts(b, t, h, d, dtype, config=None, interpret=None):
     o, ht = fwd(q, k, v, g)
     return jnp.sum(o.astype(F32) * do.astype(F32)) + jnp.sum(ht)
 
+  def loss_o(q, k, v, g):  # training's case: the final state unread
+    return jnp.sum(fwd(q, k, v, g)[0].astype(F32) * do.astype(F32))
+
   p = functools.partial
   return {
       'gates': p(gates, g),
@@ -71,6 +77,8 @@ def benchmark_parts(b, t, h, d, dtype, config=None, interpret=None):
       'fwd': p(jax.jit(fwd), q, k, v, g),
       'intra_bwd': lambda: intra_bwd(q, k, gc(), v, do),
       'bwd_sweeps': lambda: bwd(*bwd_args()),
+      'bwd_sweeps_o': lambda: bwd_o(*bwd_args()),
       'dg': lambda: dg(grads()[3], grads()[5], off),
       'fwd_bwd': p(jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 3))), q, k, v, g),  # value: o is computed
+      'fwd_bwd_o': p(jax.jit(jax.value_and_grad(loss_o, argnums=(0, 1, 2, 3))), q, k, v, g),
   }

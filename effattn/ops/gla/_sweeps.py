@@ -147,7 +147,8 @@ def _dk_role(kt, q_ref, k_ref, v_ref, do_ref, g_ref, dki_ref, w_ref, dht_ref, dk
              xk_tot_ref, dh0_ref, *, ctx, bk, precise):
   """Reverse sweep for key tile kt: dk, dh0 rows and the key-side gate terms y = x_k + E, their chunk totals and
   sum_T x_k. dS is carried as dS_q + λ dS_T; the dS_T terms come from W = V dS_T^T [Tp, K] (w_ref, fp32, computed
-  outside) so that no fp32 dS_T tile sits in registers."""
+  outside) so that no fp32 dS_T tile sits in registers. w_ref and dht_ref None: d final_state is zero (no E, λ)."""
+  has_dht = dht_ref is not None
   tp = q_ref.shape[0]
   vp = v_ref.shape[-1]
   chunk, scale = ctx.chunk, ctx.scale
@@ -165,23 +166,28 @@ def _dk_role(kt, q_ref, k_ref, v_ref, do_ref, g_ref, dki_ref, w_ref, dht_ref, dk
     dk_q = _dot_f32_rhs(vc, dsq, 1, 1, ctx, precise)                             # V dS_q^T
     dsq = jnp.exp2(_col(gl)) * dsq + _dot_f32_lhs(qf * jnp.exp2(g), doc, 0, 0, ctx, precise)
     kd = _f32(k_ref[sl, ks]) * jnp.exp2(gl - g)
-    dk_t = w_ref[sl, ks] * lam                                                   # λ ⊙ V dS_T^T
-    dk_ref[sl, ks] = (dki_ref[sl, ks] + (dk_q + dk_t) * jnp.exp2(gl - g)).astype(dk_ref.dtype)
     xk = kd * dk_q
-    y = xk + kd * dk_t
+    if has_dht:
+      dk_t = w_ref[sl, ks] * lam                                                 # λ ⊙ V dS_T^T
+      dk_ref[sl, ks] = (dki_ref[sl, ks] + (dk_q + dk_t) * jnp.exp2(gl - g)).astype(dk_ref.dtype)
+      y = xk + kd * dk_t
+      lam = lam * jnp.exp2(gl)
+    else:
+      dk_ref[sl, ks] = (dki_ref[sl, ks] + dk_q * jnp.exp2(gl - g)).astype(dk_ref.dtype)
+      y = xk
     dgk_ref[sl, ks] = y
     dgk_tot_ref[pl.ds(c, 1), ks] = jnp.sum(y, axis=0)[None, :]
-    return dsq, lam * jnp.exp2(gl), acc + jnp.sum(xk, axis=0)[None, :]
+    return dsq, lam, acc + jnp.sum(xk, axis=0)[None, :]
 
   init = (jnp.zeros((bk, vp), F32), jnp.ones((1, bk), F32), jnp.zeros((1, bk), F32))
   dsq, lam, acc = jax.lax.fori_loop(0, n, body, init)
-  dh0_ref[ks, :] = dsq + _col(lam) * dht_ref[ks, :].astype(F32)
+  dh0_ref[ks, :] = dsq + _col(lam) * dht_ref[ks, :].astype(F32) if has_dht else dsq
   xk_tot_ref[:, ks] = acc
 
 
 def _dv_role(vt, qg_ref, kg_ref, do_ref, g_ref, a_ref, dht_ref, dv_ref, *, ctx, bv):
   """Reverse sweep for value tile vt (all of K): dv = A^T dO + (K ⊙ e^{G_l - G}) dS_{c+1}; qg, kg as in the
-  forward (only G_l is read from G)."""
+  forward (only G_l is read from G); dS_N = d final_state (dht_ref None: zero)."""
   tp = qg_ref.shape[0]
   chunk = ctx.chunk
   n = tp // chunk
@@ -196,13 +202,15 @@ def _dv_role(vt, qg_ref, kg_ref, do_ref, g_ref, a_ref, dht_ref, dv_ref, *, ctx, 
     gl = g_ref[pl.ds(c * chunk + chunk - 1, 1), :]
     return jnp.exp2(_col(gl)) * ds + _dot(qg_ref[sl, :], doc, 0, 0, ctx)
 
-  jax.lax.fori_loop(0, n, body, dht_ref[:, vs].astype(F32))
+  ds0 = jnp.zeros((qg_ref.shape[-1], bv), F32) if dht_ref is None else dht_ref[:, vs].astype(F32)
+  jax.lax.fori_loop(0, n, body, ds0)
 
 
-def _bwd_kernel(q_ref, k_ref, v_ref, do_ref, g_ref, a_ref, dqi_ref, dki_ref, xi_ref, qg_ref, kg_ref, w_ref, dht_ref,
-                *rest, has_h0, nq, nk, bq, bk, bv, ctx, precise):
+def _bwd_kernel(q_ref, k_ref, v_ref, do_ref, g_ref, a_ref, dqi_ref, dki_ref, xi_ref, qg_ref, kg_ref, *rest, has_dht,
+                has_h0, nq, nk, bq, bk, bv, ctx, precise):
   """Grid axis 2: [0, nq) dq sweeps (key tiles of bq), [nq, nq + nk) dk sweeps (key tiles of bk), then the dv
-  sweeps (value tiles of bv)."""
+  sweeps (value tiles of bv). rest: W and d final_state if has_dht, h0 if has_h0, then the outputs."""
+  w_ref, dht_ref, *rest = rest if has_dht else (None, None, *rest)
   h0_ref, *outs = rest if has_h0 else (None, *rest)
   dq_ref, dk_ref, dv_ref, dgq_ref, dgq_tot_ref, dgk_ref, dgk_tot_ref, xk_tot_ref, dh0_ref = outs
   r = pl.program_id(2)
@@ -262,26 +270,29 @@ def _v_dht(v, dht, ctx, interpret):
 
 def backward(q, k, v, g, a, dq_i, dk_i, x_i, qg, kg, h0, do, dht, ctx, cfg, interpret):
   """Returns dq, dk [B,Tp,H,Kp], dv [B,Tp,H,Vp] (input dtype), the gate terms x_q, y [B,Tp,H,Kp] with their
-  chunk totals [B,N,H,Kp] and sum_T x_k [B,H,1,Kp] (fp32), dh0 fp32. g = G; the rest from _intra.py."""
+  chunk totals [B,N,H,Kp] and sum_T x_k [B,H,1,Kp] (fp32), dh0 fp32. g = G; the rest from _intra.py; dht None: d
+  final_state is zero (no W kernel, no dS_T terms)."""
   b, tp, h, kp = q.shape
   vp = v.shape[-1]
   bq, bk, bv = min(cfg.block_k_dq, kp), min(cfg.block_k_dk, kp), min(cfg.block_v_bwd, vp)
   nq, nk, nv = kp // bq, kp // bk, vp // bv
-  has_h0 = h0 is not None
+  has_h0, has_dht = h0 is not None, dht is not None
   qk, vv, st = _row_spec(tp, kp), _row_spec(tp, vp), _state_spec(kp, vp)
   n = tp // ctx.chunk
   dt_k = jax.ShapeDtypeStruct((b, tp, h, kp), q.dtype)
   dg_shape = jax.ShapeDtypeStruct((b, tp, h, kp), F32)
   tot_shape = jax.ShapeDtypeStruct((b, n, h, kp), F32)
   tot = pl.BlockSpec((None, n, None, kp), lambda b, h, r: (b, 0, h, 0))
-  kernel = functools.partial(_bwd_kernel, has_h0=has_h0, nq=nq, nk=nk, bq=bq, bk=bk, bv=bv, ctx=ctx,
+  kernel = functools.partial(_bwd_kernel, has_dht=has_dht, has_h0=has_h0, nq=nq, nk=nk, bq=bq, bk=bk, bv=bv, ctx=ctx,
                              precise=cfg.precise_dg)
+  dht_args = [_v_dht(v, dht, ctx, interpret), dht] if has_dht else []
   return pl.pallas_call(
       kernel, grid=(b, h, nq + nk + nv),
-      in_specs=[qk, qk, vv, vv, qk, _row_spec(tp, ctx.chunk), qk, qk, qk, qk, qk, qk, st, *([st] if has_h0 else [])],
+      in_specs=[qk, qk, vv, vv, qk, _row_spec(tp, ctx.chunk), qk, qk, qk, qk, qk, *([qk, st] if has_dht else []),
+                *([st] if has_h0 else [])],
       out_specs=[qk, qk, vv, qk, tot, qk, tot, pl.BlockSpec((None, None, 1, kp), lambda b, h, r: (b, h, 0, 0)), st],
       out_shape=[dt_k, dt_k, jax.ShapeDtypeStruct((b, tp, h, vp), q.dtype), dg_shape, tot_shape, dg_shape,
                  tot_shape, jax.ShapeDtypeStruct((b, h, 1, kp), F32), jax.ShapeDtypeStruct((b, h, kp, vp), F32)],
       interpret=interpret, name='gla_bwd',
       **_params(interpret, ctx, cfg.num_warps_bwd, cfg.num_stages_bwd))(
-          q, k, v, do, g, a, dq_i, dk_i, x_i, qg, kg, _v_dht(v, dht, ctx, interpret), dht, *([h0] if has_h0 else []))
+          q, k, v, do, g, a, dq_i, dk_i, x_i, qg, kg, *dht_args, *([h0] if has_h0 else []))

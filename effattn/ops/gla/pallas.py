@@ -46,6 +46,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+from jax.custom_derivatives import SymbolicZero
 
 from effattn.ops.common.dispatch import default_backend
 from effattn.ops.common.pallas_triton import F32 as _F32
@@ -175,6 +176,8 @@ def _core(q, k, v, g, h0, ctx, cfg, interpret):
 
 
 def _core_fwd(q, k, v, g, h0, ctx, cfg, interpret):
+  # symbolic_zeros (defvjp below): each array argument comes as a CustomVJPPrimal (value, perturbed)
+  q, k, v, g, h0 = (None if x is None else x.value for x in (q, k, v, g, h0))
   o, ht, a, gc = _forward(q, k, v, g, h0, ctx, cfg, interpret)
   # G replaces g (same size for fp32 g; g's dtype rides along as an empty array)
   return (o, ht), (q, k, v, gc, h0, a, jnp.zeros((0,), g.dtype))
@@ -183,7 +186,10 @@ def _core_fwd(q, k, v, g, h0, ctx, cfg, interpret):
 def _core_bwd(ctx, cfg, interpret, res, cts):
   q, k, v, gc, h0, a, g_like = res
   do, dht = cts
-  do, dht = do.astype(q.dtype), dht.astype(_F32)
+  # A final state nobody reads (training) has a symbolic-zero cotangent: the backward then skips every d
+  # final_state term (the W = V dS_T^T kernel, the dk sweep's λ dS_T terms and the dv sweep's start from dS_T).
+  do = jnp.zeros(do.shape, q.dtype) if isinstance(do, SymbolicZero) else do.astype(q.dtype)
+  dht = None if isinstance(dht, SymbolicZero) else dht.astype(_F32)
   dq_i, dk_i, x_i, qg, kg = _intra.intra_grads(q, k, gc, v, do, ctx, cfg, interpret)
   dq, dk, dv, xq, xq_tot, y, y_tot, xk_tot, dh0 = inter_chunk_backward(cfg)(
       q, k, v, gc, a, dq_i, dk_i, x_i, qg, kg, h0, do, dht, ctx, cfg, interpret)
@@ -195,14 +201,14 @@ def _core_bwd(ctx, cfg, interpret, res, cts):
   later = jnp.flip(jnp.cumsum(jnp.flip(xq_tot, 1), axis=1), 1) - xq_tot       # sums over later chunks
   earlier = jnp.cumsum(y_tot, axis=1) - y_tot                                 # sums over earlier chunks
   off = later + earlier - xk_tot.reshape(b, 1, h, kp)
-  if h0 is not None:
+  if h0 is not None and dht is not None:
     g_sum = jnp.sum(gc[:, c - 1::c], axis=1) / _LOG2E                         # sum_T g from the chunk sums
     off = off + (jnp.exp(g_sum) * jnp.sum(h0 * dht, axis=-1))[:, None]
   dg = _scan.chunk_dg(xq, y, off, c, g_like.dtype, interpret)
   return dq, dk, dv, dg, (None if h0 is None else dh0.astype(h0.dtype))
 
 
-_core.defvjp(_core_fwd, _core_bwd)
+_core.defvjp(_core_fwd, _core_bwd, symbolic_zeros=True)
 
 
 def kernel_gla(q, k, v, g, *, scale, initial_state=None, segment_ids=None, chunk_size=64,
