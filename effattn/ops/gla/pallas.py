@@ -22,7 +22,8 @@ Backward (custom VJP), the same split:
   KernelConfig.bwd_states (opt-in; slower on the H200, 4.16 against 3.50 ms fwd+bwd): instead state-only sweeps
   store S and dS_q per chunk and the inter-chunk terms run parallel over (b, h, chunk), flash-linear-attention's
   chunk_gla_bwd layout (_state_grads.py).
-Launches: forward gates (_scan.py), intra, output sweep; backward intra, W = V dS_T^T, sweeps, dg (_scan.py).
+Launches: forward gates (_scan.py), intra, output sweep; backward intra, W = V dS_T^T (only when the final state
+is read: its cotangent is otherwise a symbolic zero, and every d final_state term drops out), sweeps, dg (_scan.py).
 
 Gate gradient (ALGORITHMS.md section 0, per channel): dg_l = sum_{t>=l} (q_t dq_t - k_t dk_t) + sum_v S_T dS_T,
 a sum over query-key pairs (i, j) with j < l <= i in which pairs with both ends >= l cancel. Regrouped so that
