@@ -8,10 +8,10 @@
 #   4. per-kernel device time of gla forward and forward+backward (kernel_profile.py);
 #   5. the flash (softmax / sigmoid, Triton and Mosaic GPU) kernels' GPU tests (> 280 s);
 #   6. criterion 5b: the GLA, DeltaNet and softmax LMs at T = 8192 in one process (~300 s);
-#   7. gla's backward sweeps and intra kernels at other tiles / warps / stages around the defaults (kernel_parts.py;
-#      the 'dots' diagonal blocks, the default since the sixth session of 2026-12-03).
+#   7. gla's backward with and without d final_state (the _o pieces: training's case, no W kernel), and with the
+#      sweeps' roles first in the grid (bwd_roles_first); block_states at 3-4 pipeline stages (split_parts.py).
 # Results (JSON, logs) go to $OUT (default benchmarks/results/gpu_checks-<date>). Each line below fits one
-# 10-minute device command (the limits add up to 200, 420, 480, 420, 450 and 350 s). Usage, from the repo root:
+# 10-minute device command (the limits add up to 200, 420, 480, 420, 450 and 220 s). Usage, from the repo root:
 #   bash benchmarks/gpu_checks.sh 2
 #   bash benchmarks/gpu_checks.sh 6
 #   bash benchmarks/gpu_checks.sh 5
@@ -44,14 +44,9 @@ run 3 60 block_states_key_tiles python3 benchmarks/split_parts.py --key-tiles
 run 4 60 profile_gla_fwd python3 benchmarks/kernel_profile.py --op gla --mode fwd --out "$OUT/profile_gla_fwd.json"
 run 4 60 profile_gla_fwd_bwd python3 benchmarks/kernel_profile.py --op gla --mode fwd_bwd \
   --out "$OUT/profile_gla_fwd_bwd.json"
-run 7 200 gla_bwd_sweeps python3 benchmarks/kernel_parts.py --op gla --parts bwd_sweeps --config default \
-  --config num_warps_bwd=8 --config num_stages_bwd=3 --config block_k_dk=64 --config block_k_dk=16 \
-  --config block_v_bwd=32 --config block_v_bwd=128 --config block_k_dq=32 --config block_k_dq=128 \
-  --config block_k_dq=32,block_k_dk=16 --out "$OUT/gla_bwd_sweeps.json"
-run 7 150 gla_intra_dots python3 benchmarks/kernel_parts.py --op gla --parts intra_fwd,intra_bwd --config default \
-  --config intra_width=32 --config num_warps_intra=4 --config num_stages_intra=3 --config intra_unroll=false \
-  --config num_warps_intra_bwd=8 --config num_stages_intra_bwd=1 --config intra_width_bwd=64 \
-  --config intra_width_bwd=32 --out "$OUT/gla_intra_dots.json"
+run 7 150 gla_unread_state python3 benchmarks/kernel_parts.py --op gla --parts bwd_sweeps,bwd_sweeps_o,fwd_bwd,fwd_bwd_o \
+  --config default --config bwd_roles_first=true --out "$OUT/gla_unread_state.json"
+run 7 70 block_states_stages python3 benchmarks/split_parts.py --key-tiles
 run 5 480 tests_flash python3 -m pytest -q -p no:cacheprovider tests/ops/test_flash_kernel.py -k "gpu or long"
 run 6 420 lm_8192 python3 benchmarks/train_throughput.py --in-process --kinds gla,softmax,deltanet --seq-lens 8192 \
   --steps 10 --out "$OUT/train_throughput_8192.json"

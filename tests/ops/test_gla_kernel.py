@@ -144,7 +144,8 @@ def _grads_of_o_only(fn, x, do):
 
 @pytest.mark.parametrize('case', [Case(2, 63, 2, 48, 60, n=1, h0=True),
                                   Case(1, 130, 1, 48, 32, n=0.1, h0=True, dtype='bfloat16')], ids=str)
-@pytest.mark.parametrize('cfg', [KernelConfig(), KernelConfig(bwd_states=True)], ids=['sweeps', 'states'])
+@pytest.mark.parametrize('cfg', [KernelConfig(), KernelConfig(bwd_states=True), KernelConfig(bwd_roles_first=True)],
+                         ids=['sweeps', 'states', 'roles-first'])
 def test_unread_final_state(case, cfg):
   """Training never reads the final state: the backward then skips the d final_state terms (no W kernel, no λ dS_T
   in the dk sweep, the dv sweep from a zero dS) and still matches the oracle, every gradient, h0's included."""
@@ -168,6 +169,13 @@ def test_unread_final_state(case, cfg):
 
 
 BWD_STATES = KernelConfig(bwd_states=True)
+
+
+@pytest.mark.parametrize('case', [Case(2, 63, 2, 48, 60, n=1, h0=True),
+                                  Case(1, 130, 2, 64, 64, n=1, h0=True, dtype='bfloat16')], ids=str)
+def test_bwd_roles_first(case):
+  """KernelConfig(bwd_roles_first=True): the backward sweeps' grid with the roles axis first (dispatch order only)."""
+  _check(case, functools.partial(kernel_gla, config=KernelConfig(bwd_roles_first=True)))
 
 
 @pytest.mark.parametrize('case', CASES, ids=str)
@@ -354,6 +362,7 @@ def test_long_bf16_finite(n):
                                         ('bfloat16', KernelConfig(intra_diag='rows', intra_diag_bwd='rows2',
                                                                   intra_unroll=True)),
                                         ('bfloat16', KernelConfig(bwd_states=True)),
+                                        ('bfloat16', KernelConfig(bwd_roles_first=True)),
                                         ('float32', KernelConfig(bwd_states=True))])
 def test_lowers_to_triton(dtype, cfg):
   """Forward and backward lower through Pallas' Triton lowering (cross-platform, no GPU needed): catches

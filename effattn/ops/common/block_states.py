@@ -67,7 +67,8 @@ def _kernel(k_ref, v_ref, *rest, chunk: int, gate: str, dt, prec, fold: bool = F
 
 
 def block_states(k, v, g, *, block: int, chunk: int = 64, block_v: int = 128, num_warps: int = 4,
-                 interpret: bool = False, fold: bool = False, blocks: int | None = None, block_k: int | None = None):
+                 interpret: bool = False, fold: bool = False, blocks: int | None = None, block_k: int | None = None,
+                 num_stages: int = 2):
     """k [B,T,H,K], v [B,T,H,V], g None, [B,T,H] or [B,T,H,K] (log decays) -> fp32 [B, blocks, H, K, V], the
     local state of each of the first `blocks` blocks of `block` rows (None: all T // block; T a multiple of block,
     block a multiple of chunk; the rows after them are never read). Dots in the inputs' dtype with fp32
@@ -80,7 +81,9 @@ def block_states(k, v, g, *, block: int, chunk: int = 64, block_v: int = 128, nu
     slower than the einsum. block_k (None: all of K): key-tile width, K / block_k programs per value tile (adjacent
     in the grid, so that they share v's tile through L2), each with a [block_k, block_v] state: at K = V = 128 and
     4 warps ptxas (sm_90a) gives the full K 255 registers and 904 bytes spilled, 64-wide key tiles 207 registers and
-    no spills (2 programs per SM either way); not yet timed."""
+    no spills (2 programs per SM either way); H200, folded: 0.241 ms at the full K, 0.352-0.357 at key tiles of 64,
+    0.51-0.54 at 32, 0.351 at 8 warps, 0.42-0.75 at chunk 128 (benchmarks/results/gpu_checks-2026-12-03_s6).
+    num_stages: Triton's software pipelining of the chunk loads (3 and 4 not yet timed)."""
     b, t, h, kd = k.shape
     vd = v.shape[-1]
     if t % block or block % chunk:
@@ -106,7 +109,7 @@ def block_states(k, v, g, *, block: int, chunk: int = 64, block_v: int = 128, nu
         args.append(pad_axis(g.astype(F32), 3, kp))
     fp32 = dt == jnp.float32
     params = {} if interpret or CompilerParams is None else {
-        'compiler_params': CompilerParams(num_warps=num_warps, num_stages=2)}
+        'compiler_params': CompilerParams(num_warps=num_warps, num_stages=num_stages)}
     s = pl.pallas_call(
         functools.partial(_kernel, chunk=chunk, gate=gate, dt=dt, prec=jax.lax.Precision.HIGHEST if fp32 else None,
                           fold=fold),

@@ -207,13 +207,13 @@ def _dv_role(vt, qg_ref, kg_ref, do_ref, g_ref, a_ref, dht_ref, dv_ref, *, ctx, 
 
 
 def _bwd_kernel(q_ref, k_ref, v_ref, do_ref, g_ref, a_ref, dqi_ref, dki_ref, xi_ref, qg_ref, kg_ref, *rest, has_dht,
-                has_h0, nq, nk, bq, bk, bv, ctx, precise):
-  """Grid axis 2: [0, nq) dq sweeps (key tiles of bq), [nq, nq + nk) dk sweeps (key tiles of bk), then the dv
-  sweeps (value tiles of bv). rest: W and d final_state if has_dht, h0 if has_h0, then the outputs."""
+                has_h0, nq, nk, bq, bk, bv, ctx, precise, role_axis):
+  """Grid axis role_axis: [0, nq) dq sweeps (key tiles of bq), [nq, nq + nk) dk sweeps (key tiles of bk), then the
+  dv sweeps (value tiles of bv). rest: W and d final_state if has_dht, h0 if has_h0, then the outputs."""
   w_ref, dht_ref, *rest = rest if has_dht else (None, None, *rest)
   h0_ref, *outs = rest if has_h0 else (None, *rest)
   dq_ref, dk_ref, dv_ref, dgq_ref, dgq_tot_ref, dgk_ref, dgk_tot_ref, xk_tot_ref, dh0_ref = outs
-  r = pl.program_id(2)
+  r = pl.program_id(role_axis)
 
   @pl.when(r < nq)
   def _():
@@ -283,14 +283,19 @@ def backward(q, k, v, g, a, dq_i, dk_i, x_i, qg, kg, h0, do, dht, ctx, cfg, inte
   dg_shape = jax.ShapeDtypeStruct((b, tp, h, kp), F32)
   tot_shape = jax.ShapeDtypeStruct((b, n, h, kp), F32)
   tot = pl.BlockSpec((None, n, None, kp), lambda b, h, r: (b, 0, h, 0))
+  roles_first = cfg.bwd_roles_first
   kernel = functools.partial(_bwd_kernel, has_dht=has_dht, has_h0=has_h0, nq=nq, nk=nk, bq=bq, bk=bk, bv=bv, ctx=ctx,
-                             precise=cfg.precise_dg)
+                             precise=cfg.precise_dg, role_axis=0 if roles_first else 2)
   dht_args = [_v_dht(v, dht, ctx, interpret), dht] if has_dht else []
+  # CUDA dispatches grid axis 0 fastest: roles first puts the nq + nk + nv programs of one (batch, head) together
+  order = (lambda spec: pl.BlockSpec(spec.block_shape, lambda r, b, h, f=spec.index_map: f(b, h, r))) \
+      if roles_first else (lambda spec: spec)
+  in_specs = [qk, qk, vv, vv, qk, _row_spec(tp, ctx.chunk), qk, qk, qk, qk, qk, *([qk, st] if has_dht else []),
+              *([st] if has_h0 else [])]
+  out_specs = [qk, qk, vv, qk, tot, qk, tot, pl.BlockSpec((None, None, 1, kp), lambda b, h, r: (b, h, 0, 0)), st]
   return pl.pallas_call(
-      kernel, grid=(b, h, nq + nk + nv),
-      in_specs=[qk, qk, vv, vv, qk, _row_spec(tp, ctx.chunk), qk, qk, qk, qk, qk, *([qk, st] if has_dht else []),
-                *([st] if has_h0 else [])],
-      out_specs=[qk, qk, vv, qk, tot, qk, tot, pl.BlockSpec((None, None, 1, kp), lambda b, h, r: (b, h, 0, 0)), st],
+      kernel, grid=(nq + nk + nv, b, h) if roles_first else (b, h, nq + nk + nv),
+      in_specs=[order(x) for x in in_specs], out_specs=[order(x) for x in out_specs],
       out_shape=[dt_k, dt_k, jax.ShapeDtypeStruct((b, tp, h, vp), q.dtype), dg_shape, tot_shape, dg_shape,
                  tot_shape, jax.ShapeDtypeStruct((b, h, 1, kp), F32), jax.ShapeDtypeStruct((b, h, kp, vp), F32)],
       interpret=interpret, name='gla_bwd',

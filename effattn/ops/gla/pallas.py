@@ -105,6 +105,11 @@ class KernelConfig:
   block_v_bwd: int = 64      # backward dv sweeps: value-tile width
   num_warps_bwd: int = 4
   num_stages_bwd: int = 2
+  bwd_roles_first: bool = False  # backward sweeps' grid (roles, B, H) instead of (B, H, roles): CUDA dispatches
+                                 # axis 0 fastest, so that all roles of one (batch, head) run in the same wave and
+                                 # its dk (dq, dv) programs walk the same v, dO chunks together, sharing them in L2
+                                 # (by default a head's roles are B * H programs apart, across the two waves of
+                                 # 512 programs at B=4 H=16 K=V=128); not yet timed
   # The sweeps' tiles, warps and stages above: the fastest of ten on the H200 (kernel_parts.py --parts bwd_sweeps,
   # results/gpu_checks-2026-12-03_s6/call5_gla_bwd_sweeps.json): 1.257 ms; block_v_bwd 32 1.306, 128 1.934;
   # block_k_dk 16 1.487, 64 1.549; block_k_dq 32 1.725, 128 2.763; 8 warps 2.055; 3 stages 1.547.
