@@ -11,13 +11,12 @@
 #   7. gla's backward with and without d final_state (the _o pieces: training's case, no W kernel), and with the
 #      sweeps' roles first in the grid (bwd_roles_first); block_states at 3-4 pipeline stages (split_parts.py).
 # Results (JSON, logs) go to $OUT (default benchmarks/results/gpu_checks-<date>). Each line below fits one
-# 10-minute device command (the limits add up to 200, 420, 480, 420, 450 and 220 s). Usage, from the repo root:
-#   bash benchmarks/gpu_checks.sh 2
+# 10-minute device command (the limits add up to 420, 420, 480, 420 and 450 s). Usage, from the repo root:
+#   bash benchmarks/gpu_checks.sh 2 7
 #   bash benchmarks/gpu_checks.sh 6
 #   bash benchmarks/gpu_checks.sh 5
 #   bash benchmarks/gpu_checks.sh 1
 #   bash benchmarks/gpu_checks.sh 3 4
-#   bash benchmarks/gpu_checks.sh 7
 set -uo pipefail
 OUT=${OUT:-benchmarks/results/gpu_checks-$(date +%Y-%m-%d)}
 mkdir -p "$OUT"
