@@ -172,6 +172,26 @@ BWD_STATES = KernelConfig(bwd_states=True)
 
 
 @pytest.mark.parametrize('case', [Case(2, 63, 2, 48, 60, n=1, h0=True),
+                                  Case(1, 130, 2, 64, 64, n=1, h0=True, dtype='bfloat16'),
+                                  Case(1, 130, 1, 48, 32, n=0.1, h0=True, dtype='bfloat16')], ids=str)
+@pytest.mark.parametrize('tile, diag', [(16, 'dots'), (32, 'rows'), (32, 'halves'), (128, 'dots')])
+def test_key_tiled_intra_bwd(case, tile, diag):
+  """KernelConfig(intra_key_tile_bwd=...): the backward intra kernel per (16-row block, key tile) from the chunks'
+  stored dA; each tile takes 'dots' or the row loops by its own channels' span (fast gates at n = 0.1 mix them)."""
+  cfg = KernelConfig(intra_key_tile_bwd=tile, intra_diag_bwd=diag)
+  _check(case, functools.partial(kernel_gla, config=cfg))
+
+
+def test_key_tiled_intra_bwd_is_checked():
+  with pytest.raises(ValueError, match='intra_key_tile_bwd'):
+    _check(Case(1, 16, 1, 16, 16, n=1, h0=False), functools.partial(kernel_gla, config=KernelConfig(
+        intra_key_tile_bwd=24)))
+  with pytest.raises(ValueError, match='rows2'):
+    _check(Case(1, 16, 1, 16, 16, n=1, h0=False), functools.partial(kernel_gla, config=KernelConfig(
+        intra_key_tile_bwd=16, intra_diag_bwd='rows2')))
+
+
+@pytest.mark.parametrize('case', [Case(2, 63, 2, 48, 60, n=1, h0=True),
                                   Case(1, 130, 2, 64, 64, n=1, h0=True, dtype='bfloat16')], ids=str)
 def test_bwd_roles_first(case):
   """KernelConfig(bwd_roles_first=True): the backward sweeps' grid with the roles axis first (dispatch order only)."""
@@ -339,8 +359,10 @@ def test_matches_naive_gpu_shapes(case):
                                  KernelConfig(intra_width=128, intra_width_bwd=32),
                                  KernelConfig(bwd_states=True, num_warps_bwd=8),
                                  KernelConfig(intra_diag_bwd='rows2', block_k_dq=32, block_k_dk=16),
-                                 KernelConfig(intra_diag='rows', intra_diag_bwd='rows')],
-                         ids=['c32', 'tiles', 'halves', 'rows-128-32', 'states', 'rows2-spillfree', 'rows'])
+                                 KernelConfig(intra_diag='rows', intra_diag_bwd='rows'),
+                                 KernelConfig(intra_key_tile_bwd=32, bwd_roles_first=True)],
+                         ids=['c32', 'tiles', 'halves', 'rows-128-32', 'states', 'rows2-spillfree', 'rows',
+                              'key-tiles-roles-first'])
 def test_other_configs_gpu(cfg):
   """Other tilings the tuner may pick (tune_candidates) at real head sizes."""
   _check(Case(1, 1000, 2, 128, 128, n=1, h0=True, dtype='bfloat16'), functools.partial(kernel_gla, config=cfg))
@@ -363,6 +385,8 @@ def test_long_bf16_finite(n):
                                                                   intra_unroll=True)),
                                         ('bfloat16', KernelConfig(bwd_states=True)),
                                         ('bfloat16', KernelConfig(bwd_roles_first=True)),
+                                        ('bfloat16', KernelConfig(intra_key_tile_bwd=32)),
+                                        ('bfloat16', KernelConfig(intra_key_tile_bwd=16, intra_diag_bwd='rows')),
                                         ('float32', KernelConfig(bwd_states=True))])
 def test_lowers_to_triton(dtype, cfg):
   """Forward and backward lower through Pallas' Triton lowering (cross-platform, no GPU needed): catches

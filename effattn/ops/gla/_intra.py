@@ -151,12 +151,35 @@ def intra_a(q, k, g, ctx, cfg, interpret):
       **_params(interpret, ctx, warps, stages))(q, k, g)
 
 
+def _dA_kernel(v_ref, do_ref, da_ref, *, ctx):
+  """dA = dO V^T [C, C] of one chunk, fp32 (all of it: the intra kernels mask what they read)."""
+  da_ref[...] = _dot(do_ref[...], v_ref[...], 1, 1, ctx)
+
+
+def chunk_dA(v, do, ctx, interpret):
+  """[B, Tp, H, C] fp32: each chunk's dO V^T, for the key-tiled backward intra kernel."""
+  b, tp, h, vp = v.shape
+  c = ctx.chunk
+  rows = lambda d: pl.BlockSpec((None, c, None, d), lambda b, h, n: (b, n, h, 0))
+  return pl.pallas_call(
+      functools.partial(_dA_kernel, ctx=ctx), grid=(b, h, tp // c), in_specs=[rows(vp), rows(vp)],
+      out_specs=rows(c), out_shape=jax.ShapeDtypeStruct((b, tp, h, c), F32), interpret=interpret, name='gla_dA',
+      **_params(interpret, ctx, 4, 2))(v, do)
+
+
+def _with_stored_dA(kernel):
+  """A backward intra kernel reading the chunk's stored dA [C, C] (chunk_dA) instead of its v and dO."""
+  def run(q_ref, k_ref, g_ref, da_ref, *outs, **kwargs):
+    return kernel(q_ref, k_ref, g_ref, da_ref, None, *outs, **kwargs)
+  return run
+
+
 def intra_grads(q, k, g, v, do, ctx, cfg, interpret):
   """Intra-chunk (dq w.r.t. scaled q, dk) and the intra-pair gate term, fp32 [B, Tp, H, Kp] each; q ⊙ e^G and
-  k ⊙ e^{G_l - G} in the dot dtype."""
+  k ⊙ e^{G_l - G} in the dot dtype. With cfg.intra_key_tile_bwd, one program per (16-row block, key tile) from the
+  chunks' dA (chunk_dA), else one per block over all channels, each computing its dA pieces."""
   b, tp, h, kp = q.shape
   vp = v.shape[-1]
-  cs, cv, out = _chunk_spec(ctx, kp), _chunk_spec(ctx, vp), _sub_spec(kp)
   shape = jax.ShapeDtypeStruct((b, tp, h, kp), F32)
   fac = jax.ShapeDtypeStruct((b, tp, h, kp), ctx.dt)
   kernels = {'halves': _bwd_kernel, 'rows': functools.partial(_bwd_kernel_rows, unroll=cfg.intra_unroll),
@@ -165,9 +188,24 @@ def intra_grads(q, k, g, v, do, ctx, cfg, interpret):
   diag, width = cfg.intra_bwd_for(kp)
   if diag not in kernels:
     raise ValueError(f"KernelConfig.intra_diag_bwd must be 'halves', 'rows', 'rows2' or 'dots'; got {diag!r}")
+  kernel = functools.partial(kernels[diag], ctx=ctx, precise=cfg.precise_dg, width=width)
+  params = _params(interpret, ctx, cfg.num_warps_intra_bwd, cfg.num_stages_intra_bwd)
+  tile = cfg.intra_key_tile_bwd
+  if tile is None:
+    cs, cv, out = _chunk_spec(ctx, kp), _chunk_spec(ctx, vp), _sub_spec(kp)
+    return pl.pallas_call(
+        kernel, grid=(b, h, tp // SUB), in_specs=[cs, cs, cs, cv, cv], out_specs=[out] * 5,
+        out_shape=[shape, shape, shape, fac, fac], interpret=interpret, name='gla_intra_bwd', **params)(
+            q, k, g, v, do)
+  if tile not in (16, 32, 64, 128) or diag == 'rows2':
+    raise ValueError(f"KernelConfig.intra_key_tile_bwd must be None, 16, 32, 64 or 128, and intra_diag_bwd not "
+                     f"'rows2'; got {tile!r} with {diag!r}")
+  tile = min(tile, kp)
+  nsub = ctx.chunk // SUB
+  chunk_tile = pl.BlockSpec((None, ctx.chunk, None, tile), lambda b, h, p, t: (b, p // nsub, h, t))
+  chunk_da = pl.BlockSpec((None, ctx.chunk, None, ctx.chunk), lambda b, h, p, t: (b, p // nsub, h, 0))
+  out = pl.BlockSpec((None, SUB, None, tile), lambda b, h, p, t: (b, p, h, t))
   return pl.pallas_call(
-      functools.partial(kernels[diag], ctx=ctx, precise=cfg.precise_dg, width=width),
-      grid=(b, h, tp // SUB),
-      in_specs=[cs, cs, cs, cv, cv], out_specs=[out] * 5, out_shape=[shape, shape, shape, fac, fac],
-      interpret=interpret, name='gla_intra_bwd',
-      **_params(interpret, ctx, cfg.num_warps_intra_bwd, cfg.num_stages_intra_bwd))(q, k, g, v, do)
+      _with_stored_dA(kernel), grid=(b, h, tp // SUB, kp // tile), in_specs=[chunk_tile] * 3 + [chunk_da],
+      out_specs=[out] * 5, out_shape=[shape, shape, shape, fac, fac], interpret=interpret, name='gla_intra_bwd',
+      **params)(q, k, g, chunk_dA(v, do, ctx, interpret))

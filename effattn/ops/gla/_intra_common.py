@@ -65,11 +65,18 @@ def _earlier_keys(q_ref, k_ref, g_ref, cs, a, r0, rows, crow, ctx):
 
 def _dA_blocks(v_ref, do_ref, rows, r0, col, si, sj, ctx):
   """dA = dO V^T pieces of the block: rows x earlier keys [SUB, C], later queries x the block's keys transposed
-  [SUB, C] (zero elsewhere), the diagonal block [SUB, SUB] and its diagonal [SUB, 1]."""
+  [SUB, C] (zero elsewhere), the diagonal block [SUB, SUB] and its diagonal [SUB, 1]. v_ref, do_ref: the chunk's
+  v and dO [C, V], or (the chunk's dA [C, C] fp32 from _intra._dA_kernel, None): KernelConfig.intra_key_tile_bwd."""
   r1 = r0 + SUB
-  da = jnp.where(col < r0, _dot(do_ref[rows, :], v_ref[...], 1, 1, ctx), 0.0)    # dA_ij, earlier keys j
-  dat = jnp.where(col >= r1, _dot(v_ref[rows, :], do_ref[...], 1, 1, ctx), 0.0)  # [j, i]: dA_ij, later queries i
-  dd = _dot(do_ref[rows, :], v_ref[rows, :], 1, 1, ctx)                          # the diagonal block [SUB, SUB]
+  if do_ref is None:
+    da_ref, block = v_ref, pl.ds(r0, SUB)
+    da = jnp.where(col < r0, da_ref[rows, :], 0.0)
+    dat = jnp.where(col >= r1, jnp.transpose(da_ref[:, block]), 0.0)
+    dd = da_ref[rows, block]
+  else:
+    da = jnp.where(col < r0, _dot(do_ref[rows, :], v_ref[...], 1, 1, ctx), 0.0)    # dA_ij, earlier keys j
+    dat = jnp.where(col >= r1, _dot(v_ref[rows, :], do_ref[...], 1, 1, ctx), 0.0)  # [j, i]: dA_ij, later queries i
+    dd = _dot(do_ref[rows, :], v_ref[rows, :], 1, 1, ctx)                          # the diagonal block [SUB, SUB]
   return da, dat, dd, jnp.sum(jnp.where(si == sj, dd, 0.0), axis=1)[:, None]
 
 

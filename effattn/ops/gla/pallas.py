@@ -98,6 +98,15 @@ class KernelConfig:
                                      # the default); None: intra_diag_for
   intra_diag_bwd: str | None = None  # the same for the backward intra kernel (intra_bwd_for), or 'rows2' (dk from
                                      # a second loop, over query rows; 1.98 ms against 1.41 at K = 128)
+  intra_key_tile_bwd: int | None = None  # backward intra kernel: key channels per program (16 ... 128; None: all,
+                                         # one program per 16-row block). With a tile, dA = dO V^T is computed
+                                         # once per chunk (_intra.chunk_dA, fp32 [B, Tp, H, C]) and read by the
+                                         # Kp / tile programs of each block (flash-linear-attention's layout: fewer
+                                         # registers per program, more programs per SM); not yet timed.
+                                         # ptxas (sm_90a, bf16, 'dots'): K = 128, all channels 255 registers and
+                                         # 96 bytes spilled, 2 programs per SM; tile 64: 168, 3 per SM; 32: 137,
+                                         # 3; 32 at 2 warps: 186, 5; 16 at 2 warps: 168, 6. K = 64: all 187, 2
+                                         # per SM; tile 32: 128 (16 bytes spilled), 4; 16 at 2 warps: 168, 6
   intra_unroll: bool = True  # 'rows' / 'rows2' kernels: their 16-step row loops written out (H200, K = 128:
                              # intra fwd 0.563 -> 0.481 ms, bwd 1.427 -> 1.341, fwd+bwd 3.501 -> 3.331)
   block_k_dq: int = 64       # backward dq sweeps: key-tile width
