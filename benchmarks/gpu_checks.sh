@@ -2,7 +2,8 @@
 # One GPU session's standing checks, most important first, each under its own time limit, so that a command cut
 # off by the device's per-call limit still leaves the earlier results:
 #   1. the linear kernels' GPU tests against the fp32 oracles (o and every gradient; 336 s on the H200);
-#   2. every op at issue 6's shape against cuDNN and the pure-JAX chunk form (kernels checked against chunk);
+#   2. every op at issue 6's shape against cuDNN, FLA (forward: its backward needs Triton >= 3.7.1) and the
+#      pure-JAX chunk form (kernels checked against chunk, o and every gradient);
 #   3. time per token from T = 2048 to 65536 at B*T = 65536 (criterion 3), gla's split at split_states='xla'
 #      (the default 'sweeps' against it), and the split's block_states in key tiles (split_parts.py);
 #   4. per-kernel device time of gla forward and forward+backward (kernel_profile.py);
@@ -35,7 +36,7 @@ run 1 420 tests_linear python3 -m pytest -q -p no:cacheprovider tests/ops/test_g
   tests/ops/test_simple_gla_kernel.py tests/ops/test_delta_rule_kernel.py tests/ops/test_block_states.py \
   -k "gpu or long"
 run 2 200 issue_shape python3 benchmarks/ops_gpu.py --ops simple_gla,gla,delta_rule,gated_delta_rule,sigmoid \
-  --impls kernel,chunk,cudnn --shapes 4x4096x16x128 --out "$OUT/ops_gpu_issue_shape.json"
+  --impls kernel,chunk,cudnn,fla --shapes 4x4096x16x128 --out "$OUT/ops_gpu_issue_shape.json"
 run 3 150 scaling python3 benchmarks/ops_gpu.py --ops simple_gla,gla,delta_rule,gated_delta_rule --impls kernel \
   --modes fwd --shapes scaling --out "$OUT/ops_gpu_scaling.json"
 run 3 120 scaling_gla_xla python3 benchmarks/ops_gpu.py --ops gla --impls kernel --modes fwd --shapes scaling \
