@@ -5,15 +5,16 @@
 #   2. every op at issue 6's shape against cuDNN, FLA (forward: its backward needs Triton >= 3.7.1) and the
 #      pure-JAX chunk form (kernels checked against chunk, o and every gradient);
 #   3. time per token from T = 2048 to 65536 at B*T = 65536 (criterion 3), gla's split at split_states='xla'
-#      (the default 'sweeps' against it), and the split's block_states in key tiles (split_parts.py);
+#      (the default 'sweeps' against it), and the split's block_states in key tiles, at 8 warps, 128-row chunks
+#      and 3-4 stages (split_parts.py --key-tiles);
 #   4. per-kernel device time of gla forward and forward+backward (kernel_profile.py);
 #   5. the flash (softmax / sigmoid, Triton and Mosaic GPU) kernels' GPU tests (> 280 s);
 #   6. criterion 5b: the GLA, DeltaNet and softmax LMs at T = 8192 in one process (~300 s);
 #   7. gla's backward with and without d final_state (the _o pieces: training's case, no W kernel), with the
 #      sweeps' roles first in the grid (bwd_roles_first), the backward intra kernel in key tiles from stored dA
-#      (intra_key_tile_bwd); block_states at 3-4 pipeline stages (split_parts.py).
+#      (intra_key_tile_bwd), and each role's share of the sweeps (--ablate: the sweeps without it).
 # Results (JSON, logs) go to $OUT (default benchmarks/results/gpu_checks-<date>). Each line below fits one
-# 10-minute device command (the limits add up to 560, 420, 480, 420 and 450 s). Usage, from the repo root:
+# 10-minute device command (the limits add up to 570, 420, 480, 420 and 450 s). Usage, from the repo root:
 #   bash benchmarks/gpu_checks.sh 2 7
 #   bash benchmarks/gpu_checks.sh 6
 #   bash benchmarks/gpu_checks.sh 5
@@ -47,11 +48,12 @@ run 4 60 profile_gla_fwd_bwd python3 benchmarks/kernel_profile.py --op gla --mod
   --out "$OUT/profile_gla_fwd_bwd.json"
 run 7 130 gla_unread_state python3 benchmarks/kernel_parts.py --op gla --parts bwd_sweeps,bwd_sweeps_o,fwd_bwd,fwd_bwd_o \
   --config default --config bwd_roles_first=true --out "$OUT/gla_unread_state.json"
-run 7 170 gla_key_tiles python3 benchmarks/kernel_parts.py --op gla --parts intra_bwd,fwd_bwd_o --config default \
+run 7 150 gla_key_tiles python3 benchmarks/kernel_parts.py --op gla --parts intra_bwd,fwd_bwd_o --config default \
   --config intra_key_tile_bwd=32 --config intra_key_tile_bwd=64 --config intra_key_tile_bwd=32,num_warps_intra_bwd=2 \
   --config intra_key_tile_bwd=16,num_warps_intra_bwd=2 --config intra_key_tile_bwd=32,num_stages_intra_bwd=3 \
   --out "$OUT/gla_key_tiles.json"
-run 7 60 block_states_stages python3 benchmarks/split_parts.py --key-tiles
+run 7 90 gla_sweep_roles bash -c 'for r in gla_dq_role gla_dk_role gla_dv_role; do
+  python3 benchmarks/kernel_parts.py --op gla --parts bwd_sweeps_o --ablate $r; done'   # time without each role
 run 5 480 tests_flash python3 -m pytest -q -p no:cacheprovider tests/ops/test_flash_kernel.py -k "gpu or long"
 run 6 420 lm_8192 python3 benchmarks/train_throughput.py --in-process --kinds gla,softmax,deltanet --seq-lens 8192 \
   --steps 10 --out "$OUT/train_throughput_8192.json"

@@ -24,7 +24,9 @@ built lazily, so --parts / --tune compile only what they time). Before 2026-12-0
 --ablate (delta rules; diagnostic: the gradients it gives are wrong) changes the backward before timing:
 dq_role or dk_role skips that role's programs in the fused per-chunk kernel (_bwd_kernel.py, under
 --config bwd_split=false; each chunk has one of each), bf16_dots makes every TF32 dot (fp32 operands) of the
-backward kernels a bf16 one; the time saved is what the part costs.
+backward kernels a bf16 one; the time saved is what the part costs. gla: gla_dq_role, gla_dk_role or gla_dv_role
+skips that role's programs in the backward sweeps (_sweeps.py):
+  python benchmarks/kernel_parts.py --op gla --parts bwd_sweeps_o --ablate gla_dq_role
 """
 from __future__ import annotations
 
@@ -43,6 +45,7 @@ from effattn.ops.gated_delta_rule import _bench as delta_bench
 from effattn.ops.gated_delta_rule import _bwd_kernel, _kernel_common
 from effattn.ops.gated_delta_rule import pallas as delta_pallas
 from effattn.ops.gla import _bench as gla_bench
+from effattn.ops.gla import _sweeps as gla_sweeps
 from effattn.ops.gla import pallas as gla_pallas
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -54,7 +57,7 @@ PARTS = {'gated_delta_rule': 'wy,fwd_state,fwd_state_store,fwd,bwd_state,bwd_chu
          'gla': 'gates,intra_fwd,fwd_sweep,fwd,intra_bwd,bwd_sweeps,bwd_sweeps_o,dg,fwd_bwd,fwd_bwd_o'}
 PARTS['delta_rule'] = PARTS['gated_delta_rule']
 GLA_FORWARD_PARTS = ('gates', 'intra_fwd', 'fwd_sweep', 'fwd')
-ABLATIONS = ('dq_role', 'dk_role', 'bf16_dots')
+ABLATIONS = ('dq_role', 'dk_role', 'bf16_dots', 'gla_dq_role', 'gla_dk_role', 'gla_dv_role')
 
 
 def config_class(op: str):
@@ -85,9 +88,12 @@ def candidates(op: str, part: str, config) -> list:
 
 
 def ablate(what: str) -> None:
-  """Patches the delta rules' per-chunk backward kernel module for --ablate (before any tracing)."""
+  """Patches the delta rules' per-chunk backward kernel module, or gla's backward sweeps, for --ablate (before
+  any tracing)."""
   if what in ('dq_role', 'dk_role'):
     setattr(_bwd_kernel, f'_{what}', lambda *args, **kwargs: None)
+  elif what in ('gla_dq_role', 'gla_dk_role', 'gla_dv_role'):
+    setattr(gla_sweeps, what[3:], lambda *args, **kwargs: None)
   elif what == 'bf16_dots':
     _kernel_common._wide = _kernel_common._dot
   else:
@@ -115,7 +121,7 @@ def main(argv=None):
                  help='KernelConfig fields, e.g. block_v=32,num_warps=4; repeat it to time each configuration in '
                       'turn in one process ("default": no overrides)')
   p.add_argument('--tune', default=None, help='one piece: time it at every tune_candidates config')
-  p.add_argument('--ablate', default='', help=f'comma-separated, of {", ".join(ABLATIONS)} (delta rules; diagnostic)')
+  p.add_argument('--ablate', default='', help=f'comma-separated, of {", ".join(ABLATIONS)} (diagnostic)')
   p.add_argument('--reps', type=int, default=20)
   p.add_argument('--out', default=None, help='also write the rows as JSON')
   a = p.parse_args(argv)
@@ -129,8 +135,9 @@ def main(argv=None):
   unknown = sorted(set(names + ([a.tune] if a.tune else [])) - set(PARTS[op].split(',')))
   if unknown:
     raise SystemExit(f'--parts / --tune: {op} has no piece {unknown}; pieces: {PARTS[op]}')
-  if a.ablate and op == 'gla':
-    raise SystemExit('--ablate: only for the delta rules')
+  gla_only = {w for w in a.ablate.split(',') if w.startswith('gla_')}
+  if a.ablate and (op == 'gla') != bool(gla_only) or len(gla_only) not in (0, len(a.ablate.split(','))):
+    raise SystemExit('--ablate: gla_* for gla, the others for the delta rules')
   if a.tune and len(cfgs) > 1:
     raise SystemExit('--tune: give at most one --config (the base of the candidates)')
   roles = {'dq_role', 'dk_role'} & set(a.ablate.split(','))

@@ -52,8 +52,21 @@ def test_config_and_arguments_are_checked(kp):
         kp.parse_config('block_v=wide')
     with pytest.raises(SystemExit, match="gla has no piece \\['wy'\\]"):
         kp.main(['--op', 'gla', '--parts', 'wy'])
-    with pytest.raises(SystemExit, match='only for the delta rules'):
+    with pytest.raises(SystemExit, match='gla_. for gla, the others for the delta rules'):
         kp.main(['--op', 'gla', '--ablate', 'dk_role'])
+    with pytest.raises(SystemExit, match='gla_. for gla'):
+        kp.main(['--op', 'delta_rule', '--ablate', 'gla_dq_role'])
+
+
+def test_gla_ablation_skips_a_role_of_the_sweeps(kp, monkeypatch):
+    from effattn.ops.gla import _sweeps
+    for name in ('_dq_role', '_dk_role', '_dv_role'):  # restored after the test
+        monkeypatch.setattr(_sweeps, name, getattr(_sweeps, name))
+    dq_ref, dk_ref = kp.parts_of('gla', (1, 64, 1, 16), 'float32', None)['bwd_sweeps_o']()[:2]
+    kp.ablate('gla_dk_role')
+    dq, dk = kp.parts_of('gla', (1, 64, 1, 16), 'float32', None)['bwd_sweeps_o']()[:2]
+    np.testing.assert_array_equal(dq, dq_ref)  # the dq role ran as before
+    assert float(np.abs(dq_ref).max()) > 0 and not np.array_equal(dk, dk_ref)
 
 
 def test_ablation_skips_a_role_of_the_chunk_backward(kp, monkeypatch):
