@@ -38,6 +38,7 @@ if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
     os.environ['JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES'] = '0'
 
 import jax
+import pytest
 
 if _OWN_CACHE is not None:  # in case jax was imported (by a plugin) before the lines above ran
     jax.config.update('jax_compilation_cache_dir', _OWN_CACHE)
@@ -47,6 +48,17 @@ if _OWN_CACHE is not None:  # in case jax was imported (by a plugin) before the 
 # Tests compare fp32 results at 1e-5: run fp32 matmuls at full precision (TF32 on GPU otherwise).
 jax.config.update('jax_default_matmul_precision', 'highest')
 sys.path.insert(0, os.path.dirname(__file__))
+
+
+def pytest_collection_modifyitems(config, items):
+    """A test whose xdist worker crashes runs once more (pytest-rerunfailures, in the test extra), other failures
+    never: jaxlib 0.10.2 once segfaulted in CI while serializing a CPU executable for the persistent cache above
+    (compilation_cache.put_executable_and_time, tests/train/test_resume.py; not reproduced in isolation). Without
+    the plugin (the GPU machine's carried wheels) nothing changes."""
+    if config.pluginmanager.hasplugin('rerunfailures'):
+        crash_only = pytest.mark.flaky(reruns=1, only_rerun=['crashed while running'])
+        for item in items:
+            item.add_marker(crash_only)
 
 
 def pytest_sessionfinish(session):
