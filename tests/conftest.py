@@ -52,9 +52,11 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 def pytest_collection_modifyitems(config, items):
     """A test whose xdist worker crashes runs once more (pytest-rerunfailures, in the test extra), other failures
-    never: jaxlib 0.10.2 once segfaulted in CI while serializing a CPU executable for the persistent cache above
-    (compilation_cache.put_executable_and_time, tests/train/test_resume.py; not reproduced in isolation). Without
-    the plugin (the GPU machine's carried wheels) nothing changes."""
+    never. jaxlib 0.10.2 (XLA:CPU) has crashed the long-lived worker late in full runs, inside native code while
+    compiling a jitted function, or while serializing or deserializing one for the persistent cache above (it also
+    crashed with the cache off). It happened in three full runs of 2026-12-03, always in tests/train/test_resume.py,
+    and never with that file alone (11 runs). Without the plugin (the GPU machine's carried wheels) nothing
+    changes."""
     if config.pluginmanager.hasplugin('rerunfailures'):
         crash_only = pytest.mark.flaky(reruns=1, only_rerun=['crashed while running'])
         for item in items:
