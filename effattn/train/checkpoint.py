@@ -2,18 +2,24 @@
 
 Items: ``state`` (params, optimizer state, step, RNG) and ``meta`` (JSON: data position, config,
 and a fingerprint of the parameters). orbax writes each step into a temporary folder and renames it
-when complete, so a crash or SIGKILL during a save never leaves a half-written step behind. A step that
-is unreadable or whose parameters do not match the fingerprint (truncated or corrupted files) is
-reported, moved aside to ``checkpoints-corrupted/<step>-<time>`` (kept for inspection, never deleted)
-and the previous step is used.
+when complete, so a crash or SIGKILL during a save never leaves a half-written step behind. Once a step
+is complete, a manifest of its files (size and CRC-32 each, ``effattn_files.json`` in the step) is
+written, and a restore checks it before orbax reads anything: corrupted files never reach tensorstore's
+decoders (a restore of garbage-written files has crashed later compiles in the same process, in CI),
+and the error names the file. A step that fails the manifest, is unreadable or whose parameters do not
+match the fingerprint is reported, moved aside to ``checkpoints-corrupted/<step>-<time>`` (kept for
+inspection, never deleted) and the previous step is used. Steps without a manifest (a crash between
+the save and the manifest, or older runs) are restored as before, checked by the fingerprint alone.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
 import time
+import zlib
 from typing import Any
 
 import jax
@@ -68,6 +74,64 @@ class CheckpointError(RuntimeError):
     """No checkpoint of a run folder can be restored (all unreadable, or the model changed)."""
 
 
+MANIFEST = 'effattn_files.json'
+_READ_BLOCK = 1 << 22
+
+
+def _file_crc(path: str) -> int:
+    crc = 0
+    with open(path, 'rb') as f:
+        while block := f.read(_READ_BLOCK):
+            crc = zlib.crc32(block, crc)
+    return crc
+
+
+def _step_files(step_dir: str) -> list[str]:
+    """Paths of the step's files relative to its folder, sorted, the manifest left out."""
+    files = []
+    for root, _, names in os.walk(step_dir):
+        for name in names:
+            rel = os.path.relpath(os.path.join(root, name), step_dir)
+            if rel != MANIFEST:
+                files.append(rel)
+    return sorted(files)
+
+
+def write_manifest(step_dir: str) -> None:
+    """Records the size and CRC-32 of every file of a complete step (written to a temporary name, then
+    renamed, so that a crash leaves either no manifest or a whole one)."""
+    entries = {}
+    for rel in _step_files(step_dir):
+        path = os.path.join(step_dir, rel)
+        entries[rel] = [os.path.getsize(path), _file_crc(path)]
+    tmp = os.path.join(step_dir, MANIFEST + '.tmp')
+    with open(tmp, 'w') as f:
+        json.dump(entries, f)
+    os.replace(tmp, os.path.join(step_dir, MANIFEST))
+
+
+def check_manifest(step_dir: str) -> bool:
+    """Raises ValueError naming the first missing, resized or changed file of a step against its manifest;
+    False when the step has none (nothing checked), True when every file matches."""
+    path = os.path.join(step_dir, MANIFEST)
+    if not os.path.exists(path):
+        return False
+    try:
+        with open(path) as f:
+            entries = {rel: (int(size), int(crc)) for rel, (size, crc) in json.load(f).items()}
+    except (ValueError, TypeError, AttributeError) as e:
+        raise ValueError(f'{path} is unreadable ({type(e).__name__})') from e
+    for rel, (size, crc) in sorted(entries.items()):
+        file = os.path.join(step_dir, rel)
+        if not os.path.exists(file):
+            raise ValueError(f'{file} is missing')
+        if os.path.getsize(file) != size:
+            raise ValueError(f'{file} has {os.path.getsize(file)} bytes, {size} when saved')
+        if _file_crc(file) != crc:
+            raise ValueError(f'{file} changed since it was saved (CRC-32)')
+    return True
+
+
 class Checkpointer:
     def __init__(self, directory: str, cfg: CheckpointConfig):
         self.directory = os.path.abspath(directory)
@@ -79,8 +143,21 @@ class Checkpointer:
             options=options,
             item_handlers={'state': ocp.StandardCheckpointHandler(), 'meta': ocp.JsonCheckpointHandler()},
         )
+        self._async = cfg.async_save
+        self._unlisted = []  # saved steps whose manifest is not yet written (an async save in flight)
+
+    def _write_manifests(self) -> None:
+        """Manifests of the saved steps, once orbax has finished them."""
+        self.manager.wait_until_finished()
+        for step in self._unlisted:
+            step_dir = os.path.join(self.directory, str(step))
+            if os.path.isdir(step_dir):  # not removed by keep-N meanwhile
+                write_manifest(step_dir)
+        self._unlisted = []
 
     def save(self, step: int, state: Any, meta: dict) -> None:
+        if self._unlisted:  # the previous async save: orbax would wait for it before this one anyway
+            self._write_manifests()
         meta = dict(meta, step=int(step), fingerprint=fingerprint(state.params))
         self.manager.save(
             step,
@@ -89,6 +166,9 @@ class Checkpointer:
             ),
             force=True,
         )
+        self._unlisted.append(int(step))
+        if not self._async:
+            self._write_manifests()
 
     def steps(self) -> list[int]:
         """Complete checkpoint steps, newest first."""
@@ -103,7 +183,9 @@ class Checkpointer:
         failures = []
         for step in self.steps():
             try:
-                # shapes first, from the metadata: a restore that fails part way leaves orbax's reads pending
+                # the files first: corrupted ones never reach orbax's (tensorstore's) decoders
+                check_manifest(os.path.join(self.directory, str(step)))
+                # shapes next, from the metadata: a restore that fails part way leaves orbax's reads pending
                 mismatched = shape_mismatches(self._saved_tree(step), abstract_state)
                 if mismatched:
                     more = f' (and {len(mismatched) - 3} more)' if len(mismatched) > 3 else ''
@@ -152,7 +234,7 @@ class Checkpointer:
         return target
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
+        self._write_manifests()
         self.manager.close()
 
     def __enter__(self) -> 'Checkpointer':

@@ -10,7 +10,7 @@ import pytest
 from effattn.eval import run as run_lib
 from effattn.eval.run import load_run
 from effattn.train import loop
-from effattn.train.checkpoint import CheckpointError, Checkpointer
+from effattn.train.checkpoint import MANIFEST, CheckpointError, Checkpointer, check_manifest, write_manifest
 
 
 def params_of(workdir):
@@ -71,6 +71,8 @@ def test_corrupted_newest_checkpoint_falls_back(tiny, tmp_path, capsys, corrupt)
     assert step == 2
     out = capsys.readouterr().out
     assert 'checkpoint step 4' in out and 'using step 2' in out
+    # caught by the files' manifest, before orbax reads them
+    assert any(why in out for why in ('when saved', 'changed since it was saved', f'{MANIFEST} is unreadable')), out
     # Training resumes from step 2 and finishes again.
     loop.train_and_evaluate(cfg, workdir, quiet=True)
     assert params_of(workdir)[0] == 4
@@ -157,3 +159,34 @@ def test_loss_on_labelled_positions_only_equals_full_loss(tiny):
     _, m_dense = dense_step(state, b)
     np.testing.assert_allclose(float(m_sparse['loss']), float(full), rtol=1e-6)
     np.testing.assert_allclose(float(m_sparse['grad_norm']), float(m_dense['grad_norm']), rtol=1e-5)
+
+
+def test_manifest_names_missing_resized_and_changed_files(tmp_path):
+    step = tmp_path / '7'
+    (step / 'state').mkdir(parents=True)
+    (step / 'state' / 'data').write_bytes(b'0123456789' * 10)
+    (step / 'meta').write_text('{}')
+    assert check_manifest(str(step)) is False  # no manifest: nothing checked
+    write_manifest(str(step))
+    assert (step / MANIFEST).exists() and check_manifest(str(step)) is True
+    (step / 'state' / 'data').write_bytes(b'0123456789' * 9 + b'x123456789')  # same size, other bytes
+    with pytest.raises(ValueError, match='data changed since it was saved'):
+        check_manifest(str(step))
+    (step / 'state' / 'data').write_bytes(b'01234')
+    with pytest.raises(ValueError, match='data has 5 bytes, 100 when saved'):
+        check_manifest(str(step))
+    (step / 'state' / 'data').unlink()
+    with pytest.raises(ValueError, match='data is missing'):
+        check_manifest(str(step))
+    (step / MANIFEST).write_text('{"state/da')  # a truncated manifest
+    with pytest.raises(ValueError, match=f'{MANIFEST} is unreadable'):
+        check_manifest(str(step))
+
+
+def test_every_saved_step_gets_a_manifest(tiny, tmp_path):
+    for async_save in (True, False):
+        cfg = tiny(train__steps=4, checkpoint__every=2, checkpoint__async_save=async_save)
+        workdir = tmp_path / f'run-{async_save}'
+        loop.train_and_evaluate(cfg, str(workdir), quiet=True)
+        for step in ('2', '4'):
+            assert check_manifest(str(workdir / 'checkpoints' / step)) is True
