@@ -135,8 +135,7 @@ def main(argv=None):
   unknown = sorted(set(names + ([a.tune] if a.tune else [])) - set(PARTS[op].split(',')))
   if unknown:
     raise SystemExit(f'--parts / --tune: {op} has no piece {unknown}; pieces: {PARTS[op]}')
-  gla_only = {w for w in a.ablate.split(',') if w.startswith('gla_')}
-  if a.ablate and (op == 'gla') != bool(gla_only) or len(gla_only) not in (0, len(a.ablate.split(','))):
+  if any(w.startswith('gla_') != (op == 'gla') for w in filter(None, a.ablate.split(','))):
     raise SystemExit('--ablate: gla_* for gla, the others for the delta rules')
   if a.tune and len(cfgs) > 1:
     raise SystemExit('--tune: give at most one --config (the base of the candidates)')

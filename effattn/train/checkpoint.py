@@ -144,20 +144,21 @@ class Checkpointer:
             item_handlers={'state': ocp.StandardCheckpointHandler(), 'meta': ocp.JsonCheckpointHandler()},
         )
         self._async = cfg.async_save
-        self._unlisted = []  # saved steps whose manifest is not yet written (an async save in flight)
+        self._unlisted_step = None  # the saved step whose manifest is not yet written (an async save in flight)
 
-    def _write_manifests(self) -> None:
-        """Manifests of the saved steps, once orbax has finished them."""
+    def _step_dir(self, step: int) -> str:
+        return os.path.join(self.directory, str(step))
+
+    def _write_manifest(self) -> None:
+        """The manifest of the last saved step, once orbax has finished it."""
         self.manager.wait_until_finished()
-        for step in self._unlisted:
-            step_dir = os.path.join(self.directory, str(step))
-            if os.path.isdir(step_dir):  # not removed by keep-N meanwhile
-                write_manifest(step_dir)
-        self._unlisted = []
+        step, self._unlisted_step = self._unlisted_step, None
+        if step is not None and os.path.isdir(self._step_dir(step)):  # not removed by keep-N meanwhile
+            write_manifest(self._step_dir(step))
 
     def save(self, step: int, state: Any, meta: dict) -> None:
-        if self._unlisted:  # the previous async save: orbax would wait for it before this one anyway
-            self._write_manifests()
+        if self._unlisted_step is not None:  # the previous async save: orbax would wait for it before this one anyway
+            self._write_manifest()
         meta = dict(meta, step=int(step), fingerprint=fingerprint(state.params))
         self.manager.save(
             step,
@@ -166,9 +167,9 @@ class Checkpointer:
             ),
             force=True,
         )
-        self._unlisted.append(int(step))
+        self._unlisted_step = int(step)
         if not self._async:
-            self._write_manifests()
+            self._write_manifest()
 
     def steps(self) -> list[int]:
         """Complete checkpoint steps, newest first."""
@@ -184,7 +185,7 @@ class Checkpointer:
         for step in self.steps():
             try:
                 # the files first: corrupted ones never reach orbax's (tensorstore's) decoders
-                check_manifest(os.path.join(self.directory, str(step)))
+                check_manifest(self._step_dir(step))
                 # shapes next, from the metadata: a restore that fails part way leaves orbax's reads pending
                 mismatched = shape_mismatches(self._saved_tree(step), abstract_state)
                 if mismatched:
@@ -229,12 +230,12 @@ class Checkpointer:
             self.directory + '-corrupted', f'{step}-{time.strftime("%Y%m%d-%H%M%S")}'
         )
         os.makedirs(os.path.dirname(target), exist_ok=True)
-        shutil.move(os.path.join(self.directory, str(step)), target)
+        shutil.move(self._step_dir(step), target)
         self.manager.reload()
         return target
 
     def close(self) -> None:
-        self._write_manifests()
+        self._write_manifest()
         self.manager.close()
 
     def __enter__(self) -> 'Checkpointer':

@@ -166,15 +166,12 @@ def _dk_role(kt, q_ref, k_ref, v_ref, do_ref, g_ref, dki_ref, w_ref, dht_ref, dk
     dk_q = _dot_f32_rhs(vc, dsq, 1, 1, ctx, precise)                             # V dS_q^T
     dsq = jnp.exp2(_col(gl)) * dsq + _dot_f32_lhs(qf * jnp.exp2(g), doc, 0, 0, ctx, precise)
     kd = _f32(k_ref[sl, ks]) * jnp.exp2(gl - g)
-    xk = kd * dk_q
+    y = xk = kd * dk_q
+    dk_s = dk_q                                                                  # V dS^T
     if has_dht:
       dk_t = w_ref[sl, ks] * lam                                                 # λ ⊙ V dS_T^T
-      dk_ref[sl, ks] = (dki_ref[sl, ks] + (dk_q + dk_t) * jnp.exp2(gl - g)).astype(dk_ref.dtype)
-      y = xk + kd * dk_t
-      lam = lam * jnp.exp2(gl)
-    else:
-      dk_ref[sl, ks] = (dki_ref[sl, ks] + dk_q * jnp.exp2(gl - g)).astype(dk_ref.dtype)
-      y = xk
+      dk_s, y, lam = dk_q + dk_t, xk + kd * dk_t, lam * jnp.exp2(gl)
+    dk_ref[sl, ks] = (dki_ref[sl, ks] + dk_s * jnp.exp2(gl - g)).astype(dk_ref.dtype)
     dgk_ref[sl, ks] = y
     dgk_tot_ref[pl.ds(c, 1), ks] = jnp.sum(y, axis=0)[None, :]
     return dsq, lam, acc + jnp.sum(xk, axis=0)[None, :]
