@@ -225,6 +225,8 @@ def _forward_only(case: Case, cfg):
     (Case(1, 100, 2, 32, 48, n=16, h0=True, chunk=16, dtype='bfloat16'), SPLIT),
     (Case(1, 100, 1, 32, 48, n=1, h0=True, chunk=16), dataclasses.replace(SPLIT, split_block_v=16)),  # 16-wide
     (Case(1, 70, 1, 32, 48, n=1, h0=True, chunk=16, dtype='bfloat16'), dataclasses.replace(SPLIT, split_o=True)),
+    (Case(1, 100, 2, 32, 48, n=1, h0=True, chunk=16),  # state-only sweeps narrower than the split's last sweep
+     dataclasses.replace(SPLIT, split_states_block_v=16, split_states_num_warps=2)),
 ], ids=lambda a: str(a) if isinstance(a, Case) else None)
 def test_sequence_split_forward(case, cfg):
     """KernelConfig.split_programs (_split.py): the forward outside jax.grad runs on segments of the sequence (two

@@ -76,9 +76,11 @@ def split_forward(forward, q, k, w, u, g, h0, ctx, cfg, interpret, segments: int
     cut = lambda x: x.reshape(b * p, ts, *x.shape[2:])
     qs, ks, ws, us = cut(q), cut(k), cut(w), cut(u)
     gs = jnp.swapaxes(g.reshape(b, h, p, ts), 1, 2).reshape(b * p, h, ts)
-    s_loc = forward(qs, ks, ws, us, gs, None, ctx, cfg, interpret, False, final_only=True)[1]
+    states_cfg = dataclasses.replace(cfg, block_v=cfg.split_states_block_v or cfg.block_v,
+                                     num_warps=cfg.split_states_num_warps or cfg.num_warps)
+    s_loc = forward(qs, ks, ws, us, gs, None, ctx, states_cfg, interpret, False, final_only=True)[1]
     eye = jnp.broadcast_to(jnp.eye(kp, dtype=_F32), (b * p, h, kp, kp))
-    trans = forward(qs, ks, ws, None, gs, eye, ctx, cfg, interpret, False, final_only=True)[1]
+    trans = forward(qs, ks, ws, None, gs, eye, ctx, states_cfg, interpret, False, final_only=True)[1]
     s_loc, trans = s_loc.reshape(b, p, h, kp, vp), trans.reshape(b, p, h, kp, kp)
     starts = [jnp.zeros((b, h, kp, vp), _F32) if h0 is None else h0.astype(_F32)]
     for s in range(p - 1):

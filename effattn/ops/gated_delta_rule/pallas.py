@@ -106,6 +106,12 @@ class KernelConfig:
     split_programs: int | None = None
     split_min_len: int = 1024
     split_block_v: int | None = 128  # the split's sweeps: value-tile width (None: block_v; _split.split_plan)
+    # the split's two state-only sweeps (each segment's local state and transition matrix): value-tile width and warps
+    # (None: as the split's sweep). Narrower tiles at 4 warps let two of them share an SM (ptxas: 242 registers, 88 KB
+    # shared memory at 64 columns, against 254 registers, 8 warps, one per SM at 128); the segment count stays the
+    # split's (_split.split_forward).
+    split_states_block_v: int | None = None
+    split_states_num_warps: int | None = None
 
     def storage_dtypes(self, ctx):
         """(dtype of S_c and V', dtype of dS_{c+1} and dV') for bwd_storage."""

@@ -280,7 +280,7 @@ def backward(q, k, v, g, a, dq_i, dk_i, x_i, qg, kg, h0, do, dht, ctx, cfg, inte
   dg_shape = jax.ShapeDtypeStruct((b, tp, h, kp), F32)
   tot_shape = jax.ShapeDtypeStruct((b, n, h, kp), F32)
   tot = pl.BlockSpec((None, n, None, kp), lambda b, h, r: (b, 0, h, 0))
-  roles_first = cfg.bwd_roles_first
+  roles_first = not has_dht if cfg.bwd_roles_first is None else cfg.bwd_roles_first
   kernel = functools.partial(_bwd_kernel, has_dht=has_dht, has_h0=has_h0, nq=nq, nk=nk, bq=bq, bk=bk, bv=bv, ctx=ctx,
                              precise=cfg.precise_dg, role_axis=0 if roles_first else 2)
   dht_args = [_v_dht(v, dht, ctx, interpret), dht] if has_dht else []

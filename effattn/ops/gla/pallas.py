@@ -114,11 +114,13 @@ class KernelConfig:
   block_v_bwd: int = 64      # backward dv sweeps: value-tile width
   num_warps_bwd: int = 4
   num_stages_bwd: int = 2
-  bwd_roles_first: bool = False  # backward sweeps' grid (roles, B, H) instead of (B, H, roles): CUDA dispatches
-                                 # axis 0 fastest, so that all roles of one (batch, head) run in the same wave and
-                                 # its dk (dq, dv) programs walk the same v, dO chunks together, sharing them in L2
-                                 # (by default a head's roles are B * H programs apart, across the two waves of
-                                 # 512 programs at B=4 H=16 K=V=128); not yet timed
+  # backward sweeps' grid (roles, B, H) instead of (B, H, roles): CUDA dispatches axis 0 fastest, so that all roles
+  # of one (batch, head) run in the same wave and its dk (dq, dv) programs walk the same v, dO chunks together,
+  # sharing them in L2. None: roles first when d final_state is zero (training's case). H200, B=4 T=4096 H=16 K=V=128
+  # (kernel_parts.py --parts bwd_sweeps,bwd_sweeps_o,fwd_bwd,fwd_bwd_o --config default --config bwd_roles_first=true,
+  # results/gpu_checks-2026-12-03_s7/gla_unread_state.json), ms, (B, H, roles) / roles first: sweeps without d
+  # final_state 1.592 / 1.247, forward+backward 3.040 / 2.802; with it 1.324 / 1.458, 2.865 / 3.015.
+  bwd_roles_first: bool | None = None
   # The sweeps' tiles, warps and stages above: the fastest of ten on the H200 (kernel_parts.py --parts bwd_sweeps,
   # results/gpu_checks-2026-12-03_s6/call5_gla_bwd_sweeps.json): 1.257 ms; block_v_bwd 32 1.306, 128 1.934;
   # block_k_dk 16 1.487, 64 1.549; block_k_dq 32 1.725, 128 2.763; 8 warps 2.055; 3 stages 1.547.
