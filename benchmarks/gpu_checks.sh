@@ -10,12 +10,14 @@
 #   4. per-kernel device time of gla forward and forward+backward (kernel_profile.py);
 #   5. the flash (softmax / sigmoid, Triton and Mosaic GPU) kernels' GPU tests (> 280 s);
 #   6. criterion 5b: the GLA, DeltaNet and softmax LMs at T = 8192 in one process (~300 s);
-#   7. gla's backward with and without d final_state (the _o pieces: training's case, no W kernel), with the
-#      sweeps' roles first in the grid (bwd_roles_first), the backward intra kernel in key tiles from stored dA
-#      (intra_key_tile_bwd), and each role's share of the sweeps (--ablate: the sweeps without it).
+#   7. gla's backward with and without d final_state (the _o pieces: training's case, no W kernel) against the
+#      sweeps' grid without roles first (bwd_roles_first=false), the backward intra kernel in key tiles from stored
+#      dA (intra_key_tile_bwd), and each role's share of the sweeps (--ablate: the sweeps without it).
 # Results (JSON, logs) go to $OUT (default benchmarks/results/gpu_checks-<date>). Each line below fits one
-# 10-minute device command (the limits add up to 570, 420, 480, 420 and 450 s). Usage, from the repo root:
-#   bash benchmarks/gpu_checks.sh 2 7
+# 10-minute device command (the limits add up to 360, 370, 420, 480, 420 and 450 s; step 2 took > 200 s on a fresh
+# machine, most of it compiling). Usage, from the repo root:
+#   bash benchmarks/gpu_checks.sh 2
+#   bash benchmarks/gpu_checks.sh 7
 #   bash benchmarks/gpu_checks.sh 6
 #   bash benchmarks/gpu_checks.sh 5
 #   bash benchmarks/gpu_checks.sh 1
@@ -36,7 +38,7 @@ run() {  # run STEP LIMIT_S NAME CMD...: the command's output to $OUT/NAME.log, 
 run 1 420 tests_linear python3 -m pytest -q -p no:cacheprovider tests/ops/test_gla_kernel.py \
   tests/ops/test_simple_gla_kernel.py tests/ops/test_delta_rule_kernel.py tests/ops/test_block_states.py \
   -k "gpu or long"
-run 2 200 issue_shape python3 benchmarks/ops_gpu.py --ops simple_gla,gla,delta_rule,gated_delta_rule,sigmoid \
+run 2 360 issue_shape python3 benchmarks/ops_gpu.py --ops simple_gla,gla,delta_rule,gated_delta_rule,sigmoid \
   --impls kernel,chunk,cudnn,fla --shapes 4x4096x16x128 --out "$OUT/ops_gpu_issue_shape.json"
 run 3 150 scaling python3 benchmarks/ops_gpu.py --ops simple_gla,gla,delta_rule,gated_delta_rule --impls kernel \
   --modes fwd --shapes scaling --out "$OUT/ops_gpu_scaling.json"
@@ -47,11 +49,10 @@ run 4 60 profile_gla_fwd python3 benchmarks/kernel_profile.py --op gla --mode fw
 run 4 60 profile_gla_fwd_bwd python3 benchmarks/kernel_profile.py --op gla --mode fwd_bwd \
   --out "$OUT/profile_gla_fwd_bwd.json"
 run 7 130 gla_unread_state python3 benchmarks/kernel_parts.py --op gla --parts bwd_sweeps,bwd_sweeps_o,fwd_bwd,fwd_bwd_o \
-  --config default --config bwd_roles_first=true --out "$OUT/gla_unread_state.json"
+  --config default --config bwd_roles_first=false --out "$OUT/gla_unread_state.json"
 run 7 150 gla_key_tiles python3 benchmarks/kernel_parts.py --op gla --parts intra_bwd,fwd_bwd_o --config default \
-  --config intra_key_tile_bwd=32 --config intra_key_tile_bwd=64 --config intra_key_tile_bwd=32,num_warps_intra_bwd=2 \
-  --config intra_key_tile_bwd=16,num_warps_intra_bwd=2 --config intra_key_tile_bwd=32,num_stages_intra_bwd=3 \
-  --out "$OUT/gla_key_tiles.json"
+  --config intra_key_tile_bwd=64 --config intra_key_tile_bwd=32,num_warps_intra_bwd=2 \
+  --config intra_key_tile_bwd=64,num_warps_intra_bwd=2 --out "$OUT/gla_key_tiles.json"
 run 7 90 gla_sweep_roles bash -c 'for r in gla_dq_role gla_dk_role gla_dv_role; do
   python3 benchmarks/kernel_parts.py --op gla --parts bwd_sweeps_o --ablate $r; done'   # time without each role
 run 5 480 tests_flash python3 -m pytest -q -p no:cacheprovider tests/ops/test_flash_kernel.py -k "gpu or long"
