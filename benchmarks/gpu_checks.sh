@@ -12,9 +12,11 @@
 #   6. criterion 5b: the GLA, DeltaNet and softmax LMs at T = 8192 in one process (~300 s);
 #   7. gla's backward with and without d final_state (the _o pieces: training's case, no W kernel) against the
 #      sweeps' grid without roles first (bwd_roles_first=false), the backward intra kernel in key tiles from stored
-#      dA (intra_key_tile_bwd), and each role's share of the sweeps (--ablate: the sweeps without it).
+#      dA (intra_key_tile_bwd), and each role's share of the sweeps (--ablate: the sweeps without it);
+#   8. the sigmoid Mosaic forward with FA3's intra-warpgroup overlap (sigmoid_forward='mosaic_overlap'): its GPU
+#      tests against the oracle, then its time beside the plain Mosaic forward, the Triton one and cuDNN softmax.
 # Results (JSON, logs) go to $OUT (default benchmarks/results/gpu_checks-<date>). Each line below fits one
-# 10-minute device command (the limits add up to 360, 370, 420, 480, 420 and 450 s; step 2 took > 200 s on a fresh
+# 10-minute device command (the limits add up to 360, 370, 420, 480, 420, 450 and 420 s; step 2 took > 200 s on a fresh
 # machine, most of it compiling). Usage, from the repo root:
 #   bash benchmarks/gpu_checks.sh 2
 #   bash benchmarks/gpu_checks.sh 7
@@ -22,6 +24,7 @@
 #   bash benchmarks/gpu_checks.sh 5
 #   bash benchmarks/gpu_checks.sh 1
 #   bash benchmarks/gpu_checks.sh 3 4
+#   bash benchmarks/gpu_checks.sh 8
 set -uo pipefail
 OUT=${OUT:-benchmarks/results/gpu_checks-$(date +%Y-%m-%d)}
 mkdir -p "$OUT"
@@ -58,4 +61,7 @@ run 7 90 gla_sweep_roles bash -c 'for r in gla_dq_role gla_dk_role gla_dv_role; 
 run 5 480 tests_flash python3 -m pytest -q -p no:cacheprovider tests/ops/test_flash_kernel.py -k "gpu or long"
 run 6 420 lm_8192 python3 benchmarks/train_throughput.py --in-process --kinds gla,softmax,deltanet --seq-lens 8192 \
   --steps 10 --out "$OUT/train_throughput_8192.json"
+run 8 240 tests_sigmoid_overlap python3 -m pytest -q -p no:cacheprovider tests/ops/test_flash_kernel.py \
+  -k "gpu_shapes and mosaic_overlap"
+run 8 180 sigmoid_overlap python3 benchmarks/sigmoid_forwards.py --shapes 2 --no-sweep --out "$OUT/sigmoid_overlap.json"
 echo "results in $OUT"

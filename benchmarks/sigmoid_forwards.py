@@ -1,10 +1,12 @@
-"""GPU timing of the sigmoid attention forwards: the Mosaic GPU kernel (ops/sigmoid_attention/mosaic_gpu.py), the
-Triton flash kernel (ops/softmax_attention/pallas.py) and cuDNN's softmax attention, forward and forward+backward
-(the backward is the Triton kernel's for both sigmoid forwards), bf16, plus the relative RMS difference of the two
-sigmoid outputs and, at two shapes, a few MosaicConfig settings. Median ms of batched calls (timing.py).
+"""GPU timing of the sigmoid attention forwards: the Mosaic GPU kernel (ops/sigmoid_attention/mosaic_gpu.py), with
+and without its intra-warpgroup overlap (sigmoid_forward='mosaic_overlap'), the Triton flash kernel
+(ops/softmax_attention/pallas.py) and cuDNN's softmax attention, forward and forward+backward (the backward is the
+Triton kernel's for every sigmoid forward), bf16, plus the relative RMS difference of the sigmoid outputs and, at two
+shapes, a few MosaicConfig settings. Median ms of batched calls (timing.py).
 Hopper GPUs only (WGMMA).
 
   python benchmarks/sigmoid_forwards.py --out benchmarks/results/sigmoid_forwards.json
+  python benchmarks/sigmoid_forwards.py --shapes 1 --no-sweep      # the issue's shape, the four forwards only
 """
 import argparse
 import dataclasses
@@ -42,7 +44,7 @@ def bench(b, t, h, d, causal, bias=-8.3, sweep=False):
         cfg = dataclasses.replace(DEFAULT_CONFIG, sigmoid_forward=forward)
         return lambda q, k, v: flash_attention(q, k, v, score='sigmoid', causal=causal, scale=d ** -0.5,
                                                window=None, bias=bias, config=cfg)
-    fns = {'mosaic': sigmoid('mosaic'), 'triton': sigmoid('triton'),
+    fns = {'mosaic': sigmoid('mosaic'), 'mosaic_overlap': sigmoid('mosaic_overlap'), 'triton': sigmoid('triton'),
            'cudnn': lambda q, k, v: jax.nn.dot_product_attention(q, k, v, is_causal=causal, implementation='cudnn')}
     row = {'shape': [b, t, h, d], 'causal': causal,
            'mosaic_unsupported': mosaic_gpu.unsupported_reason(q, k, v, window=None, tp=t)}
@@ -56,9 +58,10 @@ def bench(b, t, h, d, causal, bias=-8.3, sweep=False):
             row[name + '_fwdbwd'] = ms(jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2))), q, k, v)
         except Exception as e:  # noqa: BLE001  (report and go on)
             row[name] = f'{type(e).__name__}: {str(e)[:400]}'
-    if 'mosaic' in outs and 'triton' in outs:
-        a, r = outs['mosaic'].astype(jnp.float32), outs['triton'].astype(jnp.float32)
-        row['rel_rms_mosaic_vs_triton'] = float(jnp.sqrt(jnp.mean((a - r) ** 2) / jnp.mean(r ** 2)))
+    for name in ('mosaic', 'mosaic_overlap'):
+        if name in outs and 'triton' in outs:
+            a, r = outs[name].astype(jnp.float32), outs['triton'].astype(jnp.float32)
+            row[f'rel_rms_{name}_vs_triton'] = float(jnp.sqrt(jnp.mean((a - r) ** 2) / jnp.mean(r ** 2)))
     for mc in MOSAIC_CONFIGS if sweep else ():
         try:
             row[str(mc)] = ms(jax.jit(lambda q, k, v: mosaic_gpu.sigmoid_forward(
@@ -71,10 +74,12 @@ def bench(b, t, h, d, causal, bias=-8.3, sweep=False):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--out', default=None, help='also write the rows as JSON')
+    p.add_argument('--shapes', type=int, default=len(SHAPES), help='time the first N shapes only')
+    p.add_argument('--no-sweep', action='store_true', help='skip the MosaicConfig settings')
     a = p.parse_args(argv)
     rows = []
-    for i, shape in enumerate(SHAPES):
-        rows.append(bench(*shape, sweep=i in SWEEP_AT))
+    for i, shape in enumerate(SHAPES[:a.shapes]):
+        rows.append(bench(*shape, sweep=i in SWEEP_AT and not a.no_sweep))
         print(rows[-1], flush=True)
     if a.out:
         with open(a.out, 'w') as f:

@@ -122,6 +122,10 @@ GPU_CASES = [
     Case('sigmoid', 1000, h=4, hkv=1, k=64, v=64, dtype='bfloat16', b=2, small=False),
     Case('sigmoid', 4096, h=2, hkv=2, k=128, v=128, dtype='bfloat16', small=False),
     Case('sigmoid', 640, h=2, hkv=2, k=96, v=96, causal=False, dtype='bfloat16', small=False),
+    # the Mosaic forward with the intra-warpgroup overlap (MosaicConfig.overlap), the same three shapes
+    Case('sigmoid', 1000, h=4, hkv=1, k=64, v=64, dtype='bfloat16', b=2, small=False, fwd='mosaic_overlap'),
+    Case('sigmoid', 4096, h=2, hkv=2, k=128, v=128, dtype='bfloat16', small=False, fwd='mosaic_overlap'),
+    Case('sigmoid', 640, h=2, hkv=2, k=96, v=96, causal=False, dtype='bfloat16', small=False, fwd='mosaic_overlap'),
 ]
 
 
@@ -313,14 +317,15 @@ def test_long_bf16_finite(score):
         assert bool(jnp.all(jnp.isfinite(a.astype(jnp.float32))))
 
 
-@pytest.mark.parametrize('causal, d, h, hkv, dtype, reciprocal', [(True, 128, 2, 2, 'bfloat16', 'approx'),
-                                                                   (False, 64, 4, 1, 'float16', 'approx'),
-                                                                   (True, 64, 2, 2, 'bfloat16', 'newton')])
-def test_mosaic_sigmoid_forward_lowers_for_cuda(causal, d, h, hkv, dtype, reciprocal):
+@pytest.mark.parametrize('causal, d, h, hkv, dtype, reciprocal, overlap', [
+    (True, 128, 2, 2, 'bfloat16', 'approx', False), (False, 64, 4, 1, 'float16', 'approx', False),
+    (True, 64, 2, 2, 'bfloat16', 'newton', False), (True, 128, 2, 2, 'bfloat16', 'approx', True),
+    (False, 64, 4, 1, 'bfloat16', 'newton', True)])
+def test_mosaic_sigmoid_forward_lowers_for_cuda(causal, d, h, hkv, dtype, reciprocal, overlap):
     """The Mosaic GPU forward lowers (cross-platform, no GPU needed): catches layouts, barriers or primitives
     that its lowering rejects; its numerics are checked by the GPU cases above."""
     q, k = jnp.zeros((1, 512, h, d), dtype), jnp.zeros((1, 512, hkv, d), dtype)
-    config = mosaic_gpu.MosaicConfig(reciprocal=reciprocal)
+    config = mosaic_gpu.MosaicConfig(reciprocal=reciprocal, overlap=overlap)
     fwd = functools.partial(mosaic_gpu.sigmoid_forward, causal=causal, scale=0.1, config=config)
     text = jax.jit(fwd).trace(q, k, k, jnp.float32(-1.0)).lower(lowering_platforms=('cuda',)).as_text()
     assert text.count('custom_call @mosaic_gpu') == 1

@@ -14,6 +14,10 @@ FlashAttention-3 example (jax.experimental.pallas.ops.gpu.attention_mgpu); sigmo
 sum or rescaling of the accumulator, so each step is QK^T, one exp2 and one reciprocal per score, the causal
 mask on the diagonal tiles only, and PV.
 
+MosaicConfig(overlap=True) (KernelConfig.sigmoid_forward='mosaic_overlap'; opt-in until timed on a GPU) adds FA3's
+intra-warpgroup overlap (Sec. 3.2, Alg. 2): QK^T of step j and PV of step j - 1 go out together, and step j's
+score math runs while PV_{j-1} is still on the tensor cores (wgmma_accumulator_load(wait_n=1)).
+
 Scope (`unsupported_reason` names what is missing, and flash_attention then takes the Triton forward):
 Hopper GPUs (sm_90: WGMMA), bf16 (the kernel is written for fp16 too, not yet run on a GPU), head dims that
 are multiples of 64 up to 128, no window, T a multiple of 128 (flash_attention pads T; padded keys meet zero
@@ -55,6 +59,11 @@ class MosaicConfig:
     # at D = 64 (8x8192x12) 'newton' 2.287 ms against 'approx' 2.519, where each score carries half the matrix
     # work, so the MUFU pipe is the limit; at D = 128 (4x4096x16) 0.583 against 0.577, equal within noise.
     reciprocal: str | None = None
+    # FA3's intra-warpgroup overlap (Shah et al. 2024, Sec. 3.2, Alg. 2) on top of the ping-pong: each step issues
+    # QK^T of step j and PV of step j - 1 back to back, waits for the first only, and does step j's score math while
+    # PV_{j-1} runs, instead of waiting for PV before the next QK^T. P_{j-1} stays in registers until its WGMMA is
+    # done (an optimisation barrier after the wait keeps LLVM from reusing them): 32 more registers per thread.
+    overlap: bool = False
 
     def reciprocal_for(self, d: int) -> str:
         return self.reciprocal or ('newton' if d <= 64 else 'approx')
@@ -194,21 +203,82 @@ def sigmoid_forward(q, k, v, bias, *, causal: bool, scale: float, config: Mosaic
                 plgpu.barrier_arrive(v_consumed.at[slot])
                 return acc
 
-            if not causal:
+            def probs(qk, step, masked: bool):
+                x = 1.0 + jnp.exp2(qk * c + lax.broadcast_in_dim(nb, qk.shape, [0]))
+                p = rcp_newton(jnp.minimum(x, 2.0 ** 126)) if newton else 1.0 / x
+                if masked:
+                    rows = plgpu.broadcasted_iota(jnp.int32, (block_q, block_kv), 0, layout=plgpu.Layout.WGMMA)
+                    cols = plgpu.broadcasted_iota(jnp.int32, (block_q, block_kv), 1, layout=plgpu.Layout.WGMMA)
+                    p = jnp.where(rows + q_base >= cols + step * block_kv, p, 0.0)
+                return p.astype(dtype)
+
+            def overlapped(o_ref):
+                # step 0 alone (QK^T, its probabilities; masked: a no-op unless step 0 is a diagonal step), then
+                # per step j: QK_j and PV_{j-1} issued together, the probabilities of j while PV_{j-1} runs, and
+                # PV of the last step after the loop. Two rendezvous per step, as kv_loop.
+                def first(qk_ref):
+                    plgpu.wgmma(qk_ref, qo_smem, k_smem.at[0].transpose((1, 0)))
+                    schedule_barrier()
+                    qk = qk_ref[...]
+                    plgpu.barrier_arrive(k_consumed.at[0])
+                    return probs(qk, jnp.int32(0), causal)
+
+                p16 = pl.run_scoped(first, plgpu.ACC((block_q, block_kv), jnp.float32))
+                plgpu.barrier_arrive(sched)
+                plgpu.barrier_wait(v_barriers.at[0])
+                plgpu.barrier_wait(sched)
+
+                def step_fn(step, p16_prev, masked: bool = False):
+                    slot = lax.rem(step, jnp.array(steps, step.dtype))
+                    prev = lax.rem(step - 1, jnp.array(steps, step.dtype))
+                    plgpu.barrier_wait(k_barriers.at[slot])
+
+                    def body(qk_ref):
+                        plgpu.wgmma(qk_ref, qo_smem, k_smem.at[slot].transpose((1, 0)))
+                        plgpu.wgmma(o_ref, p16_prev, v_smem.at[prev])
+                        schedule_barrier()
+                        qk = plgpu.wgmma_accumulator_load(qk_ref, wait_n=1)  # QK_j done; PV_{j-1} may run on
+                        plgpu.barrier_arrive(k_consumed.at[slot])
+                        p16 = probs(qk, step, masked)
+                        plgpu.wgmma_wait(0)
+                        return lax.optimization_barrier((p16_prev, p16))[1]
+
+                    p16 = pl.run_scoped(body, plgpu.ACC((block_q, block_kv), jnp.float32))
+                    plgpu.barrier_arrive(v_consumed.at[prev])
+                    plgpu.barrier_arrive(sched)
+                    plgpu.barrier_wait(v_barriers.at[slot])
+                    plgpu.barrier_wait(sched)
+                    return p16
+
+                if causal:
+                    unmasked = jnp.maximum(lax.div(q_base, jnp.array(block_kv, jnp.int32)), 1)
+                    p16 = lax.fori_loop(1, unmasked, step_fn, p16)
+                    p16 = lax.fori_loop(unmasked, kv_steps, functools.partial(step_fn, masked=True), p16)
+                else:
+                    p16 = lax.fori_loop(1, kv_steps, step_fn, p16)
+                last = lax.rem(kv_steps - 1, jnp.array(steps, jnp.int32))
+                plgpu.wgmma(o_ref, p16, v_smem.at[last])
+                out = o_ref[...]
+                plgpu.barrier_arrive(v_consumed.at[last])
+                return out
+
+            def drain(step, _):
+                # steps the producer loaded for the other warpgroup's rows: release them, keep the turns
+                slot = lax.rem(step, jnp.array(steps, step.dtype))
+                plgpu.barrier_arrive(k_consumed.at[slot])
+                plgpu.barrier_arrive(v_consumed.at[slot])
+                schedule_barrier()
+                schedule_barrier()
+
+            if config.overlap:
+                acc = pl.run_scoped(overlapped, plgpu.ACC((block_q, d), jnp.float32))
+            elif not causal:
                 acc = lax.fori_loop(0, tile_steps, kv_loop, acc)
             else:
-
-                def drain(step, _):
-                    # steps the producer loaded for the other warpgroup's rows: release them, keep the turns
-                    slot = lax.rem(step, jnp.array(steps, step.dtype))
-                    plgpu.barrier_arrive(k_consumed.at[slot])
-                    plgpu.barrier_arrive(v_consumed.at[slot])
-                    schedule_barrier()
-                    schedule_barrier()
-
                 unmasked = lax.div(q_base, jnp.array(block_kv, jnp.int32))
                 acc = lax.fori_loop(0, unmasked, kv_loop, acc)
                 acc = lax.fori_loop(unmasked, kv_steps, functools.partial(kv_loop, masked=True), acc)
+            if causal:
                 lax.fori_loop(kv_steps, tile_steps, drain, None)
             pl.when(wg == 0)(schedule_barrier)
             qo_smem[...] = acc.astype(dtype)
