@@ -198,6 +198,30 @@ def test_bwd_roles_first(case):
   _check(case, functools.partial(kernel_gla, config=KernelConfig(bwd_roles_first=True)))
 
 
+@pytest.mark.parametrize('case', [Case(2, 63, 2, 48, 60, n=1, h0=True),
+                                  Case(1, 130, 2, 64, 64, n=1, h0=True, dtype='bfloat16')], ids=str)
+@pytest.mark.parametrize('apart, roles_first', [('dq', None), ('dk', True), ('dv', False)])
+def test_bwd_role_in_a_launch_of_its_own(case, apart, roles_first):
+  """KernelConfig(bwd_apart=role): that role's sweeps in a launch of their own, the other two in a second; the
+  final state read (d final_state terms in the dk and dv sweeps) and, in test_unread_final_state's way, not."""
+  cfg = KernelConfig(bwd_apart=apart, bwd_roles_first=roles_first, block_k_dq=16)
+  fn = functools.partial(kernel_gla, config=cfg)
+  _check(case, fn)
+  x, cot, _ = checks.make_inputs(OP, case)
+  got = _grads_of_o_only(fn, x, cot[0])
+  xr, cotr = helpers.upcast(x, cot)
+  ref = _grads_of_o_only(_naive, xr, cotr[0])
+  for name in x:
+    assert_close(f'd{name}', got[name], ref[name], TOL[case.dtype])
+  jaxpr = str(jax.make_jaxpr(lambda x: _grads_of_o_only(fn, x, cot[0]))(x))
+  assert f'gla_bwd_{apart}' in jaxpr and jaxpr.count('name=gla_bwd') == 2
+
+
+def test_bwd_apart_is_checked():
+  with pytest.raises(ValueError, match='bwd_apart'):
+    _check(Case(1, 16, 1, 16, 16, n=1, h0=False), functools.partial(kernel_gla, config=KernelConfig(bwd_apart='dg')))
+
+
 @pytest.mark.parametrize('case', CASES, ids=str)
 def test_bwd_states_matches_naive(case):
   """KernelConfig(bwd_states=True): the backward from stored chunk states (_state_grads.py)."""
@@ -360,9 +384,10 @@ def test_matches_naive_gpu_shapes(case):
                                  KernelConfig(bwd_states=True, num_warps_bwd=8),
                                  KernelConfig(intra_diag_bwd='rows2', block_k_dq=32, block_k_dk=16),
                                  KernelConfig(intra_diag='rows', intra_diag_bwd='rows'),
-                                 KernelConfig(intra_key_tile_bwd=32, bwd_roles_first=True)],
+                                 KernelConfig(intra_key_tile_bwd=32, bwd_roles_first=True),
+                                 KernelConfig(bwd_apart='dq', block_k_dq=32)],
                          ids=['c32', 'tiles', 'halves', 'rows-128-32', 'states', 'rows2-spillfree', 'rows',
-                              'key-tiles-roles-first'])
+                              'key-tiles-roles-first', 'dq-apart'])
 def test_other_configs_gpu(cfg):
   """Other tilings the tuner may pick (tune_candidates) at real head sizes."""
   _check(Case(1, 1000, 2, 128, 128, n=1, h0=True, dtype='bfloat16'), functools.partial(kernel_gla, config=cfg))
@@ -385,6 +410,8 @@ def test_long_bf16_finite(n):
                                                                   intra_unroll=True)),
                                         ('bfloat16', KernelConfig(bwd_states=True)),
                                         ('bfloat16', KernelConfig(bwd_roles_first=True)),
+                                        ('bfloat16', KernelConfig(bwd_apart='dq')),
+                                        ('float32', KernelConfig(bwd_apart='dv')),
                                         ('bfloat16', KernelConfig(intra_key_tile_bwd=32)),
                                         ('bfloat16', KernelConfig(intra_key_tile_bwd=16, intra_diag_bwd='rows')),
                                         ('float32', KernelConfig(bwd_states=True))])

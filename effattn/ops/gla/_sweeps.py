@@ -203,28 +203,39 @@ def _dv_role(vt, qg_ref, kg_ref, do_ref, g_ref, a_ref, dht_ref, dv_ref, *, ctx, 
   jax.lax.fori_loop(0, n, body, ds0)
 
 
+ROLES = ('dq', 'dk', 'dv')
+_ROLE_OUTPUTS = {'dq': 3, 'dk': 5, 'dv': 1}  # dq, x_q, x_q totals | dk, y, y totals, sum_T x_k, dh0 | dv
+
+
 def _bwd_kernel(q_ref, k_ref, v_ref, do_ref, g_ref, a_ref, dqi_ref, dki_ref, xi_ref, qg_ref, kg_ref, *rest, has_dht,
-                has_h0, nq, nk, bq, bk, bv, ctx, precise, role_axis):
-  """Grid axis role_axis: [0, nq) dq sweeps (key tiles of bq), [nq, nq + nk) dk sweeps (key tiles of bk), then the
-  dv sweeps (value tiles of bv). rest: W and d final_state if has_dht, h0 if has_h0, then the outputs."""
+                has_h0, roles, counts, bq, bk, bv, ctx, precise, role_axis):
+  """Grid axis role_axis runs the programs of `roles` in order, counts[i] of each: dq sweeps (key tiles of bq), dk
+  sweeps (key tiles of bk), dv sweeps (value tiles of bv). rest: W and d final_state if has_dht, h0 if has_h0, then
+  the outputs of those roles (_ROLE_OUTPUTS)."""
   w_ref, dht_ref, *rest = rest if has_dht else (None, None, *rest)
   h0_ref, *outs = rest if has_h0 else (None, *rest)
-  dq_ref, dk_ref, dv_ref, dgq_ref, dgq_tot_ref, dgk_ref, dgk_tot_ref, xk_tot_ref, dh0_ref = outs
   r = pl.program_id(role_axis)
+  start = 0
+  for role, count in zip(roles, counts):
+    mine, outs = outs[:_ROLE_OUTPUTS[role]], outs[_ROLE_OUTPUTS[role]:]
+    first, last = start, start + count
+    start = last
+    run = pl.when((r >= first) & (r < last)) if len(roles) > 1 else (lambda f: f())
 
-  @pl.when(r < nq)
-  def _():
-    _dq_role(r, q_ref, k_ref, v_ref, do_ref, g_ref, dqi_ref, xi_ref, h0_ref, dq_ref, dgq_ref, dgq_tot_ref, ctx=ctx,
-             bk=bq, precise=precise)
-
-  @pl.when((r >= nq) & (r < nq + nk))
-  def _():
-    _dk_role(r - nq, q_ref, k_ref, v_ref, do_ref, g_ref, dki_ref, w_ref, dht_ref, dk_ref, dgk_ref, dgk_tot_ref,
-             xk_tot_ref, dh0_ref, ctx=ctx, bk=bk, precise=precise)
-
-  @pl.when(r >= nq + nk)
-  def _():
-    _dv_role(r - nq - nk, qg_ref, kg_ref, do_ref, g_ref, a_ref, dht_ref, dv_ref, ctx=ctx, bv=bv)
+    if role == 'dq':
+      @run
+      def _(mine=mine, first=first):
+        _dq_role(r - first, q_ref, k_ref, v_ref, do_ref, g_ref, dqi_ref, xi_ref, h0_ref, *mine, ctx=ctx, bk=bq,
+                 precise=precise)
+    elif role == 'dk':
+      @run
+      def _(mine=mine, first=first):
+        _dk_role(r - first, q_ref, k_ref, v_ref, do_ref, g_ref, dki_ref, w_ref, dht_ref, *mine, ctx=ctx, bk=bk,
+                 precise=precise)
+    else:
+      @run
+      def _(mine=mine, first=first):
+        _dv_role(r - first, qg_ref, kg_ref, do_ref, g_ref, a_ref, dht_ref, *mine, ctx=ctx, bv=bv)
 
 
 def _w_kernel(v_ref, *rest, ctx):
@@ -281,20 +292,37 @@ def backward(q, k, v, g, a, dq_i, dk_i, x_i, qg, kg, h0, do, dht, ctx, cfg, inte
   tot_shape = jax.ShapeDtypeStruct((b, n, h, kp), F32)
   tot = pl.BlockSpec((None, n, None, kp), lambda b, h, r: (b, 0, h, 0))
   roles_first = not has_dht if cfg.bwd_roles_first is None else cfg.bwd_roles_first
-  kernel = functools.partial(_bwd_kernel, has_dht=has_dht, has_h0=has_h0, nq=nq, nk=nk, bq=bq, bk=bk, bv=bv, ctx=ctx,
-                             precise=cfg.precise_dg, role_axis=0 if roles_first else 2)
   dht_args = [_v_dht(v, dht, ctx, interpret), dht] if has_dht else []
-  # CUDA dispatches grid axis 0 fastest: roles first puts the nq + nk + nv programs of one (batch, head) together
+  # CUDA dispatches grid axis 0 fastest: roles first puts the programs of one (batch, head) together
   order = (lambda spec: pl.BlockSpec(spec.block_shape, lambda r, b, h, f=spec.index_map: f(b, h, r))) \
       if roles_first else (lambda spec: spec)
   in_specs = [qk, qk, vv, vv, qk, _row_spec(tp, ctx.chunk), qk, qk, qk, qk, qk, *([qk, st] if has_dht else []),
               *([st] if has_h0 else [])]
-  out_specs = [qk, qk, vv, qk, tot, qk, tot, pl.BlockSpec((None, None, 1, kp), lambda b, h, r: (b, h, 0, 0)), st]
-  return pl.pallas_call(
-      kernel, grid=(nq + nk + nv, b, h) if roles_first else (b, h, nq + nk + nv),
-      in_specs=[order(x) for x in in_specs], out_specs=[order(x) for x in out_specs],
-      out_shape=[dt_k, dt_k, jax.ShapeDtypeStruct((b, tp, h, vp), q.dtype), dg_shape, tot_shape, dg_shape,
-                 tot_shape, jax.ShapeDtypeStruct((b, h, 1, kp), F32), jax.ShapeDtypeStruct((b, h, kp, vp), F32)],
-      interpret=interpret, name='gla_bwd',
-      **_params(interpret, ctx, cfg.num_warps_bwd, cfg.num_stages_bwd))(
-          q, k, v, do, g, a, dq_i, dk_i, x_i, qg, kg, *dht_args, *([h0] if has_h0 else []))
+  outputs = {  # (spec, shape) of each role's outputs, in _ROLE_OUTPUTS order
+      'dq': [(qk, dt_k), (qk, dg_shape), (tot, tot_shape)],
+      'dk': [(qk, dt_k), (qk, dg_shape), (tot, tot_shape),
+             (pl.BlockSpec((None, None, 1, kp), lambda b, h, r: (b, h, 0, 0)),
+              jax.ShapeDtypeStruct((b, h, 1, kp), F32)), (st, jax.ShapeDtypeStruct((b, h, kp, vp), F32))],
+      'dv': [(vv, jax.ShapeDtypeStruct((b, tp, h, vp), q.dtype))]}
+  counts = {'dq': nq, 'dk': nk, 'dv': nv}
+  if cfg.bwd_apart not in (None, *ROLES):
+    raise ValueError(f'KernelConfig.bwd_apart must be None or one of {ROLES}; got {cfg.bwd_apart!r}')
+  groups = [ROLES] if cfg.bwd_apart is None else [(cfg.bwd_apart,), tuple(r for r in ROLES if r != cfg.bwd_apart)]
+  results = {}
+  for roles in groups:
+    outs = [o for role in roles for o in outputs[role]]
+    n_roles = sum(counts[role] for role in roles)
+    kernel = functools.partial(_bwd_kernel, has_dht=has_dht, has_h0=has_h0, roles=roles,
+                               counts=tuple(counts[role] for role in roles), bq=bq, bk=bk, bv=bv, ctx=ctx,
+                               precise=cfg.precise_dg, role_axis=0 if roles_first else 2)
+    got = pl.pallas_call(
+        kernel, grid=(n_roles, b, h) if roles_first else (b, h, n_roles),
+        in_specs=[order(x) for x in in_specs], out_specs=[order(spec) for spec, _ in outs],
+        out_shape=[shape for _, shape in outs], interpret=interpret,
+        name='_'.join(('gla_bwd', *roles)) if len(groups) > 1 else 'gla_bwd',
+        **_params(interpret, ctx, cfg.num_warps_bwd, cfg.num_stages_bwd))(
+            q, k, v, do, g, a, dq_i, dk_i, x_i, qg, kg, *dht_args, *([h0] if has_h0 else []))
+    for role in roles:
+      results[role], got = got[:_ROLE_OUTPUTS[role]], got[_ROLE_OUTPUTS[role]:]
+  (dq, xq, xq_tot), (dk, y, y_tot, xk_tot, dh0), (dv,) = results['dq'], results['dk'], results['dv']
+  return dq, dk, dv, xq, xq_tot, y, y_tot, xk_tot, dh0

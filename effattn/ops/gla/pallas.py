@@ -17,7 +17,8 @@ only B H (V / BV) programs (H200, B=4 T=4096 H=16 K=V=128 bf16: fwd 2.38 ms, fwd
 Backward (custom VJP), the same split:
   dA = dO V^T (i >= j); intra dq_i = sum_{j<=i} dA_ij k_j e^{G_i-G_j}, dk_j = sum_{i>=j} dA_ij q_i e^{G_i-G_j} in
   _intra.py (parallel); the sweeps add the inter-chunk terms (dq forward in time per key tile, dk reverse per key
-  tile, dv = A^T dO + (K ⊙ e^{G_l-G}) dS_{c+1} reverse per value tile; one launch, grid axis 2 picks the role).
+  tile, dv = A^T dO + (K ⊙ e^{G_l-G}) dS_{c+1} reverse per value tile; one launch, a grid axis picks the role;
+  KernelConfig.bwd_apart puts one role in a launch of its own).
   The forward saves A and G (instead of g) for it; the state S and dS are recomputed, never stored.
   KernelConfig.bwd_states (opt-in; slower on the H200, 4.16 against 3.50 ms fwd+bwd): instead state-only sweeps
   store S and dS_q per chunk and the inter-chunk terms run parallel over (b, h, chunk), flash-linear-attention's
@@ -121,6 +122,11 @@ class KernelConfig:
   # results/gpu_checks-2026-12-03_s7/gla_unread_state.json), ms, (B, H, roles) / roles first: sweeps without d
   # final_state 1.592 / 1.247, forward+backward 3.040 / 2.802; with it 1.324 / 1.458, 2.865 / 3.015.
   bwd_roles_first: bool | None = None
+  # one role's sweeps ('dq', 'dk' or 'dv') in a launch of their own, the other two in a second (None: all three in
+  # one launch). In one launch the roles' register needs add up (ptxas, sm_90a, K = V = 128, no d final_state: the
+  # kernel spills 820 bytes at 255 registers; without its dq role 4, without dk 336, without dv 68), and two launches
+  # of 256 programs take as many waves (2 programs per SM) as one of 512. Not yet timed.
+  bwd_apart: str | None = None
   # The sweeps' tiles, warps and stages above: the fastest of ten on the H200 (kernel_parts.py --parts bwd_sweeps,
   # results/gpu_checks-2026-12-03_s6/call5_gla_bwd_sweeps.json): 1.257 ms; block_v_bwd 32 1.306, 128 1.934;
   # block_k_dk 16 1.487, 64 1.549; block_k_dq 32 1.725, 128 2.763; 8 warps 2.055; 3 stages 1.547.
