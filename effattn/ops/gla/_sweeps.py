@@ -156,7 +156,7 @@ def _dk_role(kt, q_ref, k_ref, v_ref, do_ref, g_ref, dki_ref, w_ref, dht_ref, dk
   ks = pl.ds(pl.multiple_of(kt * bk, bk), bk)
 
   def body(i, carry):
-    dsq, lam, acc = carry
+    dsq, acc, *lam = carry  # λ only with d final_state
     c = n - 1 - i
     sl = chunk_slice(c, chunk)
     g, gl = _gates(g_ref, c, ks, chunk)
@@ -169,16 +169,16 @@ def _dk_role(kt, q_ref, k_ref, v_ref, do_ref, g_ref, dki_ref, w_ref, dht_ref, dk
     y = xk = kd * dk_q
     dk_s = dk_q                                                                  # V dS^T
     if has_dht:
-      dk_t = w_ref[sl, ks] * lam                                                 # λ ⊙ V dS_T^T
-      dk_s, y, lam = dk_q + dk_t, xk + kd * dk_t, lam * jnp.exp2(gl)
+      dk_t = w_ref[sl, ks] * lam[0]                                              # λ ⊙ V dS_T^T
+      dk_s, y, lam = dk_q + dk_t, xk + kd * dk_t, [lam[0] * jnp.exp2(gl)]
     dk_ref[sl, ks] = (dki_ref[sl, ks] + dk_s * jnp.exp2(gl - g)).astype(dk_ref.dtype)
     dgk_ref[sl, ks] = y
     dgk_tot_ref[pl.ds(c, 1), ks] = jnp.sum(y, axis=0)[None, :]
-    return dsq, lam, acc + jnp.sum(xk, axis=0)[None, :]
+    return (dsq, acc + jnp.sum(xk, axis=0)[None, :], *lam)
 
-  init = (jnp.zeros((bk, vp), F32), jnp.ones((1, bk), F32), jnp.zeros((1, bk), F32))
-  dsq, lam, acc = jax.lax.fori_loop(0, n, body, init)
-  dh0_ref[ks, :] = dsq + _col(lam) * dht_ref[ks, :].astype(F32) if has_dht else dsq
+  init = (jnp.zeros((bk, vp), F32), jnp.zeros((1, bk), F32), *([jnp.ones((1, bk), F32)] if has_dht else []))
+  dsq, acc, *lam = jax.lax.fori_loop(0, n, body, init)
+  dh0_ref[ks, :] = dsq + _col(lam[0]) * dht_ref[ks, :].astype(F32) if has_dht else dsq
   xk_tot_ref[:, ks] = acc
 
 
