@@ -200,7 +200,7 @@ def test_bwd_roles_first(case):
 
 @pytest.mark.parametrize('case', [Case(2, 63, 2, 48, 60, n=1, h0=True),
                                   Case(1, 130, 2, 64, 64, n=1, h0=True, dtype='bfloat16')], ids=str)
-@pytest.mark.parametrize('apart, roles_first', [('dq', None), ('dk', True), ('dv', False)])
+@pytest.mark.parametrize('apart, roles_first', [('dq', None), ('dk', True), ('dv', False), ('dq+dv', None)])
 def test_bwd_role_in_a_launch_of_its_own(case, apart, roles_first):
   """KernelConfig(bwd_apart=role): that role's sweeps in a launch of their own, the other two in a second; the
   final state read (d final_state terms in the dk and dv sweeps) and, in test_unread_final_state's way, not."""
@@ -214,12 +214,14 @@ def test_bwd_role_in_a_launch_of_its_own(case, apart, roles_first):
   for name in x:
     assert_close(f'd{name}', got[name], ref[name], TOL[case.dtype])
   jaxpr = str(jax.make_jaxpr(lambda x: _grads_of_o_only(fn, x, cot[0]))(x))
-  assert f'gla_bwd_{apart}' in jaxpr and jaxpr.count('name=gla_bwd') == 2
+  alone = apart.split('+')
+  assert all(f'gla_bwd_{r}' in jaxpr for r in alone) and jaxpr.count('name=gla_bwd') == len(alone) + 1
 
 
 def test_bwd_apart_is_checked():
-  with pytest.raises(ValueError, match='bwd_apart'):
-    _check(Case(1, 16, 1, 16, 16, n=1, h0=False), functools.partial(kernel_gla, config=KernelConfig(bwd_apart='dg')))
+  for bad in ('dg', 'dq+dq'):
+    with pytest.raises(ValueError, match='bwd_apart'):
+      _check(Case(1, 16, 1, 16, 16, n=1, h0=False), functools.partial(kernel_gla, config=KernelConfig(bwd_apart=bad)))
 
 
 @pytest.mark.parametrize('case', CASES, ids=str)

@@ -276,6 +276,16 @@ def _v_dht(v, dht, ctx, interpret):
       **_params(interpret, ctx, 4, 2))(v, *parts)
 
 
+def launch_groups(apart: str | None) -> list[tuple[str, ...]]:
+  """The roles of each backward-sweep launch for KernelConfig.bwd_apart: 'dq' -> [('dq',), ('dk', 'dv')];
+  'dq+dv' -> [('dq',), ('dv',), ('dk',)]; None -> [('dq', 'dk', 'dv')]."""
+  alone = () if apart is None else tuple(apart.split('+'))
+  if any(r not in ROLES for r in alone) or len(set(alone)) != len(alone):
+    raise ValueError(f"KernelConfig.bwd_apart must be None or distinct roles of {ROLES} joined by '+'; got {apart!r}")
+  rest = tuple(r for r in ROLES if r not in alone)
+  return [(r,) for r in alone] + ([rest] if rest else [])
+
+
 def backward(q, k, v, g, a, dq_i, dk_i, x_i, qg, kg, h0, do, dht, ctx, cfg, interpret):
   """Returns dq, dk [B,Tp,H,Kp], dv [B,Tp,H,Vp] (input dtype), the gate terms x_q, y [B,Tp,H,Kp] with their
   chunk totals [B,N,H,Kp] and sum_T x_k [B,H,1,Kp] (fp32), dh0 fp32. g = G; the rest from _intra.py; dht None: d
@@ -305,9 +315,7 @@ def backward(q, k, v, g, a, dq_i, dk_i, x_i, qg, kg, h0, do, dht, ctx, cfg, inte
               jax.ShapeDtypeStruct((b, h, 1, kp), F32)), (st, jax.ShapeDtypeStruct((b, h, kp, vp), F32))],
       'dv': [(vv, jax.ShapeDtypeStruct((b, tp, h, vp), q.dtype))]}
   counts = {'dq': nq, 'dk': nk, 'dv': nv}
-  if cfg.bwd_apart not in (None, *ROLES):
-    raise ValueError(f'KernelConfig.bwd_apart must be None or one of {ROLES}; got {cfg.bwd_apart!r}')
-  groups = [ROLES] if cfg.bwd_apart is None else [(cfg.bwd_apart,), tuple(r for r in ROLES if r != cfg.bwd_apart)]
+  groups = launch_groups(cfg.bwd_apart)
   results = {}
   for roles in groups:
     outs = [o for role in roles for o in outputs[role]]

@@ -122,10 +122,10 @@ class KernelConfig:
   # results/gpu_checks-2026-12-03_s7/gla_unread_state.json), ms, (B, H, roles) / roles first: sweeps without d
   # final_state 1.592 / 1.247, forward+backward 3.040 / 2.802; with it 1.324 / 1.458, 2.865 / 3.015.
   bwd_roles_first: bool | None = None
-  # one role's sweeps ('dq', 'dk' or 'dv') in a launch of their own, the other two in a second (None: all three in
-  # one launch). In one launch the roles' register needs add up (ptxas, sm_90a, K = V = 128, no d final_state: the
-  # kernel spills 820 bytes at 255 registers; without its dq role 4, without dk 336, without dv 68), and two launches
-  # of 256 programs take as many waves (2 programs per SM) as one of 512. Not yet timed.
+  # roles whose sweeps run in a launch of their own, joined by '+' ('dq', 'dq+dv', ...), the others together in one
+  # more (None: all three in one launch). In one launch the roles share one register allocation: ptxas (sm_90a,
+  # K = V = 128, no d final_state) spills 820 bytes at 255 registers; 'dq' at block_k_dq=32 spills 0 (dq) and 80
+  # (dk, dv). Two launches of 256 programs take as many waves (2 programs per SM) as one of 512. Not yet timed.
   bwd_apart: str | None = None
   # The sweeps' tiles, warps and stages above: the fastest of ten on the H200 (kernel_parts.py --parts bwd_sweeps,
   # results/gpu_checks-2026-12-03_s6/call5_gla_bwd_sweeps.json): 1.257 ms; block_v_bwd 32 1.306, 128 1.934;
