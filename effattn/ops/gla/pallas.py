@@ -18,7 +18,7 @@ Backward (custom VJP), the same split:
   dA = dO V^T (i >= j); intra dq_i = sum_{j<=i} dA_ij k_j e^{G_i-G_j}, dk_j = sum_{i>=j} dA_ij q_i e^{G_i-G_j} in
   _intra.py (parallel); the sweeps add the inter-chunk terms (dq forward in time per key tile, dk reverse per key
   tile, dv = A^T dO + (K ⊙ e^{G_l-G}) dS_{c+1} reverse per value tile; one launch, a grid axis picks the role;
-  KernelConfig.bwd_apart puts one role in a launch of its own).
+  KernelConfig.bwd_apart gives roles launches of their own).
   The forward saves A and G (instead of g) for it; the state S and dS are recomputed, never stored.
   KernelConfig.bwd_states (opt-in; slower on the H200, 4.16 against 3.50 ms fwd+bwd): instead state-only sweeps
   store S and dS_q per chunk and the inter-chunk terms run parallel over (b, h, chunk), flash-linear-attention's

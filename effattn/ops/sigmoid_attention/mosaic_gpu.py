@@ -163,8 +163,19 @@ def sigmoid_forward(q, k, v, bias, *, causal: bool, scale: float, config: Mosaic
 
             pl.when(wg == 1)(schedule_barrier)
 
-            # the [block_q] bias column is broadcast inside the loop (as FA3's row max): a [block_q, block_kv]
-            # copy held across it would take 64 registers per thread
+            def probs(qk, step, masked: bool):
+                # sigma of one [block_q, block_kv] score tile in the dot dtype; approx_math: ex2.approx and a fast
+                # reciprocal (or the Newton one: finite, as 1 / 2^126 is 0 in bf16 anyway). The [block_q] bias column
+                # is broadcast here, in the loops (as FA3's row max): a [block_q, block_kv] copy held across them
+                # would take 64 registers per thread.
+                x = 1.0 + jnp.exp2(qk * c + lax.broadcast_in_dim(nb, qk.shape, [0]))
+                p = rcp_newton(jnp.minimum(x, 2.0 ** 126)) if newton else 1.0 / x
+                if masked:
+                    rows = plgpu.broadcasted_iota(jnp.int32, (block_q, block_kv), 0, layout=plgpu.Layout.WGMMA)
+                    cols = plgpu.broadcasted_iota(jnp.int32, (block_q, block_kv), 1, layout=plgpu.Layout.WGMMA)
+                    p = jnp.where(rows + q_base >= cols + step * block_kv, p, 0.0)
+                return p.astype(dtype)
+
             def kv_loop(step, acc, masked: bool = False):
                 slot = lax.rem(step, jnp.array(steps, step.dtype))
 
@@ -175,17 +186,7 @@ def sigmoid_forward(q, k, v, bias, *, causal: bool, scale: float, config: Mosaic
 
                 qk = pl.run_scoped(compute_qk, plgpu.ACC((block_q, block_kv), jnp.float32))
                 plgpu.barrier_arrive(k_consumed.at[slot])
-                # approx_math: ex2.approx and a fast reciprocal
-                x = 1.0 + jnp.exp2(qk * c + lax.broadcast_in_dim(nb, qk.shape, [0]))
-                if newton:
-                    p = rcp_newton(jnp.minimum(x, 2.0 ** 126))  # finite: 1 / 2^126 is 0 in bf16 anyway
-                else:
-                    p = 1.0 / x
-                if masked:
-                    rows = plgpu.broadcasted_iota(jnp.int32, (block_q, block_kv), 0, layout=plgpu.Layout.WGMMA)
-                    cols = plgpu.broadcasted_iota(jnp.int32, (block_q, block_kv), 1, layout=plgpu.Layout.WGMMA)
-                    p = jnp.where(rows + q_base >= cols + step * block_kv, p, 0.0)
-                p16 = p.astype(dtype)
+                p16 = probs(qk, step, masked)
                 acc, p16 = lax.optimization_barrier((acc, p16))
                 plgpu.barrier_arrive(sched)  # done with the score math
                 plgpu.barrier_wait(v_barriers.at[slot])
@@ -202,15 +203,6 @@ def sigmoid_forward(q, k, v, bias, *, causal: bool, scale: float, config: Mosaic
                 acc = pl.run_state(compute_pv)(plgpu.ACC.init(acc))
                 plgpu.barrier_arrive(v_consumed.at[slot])
                 return acc
-
-            def probs(qk, step, masked: bool):
-                x = 1.0 + jnp.exp2(qk * c + lax.broadcast_in_dim(nb, qk.shape, [0]))
-                p = rcp_newton(jnp.minimum(x, 2.0 ** 126)) if newton else 1.0 / x
-                if masked:
-                    rows = plgpu.broadcasted_iota(jnp.int32, (block_q, block_kv), 0, layout=plgpu.Layout.WGMMA)
-                    cols = plgpu.broadcasted_iota(jnp.int32, (block_q, block_kv), 1, layout=plgpu.Layout.WGMMA)
-                    p = jnp.where(rows + q_base >= cols + step * block_kv, p, 0.0)
-                return p.astype(dtype)
 
             def overlapped(o_ref):
                 # step 0 alone (QK^T, its probabilities; masked: a no-op unless step 0 is a diagonal step), then
