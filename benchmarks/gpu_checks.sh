@@ -7,7 +7,8 @@
 #   3. time per token from T = 2048 to 65536 at B*T = 65536 (criterion 3), gla's split at split_states='xla'
 #      (the default 'sweeps' against it), and the split's block_states in key tiles, at 8 warps, 128-row chunks
 #      and 3-4 stages (split_parts.py --key-tiles);
-#   4. per-kernel device time of gla forward and forward+backward (kernel_profile.py);
+#   4. per-kernel device time of gla forward and forward+backward, and of the delta rule's split forward at
+#      T = 65536 (kernel_profile.py);
 #   5. the flash (softmax / sigmoid, Triton and Mosaic GPU) kernels' GPU tests (> 280 s);
 #   6. criterion 5b: the GLA, DeltaNet and softmax LMs at T = 8192 in one process (~300 s);
 #   7. gla's backward with and without d final_state (the _o pieces: training's case, no W kernel) against the
@@ -50,6 +51,8 @@ run 3 120 scaling_gla_xla python3 benchmarks/ops_gpu.py --ops gla --impls kernel
   --kernel-config gla:split_states=xla --out "$OUT/ops_gpu_scaling_gla_xla.json"
 run 3 60 block_states_key_tiles python3 benchmarks/split_parts.py --key-tiles
 run 4 60 profile_gla_fwd python3 benchmarks/kernel_profile.py --op gla --mode fwd --out "$OUT/profile_gla_fwd.json"
+run 4 60 profile_delta_65536 python3 benchmarks/kernel_profile.py --op delta_rule --mode fwd 1 65536 16 128 \
+  --out "$OUT/profile_delta_65536.json"
 run 4 60 profile_gla_fwd_bwd python3 benchmarks/kernel_profile.py --op gla --mode fwd_bwd \
   --out "$OUT/profile_gla_fwd_bwd.json"
 run 7 130 gla_unread_state python3 benchmarks/kernel_parts.py --op gla --parts bwd_sweeps,bwd_sweeps_o,fwd_bwd,fwd_bwd_o \

@@ -370,7 +370,8 @@ def test_lowers_to_triton(gate_cumsum):
 
 @pytest.mark.parametrize('split_o', [False, True])
 def test_sequence_split_lowers_to_triton(split_o):
-    """The split forward (outside jax.grad) lowers too: the WY kernel, two state-only sweeps and the sweep."""
+    """The split forward (outside jax.grad) lowers too: the WY kernel, two state-only sweeps, the segment starts
+    and the sweep."""
     q, g, beta = jnp.zeros((1, 128, 2, 32), jnp.bfloat16), jnp.zeros((1, 128, 2)), jnp.full((1, 128, 2), 0.5)
 
     def calls(cfg):
@@ -378,4 +379,4 @@ def test_sequence_split_lowers_to_triton(split_o):
         text = jax.jit(fn).trace(q, q, q, g, beta).lower(lowering_platforms=('cuda',)).as_text()
         return text.count('custom_call @__gpu$xla.gpu.triton(')
     cfg = KernelConfig(split_programs=64, split_min_len=32, split_o=split_o)  # 4 segments of 32 rows
-    assert calls(cfg) == calls(dataclasses.replace(cfg, split_programs=0)) + 2
+    assert calls(cfg) == calls(dataclasses.replace(cfg, split_programs=0)) + 3

@@ -13,8 +13,9 @@ W and U come from the WY kernel ONCE on the whole sequence (it is parallel over 
   1. S_loc(s): the sweep on the segments from a zero state (its final state; state-only, no o).
   2. M(s) = prod of the segment's A_c: the sweep on the segments with U = 0 from I [Kp, Kp] (the value width is
      Kp; state-only; U is never materialised).
-  3. In XLA, fp32 at Precision.HIGHEST: S_start(0) = h0 (or 0), S_start(s+1) = M(s) S_start(s) + S_loc(s)
-     (a loop over P - 1 segments: P is small).
+  3. One small kernel (segment_starts, a program per (batch, head, value tile), fp32 dots in 3xTF32 on the GPU):
+     S_start(0) = h0 (or 0), S_start(s+1) = M(s) S_start(s) + S_loc(s), a loop over the P - 1 segments (in XLA
+     these were 2 (P - 1) launches, ~45 us of the 2.40 ms at B=1 T=65536, P = 8: kernel_profile.py).
   4. The sweep on the segments from S_start(s): o, and the final state is the last segment's.
 Two of the three sweeps compute only V' and S (2 dots per chunk instead of 5), so the split pays only while SMs
 would idle: the number of segments is common/sequence_split.py's num_segments (KernelConfig.split_programs, one
@@ -28,13 +29,18 @@ from __future__ import annotations
 
 import dataclasses
 
+import functools
+
 import jax
 import jax.numpy as jnp
+from jax.experimental import pallas as pl
 
 from effattn.ops.common.pallas_triton import F32 as _F32
 from effattn.ops.common.pallas_triton import next_pow2 as _next_pow2
 from effattn.ops.common.pallas_triton import pad_axis as _pad_axis
 from effattn.ops.common.sequence_split import num_segments
+from effattn.ops.gated_delta_rule._kernel_common import _params
+from effattn.ops.gated_delta_rule._wy_kernel import _dot32
 
 
 def segment_count(b: int, h: int, tp: int, vp: int, chunk: int, cfg, backend: str) -> int:
@@ -81,12 +87,41 @@ def split_forward(forward, q, k, w, u, g, h0, ctx, cfg, interpret, segments: int
     s_loc = forward(qs, ks, ws, us, gs, None, ctx, states_cfg, interpret, False, final_only=True)[1]
     eye = jnp.broadcast_to(jnp.eye(kp, dtype=_F32), (b * p, h, kp, kp))
     trans = forward(qs, ks, ws, None, gs, eye, ctx, states_cfg, interpret, False, final_only=True)[1]
-    s_loc, trans = s_loc.reshape(b, p, h, kp, vp), trans.reshape(b, p, h, kp, kp)
-    starts = [jnp.zeros((b, h, kp, vp), _F32) if h0 is None else h0.astype(_F32)]
-    for s in range(p - 1):
-        carried = jnp.einsum('BHIJ,BHJV->BHIV', trans[:, s], starts[-1], precision=jax.lax.Precision.HIGHEST,
-                             preferred_element_type=_F32)
-        starts.append(carried + s_loc[:, s])
-    s_start = jnp.stack(starts, axis=1).reshape(b * p, h, kp, vp)
+    s_start = segment_starts(trans.reshape(b, p, h, kp, kp), s_loc.reshape(b, p, h, kp, vp), h0, ctx, interpret)
+    s_start = s_start.reshape(b * p, h, kp, vp)
     o, ht = forward(qs, ks, ws, us, gs, s_start, ctx, cfg, interpret, False)[:2]
     return o.reshape(b, p * ts, h, vp)[:, :tp], ht.reshape(b, p, h, kp, vp)[:, -1]
+
+
+# segment_starts: value columns per program, at 8 warps (ptxas, sm_90a, K = 128: 227 registers, no spills; at 4 warps
+# 2 KB spilled, the [Kp, Kp] fp32 transition tile taking 128 registers per thread)
+_STARTS_BLOCK_V = 32
+
+
+def _starts_kernel(trans_ref, sloc_ref, *rest, segments: int, has_h0: bool, interpret: bool):
+    h0_ref, out_ref = rest if has_h0 else (None, *rest)
+    kp, bv = sloc_ref.shape[-2:]
+    s = h0_ref[...].astype(_F32) if has_h0 else jnp.zeros((kp, bv), _F32)
+    out_ref[0] = s
+    for seg in range(segments - 1):
+        s = _dot32(trans_ref[seg], s, interpret) + sloc_ref[seg]
+        out_ref[seg + 1] = s
+
+
+def segment_starts(trans, s_loc, h0, ctx, interpret):
+    """The state at the start of each segment, fp32 [B, P, H, Kp, Vp]: S_start(0) = h0 (None: 0), S_start(s+1) =
+    M(s) S_start(s) + S_loc(s). trans M [B, P, H, Kp, Kp] and s_loc [B, P, H, Kp, Vp] fp32 (the last segment's are
+    never read)."""
+    b, p, h, kp, vp = s_loc.shape
+    bv = min(_STARTS_BLOCK_V, vp)
+    tiles = pl.BlockSpec((None, p, None, kp, bv), lambda b, h, v: (b, 0, h, 0, v))
+    in_specs = [pl.BlockSpec((None, p, None, kp, kp), lambda b, h, v: (b, 0, h, 0, 0)), tiles]
+    args = [trans, s_loc]
+    if h0 is not None:
+        in_specs.append(pl.BlockSpec((None, None, kp, bv), lambda b, h, v: (b, h, 0, v)))
+        args.append(h0.astype(_F32))
+    return pl.pallas_call(
+        functools.partial(_starts_kernel, segments=p, has_h0=h0 is not None, interpret=interpret),
+        grid=(b, h, vp // bv), in_specs=in_specs, out_specs=tiles,
+        out_shape=jax.ShapeDtypeStruct((b, p, h, kp, vp), _F32), interpret=interpret,
+        name='gated_delta_rule_segment_starts', **_params(interpret, ctx, 8, 1))(*args)
