@@ -18,7 +18,7 @@
 #   8. the sigmoid Mosaic forward with FA3's intra-warpgroup overlap (sigmoid_forward='mosaic_overlap'): its GPU
 #      tests against the oracle, then its time beside the plain Mosaic forward, the Triton one and cuDNN softmax.
 # Results (JSON, logs) go to $OUT (default benchmarks/results/gpu_checks-<date>). Each line below fits one
-# 10-minute device command (the limits add up to 360, 550, 420, 480, 420, 450 and 420 s; step 2 took > 200 s on a fresh
+# 10-minute device command (the limits add up to 360, 550, 420, 480, 420, 510 and 420 s; step 2 took > 200 s on a fresh
 # machine, most of it compiling). Usage, from the repo root:
 #   bash benchmarks/gpu_checks.sh 2
 #   bash benchmarks/gpu_checks.sh 7
