@@ -7,8 +7,8 @@
 #   3. time per token from T = 2048 to 65536 at B*T = 65536 (criterion 3), gla's split at split_states='xla'
 #      (the default 'sweeps' against it), and the split's block_states in key tiles, at 8 warps, 128-row chunks
 #      and 3-4 stages (split_parts.py --key-tiles);
-#   4. per-kernel device time of gla forward and forward+backward, and of the delta rule's split forward at
-#      T = 65536 (kernel_profile.py);
+#   4. per-kernel device time of gla forward and forward+backward, and of the delta rule's and simple_gla's
+#      split forwards at T = 65536 (kernel_profile.py);
 #   5. the flash (softmax / sigmoid, Triton and Mosaic GPU) kernels' GPU tests (> 280 s);
 #   6. criterion 5b: the GLA, DeltaNet and softmax LMs at T = 8192 in one process (~300 s);
 #   7. gla's backward with and without d final_state (the _o pieces: training's case, no W kernel) against the
@@ -18,7 +18,7 @@
 #   8. the sigmoid Mosaic forward with FA3's intra-warpgroup overlap (sigmoid_forward='mosaic_overlap'): its GPU
 #      tests against the oracle, then its time beside the plain Mosaic forward, the Triton one and cuDNN softmax.
 # Results (JSON, logs) go to $OUT (default benchmarks/results/gpu_checks-<date>). Each line below fits one
-# 10-minute device command (the limits add up to 360, 550, 420, 480, 420, 510 and 420 s; step 2 took > 200 s on a fresh
+# 10-minute device command (the limits add up to 360, 550, 420, 480, 420, 570 and 420 s; step 2 took > 200 s on a fresh
 # machine, most of it compiling). Usage, from the repo root:
 #   bash benchmarks/gpu_checks.sh 2
 #   bash benchmarks/gpu_checks.sh 7
@@ -53,6 +53,8 @@ run 3 60 block_states_key_tiles python3 benchmarks/split_parts.py --key-tiles
 run 4 60 profile_gla_fwd python3 benchmarks/kernel_profile.py --op gla --mode fwd --out "$OUT/profile_gla_fwd.json"
 run 4 60 profile_delta_65536 python3 benchmarks/kernel_profile.py --op delta_rule --mode fwd 1 65536 16 128 \
   --out "$OUT/profile_delta_65536.json"
+run 4 60 profile_simple_gla_65536 python3 benchmarks/kernel_profile.py --op simple_gla --mode fwd 1 65536 16 128 \
+  --out "$OUT/profile_simple_gla_65536.json"
 run 4 60 profile_gla_fwd_bwd python3 benchmarks/kernel_profile.py --op gla --mode fwd_bwd \
   --out "$OUT/profile_gla_fwd_bwd.json"
 run 7 130 gla_unread_state python3 benchmarks/kernel_parts.py --op gla --parts bwd_sweeps,bwd_sweeps_o,fwd_bwd,fwd_bwd_o \
