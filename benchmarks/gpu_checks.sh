@@ -2,8 +2,8 @@
 # One GPU session's standing checks, most important first, each under its own time limit, so that a command cut
 # off by the device's per-call limit still leaves the earlier results:
 #   1. the linear kernels' GPU tests against the fp32 oracles (o and every gradient; 336 s on the H200);
-#   2. every op at issue 6's shape against cuDNN, FLA (forward: its backward needs Triton >= 3.7.1) and the
-#      pure-JAX chunk form (kernels checked against chunk, o and every gradient);
+#   2. every op at issue 6's shape against cuDNN, FLA (its backward runs for gla; the others need Triton >= 3.7.1)
+#      and the pure-JAX chunk form (kernels checked against chunk, o and every gradient);
 #   3. time per token from T = 2048 to 65536 at B*T = 65536 (criterion 3), gla's split at split_states='xla'
 #      (the default 'sweeps' against it), and the split's block_states in key tiles, at 8 warps, 128-row chunks
 #      and 3-4 stages (split_parts.py --key-tiles);
@@ -18,15 +18,15 @@
 #   8. the sigmoid Mosaic forward with FA3's intra-warpgroup overlap (sigmoid_forward='mosaic_overlap'): its GPU
 #      tests against the oracle, then its time beside the plain Mosaic forward, the Triton one and cuDNN softmax.
 # Results (JSON, logs) go to $OUT (default benchmarks/results/gpu_checks-<date>). Each line below fits one
-# 10-minute device command (the limits add up to 360, 550, 420, 480, 420, 570 and 420 s; step 2 took > 200 s on a fresh
+# 10-minute device command (the limits add up to 550, 420, 570, 360, 420, 480 and 420 s; step 2 took > 200 s on a fresh
 # machine, most of it compiling). Usage, from the repo root:
-#   bash benchmarks/gpu_checks.sh 2
 #   bash benchmarks/gpu_checks.sh 7
-#   bash benchmarks/gpu_checks.sh 6
-#   bash benchmarks/gpu_checks.sh 5
-#   bash benchmarks/gpu_checks.sh 1
-#   bash benchmarks/gpu_checks.sh 3 4
 #   bash benchmarks/gpu_checks.sh 8
+#   bash benchmarks/gpu_checks.sh 3 4
+#   bash benchmarks/gpu_checks.sh 2
+#   bash benchmarks/gpu_checks.sh 1
+#   bash benchmarks/gpu_checks.sh 5
+#   bash benchmarks/gpu_checks.sh 6
 set -uo pipefail
 OUT=${OUT:-benchmarks/results/gpu_checks-$(date +%Y-%m-%d)}
 mkdir -p "$OUT"
