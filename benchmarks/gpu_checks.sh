@@ -16,9 +16,10 @@
 #      dA (intra_key_tile_bwd), one role's sweeps in a launch of their own (bwd_apart), and each role's share of
 #      the sweeps (--ablate: the sweeps without it);
 #   8. the sigmoid Mosaic forward with FA3's intra-warpgroup overlap (sigmoid_forward='mosaic_overlap'): its GPU
-#      tests against the oracle, then its time beside the plain Mosaic forward, the Triton one and cuDNN softmax.
+#      tests against the oracle, then its time beside the plain Mosaic forward, the Triton one and cuDNN softmax,
+#      and the MosaicConfig settings at the issue's shape (overlap with 3-4 K/V slots or 64-key steps among them).
 # Results (JSON, logs) go to $OUT (default benchmarks/results/gpu_checks-<date>). Each line below fits one
-# 10-minute device command (the limits add up to 550, 420, 570, 360, 420, 480 and 420 s; step 2 took > 200 s on a fresh
+# 10-minute device command (the limits add up to 550, 480, 570, 360, 420, 480 and 420 s; step 2 took > 200 s on a fresh
 # machine, most of it compiling). Usage, from the repo root:
 #   bash benchmarks/gpu_checks.sh 7
 #   bash benchmarks/gpu_checks.sh 8
@@ -72,5 +73,5 @@ run 6 420 lm_8192 python3 benchmarks/train_throughput.py --in-process --kinds gl
   --steps 10 --out "$OUT/train_throughput_8192.json"
 run 8 240 tests_sigmoid_overlap python3 -m pytest -q -p no:cacheprovider tests/ops/test_flash_kernel.py \
   -k "gpu_shapes and mosaic_overlap"
-run 8 180 sigmoid_overlap python3 benchmarks/sigmoid_forwards.py --shapes 2 --no-sweep --out "$OUT/sigmoid_overlap.json"
+run 8 240 sigmoid_overlap python3 benchmarks/sigmoid_forwards.py --shapes 2 --out "$OUT/sigmoid_overlap.json"
 echo "results in $OUT"

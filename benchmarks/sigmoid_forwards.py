@@ -27,7 +27,8 @@ SHAPES = ((4, 4096, 16, 128, True), (2, 8192, 16, 128, True), (4, 4096, 16, 128,
 MC = mosaic_gpu.MosaicConfig
 MOSAIC_CONFIGS = (MC(longest_first=False), MC(max_concurrent_steps=3), MC(block_kv=64),
                   MC(block_kv=64, max_concurrent_steps=4), MC(reciprocal='newton'), MC(reciprocal='approx'),
-                  MC(block_kv=256))
+                  MC(block_kv=256), MC(overlap=True, max_concurrent_steps=3), MC(overlap=True, block_kv=64),
+                  MC(overlap=True, block_kv=64, max_concurrent_steps=4))
 SWEEP_AT = (0, 3)  # shapes (indices into SHAPES) at which MOSAIC_CONFIGS are timed too
 
 
