@@ -19,7 +19,7 @@
 #      tests against the oracle, then its time beside the plain Mosaic forward, the Triton one and cuDNN softmax,
 #      and the MosaicConfig settings at the issue's shape (overlap with 3-4 K/V slots or 64-key steps among them).
 # Results (JSON, logs) go to $OUT (default benchmarks/results/gpu_checks-<date>). Each line below fits one
-# 10-minute device command (the limits add up to 550, 480, 570, 360, 420, 480 and 420 s; step 2 took > 200 s on a fresh
+# 10-minute device command (the limits add up to 570, 480, 570, 360, 420, 480 and 420 s; step 2 took > 200 s on a fresh
 # machine, most of it compiling). Usage, from the repo root:
 #   bash benchmarks/gpu_checks.sh 7
 #   bash benchmarks/gpu_checks.sh 8
@@ -63,9 +63,10 @@ run 7 130 gla_unread_state python3 benchmarks/kernel_parts.py --op gla --parts b
 run 7 150 gla_key_tiles python3 benchmarks/kernel_parts.py --op gla --parts intra_bwd,fwd_bwd_o --config default \
   --config intra_key_tile_bwd=64 --config intra_key_tile_bwd=32,num_warps_intra_bwd=2 \
   --config intra_key_tile_bwd=64,num_warps_intra_bwd=2 --out "$OUT/gla_key_tiles.json"
-run 7 180 gla_bwd_apart python3 benchmarks/kernel_parts.py --op gla --parts bwd_sweeps_o,fwd_bwd_o --config default \
+run 7 200 gla_bwd_apart python3 benchmarks/kernel_parts.py --op gla --parts bwd_sweeps_o,fwd_bwd_o --config default \
   --config bwd_apart=dq,block_k_dq=32 --config bwd_apart=dq --config bwd_apart=dv \
-  --config bwd_apart=dq+dv,block_k_dq=32,block_v_bwd=32 --config bwd_apart=dk --out "$OUT/gla_bwd_apart.json"
+  --config bwd_apart=dq+dv,block_k_dq=32,block_v_bwd=32 --config bwd_apart=dk \
+  --config bwd_apart=dq,block_k_dq=32,intra_key_tile_bwd=32,num_warps_intra_bwd=2 --out "$OUT/gla_bwd_apart.json"
 run 7 90 gla_sweep_roles bash -c 'for r in gla_dq_role gla_dk_role gla_dv_role; do
   python3 benchmarks/kernel_parts.py --op gla --parts bwd_sweeps_o --ablate $r; done'   # time without each role
 run 5 480 tests_flash python3 -m pytest -q -p no:cacheprovider tests/ops/test_flash_kernel.py -k "gpu or long"
