@@ -17,10 +17,12 @@
 #      the sweeps (--ablate: the sweeps without it);
 #   8. the sigmoid Mosaic forward with FA3's intra-warpgroup overlap (sigmoid_forward='mosaic_overlap'): its GPU
 #      tests against the oracle, then its time beside the plain Mosaic forward, the Triton one and cuDNN softmax,
-#      and the MosaicConfig settings at the issue's shape (overlap with 3-4 K/V slots or 64-key steps among them).
+#      and the MosaicConfig settings at the issue's shape (overlap with 3-4 K/V slots or 64-key steps among them);
+#   9. issue 9's one-GPU rows of the GLA LM (scale.py: T = 2048, 32768 and 131072; tokens/s, peak memory or OOM),
+#      the baselines its data- and sequence-parallel runs compare against, while no multi-GPU machine is lent.
 # Results (JSON, logs) go to $OUT (default benchmarks/results/gpu_checks-<date>). Each line below fits one
-# 10-minute device command (the limits add up to 570, 480, 570, 360, 420, 480 and 420 s; step 2 took > 200 s on a fresh
-# machine, most of it compiling). Usage, from the repo root:
+# 10-minute device command (the limits add up to 570, 480, 570, 360, 420, 480, 420 and 560 s; step 2 took > 200 s
+# on a fresh machine, most of it compiling). Usage, from the repo root:
 #   bash benchmarks/gpu_checks.sh 7
 #   bash benchmarks/gpu_checks.sh 8
 #   bash benchmarks/gpu_checks.sh 3 4
@@ -28,6 +30,7 @@
 #   bash benchmarks/gpu_checks.sh 1
 #   bash benchmarks/gpu_checks.sh 5
 #   bash benchmarks/gpu_checks.sh 6
+#   bash benchmarks/gpu_checks.sh 9
 set -uo pipefail
 OUT=${OUT:-benchmarks/results/gpu_checks-$(date +%Y-%m-%d)}
 mkdir -p "$OUT"
@@ -75,4 +78,6 @@ run 6 420 lm_8192 python3 benchmarks/train_throughput.py --in-process --kinds gl
 run 8 240 tests_sigmoid_overlap python3 -m pytest -q -p no:cacheprovider tests/ops/test_flash_kernel.py \
   -k "gpu_shapes and mosaic_overlap"
 run 8 240 sigmoid_overlap python3 benchmarks/sigmoid_forwards.py --shapes 2 --out "$OUT/sigmoid_overlap.json"
+run 9 560 scale_one_gpu python3 benchmarks/scale.py --steps 5 \
+  --plan 'gla:2048:32:data=1;gla:32768:2:data=1;gla:131072:1:data=1' --out "$OUT/scale_one_gpu.json"
 echo "results in $OUT"
