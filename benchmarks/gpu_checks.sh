@@ -68,7 +68,7 @@ run 7 150 gla_key_tiles python3 benchmarks/kernel_parts.py --op gla --parts intr
   --config intra_key_tile_bwd=64,num_warps_intra_bwd=2 --out "$OUT/gla_key_tiles.json"
 run 7 200 gla_bwd_apart python3 benchmarks/kernel_parts.py --op gla --parts bwd_sweeps_o,fwd_bwd_o --config default \
   --config bwd_apart=dq,block_k_dq=32 --config bwd_apart=dq --config bwd_apart=dv \
-  --config bwd_apart=dq+dv,block_k_dq=32,block_v_bwd=32 --config bwd_apart=dk \
+  --config bwd_apart=dq+dv,block_k_dq=32,block_v_bwd=32 --config bwd_apart=dq,block_k_dq=32,block_k_dk=16 \
   --config bwd_apart=dq,block_k_dq=32,intra_key_tile_bwd=32,num_warps_intra_bwd=2 --out "$OUT/gla_bwd_apart.json"
 run 7 90 gla_sweep_roles bash -c 'for r in gla_dq_role gla_dk_role gla_dv_role; do
   python3 benchmarks/kernel_parts.py --op gla --parts bwd_sweeps_o --ablate $r; done'   # time without each role
