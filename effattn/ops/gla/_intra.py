@@ -40,6 +40,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
 from effattn.ops.common.pallas_triton import F32
+from effattn.ops.gla import _scan
 from effattn.ops.gla._intra_common import (SUB, _block, _chunk_spec, _dA_blocks, _earlier_keys, _gated, _other_blocks,
                                            _slices, _sub_spec, _write_grads)
 from effattn.ops.gla._intra_dots import _bwd_kernel_dots, _fwd_kernel_dots
@@ -128,6 +129,13 @@ def _bwd_kernel(q_ref, k_ref, g_ref, v_ref, do_ref, dq_ref, dk_ref, x_ref, qg_re
 
   step, n = _slices(q_ref.shape[-1], width, body)
   jax.lax.fori_loop(0, n, step, 0)
+
+
+def chunk_pieces(q, k, g, ctx, cfg, interpret):
+  """The forward's chunk-parallel first half, (G, A, q ⊙ e^G, k ⊙ e^{G_l - G}): the gates kernel's chunk-local
+  cumsum G of the raw log decays g [B,Tp,H,Kp] (fp32, base 2), then intra_a on it."""
+  gc = _scan.chunk_gates(g, ctx.chunk, interpret)
+  return (gc, *intra_a(q, k, gc, ctx, cfg, interpret))
 
 
 def intra_a(q, k, g, ctx, cfg, interpret):

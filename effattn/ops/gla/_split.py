@@ -20,7 +20,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 from effattn.ops.common.sequence_split import boundary_states
-from effattn.ops.gla import _intra, _scan, _sweeps
+from effattn.ops.gla import _intra, _sweeps
 
 
 def split_forward(q, k, v, g, h0, ctx, cfg, interpret, segments: int):
@@ -29,8 +29,7 @@ def split_forward(q, k, v, g, h0, ctx, cfg, interpret, segments: int):
   b, tp, h, kp = q.shape
   vp = v.shape[-1]
   p, c = segments, ctx.chunk
-  gc = _scan.chunk_gates(g, c, interpret)
-  a, qg, kg = _intra.intra_a(q, k, gc, ctx, cfg, interpret)
+  gc, a, qg, kg = _intra.chunk_pieces(q, k, g, ctx, cfg, interpret)
   cut = lambda x: x.reshape(b * p, tp // p, *x.shape[2:])
   s_loc = _sweeps.segment_states(kg, v, gc, p, ctx, cfg, interpret)                    # [B, P - 1, H, Kp, Vp]
   log2_decay = jnp.sum(gc[:, c - 1::c].reshape(b, p, -1, h, kp)[:, :p - 1], axis=2)  # [B, P - 1, H, Kp], base 2

@@ -181,8 +181,7 @@ DEFAULT_CONFIG = KernelConfig()
 
 def _forward(q, k, v, g, h0, ctx, cfg, interpret):
   """(o, final state, A, G); q, k, g [B,Tp,H,Kp] (g raw log decays), v [B,Tp,H,Vp]."""
-  gc = _scan.chunk_gates(g, ctx.chunk, interpret)
-  a, qg, kg = _intra.intra_a(q, k, gc, ctx, cfg, interpret)
+  gc, a, qg, kg = _intra.chunk_pieces(q, k, g, ctx, cfg, interpret)
   o, ht = _sweeps.forward(qg, kg, v, gc, a, h0, ctx, cfg, interpret)
   return o, ht, a, gc
 
