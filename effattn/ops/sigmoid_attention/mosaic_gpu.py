@@ -213,7 +213,8 @@ def sigmoid_forward(q, k, v, bias, *, causal: bool, scale: float, config: Mosaic
                     schedule_barrier()
                     qk = qk_ref[...]
                     plgpu.barrier_arrive(k_consumed.at[0])
-                    return probs(qk, jnp.int32(0), causal)
+                    # the barrier pins the math before the arrival on `sched` below (LLVM may sink pure code)
+                    return lax.optimization_barrier((probs(qk, jnp.int32(0), causal),))[0]
 
                 p16 = pl.run_scoped(first, plgpu.ACC((block_q, block_kv), jnp.float32))
                 plgpu.barrier_arrive(sched)
