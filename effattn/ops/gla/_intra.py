@@ -41,8 +41,8 @@ from jax.experimental import pallas as pl
 
 from effattn.ops.common.pallas_triton import F32
 from effattn.ops.gla import _scan
-from effattn.ops.gla._intra_common import (SUB, _block, _chunk_spec, _dA_blocks, _earlier_keys, _gated, _other_blocks,
-                                           _slices, _sub_spec, _write_grads)
+from effattn.ops.gla._intra_common import (SUB, DotsDA, StoredDA, _block, _chunk_spec, _dA_blocks, _earlier_keys,
+                                           _gated, _other_blocks, _slices, _sub_spec, _write_grads)
 from effattn.ops.gla._intra_dots import _bwd_kernel_dots, _fwd_kernel_dots
 from effattn.ops.gla._intra_rows import _bwd_kernel_rows, _fwd_kernel_rows
 from effattn.ops.simple_gla.pallas import _dot, _f32, _params
@@ -90,7 +90,7 @@ def _fwd_kernel(q_ref, k_ref, g_ref, a_ref, qg_ref, kg_ref, *, ctx, width):
   a_ref[...] = (a + _dot(ad.astype(ctx.dt), sel, 1, 0, ctx)).astype(a_ref.dtype)
 
 
-def _bwd_kernel(q_ref, k_ref, g_ref, v_ref, do_ref, dq_ref, dk_ref, x_ref, qg_ref, kg_ref, *, ctx, precise, width):
+def _bwd_kernel(q_ref, k_ref, g_ref, da_src, dq_ref, dk_ref, x_ref, qg_ref, kg_ref, *, ctx, precise, width):
   """For the block's rows, fp32: the intra-chunk dq (w.r.t. the scaled q) and dk, diagonal terms included, and the
   intra-pair gate term x = q ⊙ dq_strict - k ⊙ dk_strict; and _gated's factors (for the dv sweep). The diagonal
   block in halves of 8 rows as in _fwd_kernel."""
@@ -99,7 +99,7 @@ def _bwd_kernel(q_ref, k_ref, g_ref, v_ref, do_ref, dq_ref, dk_ref, x_ref, qg_re
   hi = si >= h
   jp = jnp.arange(h, dtype=jnp.int32)[None, :]
   own = (si - jnp.where(hi, h, 0)) > jp                # [SUB, 8] strictly earlier key of the row's own half
-  da, dat, dd, daii = _dA_blocks(v_ref, do_ref, rows, r0, col, si, sj, ctx)
+  da, dat, dd, daii = _dA_blocks(da_src, rows, r0, col, si, sj, ctx)
   # dd's own-half part [SUB, 8] (masked strict) and its H x L quadrant [SUB, 8] (zero on the first half's rows)
   jp3, j16 = jp[:, :, None], sj[:, None, :]
   dd_own = jnp.where(own, jnp.sum(jnp.where(j16 == jp3 + jnp.where(hi, h, 0)[:, :, None], dd[:, None, :], 0.0),
@@ -175,10 +175,12 @@ def chunk_dA(v, do, ctx, interpret):
       **_params(interpret, ctx, 4, 2))(v, do)
 
 
-def _with_stored_dA(kernel):
-  """A backward intra kernel reading the chunk's stored dA [C, C] (chunk_dA) instead of its v and dO."""
-  def run(q_ref, k_ref, g_ref, da_ref, *outs, **kwargs):
-    return kernel(q_ref, k_ref, g_ref, da_ref, None, *outs, **kwargs)
+def _with_dA(kernel, stored: bool):
+  """A backward intra kernel taking its dA from the chunk's v and dO refs (DotsDA) or its stored dA (StoredDA,
+  chunk_dA)."""
+  def run(q_ref, k_ref, g_ref, *refs, **kwargs):
+    src, outs = (StoredDA(refs[0]), refs[1:]) if stored else (DotsDA(*refs[:2]), refs[2:])
+    return kernel(q_ref, k_ref, g_ref, src, *outs, **kwargs)
   return run
 
 
@@ -202,7 +204,7 @@ def intra_grads(q, k, g, v, do, ctx, cfg, interpret):
   if tile is None:
     cs, cv, out = _chunk_spec(ctx, kp), _chunk_spec(ctx, vp), _sub_spec(kp)
     return pl.pallas_call(
-        kernel, grid=(b, h, tp // SUB), in_specs=[cs, cs, cs, cv, cv], out_specs=[out] * 5,
+        _with_dA(kernel, stored=False), grid=(b, h, tp // SUB), in_specs=[cs, cs, cs, cv, cv], out_specs=[out] * 5,
         out_shape=[shape, shape, shape, fac, fac], interpret=interpret, name='gla_intra_bwd', **params)(
             q, k, g, v, do)
   if tile not in (16, 32, 64, 128) or diag == 'rows2':
@@ -214,6 +216,6 @@ def intra_grads(q, k, g, v, do, ctx, cfg, interpret):
   chunk_da = pl.BlockSpec((None, ctx.chunk, None, ctx.chunk), lambda b, h, p, t: (b, p // nsub, h, 0))
   out = pl.BlockSpec((None, SUB, None, tile), lambda b, h, p, t: (b, p, h, t))
   return pl.pallas_call(
-      _with_stored_dA(kernel), grid=(b, h, tp // SUB, kp // tile), in_specs=[chunk_tile] * 3 + [chunk_da],
+      _with_dA(kernel, stored=True), grid=(b, h, tp // SUB, kp // tile), in_specs=[chunk_tile] * 3 + [chunk_da],
       out_specs=[out] * 5, out_shape=[shape, shape, shape, fac, fac], interpret=interpret, name='gla_intra_bwd',
       **params)(q, k, g, chunk_dA(v, do, ctx, interpret))

@@ -3,6 +3,8 @@ the off-diagonal (earlier / later block) terms, the sweeps' factors and the
 block specs. The math is in _intra.py's docstring."""
 from __future__ import annotations
 
+from typing import Any, NamedTuple
+
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
@@ -63,17 +65,28 @@ def _earlier_keys(q_ref, k_ref, g_ref, cs, a, r0, rows, crow, ctx):
   return qf, gq, a + _dd(qf * jnp.exp2(gq - gn), _f32(k_ref[:, cs]) * kfac, 1, 1, ctx)
 
 
-def _dA_blocks(v_ref, do_ref, rows, r0, col, si, sj, ctx):
+class DotsDA(NamedTuple):
+  """Where a backward intra kernel gets dA = dO V^T: dots of the chunk's v and dO [C, V] refs (the default)."""
+  v_ref: Any
+  do_ref: Any
+
+
+class StoredDA(NamedTuple):
+  """... or the chunk's stored dA [C, C] fp32 ref (_intra.chunk_dA; KernelConfig.intra_key_tile_bwd)."""
+  da_ref: Any
+
+
+def _dA_blocks(src: DotsDA | StoredDA, rows, r0, col, si, sj, ctx):
   """dA = dO V^T pieces of the block: rows x earlier keys [SUB, C], later queries x the block's keys transposed
-  [SUB, C] (zero elsewhere), the diagonal block [SUB, SUB] and its diagonal [SUB, 1]. v_ref, do_ref: the chunk's
-  v and dO [C, V], or (the chunk's dA [C, C] fp32 from _intra._dA_kernel, None): KernelConfig.intra_key_tile_bwd."""
+  [SUB, C] (zero elsewhere), the diagonal block [SUB, SUB] and its diagonal [SUB, 1]."""
   r1 = r0 + SUB
-  if do_ref is None:
-    da_ref, block = v_ref, pl.ds(r0, SUB)
-    da = jnp.where(col < r0, da_ref[rows, :], 0.0)
-    dat = jnp.where(col >= r1, jnp.transpose(da_ref[:, block]), 0.0)
-    dd = da_ref[rows, block]
+  if isinstance(src, StoredDA):
+    block = pl.ds(r0, SUB)
+    da = jnp.where(col < r0, src.da_ref[rows, :], 0.0)
+    dat = jnp.where(col >= r1, jnp.transpose(src.da_ref[:, block]), 0.0)
+    dd = src.da_ref[rows, block]
   else:
+    v_ref, do_ref = src
     da = jnp.where(col < r0, _dot(do_ref[rows, :], v_ref[...], 1, 1, ctx), 0.0)    # dA_ij, earlier keys j
     dat = jnp.where(col >= r1, _dot(v_ref[rows, :], do_ref[...], 1, 1, ctx), 0.0)  # [j, i]: dA_ij, later queries i
     dd = _dot(do_ref[rows, :], v_ref[rows, :], 1, 1, ctx)                          # the diagonal block [SUB, SUB]

@@ -68,7 +68,7 @@ def _fwd_kernel_dots(q_ref, k_ref, g_ref, a_ref, qg_ref, kg_ref, *, ctx, width, 
   jax.lax.cond(_span_ok(g_ref, r0, ctx), dots, rows_kernel)
 
 
-def _bwd_kernel_dots(q_ref, k_ref, g_ref, v_ref, do_ref, dq_ref, dk_ref, x_ref, qg_ref, kg_ref, *, ctx, precise,
+def _bwd_kernel_dots(q_ref, k_ref, g_ref, da_src, dq_ref, dk_ref, x_ref, qg_ref, kg_ref, *, ctx, precise,
                      width, unroll=False):
   """_bwd_kernel with the diagonal block's strict lower triangle by two dots about row r0 where the span allows
   (module docstring), else _bwd_kernel_rows."""
@@ -76,7 +76,7 @@ def _bwd_kernel_dots(q_ref, k_ref, g_ref, v_ref, do_ref, dq_ref, dk_ref, x_ref, 
   r0, rows, _, crow, col, (si, sj) = block
 
   def dots():
-    da, dat, dd, daii = _dA_blocks(v_ref, do_ref, rows, r0, col, si, sj, ctx)
+    da, dat, dd, daii = _dA_blocks(da_src, rows, r0, col, si, sj, ctx)
     dd_strict = jnp.where(si > sj, dd, 0.0)
 
     def body(cs, carry):
@@ -92,7 +92,7 @@ def _bwd_kernel_dots(q_ref, k_ref, g_ref, v_ref, do_ref, dq_ref, dk_ref, x_ref, 
     jax.lax.fori_loop(0, n, step, 0)
 
   def rows_kernel():
-    _bwd_kernel_rows(q_ref, k_ref, g_ref, v_ref, do_ref, dq_ref, dk_ref, x_ref, qg_ref, kg_ref, ctx=ctx,
+    _bwd_kernel_rows(q_ref, k_ref, g_ref, da_src, dq_ref, dk_ref, x_ref, qg_ref, kg_ref, ctx=ctx,
                      precise=precise, width=width, unroll=unroll, block=block)
 
   jax.lax.cond(_span_ok(g_ref, r0, ctx), dots, rows_kernel)

@@ -58,7 +58,7 @@ def _fwd_kernel_rows(q_ref, k_ref, g_ref, a_ref, qg_ref, kg_ref, *, ctx, width, 
   a_ref[...] = (a + _dot(ad.astype(ctx.dt), sel, 1, 0, ctx)).astype(a_ref.dtype)
 
 
-def _bwd_kernel_rows(q_ref, k_ref, g_ref, v_ref, do_ref, dq_ref, dk_ref, x_ref, qg_ref, kg_ref, *, ctx, precise,
+def _bwd_kernel_rows(q_ref, k_ref, g_ref, da_src, dq_ref, dk_ref, x_ref, qg_ref, kg_ref, *, ctx, precise,
                      width, two_loops=False, unroll=False, block=None):
   """_bwd_kernel with the diagonal block by a loop over its 16 key rows j (KernelConfig.intra_diag_bwd='rows'):
   w_ij = dA_ij e^{G_i - G_j} (i > j) as a [16, w] tile, dq_i += w_ij k_j, dk_j = sum_i w_ij q_i (a reduction over
@@ -67,9 +67,10 @@ def _bwd_kernel_rows(q_ref, k_ref, g_ref, v_ref, do_ref, dq_ref, dk_ref, x_ref, 
   a [16, w] tile of key rows j: twice the exps, but no reduction across the tile's rows (threads) per step.
   block: as _fwd_kernel_rows'."""
   r0, rows, _, crow, col, (si, sj) = block or _block(ctx)
-  da, dat, dd, daii = _dA_blocks(v_ref, do_ref, rows, r0, col, si, sj, ctx)
+  da, dat, dd, daii = _dA_blocks(da_src, rows, r0, col, si, sj, ctx)
   dd_strict = jnp.where(si > sj, dd, 0.0)
   if two_loops:
+    v_ref, do_ref = da_src  # 'rows2' is never run from a stored dA (_intra.intra_grads)
     dd_t = jnp.where(sj > si, _dot(v_ref[rows, :], do_ref[rows, :], 1, 1, ctx), 0.0)  # [j, i]: dA_ij, i > j
 
   def body(cs, carry):
