@@ -50,13 +50,33 @@ jax.config.update('jax_default_matmul_precision', 'highest')
 sys.path.insert(0, os.path.dirname(__file__))
 
 
+# Every executable XLA:CPU compiles keeps its JIT code in memory mappings of its own while jax caches it, and Linux
+# caps a process at vm.max_map_count mappings (65530 by default). tests/ops/test_gla_kernel.py alone left one process
+# with 35,833 mappings (676 after jax.clear_caches()); a long-lived xdist worker running half the suite goes past the
+# cap, LLVM's next mmap fails and the worker segfaults inside backend_compile_and_load (seen late in full runs, in
+# tests/train/test_resume.py and tests/ops/test_gla_kernel.py). So after any test that leaves the process above
+# _MAX_MAPPINGS, jax's caches are cleared (later tests recompile what they need, or read the persistent cache).
+_MAX_MAPPINGS = 30000
+_MAPS = '/proc/self/maps'
+
+
+def _mappings() -> int:
+    with open(_MAPS, 'rb') as f:
+        return f.read().count(b'\n')
+
+
+@pytest.fixture(autouse=True)
+def _release_compiled_code():
+    yield
+    if os.path.exists(_MAPS) and _mappings() > _MAX_MAPPINGS:
+        jax.clear_caches()
+
+
 def pytest_collection_modifyitems(config, items):
     """A test whose xdist worker crashes runs once more (pytest-rerunfailures, in the test extra), other failures
-    never. jaxlib 0.10.2 (XLA:CPU) has crashed the long-lived worker late in full runs, inside native code while
-    compiling a jitted function, or while serializing or deserializing one for the persistent cache above (it also
-    crashed with the cache off). It happened in three full runs of 2026-12-03, always in tests/train/test_resume.py,
-    and never with that file alone (11 runs). Without the plugin (the GPU machine's carried wheels) nothing
-    changes."""
+    never. The crashes seen (late in full runs, inside XLA:CPU's compiler) were most likely the mapping cap above,
+    which _release_compiled_code now keeps the workers under; the rerun stays as a guard. Without the plugin (the GPU
+    machine's carried wheels) nothing changes."""
     if config.pluginmanager.hasplugin('rerunfailures'):
         crash_only = pytest.mark.flaky(reruns=1, only_rerun=['crashed while running'])
         for item in items:
