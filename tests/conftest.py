@@ -54,8 +54,10 @@ sys.path.insert(0, os.path.dirname(__file__))
 # caps a process at vm.max_map_count mappings (65530 by default). tests/ops/test_gla_kernel.py alone left one process
 # with 35,833 mappings (676 after jax.clear_caches()); a long-lived xdist worker running half the suite goes past the
 # cap, LLVM's next mmap fails and the worker segfaults inside backend_compile_and_load (seen late in full runs, in
-# tests/train/test_resume.py and tests/ops/test_gla_kernel.py). So after any test that leaves the process above
-# _MAX_MAPPINGS, jax's caches are cleared (later tests recompile what they need, or read the persistent cache).
+# tests/train/test_resume.py and tests/ops/test_gla_kernel.py). Reproduced: `pytest -n 0 tests/ops tests/attention`
+# in one process segfaulted at 45% without this fixture and passed with it (596 tests, at most 30,458 mappings).
+# So after any test that leaves the process above _MAX_MAPPINGS, jax's caches are cleared (later tests recompile
+# what they need, or read the persistent cache).
 _MAX_MAPPINGS = 30000
 _MAPS = '/proc/self/maps'
 
