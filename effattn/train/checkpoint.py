@@ -5,8 +5,7 @@ and a fingerprint of the parameters). orbax writes each step into a temporary fo
 when complete, so a crash or SIGKILL during a save never leaves a half-written step behind. Once a step
 is complete, a manifest of its files (size and CRC-32 each, ``effattn_files.json`` in the step) is
 written, and a restore checks it before orbax reads anything: corrupted files never reach tensorstore's
-decoders (a restore of garbage-written files has crashed later compiles in the same process, in CI),
-and the error names the file. A step that fails the manifest, is unreadable or whose parameters do not
+decoders, and the error names the file. A step that fails the manifest, is unreadable or whose parameters do not
 match the fingerprint is reported, moved aside to ``checkpoints-corrupted/<step>-<time>`` (kept for
 inspection, never deleted) and the previous step is used. Steps without a manifest (a crash between
 the save and the manifest, or older runs) are restored as before, checked by the fingerprint alone.

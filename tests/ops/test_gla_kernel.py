@@ -142,6 +142,18 @@ def _grads_of_o_only(fn, x, do):
   return vjp(do.astype(o.dtype))[0]
 
 
+def _check_o_only(case, fn):
+  """Every gradient of sum(o * do) alone (an unread final state: its cotangent a symbolic zero) against the fp32
+  oracle's; returns the inputs and cotangents used."""
+  x, cot, _ = checks.make_inputs(OP, case)
+  got = _grads_of_o_only(fn, x, cot[0])
+  xr, cotr = helpers.upcast(x, cot)
+  ref = _grads_of_o_only(_naive, xr, cotr[0])
+  for name in x:
+    assert_close(f'd{name}', got[name], ref[name], TOL[case.dtype])
+  return x, cot
+
+
 @pytest.mark.parametrize('case', [Case(2, 63, 2, 48, 60, n=1, h0=True),
                                   Case(1, 130, 1, 48, 32, n=0.1, h0=True, dtype='bfloat16')], ids=str)
 @pytest.mark.parametrize('cfg', [KernelConfig(), KernelConfig(bwd_states=True), KernelConfig(bwd_roles_first=True)],
@@ -149,13 +161,8 @@ def _grads_of_o_only(fn, x, do):
 def test_unread_final_state(case, cfg):
   """Training never reads the final state: the backward then skips the d final_state terms (no W kernel, no λ dS_T
   in the dk sweep, the dv sweep from a zero dS) and still matches the oracle, every gradient, h0's included."""
-  x, cot, _ = checks.make_inputs(OP, case)
   fn = functools.partial(kernel_gla, config=cfg)
-  got = _grads_of_o_only(fn, x, cot[0])
-  xr, cotr = helpers.upcast(x, cot)
-  ref = _grads_of_o_only(_naive, xr, cotr[0])
-  for name in x:
-    assert_close(f'd{name}', got[name], ref[name], TOL[case.dtype])
+  x, cot = _check_o_only(case, fn)
 
   def backward_jaxpr(read_ht: bool) -> str:
     def grads(x):
@@ -207,12 +214,7 @@ def test_bwd_role_in_a_launch_of_its_own(case, apart, roles_first):
   cfg = KernelConfig(bwd_apart=apart, bwd_roles_first=roles_first, block_k_dq=16)
   fn = functools.partial(kernel_gla, config=cfg)
   _check(case, fn)
-  x, cot, _ = checks.make_inputs(OP, case)
-  got = _grads_of_o_only(fn, x, cot[0])
-  xr, cotr = helpers.upcast(x, cot)
-  ref = _grads_of_o_only(_naive, xr, cotr[0])
-  for name in x:
-    assert_close(f'd{name}', got[name], ref[name], TOL[case.dtype])
+  x, cot = _check_o_only(case, fn)
   jaxpr = str(jax.make_jaxpr(lambda x: _grads_of_o_only(fn, x, cot[0]))(x))
   alone = apart.split('+')
   assert all(f'gla_bwd_{r}' in jaxpr for r in alone) and jaxpr.count('name=gla_bwd') == len(alone) + 1

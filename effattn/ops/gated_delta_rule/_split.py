@@ -28,7 +28,6 @@ unsplit: the backward reads every chunk-start state S_c in the unsplit layout, s
 from __future__ import annotations
 
 import dataclasses
-
 import functools
 
 import jax

@@ -204,38 +204,31 @@ def _dv_role(vt, qg_ref, kg_ref, do_ref, g_ref, a_ref, dht_ref, dv_ref, *, ctx, 
 
 
 ROLES = ('dq', 'dk', 'dv')
-_ROLE_OUTPUTS = {'dq': 3, 'dk': 5, 'dv': 1}  # dq, x_q, x_q totals | dk, y, y totals, sum_T x_k, dh0 | dv
 
 
 def _bwd_kernel(q_ref, k_ref, v_ref, do_ref, g_ref, a_ref, dqi_ref, dki_ref, xi_ref, qg_ref, kg_ref, *rest, has_dht,
-                has_h0, roles, counts, bq, bk, bv, ctx, precise, role_axis):
+                has_h0, roles, counts, n_outs, bq, bk, bv, ctx, precise, role_axis):
   """Grid axis role_axis runs the programs of `roles` in order, counts[i] of each: dq sweeps (key tiles of bq), dk
   sweeps (key tiles of bk), dv sweeps (value tiles of bv). rest: W and d final_state if has_dht, h0 if has_h0, then
-  the outputs of those roles (_ROLE_OUTPUTS)."""
+  the outputs of those roles, n_outs[i] of each (backward's `outputs`)."""
   w_ref, dht_ref, *rest = rest if has_dht else (None, None, *rest)
   h0_ref, *outs = rest if has_h0 else (None, *rest)
   r = pl.program_id(role_axis)
-  start = 0
-  for role, count in zip(roles, counts):
-    mine, outs = outs[:_ROLE_OUTPUTS[role]], outs[_ROLE_OUTPUTS[role]:]
-    first, last = start, start + count
-    start = last
-    run = pl.when((r >= first) & (r < last)) if len(roles) > 1 else (lambda f: f())
-
-    if role == 'dq':
-      @run
-      def _(mine=mine, first=first):
-        _dq_role(r - first, q_ref, k_ref, v_ref, do_ref, g_ref, dqi_ref, xi_ref, h0_ref, *mine, ctx=ctx, bk=bq,
-                 precise=precise)
-    elif role == 'dk':
-      @run
-      def _(mine=mine, first=first):
-        _dk_role(r - first, q_ref, k_ref, v_ref, do_ref, g_ref, dki_ref, w_ref, dht_ref, *mine, ctx=ctx, bk=bk,
-                 precise=precise)
+  sweeps = {
+      'dq': lambda i, mine: _dq_role(i, q_ref, k_ref, v_ref, do_ref, g_ref, dqi_ref, xi_ref, h0_ref, *mine, ctx=ctx,
+                                     bk=bq, precise=precise),
+      'dk': lambda i, mine: _dk_role(i, q_ref, k_ref, v_ref, do_ref, g_ref, dki_ref, w_ref, dht_ref, *mine, ctx=ctx,
+                                     bk=bk, precise=precise),
+      'dv': lambda i, mine: _dv_role(i, qg_ref, kg_ref, do_ref, g_ref, a_ref, dht_ref, *mine, ctx=ctx, bv=bv)}
+  first = 0
+  for role, count, n_out in zip(roles, counts, n_outs):
+    mine, outs = outs[:n_out], outs[n_out:]
+    sweep = functools.partial(sweeps[role], r - first, mine)
+    if len(roles) > 1:
+      pl.when((r >= first) & (r < first + count))(sweep)
     else:
-      @run
-      def _(mine=mine, first=first):
-        _dv_role(r - first, qg_ref, kg_ref, do_ref, g_ref, a_ref, dht_ref, *mine, ctx=ctx, bv=bv)
+      sweep()
+    first += count
 
 
 def _w_kernel(v_ref, *rest, ctx):
@@ -308,7 +301,7 @@ def backward(q, k, v, g, a, dq_i, dk_i, x_i, qg, kg, h0, do, dht, ctx, cfg, inte
       if roles_first else (lambda spec: spec)
   in_specs = [qk, qk, vv, vv, qk, _row_spec(tp, ctx.chunk), qk, qk, qk, qk, qk, *([qk, st] if has_dht else []),
               *([st] if has_h0 else [])]
-  outputs = {  # (spec, shape) of each role's outputs, in _ROLE_OUTPUTS order
+  outputs = {  # (spec, shape) of each role's outputs, in the order its sweep takes them
       'dq': [(qk, dt_k), (qk, dg_shape), (tot, tot_shape)],
       'dk': [(qk, dt_k), (qk, dg_shape), (tot, tot_shape),
              (pl.BlockSpec((None, None, 1, kp), lambda b, h, r: (b, h, 0, 0)),
@@ -321,7 +314,8 @@ def backward(q, k, v, g, a, dq_i, dk_i, x_i, qg, kg, h0, do, dht, ctx, cfg, inte
     outs = [o for role in roles for o in outputs[role]]
     n_roles = sum(counts[role] for role in roles)
     kernel = functools.partial(_bwd_kernel, has_dht=has_dht, has_h0=has_h0, roles=roles,
-                               counts=tuple(counts[role] for role in roles), bq=bq, bk=bk, bv=bv, ctx=ctx,
+                               counts=tuple(counts[role] for role in roles),
+                               n_outs=tuple(len(outputs[role]) for role in roles), bq=bq, bk=bk, bv=bv, ctx=ctx,
                                precise=cfg.precise_dg, role_axis=0 if roles_first else 2)
     got = pl.pallas_call(
         kernel, grid=(n_roles, b, h) if roles_first else (b, h, n_roles),
@@ -331,6 +325,6 @@ def backward(q, k, v, g, a, dq_i, dk_i, x_i, qg, kg, h0, do, dht, ctx, cfg, inte
         **_params(interpret, ctx, cfg.num_warps_bwd, cfg.num_stages_bwd))(
             q, k, v, do, g, a, dq_i, dk_i, x_i, qg, kg, *dht_args, *([h0] if has_h0 else []))
     for role in roles:
-      results[role], got = got[:_ROLE_OUTPUTS[role]], got[_ROLE_OUTPUTS[role]:]
+      results[role], got = got[:len(outputs[role])], got[len(outputs[role]):]
   (dq, xq, xq_tot), (dk, y, y_tot, xk_tot, dh0), (dv,) = results['dq'], results['dk'], results['dv']
   return dq, dk, dv, xq, xq_tot, y, y_tot, xk_tot, dh0
