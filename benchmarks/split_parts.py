@@ -41,10 +41,10 @@ def report(name, f, *args):
 
 
 def key_tiles(k, v, g):
-    """block_states in key tiles (block_k), then at 8 warps, 128-row chunks and 3-4 stages. Key tiles: smaller
-    states, more programs per SM, v read K / block_k times (ptxas,
-    sm_90a: full K at 4 warps 255 registers, 904 bytes spilled, 2 programs per SM; block_k 64 at 4 warps 207, no
-    spills, 2 per SM; 32 at 2 warps 167, 6 per SM; 32 at 4 warps 134, 3 per SM)."""
+    """block_states in key tiles (block_k), then at 8 warps, 128-row chunks and 2 or 4 stages (3: the default).
+    Key tiles: smaller states, more programs per SM, v read K / block_k times (ptxas, sm_90a: full K at 4 warps
+    255 registers, 904 bytes spilled, 2 programs per SM; block_k 64 at 4 warps 207, no spills, 2 per SM; 32 at
+    2 warps 167, 6 per SM; 32 at 4 warps 134, 3 per SM)."""
     report('block_states fold blk=1024 (default)',
            lambda k, v, g: block_states(k, v, g, block=1024, fold=True), k, v, g)
     for bk, w in ((64, 4), (32, 2), (32, 4)):
@@ -54,7 +54,7 @@ def key_tiles(k, v, g):
     for c, w in ((64, 8), (128, 4), (128, 8)):
         report(f'block_states fold blk=1024 chunk={c} w={w}',
                lambda k, v, g: block_states(k, v, g, block=1024, chunk=c, num_warps=w, fold=True), k, v, g)
-    for stages in (3, 4):  # deeper pipelining of the k, v chunk loads
+    for stages in (2, 4):  # shallower and deeper pipelining of the k, v chunk loads
         report(f'block_states fold blk=1024 stages={stages}',
                lambda k, v, g: block_states(k, v, g, block=1024, fold=True, num_stages=stages), k, v, g)
 

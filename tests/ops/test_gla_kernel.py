@@ -189,6 +189,20 @@ def test_key_tiled_intra_bwd(case, tile, diag):
   _check(case, functools.partial(kernel_gla, config=cfg))
 
 
+def test_default_key_tiles_by_head_dim():
+  """The default backward intra kernel: 64-channel key tiles at 2 warps from K = 128 (timed faster on the H200),
+  all channels at 4 warps below, or with 'rows2'; 0 asks for all channels; and the K = 128 default matches naive."""
+  assert KernelConfig().intra_bwd_tiles_for(128) == (64, 2)
+  assert KernelConfig().intra_bwd_tiles_for(64) == (None, 4)
+  assert KernelConfig(intra_key_tile_bwd=0).intra_bwd_tiles_for(128) == (None, 4)
+  assert KernelConfig(intra_diag_bwd='rows2').intra_bwd_tiles_for(128) == (None, 4)
+  assert KernelConfig(num_warps_intra_bwd=8).intra_bwd_tiles_for(128) == (64, 8)
+  case = Case(1, 40, 1, 128, 32, n=1, h0=True, dtype='bfloat16')
+  _check(case, kernel_gla)
+  x, cot = _check_o_only(case, kernel_gla)
+  assert 'name=gla_dA' in str(jax.make_jaxpr(lambda x: _grads_of_o_only(kernel_gla, x, cot[0]))(x))
+
+
 def test_key_tiled_intra_bwd_is_checked():
   with pytest.raises(ValueError, match='intra_key_tile_bwd'):
     _check(Case(1, 16, 1, 16, 16, n=1, h0=False), functools.partial(kernel_gla, config=KernelConfig(

@@ -68,7 +68,7 @@ def _kernel(k_ref, v_ref, *rest, chunk: int, gate: str, dt, prec, fold: bool = F
 
 def block_states(k, v, g, *, block: int, chunk: int = 64, block_v: int = 128, num_warps: int = 4,
                  interpret: bool = False, fold: bool = False, blocks: int | None = None, block_k: int | None = None,
-                 num_stages: int = 2):
+                 num_stages: int = 3):
     """k [B,T,H,K], v [B,T,H,V], g None, [B,T,H] or [B,T,H,K] (log decays) -> fp32 [B, blocks, H, K, V], the
     local state of each of the first `blocks` blocks of `block` rows (None: all T // block; T a multiple of block,
     block a multiple of chunk; the rows after them are never read). Dots in the inputs' dtype with fp32
@@ -83,7 +83,8 @@ def block_states(k, v, g, *, block: int, chunk: int = 64, block_v: int = 128, nu
     4 warps ptxas (sm_90a) gives the full K 255 registers and 904 bytes spilled, 64-wide key tiles 207 registers and
     no spills (2 programs per SM either way); H200, folded: 0.241 ms at the full K, 0.352-0.357 at key tiles of 64,
     0.51-0.54 at 32, 0.351 at 8 warps, 0.42-0.75 at chunk 128 (benchmarks/results/gpu_checks-2026-12-03_s6).
-    num_stages: Triton's software pipelining of the chunk loads (3 and 4 not yet timed)."""
+    num_stages: Triton's software pipelining of the chunk loads; H200, folded, default tiles (split_parts.py
+    --key-tiles, results/gpu_checks-2026-12-03_s8): 2 stages 0.263 ms, 3 0.222, 4 0.285."""
     b, t, h, kd = k.shape
     vd = v.shape[-1]
     if t % block or block % chunk:

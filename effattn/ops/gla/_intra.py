@@ -186,8 +186,9 @@ def _with_dA(kernel, stored: bool):
 
 def intra_grads(q, k, g, v, do, ctx, cfg, interpret):
   """Intra-chunk (dq w.r.t. scaled q, dk) and the intra-pair gate term, fp32 [B, Tp, H, Kp] each; q ⊙ e^G and
-  k ⊙ e^{G_l - G} in the dot dtype. With cfg.intra_key_tile_bwd, one program per (16-row block, key tile) from the
-  chunks' dA (chunk_dA), else one per block over all channels, each computing its dA pieces."""
+  k ⊙ e^{G_l - G} in the dot dtype. With a key tile (cfg.intra_bwd_tiles_for: 64 at K >= 128 by default), one
+  program per (16-row block, key tile) from the chunks' dA (chunk_dA), else one per block over all channels, each
+  computing its dA pieces."""
   b, tp, h, kp = q.shape
   vp = v.shape[-1]
   shape = jax.ShapeDtypeStruct((b, tp, h, kp), F32)
@@ -199,8 +200,8 @@ def intra_grads(q, k, g, v, do, ctx, cfg, interpret):
   if diag not in kernels:
     raise ValueError(f"KernelConfig.intra_diag_bwd must be 'halves', 'rows', 'rows2' or 'dots'; got {diag!r}")
   kernel = functools.partial(kernels[diag], ctx=ctx, precise=cfg.precise_dg, width=width)
-  params = _params(interpret, ctx, cfg.num_warps_intra_bwd, cfg.num_stages_intra_bwd)
-  tile = cfg.intra_key_tile_bwd
+  tile, warps = cfg.intra_bwd_tiles_for(kp)
+  params = _params(interpret, ctx, warps, cfg.num_stages_intra_bwd)
   if tile is None:
     cs, cv, out = _chunk_spec(ctx, kp), _chunk_spec(ctx, vp), _sub_spec(kp)
     return pl.pallas_call(
@@ -208,7 +209,7 @@ def intra_grads(q, k, g, v, do, ctx, cfg, interpret):
         out_shape=[shape, shape, shape, fac, fac], interpret=interpret, name='gla_intra_bwd', **params)(
             q, k, g, v, do)
   if tile not in (16, 32, 64, 128) or diag == 'rows2':
-    raise ValueError(f"KernelConfig.intra_key_tile_bwd must be None, 16, 32, 64 or 128, and intra_diag_bwd not "
+    raise ValueError(f"KernelConfig.intra_key_tile_bwd must be None, 0, 16, 32, 64 or 128, and intra_diag_bwd not "
                      f"'rows2'; got {tile!r} with {diag!r}")
   tile = min(tile, kp)
   nsub = ctx.chunk // SUB

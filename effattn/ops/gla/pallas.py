@@ -88,7 +88,7 @@ class KernelConfig:
   num_stages: int = 3
   num_warps_intra: int | None = None  # forward intra kernel (one program per 16-row block); None: by head dim
   num_stages_intra: int | None = None  # None: by head dim (intra_fwd_for)
-  num_warps_intra_bwd: int = 4  # backward intra kernel
+  num_warps_intra_bwd: int | None = None  # backward intra kernel; None: by head dim (intra_bwd_tiles_for)
   num_stages_intra_bwd: int = 2
   intra_width: int | None = None      # forward intra kernel: key channels per step ([16, 8, width] fp32 pairwise
                                       # tiles); None: by head dim (intra_fwd_for)
@@ -99,11 +99,12 @@ class KernelConfig:
                                      # the default); None: intra_diag_for
   intra_diag_bwd: str | None = None  # the same for the backward intra kernel (intra_bwd_for), or 'rows2' (dk from
                                      # a second loop, over query rows; 1.98 ms against 1.41 at K = 128)
-  intra_key_tile_bwd: int | None = None  # backward intra kernel: key channels per program (16 ... 128; None: all,
-                                         # one program per 16-row block). With a tile, dA = dO V^T is computed
-                                         # once per chunk (_intra.chunk_dA, fp32 [B, Tp, H, C]) and read by the
-                                         # Kp / tile programs of each block (flash-linear-attention's layout: fewer
-                                         # registers per program, more programs per SM); not yet timed.
+  intra_key_tile_bwd: int | None = None  # backward intra kernel: key channels per program (16 ... 128, or 0: all,
+                                         # one program per 16-row block computing its dA pieces; None: by head
+                                         # dim, intra_bwd_tiles_for). With a tile, dA = dO V^T is computed once per
+                                         # chunk (_intra.chunk_dA, fp32 [B, Tp, H, C]) and read by the Kp / tile
+                                         # programs of each block (flash-linear-attention's layout: fewer registers
+                                         # per program, more programs per SM).
                                          # ptxas (sm_90a, bf16, 'dots'): K = 128, all channels 255 registers and
                                          # 96 bytes spilled, 2 programs per SM; tile 64: 168, 3 per SM; 32: 137,
                                          # 3; 32 at 2 warps: 186, 5; 16 at 2 warps: 168, 6. K = 64: all 187, 2
@@ -174,6 +175,19 @@ class KernelConfig:
     """(diagonal-block form, key channels per step) of the backward intra kernel."""
     diag = self.intra_diag_bwd or 'dots'
     return diag, self.intra_width_bwd or (kp if kp <= 64 or diag != 'halves' else 32)
+
+  # The backward intra kernel's key tiles, timed on the H200 (bf16, B=4 T=4096 H=16 K=128; kernel_parts.py --parts
+  # intra_bwd,fwd_bwd_o, results/gpu_checks-2026-12-03_s8/gla_key_tiles*.json, two runs), intra_bwd / fwd+bwd
+  # without d final_state, ms: all channels at 4 warps 0.817 / 2.777, 0.820 / 2.791, 0.824 / 2.802; 64-wide tiles at
+  # 2 warps 0.783 / 2.742, 0.782 / 2.747; 64 at 4 warps 0.908 / 2.872; 32 at 2 warps 0.915 / 2.877. K = 64 untimed:
+  # all channels there.
+  def intra_bwd_tiles_for(self, kp: int) -> tuple[int | None, int]:
+    """(key channels per program, None: all; warps) of the backward intra kernel."""
+    tile = self.intra_key_tile_bwd
+    if tile is None:
+      tile = 64 if kp >= 128 and self.intra_bwd_for(kp)[0] != 'rows2' else 0
+    warps = self.num_warps_intra_bwd or (2 if tile == 64 and kp >= 128 else 4)
+    return tile or None, warps
 
 
 DEFAULT_CONFIG = KernelConfig()
