@@ -15,18 +15,18 @@
 #      sweeps' grid without roles first (bwd_roles_first=false), the backward intra kernel in key tiles from stored
 #      dA (intra_key_tile_bwd), one role's sweeps in a launch of their own (bwd_apart), and each role's share of
 #      the sweeps (--ablate: the sweeps without it);
-#   8. the sigmoid Mosaic forward with FA3's intra-warpgroup overlap (sigmoid_forward='mosaic_overlap'): its GPU
-#      tests against the oracle, then its time beside the plain Mosaic forward, the Triton one and cuDNN softmax,
-#      and the MosaicConfig settings at the issue's shape (overlap with 3-4 K/V slots or 64-key steps among them);
+#   8. the sigmoid forwards in FlashSigmoid's tanh form (sigmoid_math='tanh') and with FA3's intra-warpgroup
+#      overlap (sigmoid_forward='mosaic_overlap'): their GPU tests against the oracle, then their times beside the
+#      plain Mosaic forward, the Triton one and cuDNN softmax, and MosaicConfig settings at the issue's shape;
 #   9. issue 9's one-GPU rows of the GLA LM (scale.py: T = 2048, 32768 and 131072; tokens/s, peak memory or OOM),
 #      the baselines its data- and sequence-parallel runs compare against, while no multi-GPU machine is lent.
 # Results (JSON, logs) go to $OUT (default benchmarks/results/gpu_checks-<date>). Each line below fits one
-# 10-minute device command (the limits add up to 570, 480, 570, 360, 420, 480, 420 and 560 s; step 2 took > 200 s
-# on a fresh machine, most of it compiling). Usage, from the repo root:
-#   bash benchmarks/gpu_checks.sh 7
+# 10-minute device command (the limits add up to 540, 560, 570, 570, 420, 480, 420 and 560 s; step 2 passed 360 s
+# on a warm machine in the eighth session, most of it compiling). Usage, from the repo root:
 #   bash benchmarks/gpu_checks.sh 8
-#   bash benchmarks/gpu_checks.sh 3 4
 #   bash benchmarks/gpu_checks.sh 2
+#   bash benchmarks/gpu_checks.sh 3 4
+#   bash benchmarks/gpu_checks.sh 7
 #   bash benchmarks/gpu_checks.sh 1
 #   bash benchmarks/gpu_checks.sh 5
 #   bash benchmarks/gpu_checks.sh 6
@@ -47,7 +47,7 @@ run() {  # run STEP LIMIT_S NAME CMD...: the command's output to $OUT/NAME.log, 
 run 1 420 tests_linear python3 -m pytest -q -p no:cacheprovider tests/ops/test_gla_kernel.py \
   tests/ops/test_simple_gla_kernel.py tests/ops/test_delta_rule_kernel.py tests/ops/test_block_states.py \
   -k "gpu or long"
-run 2 360 issue_shape python3 benchmarks/ops_gpu.py --ops simple_gla,gla,delta_rule,gated_delta_rule,sigmoid \
+run 2 560 issue_shape python3 benchmarks/ops_gpu.py --ops simple_gla,gla,delta_rule,gated_delta_rule,sigmoid \
   --impls kernel,chunk,cudnn,fla --shapes 4x4096x16x128 --out "$OUT/ops_gpu_issue_shape.json"
 run 3 150 scaling python3 benchmarks/ops_gpu.py --ops simple_gla,gla,delta_rule,gated_delta_rule --impls kernel \
   --modes fwd --shapes scaling --out "$OUT/ops_gpu_scaling.json"
@@ -75,9 +75,9 @@ run 7 90 gla_sweep_roles bash -c 'for r in gla_dq_role gla_dk_role gla_dv_role; 
 run 5 480 tests_flash python3 -m pytest -q -p no:cacheprovider tests/ops/test_flash_kernel.py -k "gpu or long"
 run 6 420 lm_8192 python3 benchmarks/train_throughput.py --in-process --kinds gla,softmax,deltanet --seq-lens 8192 \
   --steps 10 --out "$OUT/train_throughput_8192.json"
-run 8 240 tests_sigmoid_overlap python3 -m pytest -q -p no:cacheprovider tests/ops/test_flash_kernel.py \
-  -k "gpu_shapes and mosaic_overlap"
-run 8 240 sigmoid_overlap python3 benchmarks/sigmoid_forwards.py --shapes 2 --out "$OUT/sigmoid_overlap.json"
+run 8 240 tests_sigmoid_tanh python3 -m pytest -q -p no:cacheprovider tests/ops/test_flash_kernel.py \
+  -k "gpu_shapes and (tanh or mosaic_overlap)"
+run 8 300 sigmoid_tanh python3 benchmarks/sigmoid_forwards.py --shapes 2 --out "$OUT/sigmoid_tanh.json"
 run 9 560 scale_one_gpu python3 benchmarks/scale.py --steps 5 \
   --plan 'gla:2048:32:data=1;gla:32768:2:data=1;gla:131072:1:data=1' --out "$OUT/scale_one_gpu.json"
 echo "results in $OUT"

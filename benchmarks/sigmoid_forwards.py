@@ -1,5 +1,6 @@
 """GPU timing of the sigmoid attention forwards: the Mosaic GPU kernel (ops/sigmoid_attention/mosaic_gpu.py), with
-and without its intra-warpgroup overlap (sigmoid_forward='mosaic_overlap'), the Triton flash kernel
+and without its intra-warpgroup overlap (sigmoid_forward='mosaic_overlap'), each also in FlashSigmoid's tanh form
+(sigmoid_math='tanh': the *_tanh rows), the Triton flash kernel
 (ops/softmax_attention/pallas.py) and cuDNN's softmax attention, forward and forward+backward (the backward is the
 Triton kernel's for every sigmoid forward), bf16, plus the relative RMS difference of the sigmoid outputs and, at two
 shapes, a few MosaicConfig settings. Median ms of batched calls (timing.py).
@@ -28,7 +29,8 @@ MC = mosaic_gpu.MosaicConfig
 MOSAIC_CONFIGS = (MC(longest_first=False), MC(max_concurrent_steps=3), MC(block_kv=64),
                   MC(block_kv=64, max_concurrent_steps=4), MC(reciprocal='newton'), MC(reciprocal='approx'),
                   MC(block_kv=256), MC(overlap=True, max_concurrent_steps=3), MC(overlap=True, block_kv=64),
-                  MC(overlap=True, block_kv=64, max_concurrent_steps=4))
+                  MC(overlap=True, block_kv=64, max_concurrent_steps=4), MC(tanh=True, block_kv=64),
+                  MC(tanh=True, max_concurrent_steps=3))
 SWEEP_AT = (0, 3)  # shapes (indices into SHAPES) at which MOSAIC_CONFIGS are timed too
 
 
@@ -41,12 +43,13 @@ def bench(b, t, h, d, causal, bias=-8.3, sweep=False):
     q, k, v, do = (jax.random.normal(kk, (b, t, h, d), jnp.bfloat16) for kk in ks)
     bias = jnp.float32(bias)
 
-    def sigmoid(forward):
-        cfg = dataclasses.replace(DEFAULT_CONFIG, sigmoid_forward=forward)
+    def sigmoid(forward, math=DEFAULT_CONFIG.sigmoid_math):
+        cfg = dataclasses.replace(DEFAULT_CONFIG, sigmoid_forward=forward, sigmoid_math=math)
         return lambda q, k, v: flash_attention(q, k, v, score='sigmoid', causal=causal, scale=d ** -0.5,
                                                window=None, bias=bias, config=cfg)
-    fns = {'mosaic': sigmoid('mosaic'), 'mosaic_overlap': sigmoid('mosaic_overlap'), 'triton': sigmoid('triton'),
-           'cudnn': lambda q, k, v: jax.nn.dot_product_attention(q, k, v, is_causal=causal, implementation='cudnn')}
+    fns = {name + suffix: sigmoid(name, math) for suffix, math in (('', DEFAULT_CONFIG.sigmoid_math), ('_tanh', 'tanh'))
+           for name in ('mosaic', 'mosaic_overlap', 'triton')}
+    fns['cudnn'] = lambda q, k, v: jax.nn.dot_product_attention(q, k, v, is_causal=causal, implementation='cudnn')
     row = {'shape': [b, t, h, d], 'causal': causal,
            'mosaic_unsupported': mosaic_gpu.unsupported_reason(q, k, v, window=None, tp=t)}
     outs = {}
@@ -59,7 +62,7 @@ def bench(b, t, h, d, causal, bias=-8.3, sweep=False):
             row[name + '_fwdbwd'] = ms(jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2))), q, k, v)
         except Exception as e:  # noqa: BLE001  (report and go on)
             row[name] = f'{type(e).__name__}: {str(e)[:400]}'
-    for name in ('mosaic', 'mosaic_overlap'):
+    for name in ('mosaic', 'mosaic_overlap', 'mosaic_tanh', 'mosaic_overlap_tanh', 'triton_tanh'):
         if name in outs and 'triton' in outs:
             a, r = outs[name].astype(jnp.float32), outs['triton'].astype(jnp.float32)
             row[f'rel_rms_{name}_vs_triton'] = float(jnp.sqrt(jnp.mean((a - r) ** 2) / jnp.mean(r ** 2)))

@@ -116,7 +116,7 @@ GPU_CASES = [
     Case('sigmoid', 1000, k=128, v=128, causal=False, dtype='bfloat16', small=False),
     Case('sigmoid', 777, k=96, v=96, small=False),
     *(Case('sigmoid', 2048, h=4, hkv=2, k=128, v=128, dtype='bfloat16', small=False, math=m, fwd='triton')
-      for m in ('rcp', 'newton', 'f16x2')),
+      for m in ('rcp', 'newton', 'f16x2', 'tanh')),
     # the Mosaic GPU forward (sigmoid_attention/mosaic_gpu.py; the cases above without a window also take it):
     # GQA, padded T, D = 64, a long causal row band, non-causal padded D
     Case('sigmoid', 1000, h=4, hkv=1, k=64, v=64, dtype='bfloat16', b=2, small=False),
@@ -126,6 +126,9 @@ GPU_CASES = [
     Case('sigmoid', 1000, h=4, hkv=1, k=64, v=64, dtype='bfloat16', b=2, small=False, fwd='mosaic_overlap'),
     Case('sigmoid', 4096, h=2, hkv=2, k=128, v=128, dtype='bfloat16', small=False, fwd='mosaic_overlap'),
     Case('sigmoid', 640, h=2, hkv=2, k=96, v=96, causal=False, dtype='bfloat16', small=False, fwd='mosaic_overlap'),
+    # FlashSigmoid's tanh form (sigmoid_math='tanh': tanh.approx.f32) in the Mosaic forward, D = 128 and 64
+    Case('sigmoid', 4096, h=2, hkv=2, k=128, v=128, dtype='bfloat16', small=False, math='tanh'),
+    Case('sigmoid', 1000, h=4, hkv=1, k=64, v=64, dtype='bfloat16', b=2, small=False, math='tanh'),
 ]
 
 
@@ -195,13 +198,30 @@ def test_matches_naive(case):
     _check(case)
 
 
-MATH_CASES = [Case('sigmoid', 130, h=4, hkv=2, k=64, v=64, dtype='bfloat16', math=m) for m in ('newton', 'f16x2')]
+MATH_CASES = [Case('sigmoid', 130, h=4, hkv=2, k=64, v=64, dtype='bfloat16', math=m)
+              for m in ('newton', 'f16x2', 'tanh')]
 
 
 @pytest.mark.parametrize('case', MATH_CASES, ids=str)
 def test_sigmoid_math_variants_match_naive(case):
-    """The Newton reciprocal and the fp16 exp2 (modelled with jnp ops in interpret mode) keep bf16 accuracy."""
+    """The Newton reciprocal, the fp16 exp2 and the tanh form (modelled with jnp ops in interpret mode) keep bf16
+    accuracy."""
     _check(case)
+
+
+@pytest.mark.parametrize('math', ['rcp', 'newton', 'f16x2', 'tanh'])
+def test_sigmoid_math_variants_lower_to_triton(math):
+    """Each sigma form, its inline PTX included, lowers through Pallas' Triton lowering (no GPU needed), forward
+    and backward (sigmoid_forward='triton': the Mosaic forward has its own lowering test)."""
+    q = jnp.zeros((1, 128, 2, 64), jnp.bfloat16)
+    cfg = dataclasses.replace(DEFAULT_CONFIG, sigmoid_math=math, sigmoid_forward='triton')
+
+    def loss(q, k, v):
+        o = flash_attention(q, k, v, score='sigmoid', causal=True, scale=0.1, window=None, bias=-1.0, config=cfg,
+                            interpret=False)
+        return jnp.sum(o.astype(jnp.float32))
+    text = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).trace(q, q, q).lower(lowering_platforms=('cuda',)).as_text()
+    assert 'sigmoid_attention_fwd' in text and 'sigmoid_attention_bwd_dkv' in text
 
 
 def test_unknown_sigmoid_math_raises():
@@ -317,15 +337,16 @@ def test_long_bf16_finite(score):
         assert bool(jnp.all(jnp.isfinite(a.astype(jnp.float32))))
 
 
-@pytest.mark.parametrize('causal, d, h, hkv, dtype, reciprocal, overlap', [
-    (True, 128, 2, 2, 'bfloat16', 'approx', False), (False, 64, 4, 1, 'float16', 'approx', False),
-    (True, 64, 2, 2, 'bfloat16', 'newton', False), (True, 128, 2, 2, 'bfloat16', 'approx', True),
-    (False, 64, 4, 1, 'bfloat16', 'newton', True)])
-def test_mosaic_sigmoid_forward_lowers_for_cuda(causal, d, h, hkv, dtype, reciprocal, overlap):
+@pytest.mark.parametrize('causal, d, h, hkv, dtype, reciprocal, overlap, tanh', [
+    (True, 128, 2, 2, 'bfloat16', 'approx', False, False), (False, 64, 4, 1, 'float16', 'approx', False, False),
+    (True, 64, 2, 2, 'bfloat16', 'newton', False, False), (True, 128, 2, 2, 'bfloat16', 'approx', True, False),
+    (False, 64, 4, 1, 'bfloat16', 'newton', True, False), (True, 128, 2, 2, 'bfloat16', None, False, True),
+    (True, 64, 4, 2, 'bfloat16', None, True, True)])
+def test_mosaic_sigmoid_forward_lowers_for_cuda(causal, d, h, hkv, dtype, reciprocal, overlap, tanh):
     """The Mosaic GPU forward lowers (cross-platform, no GPU needed): catches layouts, barriers or primitives
     that its lowering rejects; its numerics are checked by the GPU cases above."""
     q, k = jnp.zeros((1, 512, h, d), dtype), jnp.zeros((1, 512, hkv, d), dtype)
-    config = mosaic_gpu.MosaicConfig(reciprocal=reciprocal, overlap=overlap)
+    config = mosaic_gpu.MosaicConfig(reciprocal=reciprocal, overlap=overlap, tanh=tanh)
     fwd = functools.partial(mosaic_gpu.sigmoid_forward, causal=causal, scale=0.1, config=config)
     text = jax.jit(fwd).trace(q, k, k, jnp.float32(-1.0)).lower(lowering_platforms=('cuda',)).as_text()
     assert text.count('custom_call @mosaic_gpu') == 1

@@ -59,6 +59,9 @@ class MosaicConfig:
     # at D = 64 (8x8192x12) 'newton' 2.287 ms against 'approx' 2.519, where each score carries half the matrix
     # work, so the MUFU pipe is the limit; at D = 128 (4x4096x16) 0.583 against 0.577, equal within noise.
     reciprocal: str | None = None
+    # FlashSigmoid's sigma(x) = 0.5 + 0.5 tanh(x / 2) instead (tanh.approx.f32 under approx_math: one MUFU op and two
+    # FMAs per score, no reciprocal; KernelConfig.sigmoid_math='tanh'). Not yet timed.
+    tanh: bool = False
     # FA3's intra-warpgroup overlap (Shah et al. 2024, Sec. 3.2, Alg. 2) on top of the ping-pong: each step issues
     # QK^T of step j and PV of step j - 1 back to back, waits for the first only, and does step j's score math while
     # PV_{j-1} runs, instead of waiting for PV before the next QK^T. P_{j-1} stays in registers until its WGMMA is
@@ -119,8 +122,9 @@ def sigmoid_forward(q, k, v, bias, *, causal: bool, scale: float, config: Mosaic
     num_q_tiles = t // (2 * block_q)
     # sigma(x) = 1 / (1 + 2^(c qk + nb)) with c = -scale log2 e, nb = -b log2 e; nb is passed as a [block_q]
     # row vector (the layout of a reduced WGMMA tile) because the bias may be a traced array.
-    c = -scale * _LOG2E
-    nb_rows = jnp.full((block_q,), -_LOG2E, jnp.float32) * jnp.asarray(bias, jnp.float32)
+    # tanh: x / 2 = (scale / 2) qk + b / 2, the same row-vector form.
+    c = 0.5 * scale if config.tanh else -scale * _LOG2E
+    nb_rows = jnp.full((block_q,), 0.5 if config.tanh else -_LOG2E, jnp.float32) * jnp.asarray(bias, jnp.float32)
 
     def kernel(q_ref, k_ref, v_ref, nb_ref, out_ref, scoped):
         batch = lax.axis_index('batch')
@@ -168,8 +172,12 @@ def sigmoid_forward(q, k, v, bias, *, causal: bool, scale: float, config: Mosaic
                 # reciprocal (or the Newton one: finite, as 1 / 2^126 is 0 in bf16 anyway). The [block_q] bias column
                 # is broadcast here, in the loops (as FA3's row max): a [block_q, block_kv] copy held across them
                 # would take 64 registers per thread.
-                x = 1.0 + jnp.exp2(qk * c + lax.broadcast_in_dim(nb, qk.shape, [0]))
-                p = rcp_newton(jnp.minimum(x, 2.0 ** 126)) if newton else 1.0 / x
+                a = qk * c + lax.broadcast_in_dim(nb, qk.shape, [0])
+                if config.tanh:
+                    p = 0.5 * jnp.tanh(a) + 0.5
+                else:
+                    x = 1.0 + jnp.exp2(a)
+                    p = rcp_newton(jnp.minimum(x, 2.0 ** 126)) if newton else 1.0 / x
                 if masked:
                     rows = plgpu.broadcasted_iota(jnp.int32, (block_q, block_kv), 0, layout=plgpu.Layout.WGMMA)
                     cols = plgpu.broadcasted_iota(jnp.int32, (block_q, block_kv), 1, layout=plgpu.Layout.WGMMA)

@@ -70,7 +70,9 @@ class KernelConfig:
     # 'ieee' (exp2 + IEEE division), 'rcp' (ex2.approx + rcp.approx: 2 MUFU ops per score),
     # 'newton' (ex2.approx + an FMA-only Newton reciprocal: 1 MUFU op), 'f16x2' (ex2.approx.f16x2, two
     # scores per MUFU op, + the Newton reciprocal). fp32 inputs and interpret mode always use 'ieee' math
-    # (interpret mode models 'newton' and 'f16x2' with jnp ops so that their error is tested on CPU).
+    # (interpret mode models 'newton' and 'f16x2' with jnp ops so that their error is tested on CPU), or 'tanh'
+    # (FlashSigmoid's 0.5 + 0.5 tanh(x / 2) with tanh.approx.f32: one MUFU op and two FMAs per score, in the Mosaic
+    # forward too; not yet timed, and its accuracy on GPUs is checked by tests/ops/test_flash_kernel.py's GPU cases).
     sigmoid_math: str = 'rcp'
     # sigmoid forward on Hopper (sm_90) GPUs: 'mosaic' (sigmoid_attention/mosaic_gpu.py, warp-specialised, where it
     # applies: bf16, head dims 64 or 128, no window; else this Triton kernel) or 'triton'. The backward is this
@@ -211,7 +213,7 @@ def _dot(a, b, ca: int, cb: int, sp: _Spec):
     )
 
 
-_SIGMOID_MATH = ('ieee', 'rcp', 'newton', 'f16x2')
+_SIGMOID_MATH = ('ieee', 'rcp', 'newton', 'f16x2', 'tanh')
 
 
 def _asm(code: str, x, dtype, constraints: str, pack: int):
@@ -227,11 +229,17 @@ def _sigmoid_probs(sp, qk, bias2, masked, mask_fn, interpret):
     T=4096, H=16, D=128: rcp 0.643 ms, newton 0.815, f16x2 0.855; benchmarks/README.md): the kernel is
     bound by its instruction stream, not the MUFU pipe, so 'rcp' is the default.
     a is clamped to 126 so that 1 + 2^a stays finite for the Newton reciprocal (sigma < 2^-126 is 0).
+    'tanh' is FlashSigmoid's form (Ramapuram et al. 2024; ALGORITHMS.md 2): sigma(x) = 0.5 + 0.5 tanh(x / 2),
+    x / 2 = -a / (2 log2 e), with the MUFU tanh on GPUs (jnp.tanh in interpret mode).
     """
     a = qk * (-sp.scale * _LOG2E) + bias2
     math = sp.sigmoid_math if sp.dt != jnp.float32 else 'ieee'
     gpu = not interpret and _inline_asm is not None
-    if math == 'rcp' and gpu:
+    if math == 'tanh':
+        half_x = a * (-0.5 / _LOG2E)
+        t = _asm('tanh.approx.f32 $0, $1;', half_x, _F32, '=f,f', 1) if gpu else jnp.tanh(half_x)
+        p = 0.5 * t + 0.5
+    elif math == 'rcp' and gpu:
         e = _asm('ex2.approx.ftz.f32 $0, $1;', a, _F32, '=f,f', 1)
         p = _asm('rcp.approx.ftz.f32 $0, $1;', 1.0 + e, _F32, '=f,f', 1)
     elif math in ('newton', 'f16x2'):
@@ -427,7 +435,8 @@ def _forward(q, k, v, bias, sp: _Spec, cfg: KernelConfig, interpret: bool):
         from effattn.ops.sigmoid_attention import mosaic_gpu  # here: that package imports this module
 
         if mosaic_gpu.unsupported_reason(q, k, v, window=sp.window, tp=tp) is None:
-            mc = mosaic_gpu.MosaicConfig(overlap=cfg.sigmoid_forward == 'mosaic_overlap')
+            mc = mosaic_gpu.MosaicConfig(overlap=cfg.sigmoid_forward == 'mosaic_overlap',
+                                         tanh=cfg.sigmoid_math == 'tanh')
             return mosaic_gpu.sigmoid_forward(q, k, v, bias, causal=sp.causal, scale=sp.scale, config=mc), None
     bq, bk = _blocks(sp.t, cfg.block_q, cfg.block_k)
     nq = tp // bq
