@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from helpers import TOL, OpCase, assert_close, assert_matches_oracle, upcast
 
+from effattn.ops.common.pallas_triton import next_pow2
 from effattn.ops.common.triangular import unit_lower_inverse
 from effattn.ops.delta_rule import delta_rule
 from effattn.ops.gated_delta_rule import _api, _split, gated_delta_rule
@@ -227,13 +228,18 @@ def _forward_only(case: Case, cfg):
     (Case(1, 70, 1, 32, 48, n=1, h0=True, chunk=16, dtype='bfloat16'), dataclasses.replace(SPLIT, split_o=True)),
     (Case(1, 100, 2, 32, 48, n=1, h0=True, chunk=16),  # state-only sweeps narrower than the split's last sweep
      dataclasses.replace(SPLIT, split_states_block_v=16, split_states_num_warps=2)),
+    (Case(2, 64, 2, 32, 48, n=1, h0=False, chunk=16), dataclasses.replace(SPLIT, split_min_len=32)),  # 2: no M
+    (Case(2, 64, 1, 32, 48, n=1, h0=True, chunk=16), dataclasses.replace(SPLIT, split_min_len=32)),   # 2: M(0)
 ], ids=lambda a: str(a) if isinstance(a, Case) else None)
 def test_sequence_split_forward(case, cfg):
     """KernelConfig.split_programs (_split.py): the forward outside jax.grad runs on segments of the sequence (two
-    state-only sweeps, the combine in XLA, then the sweep from each segment's start state); it equals the naive
-    oracle and the unsplit kernel."""
+    state-only sweeps over the segments whose states are read, the combine, then the sweep from each segment's
+    start state); it equals the naive oracle and the unsplit kernel."""
     (o, ht), jaxpr, x = _forward_only(case, cfg)
-    assert jaxpr.count('name=gated_delta_rule_states') == 2 and jaxpr.count('name=gated_delta_rule_fwd') == 1
+    tp, vp = case.chunk * -(-case.t // case.chunk), next_pow2(case.v)
+    p = _split.split_plan(case.b, case.h, tp, vp, case.chunk, cfg, 'gpu')[0]
+    sweeps = 1 + (p - 2 + case.h0 > 0)  # S_loc always; M unless P = 2 without h0
+    assert jaxpr.count('name=gated_delta_rule_states') == sweeps and jaxpr.count('name=gated_delta_rule_fwd') == 1
     (o_whole, ht_whole), _, _ = _forward_only(case, dataclasses.replace(cfg, split_programs=0))
     up = lambda a: None if a is None else a.astype(jnp.float32)
     o_ref, ht_ref = naive_gated_delta_rule(up(x['q']), up(x['k']), up(x['v']), x.get('g'), x['beta'],

@@ -16,6 +16,9 @@ W and U come from the WY kernel ONCE on the whole sequence (it is parallel over 
   3. One small kernel (segment_starts, a program per (batch, head, value tile), fp32 dots in 3xTF32 on the GPU):
      S_start(0) = h0 (or 0), S_start(s+1) = M(s) S_start(s) + S_loc(s), a loop over the P - 1 segments (in XLA
      these were 2 (P - 1) launches, ~45 us of the 2.40 ms at B=1 T=65536, P = 8: kernel_profile.py).
+     The last segment's S_loc and M are never read, nor M(0) without h0 (S_start(1) = S_loc(0)): sweeps 1 and 2
+     skip those segments' rows (pallas._forward's `segments`), at P = 8 an eighth of sweep 1 and a quarter of 2
+     (H200, B=1 T=65536: 288 and 256 us of the 2.42 ms forward before).
   4. The sweep on the segments from S_start(s): o, and the final state is the last segment's.
 Two of the three sweeps compute only V' and S (2 dots per chunk instead of 5), so the split pays only while SMs
 would idle: the number of segments is common/sequence_split.py's num_segments (KernelConfig.split_programs, one
@@ -83,11 +86,16 @@ def split_forward(forward, q, k, w, u, g, h0, ctx, cfg, interpret, segments: int
     gs = jnp.swapaxes(g.reshape(b, h, p, ts), 1, 2).reshape(b * p, h, ts)
     states_cfg = dataclasses.replace(cfg, block_v=cfg.split_states_block_v or cfg.block_v,
                                      num_warps=cfg.split_states_num_warps or cfg.num_warps)
-    s_loc = forward(qs, ks, ws, us, gs, None, ctx, states_cfg, interpret, False, final_only=True)[1]
-    eye = jnp.broadcast_to(jnp.eye(kp, dtype=_F32), (b * p, h, kp, kp))
-    trans = forward(qs, ks, ws, None, gs, eye, ctx, states_cfg, interpret, False, final_only=True)[1]
-    s_start = segment_starts(trans.reshape(b, p, h, kp, kp), s_loc.reshape(b, p, h, kp, vp), h0, ctx, interpret)
-    s_start = s_start.reshape(b * p, h, kp, vp)
+    # S_loc of segments 0 .. P-2, M of 1 .. P-2 (0 .. P-2 with h0)
+    s_loc = forward(qs, ks, ws, us, gs, None, ctx, states_cfg, interpret, False, final_only=True,
+                    segments=(p, 0, p - 1))[1].reshape(b, p - 1, h, kp, vp)
+    first = 0 if h0 is not None else 1
+    trans = None
+    if p - 1 - first > 0:
+        eye = jnp.broadcast_to(jnp.eye(kp, dtype=_F32), (b * (p - 1 - first), h, kp, kp))
+        trans = forward(qs, ks, ws, None, gs, eye, ctx, states_cfg, interpret, False, final_only=True,
+                        segments=(p, first, p - 1 - first))[1].reshape(b, p - 1 - first, h, kp, kp)
+    s_start = segment_starts(trans, s_loc, h0, ctx, interpret).reshape(b * p, h, kp, vp)
     o, ht = forward(qs, ks, ws, us, gs, s_start, ctx, cfg, interpret, False)[:2]
     return o.reshape(b, p * ts, h, vp)[:, :tp], ht.reshape(b, p, h, kp, vp)[:, -1]
 
@@ -97,30 +105,44 @@ def split_forward(forward, q, k, w, u, g, h0, ctx, cfg, interpret, segments: int
 _STARTS_BLOCK_V = 32
 
 
-def _starts_kernel(trans_ref, sloc_ref, *rest, segments: int, has_h0: bool, interpret: bool):
+def _starts_kernel(*refs, segments: int, has_trans: bool, has_h0: bool, interpret: bool):
+    trans_ref, sloc_ref, *rest = refs if has_trans else (None, *refs)
     h0_ref, out_ref = rest if has_h0 else (None, *rest)
     kp, bv = sloc_ref.shape[-2:]
-    s = h0_ref[...].astype(_F32) if has_h0 else jnp.zeros((kp, bv), _F32)
-    out_ref[0] = s
-    for seg in range(segments - 1):
-        s = _dot32(trans_ref[seg], s, interpret) + sloc_ref[seg]
+    if has_h0:
+        s = h0_ref[...].astype(_F32)
+        out_ref[0] = s
+        s = _dot32(trans_ref[0], s, interpret) + sloc_ref[0]
+    else:  # M(0) is not needed: S_start(1) = S_loc(0)
+        out_ref[0] = jnp.zeros((kp, bv), _F32)
+        s = sloc_ref[0]
+    out_ref[1] = s
+    first = 0 if has_h0 else 1  # trans_ref holds M(first), M(first + 1), ...
+    for seg in range(1, segments - 1):
+        s = _dot32(trans_ref[seg - first], s, interpret) + sloc_ref[seg]
         out_ref[seg + 1] = s
 
 
 def segment_starts(trans, s_loc, h0, ctx, interpret):
     """The state at the start of each segment, fp32 [B, P, H, Kp, Vp]: S_start(0) = h0 (None: 0), S_start(s+1) =
-    M(s) S_start(s) + S_loc(s). trans M [B, P, H, Kp, Kp] and s_loc [B, P, H, Kp, Vp] fp32 (the last segment's are
-    never read)."""
-    b, p, h, kp, vp = s_loc.shape
+    M(s) S_start(s) + S_loc(s). s_loc [B, P - 1, H, Kp, Vp] (segments 0 .. P-2) and trans M [B, P - 1, H, Kp, Kp]
+    (0 .. P-2) with h0, [B, P - 2, H, Kp, Kp] (1 .. P-2; None at P = 2) without, fp32."""
+    b, p1, h, kp, vp = s_loc.shape
+    p = p1 + 1
     bv = min(_STARTS_BLOCK_V, vp)
-    tiles = pl.BlockSpec((None, p, None, kp, bv), lambda b, h, v: (b, 0, h, 0, v))
-    in_specs = [pl.BlockSpec((None, p, None, kp, kp), lambda b, h, v: (b, 0, h, 0, 0)), tiles]
-    args = [trans, s_loc]
+    in_specs, args = [], []
+    if trans is not None:
+        in_specs.append(pl.BlockSpec((None, trans.shape[1], None, kp, kp), lambda b, h, v: (b, 0, h, 0, 0)))
+        args.append(trans)
+    in_specs.append(pl.BlockSpec((None, p1, None, kp, bv), lambda b, h, v: (b, 0, h, 0, v)))
+    args.append(s_loc)
     if h0 is not None:
         in_specs.append(pl.BlockSpec((None, None, kp, bv), lambda b, h, v: (b, h, 0, v)))
         args.append(h0.astype(_F32))
     return pl.pallas_call(
-        functools.partial(_starts_kernel, segments=p, has_h0=h0 is not None, interpret=interpret),
-        grid=(b, h, vp // bv), in_specs=in_specs, out_specs=tiles,
+        functools.partial(_starts_kernel, segments=p, has_trans=trans is not None, has_h0=h0 is not None,
+                          interpret=interpret),
+        grid=(b, h, vp // bv), in_specs=in_specs, out_specs=pl.BlockSpec((None, p, None, kp, bv),
+                                                                         lambda b, h, v: (b, 0, h, 0, v)),
         out_shape=jax.ShapeDtypeStruct((b, p, h, kp, vp), _F32), interpret=interpret,
         name='gated_delta_rule_segment_starts', **_params(interpret, ctx, 8, 1))(*args)

@@ -205,16 +205,20 @@ def _bwd_kernel(q_ref, k_ref, w_ref, do_ref, g_ref, dht_ref, ds_ref, dh0_ref, *r
 # pallas_call wrappers on padded arrays: q, k, w [B,Tp,H,Kp], u, do [B,Tp,H,Vp] (ctx.dt), g [B,H,Tp] fp32,
 # h0 / dht [B,H,Kp,Vp] fp32; chunk states [B,H,N*Kp,Vp] fp32.
 
-def _rows(tp, d):
-    return pl.BlockSpec((None, tp, None, d), lambda b, h, r: (b, 0, h, 0))
+def _same(b):
+    return b
 
 
-def _rows_tile(tp, bv):
-    return pl.BlockSpec((None, tp, None, bv), lambda b, h, r: (b, 0, h, r))
+def _rows(tp, d, pick=_same):  # pick: the input batch row of grid row b (_forward's `segments`)
+    return pl.BlockSpec((None, tp, None, d), lambda b, h, r: (pick(b), 0, h, 0))
 
 
-def _gate_spec(tp):
-    return pl.BlockSpec((None, None, tp), lambda b, h, r: (b, h, 0))
+def _rows_tile(tp, bv, pick=_same):
+    return pl.BlockSpec((None, tp, None, bv), lambda b, h, r: (pick(b), 0, h, r))
+
+
+def _gate_spec(tp, pick=_same):
+    return pl.BlockSpec((None, None, tp), lambda b, h, r: (pick(b), h, 0))
 
 
 def _state_tile(rows, bv):
@@ -222,17 +226,24 @@ def _state_tile(rows, bv):
 
 
 
-def _forward(q, k, w, u, g, h0, ctx, cfg, interpret, store, final_only=False):
+def _forward(q, k, w, u, g, h0, ctx, cfg, interpret, store, final_only=False, segments=None):
     """(o, ht, chunk-start states, V'): the states only if `store` (under jax.grad), V' only if also
     cfg.bwd_split (the fused per-chunk backward recomputes it). final_only (the sequence split's state passes,
     _split.py): (None, ht, None, None) from a sweep that computes only V' and S; there u None means U = 0, the value
-    width then h0's."""
+    width then h0's, and segments = (P, first, count) sweeps only the batch rows of segments first ... first + count
+    - 1 of each group of P (rows B * P in, ht [B * count, H, Kp, Vp] out; h0, if any, has B * count rows)."""
     b, tp, h, kp = q.shape
     vp = (h0 if u is None else u).shape[-1]
     n = tp // ctx.chunk
     bv = min(cfg.block_v, vp)
     has_h0 = h0 is not None
-    in_specs = [_rows(tp, kp), _rows(tp, kp), _rows(tp, kp), _rows_tile(tp, bv), _gate_spec(tp)]
+    pick, rows_out = _same, b
+    if segments is not None:
+        p, first, count = segments
+        pick = lambda i: jax.lax.div(i, count) * p + first + jax.lax.rem(i, count)
+        rows_out = b // p * count
+    in_specs = [_rows(tp, kp, pick), _rows(tp, kp, pick), _rows(tp, kp, pick), _rows_tile(tp, bv, pick),
+                _gate_spec(tp, pick)]
     args = [q, k, w, w if u is None else u, g]  # U = 0: w stands in for u, unread (same rows, width vp = kp)
     if has_h0:
         in_specs.append(_state_tile(kp, bv))
@@ -241,10 +252,12 @@ def _forward(q, k, w, u, g, h0, ctx, cfg, interpret, store, final_only=False):
         ht = pl.pallas_call(
             functools.partial(_fwd_kernel, ctx=ctx, has_h0=has_h0, store=False, split=False, keep_vn=False,
                               emit_o=False, has_u=u is not None),
-            grid=(b, h, vp // bv), in_specs=in_specs, out_specs=_state_tile(kp, bv),
-            out_shape=jax.ShapeDtypeStruct((b, h, kp, vp), _F32), interpret=interpret, name='gated_delta_rule_states',
-            **_params(interpret, ctx, cfg.num_warps, cfg.num_stages))(*args)
+            grid=(rows_out, h, vp // bv), in_specs=in_specs, out_specs=_state_tile(kp, bv),
+            out_shape=jax.ShapeDtypeStruct((rows_out, h, kp, vp), _F32), interpret=interpret,
+            name='gated_delta_rule_states', **_params(interpret, ctx, cfg.num_warps, cfg.num_stages))(*args)
         return None, ht, None, None
+    if segments is not None:
+        raise ValueError('_forward: segments applies to the state-only sweeps (final_only) only')
     split = cfg.split_o
     out_specs = [_rows_tile(tp, bv), _state_tile(kp, bv)]
     # split: the first output is V' (in the storage dtype under grad: the backward reads it), o from _o_kernel
