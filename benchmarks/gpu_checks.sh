@@ -11,17 +11,16 @@
 #      split forwards at T = 65536 (kernel_profile.py);
 #   5. the flash (softmax / sigmoid, Triton and Mosaic GPU) kernels' GPU tests (> 280 s);
 #   6. criterion 5b: the GLA, DeltaNet and softmax LMs at T = 8192 in one process (~300 s);
-#   7. gla's backward with and without d final_state (the _o pieces: training's case, no W kernel) against the
-#      sweeps' grid without roles first (bwd_roles_first=false), the backward intra kernel in key tiles from stored
-#      dA (intra_key_tile_bwd), one role's sweeps in a launch of their own (bwd_apart), and each role's share of
-#      the sweeps (--ablate: the sweeps without it);
+#   7. gla's backward (the _o pieces: training's case, no d final_state) around the eighth session's defaults: the
+#      backward intra kernel's key tiles, stages and widths at K = 128 and K = 64, and the sweeps with dq and dv
+#      in launches of their own (a second sample), without precise_dg (its cost) and at one pipeline stage;
 #   8. the sigmoid forwards in FlashSigmoid's tanh form (sigmoid_math='tanh') and with FA3's intra-warpgroup
 #      overlap (sigmoid_forward='mosaic_overlap'): their GPU tests against the oracle, then their times beside the
 #      plain Mosaic forward, the Triton one and cuDNN softmax, and MosaicConfig settings at the issue's shape;
 #   9. issue 9's one-GPU rows of the GLA LM (scale.py: T = 2048, 32768 and 131072; tokens/s, peak memory or OOM),
 #      the baselines its data- and sequence-parallel runs compare against, while no multi-GPU machine is lent.
 # Results (JSON, logs) go to $OUT (default benchmarks/results/gpu_checks-<date>). Each line below fits one
-# 10-minute device command (the limits add up to 540, 560, 570, 570, 420, 480, 420 and 560 s; step 2 passed 360 s
+# 10-minute device command (the limits add up to 540, 560, 570, 500, 420, 480, 420 and 560 s; step 2 passed 360 s
 # on a warm machine in the eighth session, most of it compiling). Usage, from the repo root:
 #   bash benchmarks/gpu_checks.sh 8
 #   bash benchmarks/gpu_checks.sh 2
@@ -61,17 +60,15 @@ run 4 60 profile_simple_gla_65536 python3 benchmarks/kernel_profile.py --op simp
   --out "$OUT/profile_simple_gla_65536.json"
 run 4 60 profile_gla_fwd_bwd python3 benchmarks/kernel_profile.py --op gla --mode fwd_bwd \
   --out "$OUT/profile_gla_fwd_bwd.json"
-run 7 130 gla_unread_state python3 benchmarks/kernel_parts.py --op gla --parts bwd_sweeps,bwd_sweeps_o,fwd_bwd,fwd_bwd_o \
-  --config default --config bwd_roles_first=false --out "$OUT/gla_unread_state.json"
-run 7 150 gla_key_tiles python3 benchmarks/kernel_parts.py --op gla --parts intra_bwd,fwd_bwd_o --config default \
-  --config intra_key_tile_bwd=64 --config intra_key_tile_bwd=32,num_warps_intra_bwd=2 \
-  --config intra_key_tile_bwd=64,num_warps_intra_bwd=2 --out "$OUT/gla_key_tiles.json"
-run 7 200 gla_bwd_apart python3 benchmarks/kernel_parts.py --op gla --parts bwd_sweeps_o,fwd_bwd_o --config default \
-  --config bwd_apart=dq,block_k_dq=32 --config bwd_apart=dq --config bwd_apart=dv \
-  --config bwd_apart=dq+dv,block_k_dq=32,block_v_bwd=32 --config bwd_apart=dq,block_k_dq=32,block_k_dk=16 \
-  --config bwd_apart=dq,block_k_dq=32,intra_key_tile_bwd=32,num_warps_intra_bwd=2 --out "$OUT/gla_bwd_apart.json"
-run 7 90 gla_sweep_roles bash -c 'for r in gla_dq_role gla_dk_role gla_dv_role; do
-  python3 benchmarks/kernel_parts.py --op gla --parts bwd_sweeps_o --ablate $r; done'   # time without each role
+run 7 200 gla_intra_tiles python3 benchmarks/kernel_parts.py --op gla --parts intra_bwd,fwd_bwd_o --config default \
+  --config intra_key_tile_bwd=0 --config num_stages_intra_bwd=1 --config num_stages_intra_bwd=3 \
+  --config intra_width_bwd=32 --config intra_key_tile_bwd=128,num_warps_intra_bwd=4 --out "$OUT/gla_intra_tiles.json"
+run 7 150 gla_intra_tiles_k64 python3 benchmarks/kernel_parts.py --op gla --parts intra_bwd,fwd_bwd_o 8 8192 12 64 \
+  --config default --config intra_key_tile_bwd=32,num_warps_intra_bwd=2 --config intra_key_tile_bwd=32 \
+  --out "$OUT/gla_intra_tiles_k64.json"
+run 7 150 gla_sweeps_more python3 benchmarks/kernel_parts.py --op gla --parts bwd_sweeps_o,fwd_bwd_o --config default \
+  --config bwd_apart=dq+dv,block_k_dq=32,block_v_bwd=32 --config precise_dg=false --config num_stages_bwd=1 \
+  --out "$OUT/gla_sweeps_more.json"
 run 5 480 tests_flash python3 -m pytest -q -p no:cacheprovider tests/ops/test_flash_kernel.py -k "gpu or long"
 run 6 420 lm_8192 python3 benchmarks/train_throughput.py --in-process --kinds gla,softmax,deltanet --seq-lens 8192 \
   --steps 10 --out "$OUT/train_throughput_8192.json"
