@@ -320,6 +320,8 @@ def tune_candidates(base: KernelConfig = DEFAULT_CONFIG) -> dict[str, list[Kerne
   bwd += [dataclasses.replace(base, num_warps_intra_bwd=w, num_stages_intra_bwd=s, intra_width_bwd=iw,
                               intra_diag_bwd=d)
           for d in ('rows', 'dots') for w in (2, 4, 8) for s in (1, 2) for iw in (16, 32, 64, 128)]
+  bwd += [dataclasses.replace(base, intra_key_tile_bwd=t, num_warps_intra_bwd=w, intra_diag_bwd='dots')
+          for t in (0, 32, 64) for w in (2, 4)]  # key tiles from stored dA (0: all channels)
   bwd += [dataclasses.replace(base, intra_unroll=True)]
   bwd += [dataclasses.replace(base, precise_dg=False)]  # faster, but dg's error grows (1e-2 at T = 1000)
   bwd += [dataclasses.replace(base, bwd_states=True)]   # stored chunk states, gradients parallel over chunks
