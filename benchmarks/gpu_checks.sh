@@ -13,14 +13,15 @@
 #   6. criterion 5b: the GLA, DeltaNet and softmax LMs at T = 8192 in one process (~300 s);
 #   7. gla's backward (the _o pieces: training's case, no d final_state) around the eighth session's defaults: the
 #      backward intra kernel's key tiles, stages and widths at K = 128 and K = 64, and the sweeps with dq and dv
-#      in launches of their own (a second sample), without precise_dg (its cost) and at one pipeline stage;
+#      in launches of their own (a second sample), without precise_dg (its cost), at one pipeline stage, and with
+#      the intra kernel's dq, dk in bf16 (bf16_intra_grads);
 #   8. the sigmoid forwards in FlashSigmoid's tanh form (sigmoid_math='tanh') and with FA3's intra-warpgroup
 #      overlap (sigmoid_forward='mosaic_overlap'): their GPU tests against the oracle, then their times beside the
 #      plain Mosaic forward, the Triton one and cuDNN softmax, and MosaicConfig settings at the issue's shape;
 #   9. issue 9's one-GPU rows of the GLA LM (scale.py: T = 2048, 32768 and 131072; tokens/s, peak memory or OOM),
 #      the baselines its data- and sequence-parallel runs compare against, while no multi-GPU machine is lent.
 # Results (JSON, logs) go to $OUT (default benchmarks/results/gpu_checks-<date>). Each line below fits one
-# 10-minute device command (the limits add up to 540, 560, 570, 500, 420, 480, 420 and 560 s; step 2 passed 360 s
+# 10-minute device command (the limits add up to 540, 560, 570, 530, 420, 480, 420 and 560 s; step 2 passed 360 s
 # on a warm machine in the eighth session, most of it compiling). Usage, from the repo root:
 #   bash benchmarks/gpu_checks.sh 8
 #   bash benchmarks/gpu_checks.sh 2
@@ -66,8 +67,9 @@ run 7 200 gla_intra_tiles python3 benchmarks/kernel_parts.py --op gla --parts in
 run 7 150 gla_intra_tiles_k64 python3 benchmarks/kernel_parts.py --op gla --parts intra_bwd,fwd_bwd_o 8 8192 12 64 \
   --config default --config intra_key_tile_bwd=32,num_warps_intra_bwd=2 --config intra_key_tile_bwd=32 \
   --out "$OUT/gla_intra_tiles_k64.json"
-run 7 150 gla_sweeps_more python3 benchmarks/kernel_parts.py --op gla --parts bwd_sweeps_o,fwd_bwd_o --config default \
+run 7 180 gla_sweeps_more python3 benchmarks/kernel_parts.py --op gla --parts bwd_sweeps_o,fwd_bwd_o --config default \
   --config bwd_apart=dq+dv,block_k_dq=32,block_v_bwd=32 --config precise_dg=false --config num_stages_bwd=1 \
+  --config bf16_intra_grads=true \
   --out "$OUT/gla_sweeps_more.json"
 run 5 480 tests_flash python3 -m pytest -q -p no:cacheprovider tests/ops/test_flash_kernel.py -k "gpu or long"
 run 6 420 lm_8192 python3 benchmarks/train_throughput.py --in-process --kinds gla,softmax,deltanet --seq-lens 8192 \

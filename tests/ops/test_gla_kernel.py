@@ -203,6 +203,16 @@ def test_default_key_tiles_by_head_dim():
   assert 'name=gla_dA' in str(jax.make_jaxpr(lambda x: _grads_of_o_only(kernel_gla, x, cot[0]))(x))
 
 
+@pytest.mark.parametrize('cfg', [KernelConfig(bf16_intra_grads=True),
+                                 KernelConfig(bf16_intra_grads=True, intra_key_tile_bwd=16, bwd_states=True)],
+                         ids=['sweeps', 'key-tiles-states'])
+def test_bf16_intra_grads(cfg):
+  """KernelConfig(bf16_intra_grads=True): the intra kernel's dq, dk kept in bf16 stay within the bf16 tolerance
+  (all gradients, the gate's included: its terms stay fp32); fp32 inputs are unaffected (the dot dtype)."""
+  for case in (Case(1, 130, 2, 64, 64, n=1, h0=True, dtype='bfloat16'), Case(1, 70, 1, 32, 48, n=0.1, h0=True)):
+    _check(case, functools.partial(kernel_gla, config=cfg))
+
+
 def test_key_tiled_intra_bwd_is_checked():
   with pytest.raises(ValueError, match='intra_key_tile_bwd'):
     _check(Case(1, 16, 1, 16, 16, n=1, h0=False), functools.partial(kernel_gla, config=KernelConfig(
@@ -403,9 +413,10 @@ def test_matches_naive_gpu_shapes(case):
                                  KernelConfig(intra_diag_bwd='rows2', block_k_dq=32, block_k_dk=16),
                                  KernelConfig(intra_diag='rows', intra_diag_bwd='rows'),
                                  KernelConfig(intra_key_tile_bwd=32, bwd_roles_first=True),
-                                 KernelConfig(bwd_apart='dq', block_k_dq=32)],
+                                 KernelConfig(bwd_apart='dq', block_k_dq=32),
+                                 KernelConfig(bf16_intra_grads=True)],
                          ids=['c32', 'tiles', 'halves', 'rows-128-32', 'states', 'rows2-spillfree', 'rows',
-                              'key-tiles-roles-first', 'dq-apart'])
+                              'key-tiles-roles-first', 'dq-apart', 'bf16-intra-grads'])
 def test_other_configs_gpu(cfg):
   """Other tilings the tuner may pick (tune_candidates) at real head sizes."""
   _check(Case(1, 1000, 2, 128, 128, n=1, h0=True, dtype='bfloat16'), functools.partial(kernel_gla, config=cfg))
@@ -432,6 +443,7 @@ def test_long_bf16_finite(n):
                                         ('float32', KernelConfig(bwd_apart='dv')),
                                         ('bfloat16', KernelConfig(intra_key_tile_bwd=32)),
                                         ('bfloat16', KernelConfig(intra_key_tile_bwd=16, intra_diag_bwd='rows')),
+                                        ('bfloat16', KernelConfig(bf16_intra_grads=True)),
                                         ('float32', KernelConfig(bwd_states=True))])
 def test_lowers_to_triton(dtype, cfg):
   """Forward and backward lower through Pallas' Triton lowering (cross-platform, no GPU needed): catches

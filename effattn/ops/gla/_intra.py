@@ -185,7 +185,8 @@ def _with_dA(kernel, stored: bool):
 
 
 def intra_grads(q, k, g, v, do, ctx, cfg, interpret):
-  """Intra-chunk (dq w.r.t. scaled q, dk) and the intra-pair gate term, fp32 [B, Tp, H, Kp] each; q ⊙ e^G and
+  """Intra-chunk (dq w.r.t. scaled q, dk; fp32, or the dot dtype with cfg.bf16_intra_grads) and the intra-pair
+  gate term (fp32), [B, Tp, H, Kp] each; q ⊙ e^G and
   k ⊙ e^{G_l - G} in the dot dtype. With a key tile (cfg.intra_bwd_tiles_for: 64 at K >= 128 by default), one
   program per (16-row block, key tile) from the chunks' dA (chunk_dA), else one per block over all channels, each
   computing its dA pieces."""
@@ -193,6 +194,7 @@ def intra_grads(q, k, g, v, do, ctx, cfg, interpret):
   vp = v.shape[-1]
   shape = jax.ShapeDtypeStruct((b, tp, h, kp), F32)
   fac = jax.ShapeDtypeStruct((b, tp, h, kp), ctx.dt)
+  grad = fac if cfg.bf16_intra_grads else shape  # dq, dk (the gate term x stays fp32)
   kernels = {'halves': _bwd_kernel, 'rows': functools.partial(_bwd_kernel_rows, unroll=cfg.intra_unroll),
              'rows2': functools.partial(_bwd_kernel_rows, two_loops=True, unroll=cfg.intra_unroll),
              'dots': functools.partial(_bwd_kernel_dots, unroll=cfg.intra_unroll)}
@@ -206,7 +208,7 @@ def intra_grads(q, k, g, v, do, ctx, cfg, interpret):
     cs, cv, out = _chunk_spec(ctx, kp), _chunk_spec(ctx, vp), _sub_spec(kp)
     return pl.pallas_call(
         _with_dA(kernel, stored=False), grid=(b, h, tp // SUB), in_specs=[cs, cs, cs, cv, cv], out_specs=[out] * 5,
-        out_shape=[shape, shape, shape, fac, fac], interpret=interpret, name='gla_intra_bwd', **params)(
+        out_shape=[grad, grad, shape, fac, fac], interpret=interpret, name='gla_intra_bwd', **params)(
             q, k, g, v, do)
   if tile not in (16, 32, 64, 128) or diag == 'rows2':
     raise ValueError(f"KernelConfig.intra_key_tile_bwd must be None, 0, 16, 32, 64 or 128, and intra_diag_bwd not "
@@ -218,5 +220,5 @@ def intra_grads(q, k, g, v, do, ctx, cfg, interpret):
   out = pl.BlockSpec((None, SUB, None, tile), lambda b, h, p, t: (b, p, h, t))
   return pl.pallas_call(
       _with_dA(kernel, stored=True), grid=(b, h, tp // SUB, kp // tile), in_specs=[chunk_tile] * 3 + [chunk_da],
-      out_specs=[out] * 5, out_shape=[shape, shape, shape, fac, fac], interpret=interpret, name='gla_intra_bwd',
+      out_specs=[out] * 5, out_shape=[grad, grad, shape, fac, fac], interpret=interpret, name='gla_intra_bwd',
       **params)(q, k, g, chunk_dA(v, do, ctx, interpret))

@@ -109,8 +109,8 @@ def _other_blocks(q_ref, k_ref, g_ref, cs, r0, rows, crow, da, dat, ctx, precise
 def _write_grads(dq, dk, qb, kb, gq, daii, cs, g_ref, ctx, dq_ref, dk_ref, x_ref, qg_ref, kg_ref):
   """The strict dq, dk of one channel slice -> the gate term x, dq and dk with the diagonal terms, the factors."""
   x_ref[:, cs] = qb * dq - kb * dk
-  dq_ref[:, cs] = dq + daii * kb
-  dk_ref[:, cs] = dk + daii * qb
+  dq_ref[:, cs] = (dq + daii * kb).astype(dq_ref.dtype)
+  dk_ref[:, cs] = (dk + daii * qb).astype(dk_ref.dtype)
   _gated(qb, kb, gq, g_ref, cs, ctx, qg_ref, kg_ref)
 
 

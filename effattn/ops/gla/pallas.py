@@ -132,6 +132,11 @@ class KernelConfig:
   # results/gpu_checks-2026-12-03_s6/call5_gla_bwd_sweeps.json): 1.257 ms; block_v_bwd 32 1.306, 128 1.934;
   # block_k_dk 16 1.487, 64 1.549; block_k_dq 32 1.725, 128 2.763; 8 warps 2.055; 3 stages 1.547.
   precise_dg: bool = True    # bf16: gate-gradient terms to ~2^-17 (two bf16 dots per fp32 operand)
+  # the backward intra kernel's dq and dk (added to the sweeps' inter-chunk parts) stored in the dot dtype instead
+  # of fp32: at B=4 T=4096 H=16 K=128 bf16, 268 MB less written and read of the ~1.3 GB of fp32 [B, T, H, K]
+  # intermediates; one more bf16 rounding in dq and dk (within DESIGN.md's 5e-3), none in the gate terms. Not yet
+  # timed.
+  bf16_intra_grads: bool = False
   bwd_states: bool = False   # backward from stored chunk states (_state_grads.py, fla's chunk_gla_bwd layout:
                              # state-only sweeps, then dq, dk, dv parallel over chunks; tiles block_k_dq,
                              # block_k_dk, block_v_bwd); H200: fwd+bwd 4.16 ms against the sweeps' 3.50 (4.24
