@@ -21,13 +21,13 @@
 #   9. issue 9's one-GPU rows of the GLA LM (scale.py: T = 2048, 32768 and 131072; tokens/s, peak memory or OOM),
 #      the baselines its data- and sequence-parallel runs compare against, while no multi-GPU machine is lent.
 # Results (JSON, logs) go to $OUT (default benchmarks/results/gpu_checks-<date>). Each line below fits one
-# 10-minute device command (the limits add up to 540, 560, 570, 530, 420, 480, 420 and 560 s; step 2 passed 360 s
+# 10-minute device command (the limits add up to 420, 540, 570, 530, 560, 480, 420 and 560 s; step 2 passed 360 s
 # on a warm machine in the eighth session, most of it compiling). Usage, from the repo root:
+#   bash benchmarks/gpu_checks.sh 1        # first: the linear kernels' GPU tests at the eighth session's defaults
 #   bash benchmarks/gpu_checks.sh 8
-#   bash benchmarks/gpu_checks.sh 2
 #   bash benchmarks/gpu_checks.sh 3 4
 #   bash benchmarks/gpu_checks.sh 7
-#   bash benchmarks/gpu_checks.sh 1
+#   bash benchmarks/gpu_checks.sh 2
 #   bash benchmarks/gpu_checks.sh 5
 #   bash benchmarks/gpu_checks.sh 6
 #   bash benchmarks/gpu_checks.sh 9
