@@ -15,13 +15,13 @@
 #      backward intra kernel's key tiles, stages and widths at K = 128 and K = 64, and the sweeps with dq and dv
 #      in launches of their own (a second sample), without precise_dg (its cost), at one pipeline stage, and with
 #      the intra kernel's dq, dk in bf16 (bf16_intra_grads);
-#   8. the sigmoid forwards in FlashSigmoid's tanh form (sigmoid_math='tanh') and with FA3's intra-warpgroup
-#      overlap (sigmoid_forward='mosaic_overlap'): their GPU tests against the oracle, then their times beside the
-#      plain Mosaic forward, the Triton one and cuDNN softmax, and MosaicConfig settings at the issue's shape;
+#   8. the sigmoid forwards in FlashSigmoid's tanh form (sigmoid_math='tanh') and on a persistent grid
+#      (sigmoid_forward='mosaic_persistent'): the sigmoid GPU tests against the oracle, then their times beside the
+#      plain Mosaic forward, the overlapped one, the Triton one and cuDNN softmax, and MosaicConfig settings;
 #   9. issue 9's one-GPU rows of the GLA LM (scale.py: T = 2048, 32768 and 131072; tokens/s, peak memory or OOM),
 #      the baselines its data- and sequence-parallel runs compare against, while no multi-GPU machine is lent.
 # Results (JSON, logs) go to $OUT (default benchmarks/results/gpu_checks-<date>). Each line below fits one
-# 10-minute device command (the limits add up to 420, 540, 570, 530, 560, 480, 420 and 560 s; step 2 passed 360 s
+# 10-minute device command (the limits add up to 420, 560, 570, 530, 560, 480, 420 and 560 s; step 2 passed 360 s
 # on a warm machine in the eighth session, most of it compiling). Usage, from the repo root:
 #   bash benchmarks/gpu_checks.sh 1        # first: the linear kernels' GPU tests at the eighth session's defaults
 #   bash benchmarks/gpu_checks.sh 8
@@ -74,9 +74,9 @@ run 7 180 gla_sweeps_more python3 benchmarks/kernel_parts.py --op gla --parts bw
 run 5 480 tests_flash python3 -m pytest -q -p no:cacheprovider tests/ops/test_flash_kernel.py -k "gpu or long"
 run 6 420 lm_8192 python3 benchmarks/train_throughput.py --in-process --kinds gla,softmax,deltanet --seq-lens 8192 \
   --steps 10 --out "$OUT/train_throughput_8192.json"
-run 8 240 tests_sigmoid_tanh python3 -m pytest -q -p no:cacheprovider tests/ops/test_flash_kernel.py \
-  -k "gpu_shapes and (tanh or mosaic_overlap)"
-run 8 300 sigmoid_tanh python3 benchmarks/sigmoid_forwards.py --shapes 2 --out "$OUT/sigmoid_tanh.json"
+run 8 260 tests_sigmoid_mosaic python3 -m pytest -q -p no:cacheprovider tests/ops/test_flash_kernel.py \
+  -k "gpu_shapes and sigmoid and not overlap and not newton and not f16x2"
+run 8 300 sigmoid_forwards python3 benchmarks/sigmoid_forwards.py --shapes 2 --out "$OUT/sigmoid_forwards.json"
 run 9 560 scale_one_gpu python3 benchmarks/scale.py --steps 5 \
   --plan 'gla:2048:32:data=1;gla:32768:2:data=1;gla:131072:1:data=1' --out "$OUT/scale_one_gpu.json"
 echo "results in $OUT"

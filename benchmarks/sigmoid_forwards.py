@@ -1,10 +1,10 @@
 """GPU timing of the sigmoid attention forwards: the Mosaic GPU kernel (ops/sigmoid_attention/mosaic_gpu.py), with
-and without its intra-warpgroup overlap (sigmoid_forward='mosaic_overlap'), each also in FlashSigmoid's tanh form
-(sigmoid_math='tanh': the *_tanh rows), the Triton flash kernel
-(ops/softmax_attention/pallas.py) and cuDNN's softmax attention, forward and forward+backward (the backward is the
-Triton kernel's for every sigmoid forward), bf16, plus the relative RMS difference of the sigmoid outputs and, at two
-shapes, a few MosaicConfig settings. Median ms of batched calls (timing.py).
-Hopper GPUs only (WGMMA).
+and without its intra-warpgroup overlap (sigmoid_forward='mosaic_overlap') and on a persistent grid
+('mosaic_persistent'), the Triton flash kernel (ops/softmax_attention/pallas.py), the three but the overlap also in
+FlashSigmoid's tanh form (sigmoid_math='tanh': the *_tanh rows), and cuDNN's softmax attention, forward and
+forward+backward (the backward is the Triton kernel's for every sigmoid forward), bf16, plus the relative RMS
+difference of the sigmoid outputs and, at two shapes, a few MosaicConfig settings. Median ms of batched calls
+(timing.py). Hopper GPUs only (WGMMA).
 
   python benchmarks/sigmoid_forwards.py --out benchmarks/results/sigmoid_forwards.json
   python benchmarks/sigmoid_forwards.py --shapes 1 --no-sweep      # the issue's shape, the four forwards only
@@ -30,7 +30,8 @@ MOSAIC_CONFIGS = (MC(longest_first=False), MC(max_concurrent_steps=3), MC(block_
                   MC(block_kv=64, max_concurrent_steps=4), MC(reciprocal='newton'), MC(reciprocal='approx'),
                   MC(block_kv=256), MC(overlap=True, max_concurrent_steps=3), MC(overlap=True, block_kv=64),
                   MC(overlap=True, block_kv=64, max_concurrent_steps=4), MC(tanh=True, block_kv=64),
-                  MC(tanh=True, max_concurrent_steps=3))
+                  MC(tanh=True, max_concurrent_steps=3), MC(persistent=True, max_concurrent_steps=3),
+                  MC(persistent=True, block_kv=64, max_concurrent_steps=4))
 SWEEP_AT = (0, 3)  # shapes (indices into SHAPES) at which MOSAIC_CONFIGS are timed too
 
 
@@ -47,8 +48,8 @@ def bench(b, t, h, d, causal, bias=-8.3, sweep=False):
         cfg = dataclasses.replace(DEFAULT_CONFIG, sigmoid_forward=forward, sigmoid_math=math)
         return lambda q, k, v: flash_attention(q, k, v, score='sigmoid', causal=causal, scale=d ** -0.5,
                                                window=None, bias=bias, config=cfg)
-    fns = {name + suffix: sigmoid(name, math) for suffix, math in (('', DEFAULT_CONFIG.sigmoid_math), ('_tanh', 'tanh'))
-           for name in ('mosaic', 'mosaic_overlap', 'triton')}
+    fns = {name: sigmoid(name) for name in ('mosaic', 'mosaic_overlap', 'mosaic_persistent', 'triton')}
+    fns.update({name + '_tanh': sigmoid(name, 'tanh') for name in ('mosaic', 'mosaic_persistent', 'triton')})
     fns['cudnn'] = lambda q, k, v: jax.nn.dot_product_attention(q, k, v, is_causal=causal, implementation='cudnn')
     row = {'shape': [b, t, h, d], 'causal': causal,
            'mosaic_unsupported': mosaic_gpu.unsupported_reason(q, k, v, window=None, tp=t)}
@@ -62,7 +63,8 @@ def bench(b, t, h, d, causal, bias=-8.3, sweep=False):
             row[name + '_fwdbwd'] = ms(jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2))), q, k, v)
         except Exception as e:  # noqa: BLE001  (report and go on)
             row[name] = f'{type(e).__name__}: {str(e)[:400]}'
-    for name in ('mosaic', 'mosaic_overlap', 'mosaic_tanh', 'mosaic_overlap_tanh', 'triton_tanh'):
+    for name in ('mosaic', 'mosaic_overlap', 'mosaic_persistent', 'mosaic_tanh', 'mosaic_persistent_tanh',
+                 'triton_tanh'):
         if name in outs and 'triton' in outs:
             a, r = outs[name].astype(jnp.float32), outs['triton'].astype(jnp.float32)
             row[f'rel_rms_{name}_vs_triton'] = float(jnp.sqrt(jnp.mean((a - r) ** 2) / jnp.mean(r ** 2)))

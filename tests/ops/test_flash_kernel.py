@@ -126,6 +126,12 @@ GPU_CASES = [
     Case('sigmoid', 1000, h=4, hkv=1, k=64, v=64, dtype='bfloat16', b=2, small=False, fwd='mosaic_overlap'),
     Case('sigmoid', 4096, h=2, hkv=2, k=128, v=128, dtype='bfloat16', small=False, fwd='mosaic_overlap'),
     Case('sigmoid', 640, h=2, hkv=2, k=96, v=96, causal=False, dtype='bfloat16', small=False, fwd='mosaic_overlap'),
+    # the Mosaic forward on a persistent grid (MosaicConfig.persistent), causal GQA with padded T, D = 128
+    # non-causal, and with more tiles than SMs (4 * 32 * 2 = 256 at T = 4096: several tiles per program)
+    Case('sigmoid', 1000, h=4, hkv=1, k=64, v=64, dtype='bfloat16', b=2, small=False, fwd='mosaic_persistent'),
+    Case('sigmoid', 640, h=2, hkv=2, k=128, v=128, causal=False, dtype='bfloat16', small=False,
+         fwd='mosaic_persistent'),
+    Case('sigmoid', 4096, h=4, hkv=2, k=128, v=128, dtype='bfloat16', b=2, small=False, fwd='mosaic_persistent'),
     # FlashSigmoid's tanh form (sigmoid_math='tanh': tanh.approx.f32) in the Mosaic forward, D = 128 and 64
     Case('sigmoid', 4096, h=2, hkv=2, k=128, v=128, dtype='bfloat16', small=False, math='tanh'),
     Case('sigmoid', 1000, h=4, hkv=1, k=64, v=64, dtype='bfloat16', b=2, small=False, math='tanh'),
@@ -341,12 +347,15 @@ def test_long_bf16_finite(score):
     (True, 128, 2, 2, 'bfloat16', 'approx', False, False), (False, 64, 4, 1, 'float16', 'approx', False, False),
     (True, 64, 2, 2, 'bfloat16', 'newton', False, False), (True, 128, 2, 2, 'bfloat16', 'approx', True, False),
     (False, 64, 4, 1, 'bfloat16', 'newton', True, False), (True, 128, 2, 2, 'bfloat16', None, False, True),
-    (True, 64, 4, 2, 'bfloat16', None, True, True)])
+    (True, 64, 4, 2, 'bfloat16', None, True, True), (True, 128, 2, 2, 'bfloat16', None, 'persistent', False),
+    (False, 64, 4, 1, 'bfloat16', 'newton', 'persistent', True)])
 def test_mosaic_sigmoid_forward_lowers_for_cuda(causal, d, h, hkv, dtype, reciprocal, overlap, tanh):
     """The Mosaic GPU forward lowers (cross-platform, no GPU needed): catches layouts, barriers or primitives
-    that its lowering rejects; its numerics are checked by the GPU cases above."""
+    that its lowering rejects; its numerics are checked by the GPU cases above. overlap='persistent': the
+    persistent grid instead."""
     q, k = jnp.zeros((1, 512, h, d), dtype), jnp.zeros((1, 512, hkv, d), dtype)
-    config = mosaic_gpu.MosaicConfig(reciprocal=reciprocal, overlap=overlap, tanh=tanh)
+    config = mosaic_gpu.MosaicConfig(reciprocal=reciprocal, overlap=overlap is True, tanh=tanh,
+                                     persistent=overlap == 'persistent')
     fwd = functools.partial(mosaic_gpu.sigmoid_forward, causal=causal, scale=0.1, config=config)
     text = jax.jit(fwd).trace(q, k, k, jnp.float32(-1.0)).lower(lowering_platforms=('cuda',)).as_text()
     assert text.count('custom_call @mosaic_gpu') == 1

@@ -17,6 +17,8 @@ mask on the diagonal tiles only, and PV.
 MosaicConfig(overlap=True) (KernelConfig.sigmoid_forward='mosaic_overlap'; opt-in: 29% slower on the H200) adds FA3's
 intra-warpgroup overlap (Sec. 3.2, Alg. 2): QK^T of step j and PV of step j - 1 go out together, and step j's
 score math runs while PV_{j-1} is still on the tensor cores (wgmma_accumulator_load(wait_n=1)).
+MosaicConfig(persistent=True) (sigmoid_forward='mosaic_persistent'; not yet timed) runs one program per SM over the
+query tiles in longest-first order, the K, V slots and their barrier phases continuing from tile to tile.
 
 Scope (`unsupported_reason` names what is missing, and flash_attention then takes the Triton forward):
 Hopper GPUs (sm_90: WGMMA), bf16 (the kernel is written for fp16 too, not yet run on a GPU), head dims that
@@ -45,6 +47,7 @@ from jax import lax
 
 from effattn.ops.common.pallas_triton import LOG2E as _LOG2E
 from effattn.ops.common.pallas_triton import rcp_newton
+from effattn.ops.common.sequence_split import sm_count
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,6 +72,11 @@ class MosaicConfig:
     # H200, B=4 T=4096 H=16 D=128 causal (results/gpu_checks-2026-12-03_s8/call2_sigmoid_overlap.json): 0.757 ms
     # against 0.586 without; 3 slots 0.786, 64-key steps 0.967. Correct (its GPU tests pass), not faster.
     overlap: bool = False
+    # A persistent grid (FA3, Sec. 3.1; its tile scheduler): one program per SM walks the query tiles i = sm,
+    # sm + SMs, ... in longest-first order, so that the producer streams the next tile's K, V while the consumers
+    # finish the current one, and programs' start-up (barriers, register reallocation, the first loads) is paid once
+    # per SM instead of once per tile (2048 tiles on 132 SMs at B=4 T=4096 H=16). Not with `overlap`. Not yet timed.
+    persistent: bool = False
 
     def reciprocal_for(self, d: int) -> str:
         return self.reciprocal or ('newton' if d <= 64 else 'approx')
@@ -122,6 +130,10 @@ def sigmoid_forward(q, k, v, bias, *, causal: bool, scale: float, config: Mosaic
     newton = config.reciprocal_for(d) == 'newton'
     steps = min(config.max_concurrent_steps, t // block_kv)
     num_q_tiles = t // (2 * block_q)
+    num_tiles = num_q_tiles * h * b
+    programs = min(sm_count(), num_tiles)  # persistent: one per SM
+    if config.persistent and config.overlap:
+        raise ValueError('MosaicConfig: persistent and overlap are not implemented together')
     # sigma(x) = 1 / (1 + 2^(c qk + nb)) with c = -scale log2 e, nb = -b log2 e; nb is passed as a [block_q]
     # row vector (the layout of a reduced WGMMA tile) because the bias may be a traced array.
     # tanh: x / 2 = (scale / 2) qk + b / 2, the same row-vector form.
@@ -129,8 +141,6 @@ def sigmoid_forward(q, k, v, bias, *, causal: bool, scale: float, config: Mosaic
     nb_rows = jnp.full((block_q,), 0.5 if config.tanh else -_LOG2E, jnp.float32) * jnp.asarray(bias, jnp.float32)
 
     def kernel(q_ref, k_ref, v_ref, nb_ref, out_ref, scoped):
-        batch = lax.axis_index('batch')
-        q_head = lax.axis_index('heads')
         wg = lax.axis_index('wg')
         (qo_smem2, k_smem, v_smem, nb_smem2), (k_barriers, v_barriers, q_barriers, nb_barriers), consumed, sched = (
             scoped)
@@ -140,19 +150,35 @@ def sigmoid_forward(q, k, v, bias, *, causal: bool, scale: float, config: Mosaic
             plgpu.barrier_arrive(sched)
             plgpu.barrier_wait(sched)
 
-        # causal: the longest rows first (the grid runs q_seq in order), so that short tiles fill the tail
-        q_tile = lax.axis_index('q_seq')
-        if causal and config.longest_first:
-            q_tile = num_q_tiles - 1 - q_tile
-        if causal:
-            tile_end = (q_tile + 1) * (2 * block_q)
-            tile_steps = pl.cdiv(tile_end, jnp.array(block_kv, jnp.int32))
-        else:
-            tile_steps = t // block_kv
+        def order(rank):
+            # causal: the longest rows first (the grid runs q_seq in order), so that short tiles fill the tail
+            return num_q_tiles - 1 - rank if causal and config.longest_first else rank
 
-        @pl.when(wg < 2)
-        def _consumer():
-            plgpu.set_max_registers(232, action='increase')
+        def steps_of(q_tile):
+            if causal:
+                return pl.cdiv((q_tile + 1) * (2 * block_q), jnp.array(block_kv, jnp.int32))
+            return t // block_kv
+
+        def tiles(body, init):
+            """body(batch, q_head, q_tile, base) -> base for this program's tiles; base: the K, V steps streamed
+            before the tile (their slots and barrier phases continue across the tiles of a persistent program)."""
+            if not config.persistent:
+                body(lax.axis_index('batch'), lax.axis_index('heads'), order(lax.axis_index('q_seq')), init)
+                return
+            sm = lax.axis_index('sm')
+
+            def one(i, base):
+                flat = sm + i * programs
+                rank, rest = lax.div(flat, jnp.int32(h * b)), lax.rem(flat, jnp.int32(h * b))
+                return body(lax.rem(rest, jnp.int32(b)), lax.div(rest, jnp.int32(b)), order(rank), base)
+            lax.fori_loop(0, lax.div(num_tiles - 1 - sm, jnp.int32(programs)) + 1, one, init)
+
+        def consumer_tile(batch, q_head, q_tile, base):
+            tile_steps = steps_of(q_tile)
+
+            def slot_of(step):
+                n = base + step
+                return n % steps if isinstance(n, int) else lax.rem(n, jnp.array(steps, n.dtype))
             qo_smem, nb_smem = qo_smem2.at[wg], nb_smem2.at[wg]
             q_base = q_tile * (2 * block_q) + wg * block_q
             kv_steps = pl.cdiv(q_base + block_q, jnp.array(block_kv, jnp.int32)) if causal else tile_steps
@@ -165,7 +191,7 @@ def sigmoid_forward(q, k, v, bias, *, causal: bool, scale: float, config: Mosaic
 
             @pl.when(kv_steps > 0)
             def _():
-                plgpu.barrier_wait(k_barriers.at[0])
+                plgpu.barrier_wait(k_barriers.at[slot_of(0)])
 
             pl.when(wg == 1)(schedule_barrier)
 
@@ -187,7 +213,7 @@ def sigmoid_forward(q, k, v, bias, *, causal: bool, scale: float, config: Mosaic
                 return p.astype(dtype)
 
             def kv_loop(step, acc, masked: bool = False):
-                slot = lax.rem(step, jnp.array(steps, step.dtype))
+                slot = slot_of(step)
 
                 def compute_qk(acc_ref):
                     plgpu.wgmma(acc_ref, qo_smem, k_smem.at[slot].transpose((1, 0)))
@@ -208,7 +234,7 @@ def sigmoid_forward(q, k, v, bias, *, causal: bool, scale: float, config: Mosaic
 
                     @pl.when(nxt < kv_steps)
                     def _():
-                        plgpu.barrier_wait(k_barriers.at[lax.rem(nxt, jnp.array(steps, step.dtype))])
+                        plgpu.barrier_wait(k_barriers.at[slot_of(nxt)])
 
                 acc = pl.run_state(compute_pv)(plgpu.ACC.init(acc))
                 plgpu.barrier_arrive(v_consumed.at[slot])
@@ -266,8 +292,12 @@ def sigmoid_forward(q, k, v, bias, *, causal: bool, scale: float, config: Mosaic
                 return out
 
             def drain(step, _):
-                # steps the producer loaded for the other warpgroup's rows: release them, keep the turns
-                slot = lax.rem(step, jnp.array(steps, step.dtype))
+                # steps the producer loaded for the other warpgroup's rows: release them, keep the turns (persistent:
+                # wait for them too, so that this warpgroup's barrier phases stay in step for the next tile)
+                slot = slot_of(step)
+                if config.persistent:
+                    plgpu.barrier_wait(k_barriers.at[slot])
+                    plgpu.barrier_wait(v_barriers.at[slot])
                 plgpu.barrier_arrive(k_consumed.at[slot])
                 plgpu.barrier_arrive(v_consumed.at[slot])
                 schedule_barrier()
@@ -287,18 +317,22 @@ def sigmoid_forward(q, k, v, bias, *, causal: bool, scale: float, config: Mosaic
             qo_smem[...] = acc.astype(dtype)
             plgpu.commit_smem()
             plgpu.copy_smem_to_gmem(qo_smem, out_ref.at[batch, pl.ds(q_base, block_q), q_head])
-            plgpu.wait_smem_to_gmem(0)
+            plgpu.wait_smem_to_gmem(0)  # (persistent: before the next tile's Q lands in qo_smem)
+            return base + tile_steps
 
-        @pl.when(wg == 2)
-        def _producer():
-            plgpu.set_max_registers(40, action='decrease')
+        @pl.when(wg < 2)
+        def _consumer():
+            plgpu.set_max_registers(232, action='increase')
+            tiles(consumer_tile, jnp.int32(0) if config.persistent else 0)
+
+        def producer_tile(batch, q_head, q_tile, base):
             kv_head = lax.div(q_head, jnp.array(groups, q_head.dtype))
             for i in range(steps):
                 s = (batch, pl.ds(i * block_kv, block_kv), kv_head)
                 plgpu.copy_gmem_to_smem(k_ref.at[s], k_smem.at[i], k_barriers.at[i])
                 plgpu.copy_gmem_to_smem(v_ref.at[s], v_smem.at[i], v_barriers.at[i])
 
-            @pl.loop(0, tile_steps - steps)
+            @pl.loop(0, steps_of(q_tile) - steps)
             def _(step):
                 nxt = step + steps
                 slot = lax.rem(step, jnp.array(steps, step.dtype))
@@ -307,6 +341,31 @@ def sigmoid_forward(q, k, v, bias, *, causal: bool, scale: float, config: Mosaic
                 plgpu.copy_gmem_to_smem(k_ref.at[s], k_smem.at[slot], k_barriers.at[slot])
                 plgpu.barrier_wait(v_consumed.at[slot])
                 plgpu.copy_gmem_to_smem(v_ref.at[s], v_smem.at[slot], v_barriers.at[slot])
+
+        def producer_tile_persistent(batch, q_head, q_tile, base):
+            # slots continue from the previous tiles: a slot is refilled once both warpgroups released it, counting
+            # from the program's first `steps` loads (which need no release)
+            kv_head = lax.div(q_head, jnp.array(groups, q_head.dtype))
+            tile_steps = steps_of(q_tile)
+
+            @pl.loop(0, tile_steps)
+            def _(step):
+                n = base + step
+                slot = lax.rem(n, jnp.array(steps, n.dtype))
+                s = (batch, pl.ds(step * block_kv, block_kv), kv_head)
+                pl.when(n >= steps)(lambda: plgpu.barrier_wait(k_consumed.at[slot]))
+                plgpu.copy_gmem_to_smem(k_ref.at[s], k_smem.at[slot], k_barriers.at[slot])
+                pl.when(n >= steps)(lambda: plgpu.barrier_wait(v_consumed.at[slot]))
+                plgpu.copy_gmem_to_smem(v_ref.at[s], v_smem.at[slot], v_barriers.at[slot])
+            return base + tile_steps
+
+        @pl.when(wg == 2)
+        def _producer():
+            plgpu.set_max_registers(40, action='decrease')
+            if config.persistent:
+                tiles(producer_tile_persistent, jnp.int32(0))
+            else:
+                tiles(producer_tile, 0)
 
     def entry(q_ref, k_ref, v_ref, nb_ref, out_ref):
         transforms = (plgpu.TilingTransform((8, 64)), plgpu.SwizzleTransform(128))
@@ -330,11 +389,15 @@ def sigmoid_forward(q, k, v, bias, *, causal: bool, scale: float, config: Mosaic
             collective_axes='wg',
         )
 
+    if config.persistent:
+        grid, grid_names = (programs,), ('sm',)
+    else:
+        grid, grid_names = (h, num_q_tiles, b), ('heads', 'q_seq', 'batch')
     return plgpu.kernel(
         entry,
         out_type=jax.ShapeDtypeStruct(q.shape, dtype),
-        grid=(h, num_q_tiles, b),
-        grid_names=('heads', 'q_seq', 'batch'),
+        grid=grid,
+        grid_names=grid_names,
         num_threads=3,
         thread_name='wg',
         compiler_params=plgpu.CompilerParams(approx_math=True),

@@ -79,7 +79,8 @@ class KernelConfig:
     # file's either way. H200, bf16, causal, forward ms, Mosaic / Triton / cuDNN softmax: B=4 T=4096 H=16 D=128
     # 0.584 / 0.646 / 0.569; B=2 T=8192 1.088 / 1.194 / 1.048; B=8 T=8192 H=12 D=64 2.477 / 2.550 / 1.959
     # (benchmarks/results/sigmoid_mosaic_probe_2026-12-03.json).
-    # 'mosaic_overlap': the Mosaic forward with FA3's intra-warpgroup overlap (mosaic_gpu.MosaicConfig.overlap).
+    # 'mosaic_overlap': the Mosaic forward with FA3's intra-warpgroup overlap (mosaic_gpu.MosaicConfig.overlap;
+    # 29% slower on the H200); 'mosaic_persistent': on a persistent grid (MosaicConfig.persistent; not yet timed).
     sigmoid_forward: str = 'mosaic'
 
 
@@ -214,6 +215,7 @@ def _dot(a, b, ca: int, cb: int, sp: _Spec):
 
 
 _SIGMOID_MATH = ('ieee', 'rcp', 'newton', 'f16x2', 'tanh')
+_MOSAIC_FORWARDS = ('mosaic', 'mosaic_overlap', 'mosaic_persistent')  # KernelConfig.sigmoid_forward
 
 
 def _asm(code: str, x, dtype, constraints: str, pack: int):
@@ -431,11 +433,12 @@ def _forward(q, k, v, bias, sp: _Spec, cfg: KernelConfig, interpret: bool):
     """o [B,Tp,H,Vp] in q's dtype and (softmax) L [B,H,Tp] fp32 in base 2."""
     b, tp, h, kp = q.shape
     vp = v.shape[-1]
-    if sp.sigmoid and not interpret and cfg.sigmoid_forward in ('mosaic', 'mosaic_overlap'):
+    if sp.sigmoid and not interpret and cfg.sigmoid_forward in _MOSAIC_FORWARDS:
         from effattn.ops.sigmoid_attention import mosaic_gpu  # here: that package imports this module
 
         if mosaic_gpu.unsupported_reason(q, k, v, window=sp.window, tp=tp) is None:
             mc = mosaic_gpu.MosaicConfig(overlap=cfg.sigmoid_forward == 'mosaic_overlap',
+                                         persistent=cfg.sigmoid_forward == 'mosaic_persistent',
                                          tanh=cfg.sigmoid_math == 'tanh')
             return mosaic_gpu.sigmoid_forward(q, k, v, bias, causal=sp.causal, scale=sp.scale, config=mc), None
     bq, bk = _blocks(sp.t, cfg.block_q, cfg.block_k)
@@ -615,8 +618,8 @@ def flash_attention(
     )
     if score not in ('softmax', 'sigmoid'):
         raise ValueError(f"score must be 'softmax' or 'sigmoid'; got {score!r}")
-    if cfg.sigmoid_forward not in ('mosaic', 'mosaic_overlap', 'triton'):
-        raise ValueError("KernelConfig.sigmoid_forward must be 'mosaic', 'mosaic_overlap' or 'triton'; "
+    if cfg.sigmoid_forward not in (*_MOSAIC_FORWARDS, 'triton'):
+        raise ValueError(f"KernelConfig.sigmoid_forward must be one of {(*_MOSAIC_FORWARDS, 'triton')}; "
                          f"got {cfg.sigmoid_forward!r}")
     if cfg.sigmoid_math not in _SIGMOID_MATH:
         raise ValueError(f'KernelConfig.sigmoid_math must be one of {_SIGMOID_MATH}; got {cfg.sigmoid_math!r}')
