@@ -48,9 +48,13 @@ def bench(b, t, h, d, causal, bias=-8.3, sweep=False):
         cfg = dataclasses.replace(DEFAULT_CONFIG, sigmoid_forward=forward, sigmoid_math=math)
         return lambda q, k, v: flash_attention(q, k, v, score='sigmoid', causal=causal, scale=d ** -0.5,
                                                window=None, bias=bias, config=cfg)
-    fns = {name: sigmoid(name) for name in ('mosaic', 'mosaic_overlap', 'mosaic_persistent', 'triton')}
-    fns.update({name + '_tanh': sigmoid(name, 'tanh') for name in ('mosaic', 'mosaic_persistent', 'triton')})
-    fns['cudnn'] = lambda q, k, v: jax.nn.dot_product_attention(q, k, v, is_causal=causal, implementation='cudnn')
+    # the untimed forwards last, each figure printed as it comes: a forward that hangs on a GPU (the persistent
+    # grid's barriers) leaves the others' figures in the log when the caller's time limit kills the run
+    fns = {'mosaic': sigmoid('mosaic'), 'mosaic_tanh': sigmoid('mosaic', 'tanh'), 'triton': sigmoid('triton'),
+           'triton_tanh': sigmoid('triton', 'tanh'),
+           'cudnn': lambda q, k, v: jax.nn.dot_product_attention(q, k, v, is_causal=causal, implementation='cudnn'),
+           'mosaic_overlap': sigmoid('mosaic_overlap'), 'mosaic_persistent': sigmoid('mosaic_persistent'),
+           'mosaic_persistent_tanh': sigmoid('mosaic_persistent', 'tanh')}
     row = {'shape': [b, t, h, d], 'causal': causal,
            'mosaic_unsupported': mosaic_gpu.unsupported_reason(q, k, v, window=None, tp=t)}
     outs = {}
@@ -63,6 +67,8 @@ def bench(b, t, h, d, causal, bias=-8.3, sweep=False):
             row[name + '_fwdbwd'] = ms(jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2))), q, k, v)
         except Exception as e:  # noqa: BLE001  (report and go on)
             row[name] = f'{type(e).__name__}: {str(e)[:400]}'
+        print(f'  {b}x{t}x{h}x{d} {name}: {row.get(name + "_fwd", row.get(name))} / {row.get(name + "_fwdbwd")}',
+              flush=True)
     for name in ('mosaic', 'mosaic_overlap', 'mosaic_persistent', 'mosaic_tanh', 'mosaic_persistent_tanh',
                  'triton_tanh'):
         if name in outs and 'triton' in outs:
@@ -74,6 +80,7 @@ def bench(b, t, h, d, causal, bias=-8.3, sweep=False):
                 q, k, v, bias, causal=causal, scale=d ** -0.5, config=mc)), q, k, v)
         except Exception as e:  # noqa: BLE001
             row[str(mc)] = f'{type(e).__name__}: {str(e)[:300]}'
+        print(f'  {mc}: {row[str(mc)]}', flush=True)
     return row
 
 
