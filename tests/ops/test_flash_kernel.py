@@ -129,8 +129,8 @@ GPU_CASES = [
     # FlashSigmoid's tanh form (sigmoid_math='tanh': tanh.approx.f32) in the Mosaic forward, D = 128 and 64
     Case('sigmoid', 4096, h=2, hkv=2, k=128, v=128, dtype='bfloat16', small=False, math='tanh'),
     Case('sigmoid', 1000, h=4, hkv=1, k=64, v=64, dtype='bfloat16', b=2, small=False, math='tanh'),
-    # last (a barrier bug would hang, not fail): the Mosaic forward on a persistent grid (MosaicConfig.persistent), causal GQA with padded T, D = 128
-    # non-causal, and with more tiles than SMs (4 * 32 * 2 = 256 at T = 4096: several tiles per program)
+    # last (a barrier bug would hang, not fail): the Mosaic forward on a persistent grid (MosaicConfig.persistent),
+    # causal GQA with padded T, D = 128 non-causal, and more tiles than SMs (4 * 32 * 2 = 256 at T = 4096)
     Case('sigmoid', 1000, h=4, hkv=1, k=64, v=64, dtype='bfloat16', b=2, small=False, fwd='mosaic_persistent'),
     Case('sigmoid', 640, h=2, hkv=2, k=128, v=128, causal=False, dtype='bfloat16', small=False,
          fwd='mosaic_persistent'),
