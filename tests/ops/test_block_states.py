@@ -96,3 +96,26 @@ def test_lowers_to_triton(gate, fold):
         text = jax.jit(fn).trace(k, v, g).lower(lowering_platforms=('cuda',)).as_text()
         assert text.count('triton') >= 1
 
+
+
+@pytest.mark.parametrize('n', [1, 3, 7, 17])
+@pytest.mark.parametrize('with_h0', [False, True])
+def test_boundary_states_written_out_and_scanned(n, with_h0, monkeypatch):
+    """sequence_split.boundary_states: the start of each segment, then the end of the last, S_{i+1} = a_i S_i + b_i,
+    the same in sequence (up to _SEQUENTIAL_BOUNDARIES segments) and by the associative scan, and against a loop."""
+    ks = jax.random.split(jax.random.key(n), 3)
+    decay = jax.nn.sigmoid(jax.random.normal(ks[0], (2, n, 3, 4, 1)))
+    s_loc = jax.random.normal(ks[1], (2, n, 3, 4, 5))
+    h0 = jax.random.normal(ks[2], (2, 3, 4, 5)) if with_h0 else None
+    s = np.zeros((2, 3, 4, 5)) if h0 is None else np.asarray(h0, np.float64)
+    ref = [s]
+    for i in range(n):
+        s = np.asarray(decay[:, i], np.float64) * s + np.asarray(s_loc[:, i], np.float64)
+        ref.append(s)
+    ref = np.stack(ref, axis=1)
+    got = sequence_split.boundary_states(decay, s_loc, h0)
+    monkeypatch.setattr(sequence_split, '_SEQUENTIAL_BOUNDARIES', 0)
+    scanned = sequence_split.boundary_states(decay, s_loc, h0)
+    assert got.shape == scanned.shape == (2, n + 1, 3, 4, 5)
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(scanned, ref, rtol=1e-5, atol=1e-5)
