@@ -186,10 +186,9 @@ def _with_dA(kernel, stored: bool):
 
 def intra_grads(q, k, g, v, do, ctx, cfg, interpret):
   """Intra-chunk (dq w.r.t. scaled q, dk; fp32, or the dot dtype with cfg.bf16_intra_grads) and the intra-pair
-  gate term (fp32), [B, Tp, H, Kp] each; q ⊙ e^G and
-  k ⊙ e^{G_l - G} in the dot dtype. With a key tile (cfg.intra_bwd_tiles_for: 64 at K >= 128 by default), one
-  program per (16-row block, key tile) from the chunks' dA (chunk_dA), else one per block over all channels, each
-  computing its dA pieces."""
+  gate term (fp32), [B, Tp, H, Kp] each; q ⊙ e^G and k ⊙ e^{G_l - G} in the dot dtype. With a key tile
+  (cfg.intra_bwd_tiles_for: 64 at K >= 128 by default), one program per (16-row block, key tile) from the chunks'
+  dA (chunk_dA), else one per block over all channels, each computing its dA pieces."""
   b, tp, h, kp = q.shape
   vp = v.shape[-1]
   shape = jax.ShapeDtypeStruct((b, tp, h, kp), F32)

@@ -182,7 +182,7 @@ class KernelConfig:
     return diag, self.intra_width_bwd or (kp if kp <= 64 or diag != 'halves' else 32)
 
   # The backward intra kernel's key tiles, timed on the H200 (bf16, B=4 T=4096 H=16 K=128; kernel_parts.py --parts
-  # intra_bwd,fwd_bwd_o, results/gpu_checks-2026-12-03_s8/gla_key_tiles*.json, two runs), intra_bwd / fwd+bwd
+  # intra_bwd,fwd_bwd_o, results/gpu_checks-2026-12-03_s8/call{1,6}_gla_key_tiles*.json), intra_bwd / fwd+bwd
   # without d final_state, ms: all channels at 4 warps 0.817 / 2.777, 0.820 / 2.791, 0.824 / 2.802; 64-wide tiles at
   # 2 warps 0.783 / 2.742, 0.782 / 2.747; 64 at 4 warps 0.908 / 2.872; 32 at 2 warps 0.915 / 2.877. K = 64 untimed:
   # all channels there.
