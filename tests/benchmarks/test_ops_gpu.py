@@ -51,3 +51,13 @@ def test_tuned_gla_config_is_used_and_saved(og, tmp_path):
     assert set(rel) == {'o', 'dq', 'dk', 'dv', 'dg'} and max(rel.values()) < 1e-2, rel  # o and every gradient
     assert {(r['impl'], r['mode']) for r in result['rows'] if r['op'] == 'gla'} == {('kernel', 'fwd'), ('chunk', 'fwd')}
     assert all(r['ms'] > 0 for r in result['rows'])
+
+
+def test_time_per_token_ratio_printed(og, capsys):
+    """print_table reports criterion 3 (time per token across T at a fixed B*T) for each mode that has rows."""
+    shapes = [(32, 2048, 16, 128), (1, 65536, 16, 128)]
+    rows = [{'op': 'gla', 'impl': 'kernel', 'mode': 'fwd', 'shape': list(shapes[0]), 'ms': 2.0},
+            {'op': 'gla', 'impl': 'kernel', 'mode': 'fwd', 'shape': list(shapes[1]), 'ms': 2.5}]
+    og.print_table(rows, shapes)
+    out = capsys.readouterr().out
+    assert 'gla: kernel fwd time per token at B*T=65536, H=16, D=128 (largest / smallest 1.25x)' in out
