@@ -78,6 +78,12 @@ def triton_modules(fn, args) -> list[dict]:
   return [dict(call, ir=text) for call, text in zip(calls, texts)]
 
 
+def _for_triton_parser(ir_text: str) -> str:
+  """This jax's MLIR prints gpu.barrier with a workgroup `scope` property that the MLIR inside triton 3.6 does not
+  know; workgroup is what gpu.barrier means without it."""
+  return ir_text.replace(' <{scope = #gpu.barrier_scope<workgroup>}>', '')
+
+
 def compile_report(ir_text: str, num_warps: int, num_stages: int, arch: int = 90) -> dict:
   """{registers, spill_stores, spill_loads, shared_bytes} of one Triton module compiled for sm_<arch>a."""
   from triton._C.libtriton import ir
@@ -90,7 +96,7 @@ def compile_report(ir_text: str, num_warps: int, num_stages: int, arch: int = 90
   backend.load_dialects(ctx)
   with tempfile.TemporaryDirectory() as tmp:
     path = os.path.join(tmp, 'kernel.ttir')
-    Path(path).write_text(ir_text)
+    Path(path).write_text(_for_triton_parser(ir_text))
     module = ir.parse_mlir_module(path, ctx)
     module.context = ctx
     options = backend.parse_options({'num_warps': num_warps, 'num_stages': num_stages})

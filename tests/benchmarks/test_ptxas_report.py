@@ -31,3 +31,14 @@ def test_compile_report_where_triton_is_installed(pr):
     pytest.importorskip('triton')
     rows = pr.report('simple_gla', (1, 128, 2, 32), 'fwd', {})
     assert rows and rows[0]['registers'] > 0 and rows[0]['programs_per_sm'] >= 1, rows
+
+
+def test_barrier_scope_dropped_for_triton(pr):
+    """The delta rule's WY kernel has gpu.barrier ops, printed by this jax with a workgroup scope property that the
+    MLIR inside triton 3.6 cannot parse: it is dropped (workgroup is gpu.barrier's meaning without it)."""
+    x, do = pr.ops_gpu.jax_inputs('delta_rule', 1, 64, 1, 32)
+    fwd = pr.ops_gpu.jax_fns(pr.ops_gpu.kernel_fn('delta_rule', None, 0), tuple(x))[0]
+    wy = [m for m in pr.triton_modules(fwd, (x,)) if m['name'] == 'gated_delta_rule_wy']
+    assert wy and 'barrier_scope' not in pr._for_triton_parser(wy[0]['ir'])
+    line = '    "gpu.barrier"() <{scope = #gpu.barrier_scope<workgroup>}> : () -> ()'
+    assert pr._for_triton_parser(line) == '    "gpu.barrier"() : () -> ()'
