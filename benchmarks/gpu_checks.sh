@@ -6,7 +6,7 @@
 #      and the pure-JAX chunk form (kernels checked against chunk, o and every gradient);
 #   3. time per token from T = 2048 to 65536 at B*T = 65536 (criterion 3), gla's split at split_states='xla'
 #      (the default 'sweeps' against it), and the split's block_states in key tiles, at 8 warps, 128-row chunks
-#      and 3-4 stages (split_parts.py --key-tiles);
+#      and 2 or 4 stages (3 the default since the eighth session; split_parts.py --key-tiles);
 #   4. per-kernel device time of gla forward and forward+backward, and of the delta rule's and simple_gla's
 #      split forwards at T = 65536 (kernel_profile.py);
 #   5. the flash (softmax / sigmoid, Triton and Mosaic GPU) kernels' GPU tests (> 280 s);
