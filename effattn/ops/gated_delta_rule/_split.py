@@ -100,7 +100,7 @@ def split_forward(forward, q, k, w, u, g, h0, ctx, cfg, interpret, segments: int
     return o.reshape(b, p * ts, h, vp)[:, :tp], ht.reshape(b, p, h, kp, vp)[:, -1]
 
 
-# segment_starts: value columns per program, at 8 warps (ptxas, sm_90a, K = 128: 227 registers, no spills; at 4 warps
+# segment_starts: value columns per program, at 8 warps (ptxas, sm_90a, K = 128: 242 registers, no spills; at 4 warps
 # 2 KB spilled, the [Kp, Kp] fp32 transition tile taking 128 registers per thread)
 _STARTS_BLOCK_V = 32
 
@@ -109,17 +109,12 @@ def _starts_kernel(*refs, segments: int, has_trans: bool, has_h0: bool, interpre
     trans_ref, sloc_ref, *rest = refs if has_trans else (None, *refs)
     h0_ref, out_ref = rest if has_h0 else (None, *rest)
     kp, bv = sloc_ref.shape[-2:]
-    if has_h0:
-        s = h0_ref[...].astype(_F32)
-        out_ref[0] = s
-        s = _dot32(trans_ref[0], s, interpret) + sloc_ref[0]
-    else:  # M(0) is not needed: S_start(1) = S_loc(0)
-        out_ref[0] = jnp.zeros((kp, bv), _F32)
-        s = sloc_ref[0]
-    out_ref[1] = s
+    s = h0_ref[...].astype(_F32) if has_h0 else jnp.zeros((kp, bv), _F32)
+    out_ref[0] = s
     first = 0 if has_h0 else 1  # trans_ref holds M(first), M(first + 1), ...
-    for seg in range(1, segments - 1):
-        s = _dot32(trans_ref[seg - first], s, interpret) + sloc_ref[seg]
+    for seg in range(segments - 1):
+        # without h0, S_start(1) = S_loc(0): M(0) is neither computed nor needed
+        s = sloc_ref[seg] if seg < first else _dot32(trans_ref[seg - first], s, interpret) + sloc_ref[seg]
         out_ref[seg + 1] = s
 
 

@@ -344,7 +344,8 @@ def sigmoid_forward(q, k, v, bias, *, causal: bool, scale: float, config: Mosaic
 
         def producer_tile_persistent(batch, q_head, q_tile, base):
             # slots continue from the previous tiles: a slot is refilled once both warpgroups released it, counting
-            # from the program's first `steps` loads (which need no release)
+            # from the program's first `steps` loads (which need no release). With base = 0 this is producer_tile,
+            # which the one-tile grid keeps as timed (its first loads unrolled, no conditional waits).
             kv_head = lax.div(q_head, jnp.array(groups, q_head.dtype))
             tile_steps = steps_of(q_tile)
 
