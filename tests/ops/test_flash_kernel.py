@@ -392,3 +392,6 @@ def test_unknown_sigmoid_forward_raises():
     with pytest.raises(ValueError, match='reciprocal'):
         mosaic_gpu.sigmoid_forward(q, q, q, 0.0, causal=True, scale=0.1,
                                    config=mosaic_gpu.MosaicConfig(reciprocal='fast'))
+    with pytest.raises(ValueError, match='persistent and overlap'):
+        mosaic_gpu.sigmoid_forward(q, q, q, 0.0, causal=True, scale=0.1,
+                                   config=mosaic_gpu.MosaicConfig(persistent=True, overlap=True))
