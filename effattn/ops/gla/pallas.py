@@ -134,9 +134,10 @@ class KernelConfig:
   precise_dg: bool = True    # bf16: gate-gradient terms to ~2^-17 (two bf16 dots per fp32 operand)
   # the backward intra kernel's dq and dk (added to the sweeps' inter-chunk parts) stored in the dot dtype instead
   # of fp32: at B=4 T=4096 H=16 K=128 bf16, 268 MB less written and read of the ~1.3 GB of fp32 [B, T, H, K]
-  # intermediates; one more bf16 rounding in dq and dk (within DESIGN.md's 5e-3), none in the gate terms. Not yet
-  # timed.
-  bf16_intra_grads: bool = False
+  # intermediates; one more bf16 rounding in dq and dk (within DESIGN.md's 5e-3), none in the gate terms. H200
+  # (kernel_parts.py --parts fwd_bwd_o, results/gpu_checks-2026-12-03_s9/call3_gla_bf16.json): fwd+bwd 2.627 ms
+  # against fp32's 2.722, backward intra kernel 0.748 against 0.771.
+  bf16_intra_grads: bool = True
   bwd_states: bool = False   # backward from stored chunk states (_state_grads.py, fla's chunk_gla_bwd layout:
                              # state-only sweeps, then dq, dk, dv parallel over chunks; tiles block_k_dq,
                              # block_k_dk, block_v_bwd); H200: fwd+bwd 4.16 ms against the sweeps' 3.50 (4.24
