@@ -72,8 +72,11 @@ class KernelConfig:
     # scores per MUFU op, + the Newton reciprocal). fp32 inputs and interpret mode always use 'ieee' math
     # (interpret mode models 'newton' and 'f16x2' with jnp ops so that their error is tested on CPU), or 'tanh'
     # (FlashSigmoid's 0.5 + 0.5 tanh(x / 2) with tanh.approx.f32: one MUFU op and two FMAs per score, in the Mosaic
-    # forward too; not yet timed, and its accuracy on GPUs is checked by tests/ops/test_flash_kernel.py's GPU cases).
-    sigmoid_math: str = 'rcp'
+    # forward too). H200, B=4 T=4096 H=16 D=128 causal forward (results/gpu_checks-2026-12-03_s9/
+    # call2_sigmoid_forwards.json): Mosaic 0.482 ms with 'tanh' against 0.597 with the reciprocal (cuDNN softmax
+    # 0.571); B=2 T=8192 0.871 against 1.109 (1.086); Triton 0.667 against 0.646 (a path for windows and other
+    # GPUs: kept the same math as the Mosaic forward, so that the backward recomputes the forward's probabilities).
+    sigmoid_math: str = 'tanh'
     # sigmoid forward on Hopper (sm_90) GPUs: 'mosaic' (sigmoid_attention/mosaic_gpu.py, warp-specialised, where it
     # applies: bf16, head dims 64 or 128, no window; else this Triton kernel) or 'triton'. The backward is this
     # file's either way. H200, bf16, causal, forward ms, Mosaic / Triton / cuDNN softmax: B=4 T=4096 H=16 D=128
