@@ -126,7 +126,8 @@ class KernelConfig:
   # roles whose sweeps run in a launch of their own, joined by '+' ('dq', 'dq+dv', ...), the others together in one
   # more (None: all three in one launch). In one launch the roles share one register allocation: ptxas (sm_90a,
   # K = V = 128, no d final_state) spills 820 bytes at 255 registers; 'dq' at block_k_dq=32 spills 0 (dq) and 80
-  # (dk, dv). Two launches of 256 programs take as many waves (2 programs per SM) as one of 512. Not yet timed.
+  # (dk, dv). Two launches of 256 programs take as many waves (2 programs per SM) as one of 512. H200 (eighth
+  # session, benchmarks/README.md): no gain (dq+dv apart 2.742 against 2.747 ms fwd+bwd, the others slower).
   bwd_apart: str | None = None
   # The sweeps' tiles, warps and stages above: the fastest of ten on the H200 (kernel_parts.py --parts bwd_sweeps,
   # results/gpu_checks-2026-12-03_s6/call5_gla_bwd_sweeps.json): 1.257 ms; block_v_bwd 32 1.306, 128 1.934;

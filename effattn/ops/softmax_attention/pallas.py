@@ -83,7 +83,7 @@ class KernelConfig:
     # 0.584 / 0.646 / 0.569; B=2 T=8192 1.088 / 1.194 / 1.048; B=8 T=8192 H=12 D=64 2.477 / 2.550 / 1.959
     # (benchmarks/results/sigmoid_mosaic_probe_2026-12-03.json).
     # 'mosaic_overlap': the Mosaic forward with FA3's intra-warpgroup overlap (mosaic_gpu.MosaicConfig.overlap;
-    # 29% slower on the H200); 'mosaic_persistent': on a persistent grid (MosaicConfig.persistent; not yet timed).
+    # 29% slower on the H200); 'mosaic_persistent': on a persistent grid (MosaicConfig.persistent; 14% slower).
     sigmoid_forward: str = 'mosaic'
 
 
