@@ -14,7 +14,7 @@
 #   7. gla's backward (the _o pieces: training's case, no d final_state) around the eighth session's defaults: the
 #      backward intra kernel's key tiles, stages and widths at K = 128 and K = 64, and the sweeps with dq and dv
 #      in launches of their own (a second sample), without precise_dg (its cost), at one pipeline stage, and with
-#      the intra kernel's dq, dk in bf16 (bf16_intra_grads);
+#      the intra kernel's dq, dk in fp32 (bf16_intra_grads=false; bf16 is the default since the ninth session);
 #   8. the sigmoid forwards in FlashSigmoid's tanh form (sigmoid_math='tanh') and on a persistent grid
 #      (sigmoid_forward='mosaic_persistent'): the sigmoid GPU tests against the oracle, then their times beside the
 #      plain Mosaic forward, the overlapped one, the Triton one and cuDNN softmax, and MosaicConfig settings;
@@ -69,7 +69,7 @@ run 7 150 gla_intra_tiles_k64 python3 benchmarks/kernel_parts.py --op gla --part
   --out "$OUT/gla_intra_tiles_k64.json"
 run 7 180 gla_sweeps_more python3 benchmarks/kernel_parts.py --op gla --parts bwd_sweeps_o,fwd_bwd_o --config default \
   --config bwd_apart=dq+dv,block_k_dq=32,block_v_bwd=32 --config precise_dg=false --config num_stages_bwd=1 \
-  --config bf16_intra_grads=true \
+  --config bf16_intra_grads=false \
   --out "$OUT/gla_sweeps_more.json"
 run 5 480 tests_flash python3 -m pytest -q -p no:cacheprovider tests/ops/test_flash_kernel.py -k "gpu or long"
 run 6 420 lm_8192 python3 benchmarks/train_throughput.py --in-process --kinds gla,softmax,deltanet --seq-lens 8192 \

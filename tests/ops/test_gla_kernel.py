@@ -203,12 +203,13 @@ def test_default_key_tiles_by_head_dim():
   assert 'name=gla_dA' in str(jax.make_jaxpr(lambda x: _grads_of_o_only(kernel_gla, x, cot[0]))(x))
 
 
-@pytest.mark.parametrize('cfg', [KernelConfig(bf16_intra_grads=True),
+@pytest.mark.parametrize('cfg', [KernelConfig(bf16_intra_grads=False),
                                  KernelConfig(bf16_intra_grads=True, intra_key_tile_bwd=16, bwd_states=True)],
-                         ids=['sweeps', 'key-tiles-states'])
-def test_bf16_intra_grads(cfg):
-  """KernelConfig(bf16_intra_grads=True): the intra kernel's dq, dk kept in bf16 stay within the bf16 tolerance
-  (all gradients, the gate's included: its terms stay fp32); fp32 inputs are unaffected (the dot dtype)."""
+                         ids=['fp32-sweeps', 'bf16-key-tiles-states'])
+def test_intra_grads_dtype(cfg):
+  """KernelConfig.bf16_intra_grads (True, the default: the intra kernel's dq, dk kept in bf16; False: fp32) stays
+  within the bf16 tolerance (all gradients, the gate's included: its terms stay fp32); fp32 inputs are unaffected
+  (the dot dtype)."""
   for case in (Case(1, 130, 2, 64, 64, n=1, h0=True, dtype='bfloat16'), Case(1, 70, 1, 32, 48, n=0.1, h0=True)):
     _check(case, functools.partial(kernel_gla, config=cfg))
 
@@ -414,9 +415,9 @@ def test_matches_naive_gpu_shapes(case):
                                  KernelConfig(intra_diag='rows', intra_diag_bwd='rows'),
                                  KernelConfig(intra_key_tile_bwd=32, bwd_roles_first=True),
                                  KernelConfig(bwd_apart='dq', block_k_dq=32),
-                                 KernelConfig(bf16_intra_grads=True)],
+                                 KernelConfig(bf16_intra_grads=False)],
                          ids=['c32', 'tiles', 'halves', 'rows-128-32', 'states', 'rows2-spillfree', 'rows',
-                              'key-tiles-roles-first', 'dq-apart', 'bf16-intra-grads'])
+                              'key-tiles-roles-first', 'dq-apart', 'fp32-intra-grads'])
 def test_other_configs_gpu(cfg):
   """Other tilings the tuner may pick (tune_candidates) at real head sizes."""
   _check(Case(1, 1000, 2, 128, 128, n=1, h0=True, dtype='bfloat16'), functools.partial(kernel_gla, config=cfg))
@@ -443,7 +444,7 @@ def test_long_bf16_finite(n):
                                         ('float32', KernelConfig(bwd_apart='dv')),
                                         ('bfloat16', KernelConfig(intra_key_tile_bwd=32)),
                                         ('bfloat16', KernelConfig(intra_key_tile_bwd=16, intra_diag_bwd='rows')),
-                                        ('bfloat16', KernelConfig(bf16_intra_grads=True)),
+                                        ('bfloat16', KernelConfig(bf16_intra_grads=False)),
                                         ('float32', KernelConfig(bwd_states=True))])
 def test_lowers_to_triton(dtype, cfg):
   """Forward and backward lower through Pallas' Triton lowering (cross-platform, no GPU needed): catches

@@ -232,7 +232,8 @@ def _sigmoid_probs(sp, qk, bias2, masked, mask_fn, interpret):
     exp2 plus a reciprocal is two MUFU (special-function) ops per score against softmax's one;
     config.sigmoid_math trades them for FMA-pipe work. On the H200 that did not pay (forward at B=4,
     T=4096, H=16, D=128: rcp 0.643 ms, newton 0.815, f16x2 0.855; benchmarks/README.md): the kernel is
-    bound by its instruction stream, not the MUFU pipe, so 'rcp' is the default.
+    bound by its instruction stream, not the MUFU pipe, so 'rcp' is the fastest reciprocal form. The default is
+    'tanh' (below: one MUFU op per score and no reciprocal; KernelConfig.sigmoid_math's timings).
     a is clamped to 126 so that 1 + 2^a stays finite for the Newton reciprocal (sigma < 2^-126 is 0).
     'tanh' is FlashSigmoid's form (Ramapuram et al. 2024; ALGORITHMS.md 2): sigma(x) = 0.5 + 0.5 tanh(x / 2),
     x / 2 = -a / (2 log2 e), with the MUFU tanh on GPUs (jnp.tanh in interpret mode).
