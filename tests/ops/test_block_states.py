@@ -37,14 +37,14 @@ def test_block_states_match_xla(gate, dtype, fold):
 @pytest.mark.parametrize('gate', ['none', 'scalar', 'channel'])
 def test_kernel_segment_states_and_their_gradients(gate, fold, monkeypatch):
     """Sub-blocks of 16 rows summed with their decays per segment; the custom VJP gives the XLA form's grads."""
-    monkeypatch.setattr(sequence_split, '_SUB_BLOCK', 16)
+    monkeypatch.setattr(sequence_split, '_SUB_BLOCK', 16)  # the XLA form's sub-blocks
     k, v, g = _inputs(gate, jnp.float32)
     args = (k, v) if g is None else (k, v, g)
 
     def loss(local_states, *a):
         s = local_states(*(a if g is not None else (*a, None)))
         return jnp.sum(s * jnp.cos(jnp.arange(s.size, dtype=jnp.float32).reshape(s.shape)))
-    kern = lambda k, v, g: sequence_split._local_states(k, v, g, 2, 16, True, fold)
+    kern = lambda k, v, g: sequence_split._local_states(k, v, g, 2, 16, True, fold, None, 16)  # sub-blocks of 16
     xla = lambda k, v, g: sequence_split._local_states_xla(k, v, g, 2)
     assert_close('states', kern(*args[:2], g), xla(*args[:2], g), 1e-5)
     got = jax.grad(lambda *a: loss(kern, *a), argnums=tuple(range(len(args))))(*args)
@@ -68,7 +68,7 @@ def test_first_blocks_and_segments_only(gate, monkeypatch):
     k, v, g = _inputs(gate, jnp.float32, t=128)
     all_xla = sequence_split._local_states_xla(k, v, g, 4)
     assert_close('xla, first 3', sequence_split._local_states_xla(k, v, g, 4, 3), all_xla[:, :3], 1e-6)
-    kern = lambda k, v, g: sequence_split._local_states(k, v, g, 4, 16, True, False, 3)
+    kern = lambda k, v, g: sequence_split._local_states(k, v, g, 4, 16, True, False, 3, 16)
     assert_close('kernel, first 3', kern(k, v, g), all_xla[:, :3], 1e-5)
     weights = jnp.cos(jnp.arange(3 * 24 * 40.0)).reshape(3, 24, 40)[:, None]
     wsum = lambda f: lambda k, v, g: jnp.sum(f(k, v, g) * weights)

@@ -87,12 +87,11 @@ def test_sequence_split_matches_naive(case, monkeypatch):
 
 
 @pytest.mark.parametrize('states', ['kernel', 'kernel_fold'])
-def test_sequence_split_with_kernel_segment_states(monkeypatch, states):
+def test_sequence_split_with_kernel_segment_states(states):
   """KernelConfig(split_states='kernel' or 'kernel_fold'): the segment states by block_states (sub-blocks of 16
-  rows here; 'kernel_fold': the decays folded into k)."""
-  monkeypatch.setattr(sequence_split, '_SUB_BLOCK', 16)
+  rows here, split_sub_block, so that their sum is exercised; 'kernel_fold': the decays folded into k)."""
   case = Case(1, 128, 2, 32, 32, n=1, h0=True, chunk=16)
-  cfg = KernelConfig(split_programs=4 * case.b * case.h, split_min_len=32, split_states=states)
+  cfg = KernelConfig(split_programs=4 * case.b * case.h, split_min_len=32, split_states=states, split_sub_block=16)
   _check(case, functools.partial(kernel_simple_gla, config=cfg))
   x, _, _ = checks.make_inputs(OP, case)
   # 2 segments of 64 rows (one block each at chunk 64): block_states computes the first segment's state only; the

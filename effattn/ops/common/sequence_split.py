@@ -97,14 +97,15 @@ def _local_states_xla(k, v, g, p: int, count: int | None = None):
 
 
 def _local_states_kernel(k, v, g, p: int, chunk: int, interpret: bool, fold: bool = False,
-                         count: int | None = None):
-  """As _local_states_xla, by the block_states Pallas kernel over sub-blocks of <= _SUB_BLOCK rows (reading
+                         count: int | None = None, sub_block: int = _SUB_BLOCK):
+  """As _local_states_xla, by the block_states Pallas kernel over sub-blocks of <= sub_block rows (reading
   [B, T, H, D] in place, the rows of the first `count` segments only), the sub-blocks of a segment summed with
-  their decays to its end. fold: block_states' folded form."""
+  their decays to its end (in XLA: fewer, longer sub-blocks read less there, but give fewer programs). fold:
+  block_states' folded form."""
   b, t, h, kd = k.shape
   ts = t // p
   n = p if count is None else count
-  sub = ts // _SUB_BLOCK if ts % _SUB_BLOCK == 0 and _SUB_BLOCK % chunk == 0 else 1
+  sub = ts // sub_block if ts % sub_block == 0 and sub_block % chunk == 0 else 1
   s_blocks = block_states(k, v, g, block=ts // sub, chunk=chunk, interpret=interpret, fold=fold,
                           blocks=n * sub)                                                # [B, n * sub, H, K, V]
   s_blocks = s_blocks.reshape(b, n, sub, h, kd, -1)
@@ -115,17 +116,17 @@ def _local_states_kernel(k, v, g, p: int, chunk: int, interpret: bool, fold: boo
   return jnp.sum(jnp.exp(later)[..., None] * s_blocks, axis=2)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6, 7))
-def _local_states(k, v, g, p, chunk, interpret, fold, count=None):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6, 7, 8))
+def _local_states(k, v, g, p, chunk, interpret, fold, count=None, sub_block=_SUB_BLOCK):
   """Forward by the Pallas kernel, gradients by autodiff of the XLA form (the same function)."""
-  return _local_states_kernel(k, v, g, p, chunk, interpret, fold, count)
+  return _local_states_kernel(k, v, g, p, chunk, interpret, fold, count, sub_block)
 
 
-def _local_states_fwd(k, v, g, p, chunk, interpret, fold, count=None):
-  return _local_states_kernel(k, v, g, p, chunk, interpret, fold, count), (k, v, g)
+def _local_states_fwd(k, v, g, p, chunk, interpret, fold, count=None, sub_block=_SUB_BLOCK):
+  return _local_states_kernel(k, v, g, p, chunk, interpret, fold, count, sub_block), (k, v, g)
 
 
-def _local_states_bwd(p, chunk, interpret, fold, count, res, ct):
+def _local_states_bwd(p, chunk, interpret, fold, count, sub_block, res, ct):
   return jax.vjp(lambda k, v, g: _local_states_xla(k, v, g, p, count), *res)[1](ct)
 
 
@@ -133,14 +134,14 @@ _local_states.defvjp(_local_states_fwd, _local_states_bwd)
 
 
 def split_over_segments(kernel, q, k, v, g, *, initial_state, segments: int, chunk: int | None = None,
-                        interpret: bool | None = None, fold: bool = False):
+                        interpret: bool | None = None, fold: bool = False, sub_block: int = _SUB_BLOCK):
   """Runs `kernel` on `segments` equal cuts of the sequence at once, each from its exact initial state.
 
   kernel(q, k, v, g, h0) -> (o [B', T', H, V] in q's dtype, final state fp32 [B', H, K, V]), where
   q, k: [B', T', H, K], v: [B', T', H, V], g: None, [B', T', H] (scalar log decay) or [B', T', H, K]
   (per channel), h0 fp32 [B', H, K, V]. Returns (o [B, T, H, V], final state fp32 [B, H, K, V]).
   interpret not None: the segment states' forward by the block_states Pallas kernel (chunks of `chunk`
-  rows; in interpret mode if interpret; its folded form if fold), else in XLA.
+  rows; in interpret mode if interpret; its folded form if fold; sub-blocks of <= sub_block rows), else in XLA.
   """
   b, t, h, kd = q.shape
   vd = v.shape[-1]
@@ -156,7 +157,7 @@ def split_over_segments(kernel, q, k, v, g, *, initial_state, segments: int, chu
   if interpret is None:
     s_loc = _local_states_xla(k, v, g, p, p - 1)
   else:
-    s_loc = _local_states(k, v, g, p, chunk, bool(interpret), fold, p - 1)
+    s_loc = _local_states(k, v, g, p, chunk, bool(interpret), fold, p - 1, sub_block)
   s_start = boundary_states(decay_last, s_loc, initial_state).reshape(b * p, h, kd, vd)
   o, ht = kernel(cut(q), cut(k), cut(v), cut(g), s_start)
   return o.reshape(b, t, h, vd), ht.reshape(b, p, h, kd, vd)[:, -1]

@@ -27,10 +27,11 @@ def _tri(c, keep):
   return keep(idx[:, None], idx[None, :]).astype(_BF16)
 
 
-def sum_rows(m, x):
-  """m [C, C] 0/1 (bf16) times x [C, K] fp32, to fp32 accuracy (x split in three bf16 parts)."""
+def sum_rows(m, x, parts: int = 3):
+  """m [C, C] 0/1 (bf16) times x [C, K] fp32, to fp32 accuracy (x split in `parts` bf16 parts: 3 to ~2^-24, 2 to
+  ~2^-17)."""
   out = None
-  for _ in range(3):
+  for _ in range(parts):
     p = x.astype(_BF16)
     d = jax.lax.dot_general(m, p, (((1,), (0,)), ((), ())), preferred_element_type=F32)
     out = d if out is None else out + d
@@ -38,7 +39,7 @@ def sum_rows(m, x):
   return out
 
 
-def _over_slices(kp, body, width=32):
+def _over_slices(kp, body, width):
   """body(cs) for the column slices cs of the given width (bounds the fp32 tiles in registers)."""
   w = min(width, kp)
 
@@ -48,51 +49,53 @@ def _over_slices(kp, body, width=32):
   jax.lax.fori_loop(0, kp // w, step, 0)
 
 
-def _gates_kernel(g_ref, o_ref):
+def _gates_kernel(g_ref, o_ref, *, width: int):
   c, kp = g_ref.shape
   lower = _tri(c, lambda i, j: j <= i)
 
   def body(cs):
     o_ref[:, cs] = sum_rows(lower, g_ref[:, cs].astype(F32) * LOG2E)
-  _over_slices(kp, body)
+  _over_slices(kp, body, width)
 
 
-def _dg_kernel(xq_ref, y_ref, off_ref, o_ref):
+def _dg_kernel(xq_ref, y_ref, off_ref, o_ref, *, width: int, parts: int):
   c, kp = xq_ref.shape
   upper, strict = _tri(c, lambda i, j: j >= i), _tri(c, lambda i, j: j < i)
 
   def body(cs):
-    dg = sum_rows(upper, xq_ref[:, cs]) + sum_rows(strict, y_ref[:, cs]) + off_ref[:, cs]
+    dg = sum_rows(upper, xq_ref[:, cs], parts) + sum_rows(strict, y_ref[:, cs], parts) + off_ref[:, cs]
     o_ref[:, cs] = dg.astype(o_ref.dtype)
-  _over_slices(kp, body)
+  _over_slices(kp, body, width)
 
 
-def _params(interpret):
+def _params(interpret, num_warps):
   if interpret or _CompilerParams is None:
     return {}
-  return {'compiler_params': _CompilerParams(num_warps=4, num_stages=2)}
+  return {'compiler_params': _CompilerParams(num_warps=num_warps, num_stages=2)}
 
 
 def _spec(chunk, d):
   return pl.BlockSpec((None, chunk, None, d), lambda b, h, n: (b, n, h, 0))
 
 
-def chunk_gates(g, chunk, interpret):
-  """G [B,Tp,H,Kp] fp32: chunk-local inclusive cumsum of g log2(e)."""
+def chunk_gates(g, chunk, interpret, *, width: int = 32, num_warps: int = 4):
+  """G [B,Tp,H,Kp] fp32: chunk-local inclusive cumsum of g log2(e). width: columns per step (bounds the fp32 tiles
+  in registers)."""
   b, tp, h, kp = g.shape
   return pl.pallas_call(
-      _gates_kernel, grid=(b, h, tp // chunk), in_specs=[_spec(chunk, kp)], out_specs=_spec(chunk, kp),
+      functools.partial(_gates_kernel, width=width), grid=(b, h, tp // chunk), in_specs=[_spec(chunk, kp)],
+      out_specs=_spec(chunk, kp),
       out_shape=jax.ShapeDtypeStruct((b, tp, h, kp), F32), interpret=interpret, name='gla_gates',
-      **_params(interpret))(g)
+      **_params(interpret, num_warps))(g)
 
 
-def chunk_dg(xq, y, off, chunk, dtype, interpret):
+def chunk_dg(xq, y, off, chunk, dtype, interpret, *, width: int = 32, num_warps: int = 4, parts: int = 3):
   """dg [B,Tp,H,Kp] in dtype: reverse cumsum of xq plus exclusive cumsum of y within chunks, plus off [B,N,H,Kp]
-  (one row per chunk)."""
+  (one row per chunk). parts: bf16 parts of each fp32 operand (sum_rows)."""
   b, tp, h, kp = xq.shape
   off_spec = pl.BlockSpec((None, 1, None, kp), lambda b, h, n: (b, n, h, 0))
   return pl.pallas_call(
-      functools.partial(_dg_kernel), grid=(b, h, tp // chunk),
+      functools.partial(_dg_kernel, width=width, parts=parts), grid=(b, h, tp // chunk),
       in_specs=[_spec(chunk, kp), _spec(chunk, kp), off_spec], out_specs=_spec(chunk, kp),
       out_shape=jax.ShapeDtypeStruct((b, tp, h, kp), dtype), interpret=interpret, name='gla_dg',
-      **_params(interpret))(xq, y, off)
+      **_params(interpret, num_warps))(xq, y, off)
