@@ -119,3 +119,12 @@ def test_boundary_states_written_out_and_scanned(n, with_h0, monkeypatch):
     assert got.shape == scanned.shape == (2, n + 1, 3, 4, 5)
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(scanned, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_sub_block_rows_by_waves():
+    """The split's block_states sub-blocks: the longest with the fewest program steps (H200: 264 slots)."""
+    rows = lambda b, segments, ts: sequence_split.sub_block_rows(b, segments, 16, ts, 128, 64, slots=264)
+    assert rows(1, 7, 8192) == 4096    # B=1 T=65536, P=8: one wave of 64 steps either way, fewer states to sum
+    assert rows(2, 3, 8192) == 1024    # B=2 T=32768, P=4: 3 waves of 16 steps against one of 64
+    assert rows(1, 3, 512) == 512      # segments shorter than 1024 rows: one block each
+    assert rows(1, 1, 3072) == 1024    # 3 sub-blocks (2048 does not divide 3072)

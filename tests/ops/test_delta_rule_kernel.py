@@ -227,7 +227,7 @@ def _forward_only(case: Case, cfg):
     (Case(1, 100, 1, 32, 48, n=1, h0=True, chunk=16), dataclasses.replace(SPLIT, split_block_v=16)),  # 16-wide
     (Case(1, 70, 1, 32, 48, n=1, h0=True, chunk=16, dtype='bfloat16'), dataclasses.replace(SPLIT, split_o=True)),
     (Case(1, 100, 2, 32, 48, n=1, h0=True, chunk=16),  # state-only sweeps narrower than the split's last sweep
-     dataclasses.replace(SPLIT, split_states_block_v=16, split_states_num_warps=2)),
+     dataclasses.replace(SPLIT, split_states_block_v=16, split_states_num_warps=2, split_states_num_stages=2)),
     (Case(2, 64, 2, 32, 48, n=1, h0=False, chunk=16), dataclasses.replace(SPLIT, split_min_len=32)),  # 2: no M
     (Case(2, 64, 1, 32, 48, n=1, h0=True, chunk=16), dataclasses.replace(SPLIT, split_min_len=32)),   # 2: M(0)
 ], ids=lambda a: str(a) if isinstance(a, Case) else None)

@@ -61,6 +61,26 @@ def num_segments(b: int, h: int, t: int, value_tiles: int, chunk: int, *, split_
   return p
 
 
+def sub_block_rows(b: int, segments: int, h: int, ts: int, vd: int, chunk: int, slots: int | None = None) -> int:
+  """Rows per block_states program for the local states of `segments` segments of ts rows each: of the power-of-two
+  sub-blocks of >= _SUB_BLOCK rows that divide ts, the longest of those with the fewest program steps, waves times
+  steps per program, ceil(programs / slots) * rows / chunk (slots: 2 programs per SM, block_states' registers at 4
+  warps). Longer sub-blocks leave fewer partial states for XLA to sum: H200, B=1 T=65536 H=16 D=128, 7 segments of
+  8192 rows (benchmarks/README.md): 4096 rows 22 us of XLA against 43 at 1024, the same kernel steps (224 programs,
+  one wave, against 896, four); at B=2 T=32768 1024 rows take 3 waves of 16 steps against one of 64 at 4096."""
+  if ts % _SUB_BLOCK or _SUB_BLOCK % chunk:
+    return ts
+  slots = 2 * sm_count() if slots is None else slots
+  tiles = -(-vd // 128)  # block_states' value tiles (block_v 128)
+  best, rows = None, _SUB_BLOCK
+  while rows <= ts and ts % rows == 0:
+    steps = -(-b * segments * (ts // rows) * h * tiles // slots) * (rows // chunk)
+    if best is None or steps <= best[0]:
+      best = (steps, rows)
+    rows *= 2
+  return best[1]
+
+
 _SEQUENTIAL_BOUNDARIES = 16  # boundary_states: up to this many segments in sequence, more by an associative scan
 
 
@@ -134,14 +154,15 @@ _local_states.defvjp(_local_states_fwd, _local_states_bwd)
 
 
 def split_over_segments(kernel, q, k, v, g, *, initial_state, segments: int, chunk: int | None = None,
-                        interpret: bool | None = None, fold: bool = False, sub_block: int = _SUB_BLOCK):
+                        interpret: bool | None = None, fold: bool = False, sub_block: int | None = None):
   """Runs `kernel` on `segments` equal cuts of the sequence at once, each from its exact initial state.
 
   kernel(q, k, v, g, h0) -> (o [B', T', H, V] in q's dtype, final state fp32 [B', H, K, V]), where
   q, k: [B', T', H, K], v: [B', T', H, V], g: None, [B', T', H] (scalar log decay) or [B', T', H, K]
   (per channel), h0 fp32 [B', H, K, V]. Returns (o [B, T, H, V], final state fp32 [B, H, K, V]).
   interpret not None: the segment states' forward by the block_states Pallas kernel (chunks of `chunk`
-  rows; in interpret mode if interpret; its folded form if fold; sub-blocks of <= sub_block rows), else in XLA.
+  rows; in interpret mode if interpret; its folded form if fold; sub-blocks of sub_block rows, None:
+  sub_block_rows'), else in XLA.
   """
   b, t, h, kd = q.shape
   vd = v.shape[-1]
@@ -157,6 +178,8 @@ def split_over_segments(kernel, q, k, v, g, *, initial_state, segments: int, chu
   if interpret is None:
     s_loc = _local_states_xla(k, v, g, p, p - 1)
   else:
+    if sub_block is None:
+      sub_block = sub_block_rows(b, p - 1, h, ts, vd, chunk)
     s_loc = _local_states(k, v, g, p, chunk, bool(interpret), fold, p - 1, sub_block)
   s_start = boundary_states(decay_last, s_loc, initial_state).reshape(b * p, h, kd, vd)
   o, ht = kernel(cut(q), cut(k), cut(v), cut(g), s_start)

@@ -85,7 +85,8 @@ def split_forward(forward, q, k, w, u, g, h0, ctx, cfg, interpret, segments: int
     qs, ks, ws, us = cut(q), cut(k), cut(w), cut(u)
     gs = jnp.swapaxes(g.reshape(b, h, p, ts), 1, 2).reshape(b * p, h, ts)
     states_cfg = dataclasses.replace(cfg, block_v=cfg.split_states_block_v or cfg.block_v,
-                                     num_warps=cfg.split_states_num_warps or cfg.num_warps)
+                                     num_warps=cfg.split_states_num_warps or cfg.num_warps,
+                                     num_stages=cfg.split_states_num_stages or cfg.num_stages)
     # S_loc of segments 0 .. P-2, M of 1 .. P-2 (0 .. P-2 with h0)
     s_loc = forward(qs, ks, ws, us, gs, None, ctx, states_cfg, interpret, False, final_only=True,
                     segments=(p, 0, p - 1))[1].reshape(b, p - 1, h, kp, vp)

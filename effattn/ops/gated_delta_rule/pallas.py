@@ -112,6 +112,7 @@ class KernelConfig:
     # split's (_split.split_forward).
     split_states_block_v: int | None = None
     split_states_num_warps: int | None = None
+    split_states_num_stages: int | None = None  # their loads' pipeline stages (None: num_stages)
 
     def storage_dtypes(self, ctx):
         """(dtype of S_c and V', dtype of dS_{c+1} and dV') for bwd_storage."""

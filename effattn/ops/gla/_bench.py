@@ -44,7 +44,7 @@ def benchmark_parts(b, t, h, d, dtype, config=None, interpret=None):
   # Each piece's inputs (the outputs of the pieces before it) are computed on its first call, once: timing one
   # piece compiles and runs only what it needs.
   gates = jax.jit(lambda g: _scan.chunk_gates(g, chunk, interpret, width=cfg.scan_width,
-                                              num_warps=cfg.num_warps_scan))
+                                              num_warps=cfg.num_warps_scan, block_k=cfg.scan_block_k))
   intra_fwd = jax.jit(lambda q, k, gc: _intra.intra_a(q, k, gc, ctx, cfg, interpret))
   sweep = jax.jit(lambda qg, kg, v, gc, a: _sweeps.forward(qg, kg, v, gc, a, None, ctx, cfg, interpret))
   intra_bwd = jax.jit(lambda q, k, gc, v, do: _intra.intra_grads(q, k, gc, v, do, ctx, cfg, interpret))
@@ -53,7 +53,8 @@ def benchmark_parts(b, t, h, d, dtype, config=None, interpret=None):
   bwd_o = jax.jit(lambda *a: backward(*a, None, do, None, ctx, cfg, interpret))  # d final_state symbolic zero
   off = jnp.zeros((b, t // chunk, h, d), F32)
   dg = jax.jit(lambda xq, y, off: _scan.chunk_dg(xq, y, off, chunk, g.dtype, interpret, width=cfg.scan_width,
-                                                 num_warps=cfg.num_warps_scan, parts=cfg.dg_parts))
+                                                 num_warps=cfg.num_warps_scan, parts=cfg.dg_parts,
+                                                 block_k=cfg.scan_block_k))
   once = functools.cache
   gc = once(lambda: jax.block_until_ready(gates(g)))
   intra = once(lambda: jax.block_until_ready(intra_fwd(q, k, gc())))               # A, q e^G, k e^{G_l - G}

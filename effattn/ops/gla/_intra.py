@@ -134,7 +134,8 @@ def _bwd_kernel(q_ref, k_ref, g_ref, da_src, dq_ref, dk_ref, x_ref, qg_ref, kg_r
 def chunk_pieces(q, k, g, ctx, cfg, interpret):
   """The forward's chunk-parallel first half, (G, A, q ⊙ e^G, k ⊙ e^{G_l - G}): the gates kernel's chunk-local
   cumsum G of the raw log decays g [B,Tp,H,Kp] (fp32, base 2), then intra_a on it."""
-  gc = _scan.chunk_gates(g, ctx.chunk, interpret, width=cfg.scan_width, num_warps=cfg.num_warps_scan)
+  gc = _scan.chunk_gates(g, ctx.chunk, interpret, width=cfg.scan_width, num_warps=cfg.num_warps_scan,
+                         block_k=cfg.scan_block_k)
   return (gc, *intra_a(q, k, gc, ctx, cfg, interpret))
 
 

@@ -74,28 +74,36 @@ def _params(interpret, num_warps):
   return {'compiler_params': _CompilerParams(num_warps=num_warps, num_stages=2)}
 
 
-def _spec(chunk, d):
-  return pl.BlockSpec((None, chunk, None, d), lambda b, h, n: (b, n, h, 0))
+def _spec(rows, cols):
+  return pl.BlockSpec((None, rows, None, cols), lambda b, h, n, j: (b, n, h, j))
 
 
-def chunk_gates(g, chunk, interpret, *, width: int = 32, num_warps: int = 4):
+def _grid(b, tp, h, kp, chunk, block_k):
+  """(grid, columns per program): one program per (batch, head, chunk, block_k columns; None: all)."""
+  cols = min(block_k or kp, kp)
+  return (b, h, tp // chunk, kp // cols), cols
+
+
+def chunk_gates(g, chunk, interpret, *, width: int = 32, num_warps: int = 4, block_k: int | None = None):
   """G [B,Tp,H,Kp] fp32: chunk-local inclusive cumsum of g log2(e). width: columns per step (bounds the fp32 tiles
-  in registers)."""
+  in registers); block_k: columns per program (None: all Kp)."""
   b, tp, h, kp = g.shape
+  grid, cols = _grid(b, tp, h, kp, chunk, block_k)
   return pl.pallas_call(
-      functools.partial(_gates_kernel, width=width), grid=(b, h, tp // chunk), in_specs=[_spec(chunk, kp)],
-      out_specs=_spec(chunk, kp),
+      functools.partial(_gates_kernel, width=width), grid=grid, in_specs=[_spec(chunk, cols)],
+      out_specs=_spec(chunk, cols),
       out_shape=jax.ShapeDtypeStruct((b, tp, h, kp), F32), interpret=interpret, name='gla_gates',
       **_params(interpret, num_warps))(g)
 
 
-def chunk_dg(xq, y, off, chunk, dtype, interpret, *, width: int = 32, num_warps: int = 4, parts: int = 3):
+def chunk_dg(xq, y, off, chunk, dtype, interpret, *, width: int = 32, num_warps: int = 4, parts: int = 3,
+             block_k: int | None = None):
   """dg [B,Tp,H,Kp] in dtype: reverse cumsum of xq plus exclusive cumsum of y within chunks, plus off [B,N,H,Kp]
-  (one row per chunk). parts: bf16 parts of each fp32 operand (sum_rows)."""
+  (one row per chunk). parts: bf16 parts of each fp32 operand (sum_rows); block_k as chunk_gates'."""
   b, tp, h, kp = xq.shape
-  off_spec = pl.BlockSpec((None, 1, None, kp), lambda b, h, n: (b, n, h, 0))
+  grid, cols = _grid(b, tp, h, kp, chunk, block_k)
   return pl.pallas_call(
-      functools.partial(_dg_kernel, width=width, parts=parts), grid=(b, h, tp // chunk),
-      in_specs=[_spec(chunk, kp), _spec(chunk, kp), off_spec], out_specs=_spec(chunk, kp),
+      functools.partial(_dg_kernel, width=width, parts=parts), grid=grid,
+      in_specs=[_spec(chunk, cols), _spec(chunk, cols), _spec(1, cols)], out_specs=_spec(chunk, cols),
       out_shape=jax.ShapeDtypeStruct((b, tp, h, kp), dtype), interpret=interpret, name='gla_dg',
       **_params(interpret, num_warps))(xq, y, off)

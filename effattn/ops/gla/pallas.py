@@ -158,9 +158,10 @@ class KernelConfig:
   # the chunk-local cumsum kernels (_scan.py: the forward's gates, the backward's dg): columns per step, warps, and
   # dg's bf16 parts per fp32 operand for bf16 inputs (3: ~2^-24, 2: ~2^-17, a third fewer dots; fp32 inputs: 3)
   scan_width: int = 32
+  scan_block_k: int | None = None  # columns per program (None: all; more programs, shorter loops)
   num_warps_scan: int = 4
   dg_parts: int = 3
-  split_sub_block: int = 1024  # 'kernel' / 'kernel_fold': rows per block_states program (simple_gla's KernelConfig)
+  split_sub_block: int | None = None  # 'kernel' / 'kernel_fold': rows per block_states program (as simple_gla's)
 
   # The forward intra kernel by padded head dim Kp, where left None. Timed on the H200 (bf16, 'rows', unrolled):
   # at K = 128 (B=4 T=4096 H=16) 16 channels per step at 2 warps, 0.481 ms (32 channels: 0.497 at 2 warps, 0.619
@@ -254,7 +255,7 @@ def _core_bwd(ctx, cfg, interpret, res, cts):
     g_sum = jnp.sum(gc[:, c - 1::c], axis=1) / _LOG2E                         # sum_T g from the chunk sums
     off = off + (jnp.exp(g_sum) * jnp.sum(h0 * dht, axis=-1))[:, None]
   dg = _scan.chunk_dg(xq, y, off, c, g_like.dtype, interpret, width=cfg.scan_width, num_warps=cfg.num_warps_scan,
-                      parts=3 if ctx.fp32 else cfg.dg_parts)
+                      parts=3 if ctx.fp32 else cfg.dg_parts, block_k=cfg.scan_block_k)
   return dq, dk, dv, dg, (None if h0 is None else dh0.astype(h0.dtype))
 
 

@@ -90,9 +90,9 @@ class KernelConfig:
   # 0.239 ms at B=1, T=65536, H=16, D=128 bf16 on the H200, and the whole op 1.137 -> 1.085 ms), 'kernel' (the
   # same kernel rescaling its state per chunk, 0.290 ms) or 'xla' (a transposing einsum, 0.48 ms)
   split_states: str = 'kernel_fold'
-  # rows per block_states program (the kernel states): each segment's state sums its sub-blocks in XLA, reading
-  # B (P - 1) (T / P / split_sub_block) H K V fp32 values there
-  split_sub_block: int = 1024
+  # rows per block_states program (the kernel states; None: sequence_split.sub_block_rows, by waves): each segment's
+  # state sums its sub-blocks in XLA, reading B (P - 1) (T / P / split_sub_block) H K V fp32 values there
+  split_sub_block: int | None = None
 
   def block_v_for(self, b: int, h: int, t: int, vp: int, chunk: int, dtype, backend: str) -> int:
     """The forward's value-tile width. 128-wide tiles compute each chunk's Q K^T once for twice the columns; they
