@@ -214,13 +214,13 @@ def test_intra_grads_dtype(cfg):
     _check(case, functools.partial(kernel_gla, config=cfg))
 
 
-@pytest.mark.parametrize('cfg', [KernelConfig(dg_parts=2), KernelConfig(scan_width=64, num_warps_scan=8),
+@pytest.mark.parametrize('cfg', [KernelConfig(dg_parts=3), KernelConfig(scan_width=64, num_warps_scan=8),
                                  KernelConfig(scan_block_k=16, scan_width=8)],
-                         ids=['dg-two-parts', 'scan-64-wide', 'scan-column-programs'])
+                         ids=['dg-three-parts', 'scan-64-wide', 'scan-column-programs'])
 def test_scan_configs(cfg):
-  """The chunk-cumsum kernels' settings: dg from two bf16 parts per fp32 operand (bf16 inputs; fp32 inputs keep
-  three), wider column steps and programs of a few columns each stay within tolerance, the gate gradient
-  included."""
+  """The chunk-cumsum kernels' settings: dg from three bf16 parts per fp32 operand (two, the default for bf16 inputs,
+  run everywhere else; fp32 inputs always take three), wider column steps and programs of a few columns each stay
+  within tolerance, the gate gradient included."""
   for case in (Case(1, 130, 2, 64, 64, n=1, h0=True, dtype='bfloat16'), Case(1, 130, 1, 32, 48, n=16, h0=True,
                                                                               dtype='bfloat16'),
                Case(1, 70, 1, 32, 48, n=0.1, h0=True)):
@@ -458,7 +458,7 @@ def test_long_bf16_finite(n):
                                         ('bfloat16', KernelConfig(intra_key_tile_bwd=32)),
                                         ('bfloat16', KernelConfig(intra_key_tile_bwd=16, intra_diag_bwd='rows')),
                                         ('bfloat16', KernelConfig(bf16_intra_grads=False)),
-                                        ('bfloat16', KernelConfig(dg_parts=2, scan_width=64, num_warps_scan=8)),
+                                        ('bfloat16', KernelConfig(dg_parts=3, scan_width=64, num_warps_scan=8)),
                                         ('bfloat16', KernelConfig(scan_block_k=16)),
                                         ('float32', KernelConfig(bwd_states=True))])
 def test_lowers_to_triton(dtype, cfg):

@@ -112,7 +112,10 @@ class KernelConfig:
     # split's (_split.split_forward).
     split_states_block_v: int | None = None
     split_states_num_warps: int | None = None
-    split_states_num_stages: int | None = None  # their loads' pipeline stages (None: num_stages)
+    # their loads' pipeline stages (None: num_stages). H200, delta_rule forward at B=1 T=65536 H=16 D=128 bf16
+    # (kernel_parts.py --parts fwd, results/gpu_checks-2026-12-04_s10/call2_delta_states_stages.json): 1 stage 2.687
+    # ms, 2 2.631, 3 2.508, 4 2.453 (shared memory: 4 x 48 KB of k, w, u tiles at 128 columns)
+    split_states_num_stages: int | None = 4
 
     def storage_dtypes(self, ctx):
         """(dtype of S_c and V', dtype of dS_{c+1} and dV') for bwd_storage."""

@@ -155,12 +155,16 @@ class KernelConfig:
   # B*T = 65536: 'sweeps' 2.880 ms at T=2048 and 3.039 at T=65536 (1.06x), 'xla' 2.901 and 3.941 (1.36x)
   # (benchmarks/results/gpu_checks-2026-12-03_s5/ops_gpu_scaling*.json).
   split_states: str = 'sweeps'
-  # the chunk-local cumsum kernels (_scan.py: the forward's gates, the backward's dg): columns per step, warps, and
-  # dg's bf16 parts per fp32 operand for bf16 inputs (3: ~2^-24, 2: ~2^-17, a third fewer dots; fp32 inputs: 3)
+  # the chunk-local cumsum kernels (_scan.py: the forward's gates, the backward's dg): columns per step, columns per
+  # program (None: all), warps, and dg's bf16 parts per fp32 operand for bf16 inputs (3: ~2^-24; 2: ~2^-17, far
+  # below the bf16 tolerance, a third fewer dots; fp32 inputs: 3). H200, B=4 T=4096 H=16 K=128 (kernel_parts.py
+  # --parts gates,dg,fwd_bwd_o, results/gpu_checks-2026-12-04_s10/call1_gla_scan.json, call2_gla_scan2.json), dg /
+  # fwd+bwd ms: 3 parts 0.142 / 2.639 and 0.143 / 2.638, 2 parts 0.127 / 2.624 and 0.128 / 2.615; 64-wide steps
+  # 0.165 / 2.683; 8 warps 0.281 / 2.826; programs of 32 columns 0.127 / 2.625, of 64 0.135 / 2.656.
   scan_width: int = 32
-  scan_block_k: int | None = None  # columns per program (None: all; more programs, shorter loops)
+  scan_block_k: int | None = None
   num_warps_scan: int = 4
-  dg_parts: int = 3
+  dg_parts: int = 2
   split_sub_block: int | None = None  # 'kernel' / 'kernel_fold': rows per block_states program (as simple_gla's)
 
   # The forward intra kernel by padded head dim Kp, where left None. Timed on the H200 (bf16, 'rows', unrolled):
