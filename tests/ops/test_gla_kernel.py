@@ -215,8 +215,8 @@ def test_intra_grads_dtype(cfg):
 
 
 @pytest.mark.parametrize('cfg', [KernelConfig(dg_parts=3), KernelConfig(scan_width=64, num_warps_scan=8),
-                                 KernelConfig(scan_block_k=16, scan_width=8)],
-                         ids=['dg-three-parts', 'scan-64-wide', 'scan-column-programs'])
+                                 KernelConfig(scan_block_k=16, scan_width=8), KernelConfig(save_factors=False)],
+                         ids=['dg-three-parts', 'scan-64-wide', 'scan-column-programs', 'factors-rewritten'])
 def test_scan_configs(cfg):
   """The chunk-cumsum kernels' settings: dg from three bf16 parts per fp32 operand (two, the default for bf16 inputs,
   run everywhere else; fp32 inputs always take three), wider column steps and programs of a few columns each stay
@@ -459,7 +459,7 @@ def test_long_bf16_finite(n):
                                         ('bfloat16', KernelConfig(intra_key_tile_bwd=16, intra_diag_bwd='rows')),
                                         ('bfloat16', KernelConfig(bf16_intra_grads=False)),
                                         ('bfloat16', KernelConfig(dg_parts=3, scan_width=64, num_warps_scan=8)),
-                                        ('bfloat16', KernelConfig(scan_block_k=16)),
+                                        ('bfloat16', KernelConfig(scan_block_k=16, save_factors=False)),
                                         ('float32', KernelConfig(bwd_states=True))])
 def test_lowers_to_triton(dtype, cfg):
   """Forward and backward lower through Pallas' Triton lowering (cross-platform, no GPU needed): catches

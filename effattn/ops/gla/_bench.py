@@ -47,7 +47,8 @@ def benchmark_parts(b, t, h, d, dtype, config=None, interpret=None):
                                               num_warps=cfg.num_warps_scan, block_k=cfg.scan_block_k))
   intra_fwd = jax.jit(lambda q, k, gc: _intra.intra_a(q, k, gc, ctx, cfg, interpret))
   sweep = jax.jit(lambda qg, kg, v, gc, a: _sweeps.forward(qg, kg, v, gc, a, None, ctx, cfg, interpret))
-  intra_bwd = jax.jit(lambda q, k, gc, v, do: _intra.intra_grads(q, k, gc, v, do, ctx, cfg, interpret))
+  intra_bwd = jax.jit(lambda q, k, gc, v, do: _intra.intra_grads(q, k, gc, v, do, ctx, cfg, interpret,
+                                                                not cfg.save_factors))  # as the backward runs it
   backward = P.inter_chunk_backward(cfg)
   bwd = jax.jit(lambda *a: backward(*a, None, do, dht, ctx, cfg, interpret))
   bwd_o = jax.jit(lambda *a: backward(*a, None, do, None, ctx, cfg, interpret))  # d final_state symbolic zero
@@ -58,8 +59,8 @@ def benchmark_parts(b, t, h, d, dtype, config=None, interpret=None):
   once = functools.cache
   gc = once(lambda: jax.block_until_ready(gates(g)))
   intra = once(lambda: jax.block_until_ready(intra_fwd(q, k, gc())))               # A, q e^G, k e^{G_l - G}
-  intra_g = once(lambda: jax.block_until_ready(intra_bwd(q, k, gc(), v, do)))      # dq_i, dk_i, x_i, qg, kg
-  bwd_args = once(lambda: (q, k, v, gc(), intra()[0], *intra_g()))
+  intra_g = once(lambda: jax.block_until_ready(intra_bwd(q, k, gc(), v, do)))      # dq_i, dk_i, x_i(, qg, kg)
+  bwd_args = once(lambda: (q, k, v, gc(), intra()[0], *intra_g()[:3], *intra()[1:]))
   grads = once(lambda: jax.block_until_ready(bwd(*bwd_args())))                   # dq, dk, dv, x_q, _, y, ...
 
   def fwd(q, k, v, g):

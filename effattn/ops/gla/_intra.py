@@ -181,15 +181,15 @@ def _with_dA(kernel, stored: bool):
   chunk_dA)."""
   def run(q_ref, k_ref, g_ref, *refs, **kwargs):
     src, outs = (StoredDA(refs[0]), refs[1:]) if stored else (DotsDA(*refs[:2]), refs[2:])
-    return kernel(q_ref, k_ref, g_ref, src, *outs, **kwargs)
+    return kernel(q_ref, k_ref, g_ref, src, *outs, *[None] * (5 - len(outs)), **kwargs)  # None: factors unwritten
   return run
 
 
-def intra_grads(q, k, g, v, do, ctx, cfg, interpret):
+def intra_grads(q, k, g, v, do, ctx, cfg, interpret, factors: bool = True):
   """Intra-chunk (dq w.r.t. scaled q, dk; fp32, or the dot dtype with cfg.bf16_intra_grads) and the intra-pair
-  gate term (fp32), [B, Tp, H, Kp] each; q ⊙ e^G and k ⊙ e^{G_l - G} in the dot dtype. With a key tile
-  (cfg.intra_bwd_tiles_for: 64 at K >= 128 by default), one program per (16-row block, key tile) from the chunks'
-  dA (chunk_dA), else one per block over all channels, each computing its dA pieces."""
+  gate term (fp32), [B, Tp, H, Kp] each; then, if `factors`, q ⊙ e^G and k ⊙ e^{G_l - G} in the dot dtype. With a
+  key tile (cfg.intra_bwd_tiles_for: 64 at K >= 128 by default), one program per (16-row block, key tile) from the
+  chunks' dA (chunk_dA), else one per block over all channels, each computing its dA pieces."""
   b, tp, h, kp = q.shape
   vp = v.shape[-1]
   shape = jax.ShapeDtypeStruct((b, tp, h, kp), F32)
@@ -204,11 +204,12 @@ def intra_grads(q, k, g, v, do, ctx, cfg, interpret):
   kernel = functools.partial(kernels[diag], ctx=ctx, precise=cfg.precise_dg, width=width)
   tile, warps = cfg.intra_bwd_tiles_for(kp)
   params = _params(interpret, ctx, warps, cfg.num_stages_intra_bwd)
+  out_shape = [grad, grad, shape] + [fac, fac] * factors
   if tile is None:
     cs, cv, out = _chunk_spec(ctx, kp), _chunk_spec(ctx, vp), _sub_spec(kp)
     return pl.pallas_call(
-        _with_dA(kernel, stored=False), grid=(b, h, tp // SUB), in_specs=[cs, cs, cs, cv, cv], out_specs=[out] * 5,
-        out_shape=[grad, grad, shape, fac, fac], interpret=interpret, name='gla_intra_bwd', **params)(
+        _with_dA(kernel, stored=False), grid=(b, h, tp // SUB), in_specs=[cs, cs, cs, cv, cv],
+        out_specs=[out] * len(out_shape), out_shape=out_shape, interpret=interpret, name='gla_intra_bwd', **params)(
             q, k, g, v, do)
   if tile not in (16, 32, 64, 128) or diag == 'rows2':
     raise ValueError(f"KernelConfig.intra_key_tile_bwd must be None, 0, 16, 32, 64 or 128, and intra_diag_bwd not "
@@ -220,5 +221,5 @@ def intra_grads(q, k, g, v, do, ctx, cfg, interpret):
   out = pl.BlockSpec((None, SUB, None, tile), lambda b, h, p, t: (b, p, h, t))
   return pl.pallas_call(
       _with_dA(kernel, stored=True), grid=(b, h, tp // SUB, kp // tile), in_specs=[chunk_tile] * 3 + [chunk_da],
-      out_specs=[out] * 5, out_shape=[grad, grad, shape, fac, fac], interpret=interpret, name='gla_intra_bwd',
+      out_specs=[out] * len(out_shape), out_shape=out_shape, interpret=interpret, name='gla_intra_bwd',
       **params)(q, k, g, chunk_dA(v, do, ctx, interpret))

@@ -111,7 +111,8 @@ def _write_grads(dq, dk, qb, kb, gq, daii, cs, g_ref, ctx, dq_ref, dk_ref, x_ref
   x_ref[:, cs] = qb * dq - kb * dk
   dq_ref[:, cs] = (dq + daii * kb).astype(dq_ref.dtype)
   dk_ref[:, cs] = (dk + daii * qb).astype(dk_ref.dtype)
-  _gated(qb, kb, gq, g_ref, cs, ctx, qg_ref, kg_ref)
+  if qg_ref is not None:  # else the forward's factors are kept for the backward (KernelConfig.save_factors)
+    _gated(qb, kb, gq, g_ref, cs, ctx, qg_ref, kg_ref)
 
 
 def _chunk_spec(ctx, d):

@@ -139,6 +139,9 @@ class KernelConfig:
   # (kernel_parts.py --parts fwd_bwd_o, results/gpu_checks-2026-12-03_s9/call3_gla_bf16.json): fwd+bwd 2.627 ms
   # against fp32's 2.722, backward intra kernel 0.748 against 0.771.
   bf16_intra_grads: bool = True
+  # the forward's q ⊙ e^G and k ⊙ e^{G_l - G} (dot dtype, [B, T, H, K] each) kept for the backward sweeps, so that
+  # the backward intra kernel does not write them again (False: it does; two fewer residuals)
+  save_factors: bool = True
   bwd_states: bool = False   # backward from stored chunk states (_state_grads.py, fla's chunk_gla_bwd layout:
                              # state-only sweeps, then dq, dk, dv parallel over chunks; tiles block_k_dq,
                              # block_k_dk, block_v_bwd); H200: fwd+bwd 4.16 ms against the sweeps' 3.50 (4.24
@@ -212,10 +215,10 @@ DEFAULT_CONFIG = KernelConfig()
 
 
 def _forward(q, k, v, g, h0, ctx, cfg, interpret):
-  """(o, final state, A, G); q, k, g [B,Tp,H,Kp] (g raw log decays), v [B,Tp,H,Vp]."""
+  """(o, final state, A, G, q ⊙ e^G, k ⊙ e^{G_l - G}); q, k, g [B,Tp,H,Kp] (g raw log decays), v [B,Tp,H,Vp]."""
   gc, a, qg, kg = _intra.chunk_pieces(q, k, g, ctx, cfg, interpret)
   o, ht = _sweeps.forward(qg, kg, v, gc, a, h0, ctx, cfg, interpret)
-  return o, ht, a, gc
+  return o, ht, a, gc, qg, kg
 
 
 def inter_chunk_backward(cfg: KernelConfig):
@@ -232,19 +235,21 @@ def _core(q, k, v, g, h0, ctx, cfg, interpret):
 def _core_fwd(q, k, v, g, h0, ctx, cfg, interpret):
   # symbolic_zeros (defvjp below): each array argument comes as a CustomVJPPrimal (value, perturbed)
   q, k, v, g, h0 = (None if x is None else x.value for x in (q, k, v, g, h0))
-  o, ht, a, gc = _forward(q, k, v, g, h0, ctx, cfg, interpret)
+  o, ht, a, gc, qg, kg = _forward(q, k, v, g, h0, ctx, cfg, interpret)
   # G replaces g (same size for fp32 g; g's dtype rides along as an empty array)
-  return (o, ht), (q, k, v, gc, h0, a, jnp.zeros((0,), g.dtype))
+  factors = (qg, kg) if cfg.save_factors else None
+  return (o, ht), (q, k, v, gc, h0, a, factors, jnp.zeros((0,), g.dtype))
 
 
 def _core_bwd(ctx, cfg, interpret, res, cts):
-  q, k, v, gc, h0, a, g_like = res
+  q, k, v, gc, h0, a, factors, g_like = res
   do, dht = cts
   # A final state nobody reads (training) has a symbolic-zero cotangent: the backward then skips every d
   # final_state term (the W = V dS_T^T kernel, the dk sweep's λ dS_T terms and the dv sweep's start from dS_T).
   do = jnp.zeros(do.shape, q.dtype) if isinstance(do, SymbolicZero) else do.astype(q.dtype)
   dht = None if isinstance(dht, SymbolicZero) else dht.astype(_F32)
-  dq_i, dk_i, x_i, qg, kg = _intra.intra_grads(q, k, gc, v, do, ctx, cfg, interpret)
+  dq_i, dk_i, x_i, *written = _intra.intra_grads(q, k, gc, v, do, ctx, cfg, interpret, factors is None)
+  qg, kg = written if factors is None else factors
   dq, dk, dv, xq, xq_tot, y, y_tot, xk_tot, dh0 = inter_chunk_backward(cfg)(
       q, k, v, gc, a, dq_i, dk_i, x_i, qg, kg, h0, do, dht, ctx, cfg, interpret)
   # dg_l = sum_{t>=l} (x_q - x_k)_t + sum_{t<l} E_t + e^{sum g} sum_v h0 dS_T (module docstring), with
