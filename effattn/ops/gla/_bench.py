@@ -52,9 +52,10 @@ def benchmark_parts(b, t, h, d, dtype, config=None, interpret=None):
   backward = P.inter_chunk_backward(cfg)
   bwd = jax.jit(lambda *a: backward(*a, None, do, dht, ctx, cfg, interpret))
   bwd_o = jax.jit(lambda *a: backward(*a, None, do, None, ctx, cfg, interpret))  # d final_state symbolic zero
-  dg = jax.jit(lambda xq, y, sums: _scan.chunk_dg(xq, y, sums, chunk, g.dtype, interpret, width=cfg.scan_width,
-                                                  num_warps=cfg.num_warps_scan, parts=cfg.dg_parts,
-                                                  block_k=cfg.scan_block_k))
+  off = jnp.zeros((b, t // chunk, h, d), F32)
+  dg = jax.jit(lambda xq, y, off: _scan.chunk_dg(xq, y, off, chunk, g.dtype, interpret, width=cfg.scan_width,
+                                                 num_warps=cfg.num_warps_scan, parts=cfg.dg_parts,
+                                                 block_k=cfg.scan_block_k))
   once = functools.cache
   gc = once(lambda: jax.block_until_ready(gates(g)))
   intra = once(lambda: jax.block_until_ready(intra_fwd(q, k, gc())))               # A, q e^G, k e^{G_l - G}
@@ -81,7 +82,7 @@ def benchmark_parts(b, t, h, d, dtype, config=None, interpret=None):
       'intra_bwd': lambda: intra_bwd(q, k, gc(), v, do),
       'bwd_sweeps': lambda: bwd(*bwd_args()),
       'bwd_sweeps_o': lambda: bwd_o(*bwd_args()),
-      'dg': lambda: dg(grads()[3], grads()[5], (grads()[4], grads()[6], grads()[7], None)),
+      'dg': lambda: dg(grads()[3], grads()[5], off),
       'fwd_bwd': p(jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 3))), q, k, v, g),  # value: o is computed
       'fwd_bwd_o': p(jax.jit(jax.value_and_grad(loss_o, argnums=(0, 1, 2, 3))), q, k, v, g),
   }

@@ -58,20 +58,12 @@ def _gates_kernel(g_ref, o_ref, *, width: int):
   _over_slices(kp, body, width)
 
 
-def _dg_kernel(xq_ref, y_ref, xq_run_ref, xq_all_ref, y_run_ref, y_all_ref, xk_tot_ref, *rest, width: int,
-               parts: int):
-  """One chunk's dg; its offset row from the running sums' rows (this chunk's and the whole sequence's)."""
-  extra_ref, o_ref = rest if len(rest) == 2 else (None, *rest)
+def _dg_kernel(xq_ref, y_ref, off_ref, o_ref, *, width: int, parts: int):
   c, kp = xq_ref.shape
   upper, strict = _tri(c, lambda i, j: j >= i), _tri(c, lambda i, j: j < i)
 
   def body(cs):
-    later = xq_all_ref[:, cs] - xq_run_ref[:, cs]     # x_q summed over later chunks
-    earlier = y_all_ref[:, cs] - y_run_ref[:, cs]     # y summed over earlier chunks
-    off = later + earlier - xk_tot_ref[:, cs]
-    if extra_ref is not None:
-      off = off + extra_ref[:, cs]
-    dg = sum_rows(upper, xq_ref[:, cs], parts) + sum_rows(strict, y_ref[:, cs], parts) + off
+    dg = sum_rows(upper, xq_ref[:, cs], parts) + sum_rows(strict, y_ref[:, cs], parts) + off_ref[:, cs]
     o_ref[:, cs] = dg.astype(o_ref.dtype)
   _over_slices(kp, body, width)
 
@@ -104,23 +96,14 @@ def chunk_gates(g, chunk, interpret, *, width: int = 32, num_warps: int = 4, blo
       **_params(interpret, num_warps))(g)
 
 
-def chunk_dg(xq, y, sums, chunk, dtype, interpret, *, width: int = 32, num_warps: int = 4, parts: int = 3,
+def chunk_dg(xq, y, off, chunk, dtype, interpret, *, width: int = 32, num_warps: int = 4, parts: int = 3,
              block_k: int | None = None):
-  """dg [B,Tp,H,Kp] in dtype: reverse cumsum of xq plus exclusive cumsum of y within chunks, plus one offset row
-  per chunk, off_n = sum_{m>n} xq_m + sum_{m<n} y_m - sum_T x_k (+ extra), xq_m, y_m the chunk totals, from sums =
-  (xq_run, y_run [B,N,H,Kp]: the totals' running sums, xq's inclusive from the first chunk, y's from the last;
-  xk_tot [B,H,1,Kp] = sum_T x_k; extra [B,H,1,Kp] or None). parts: bf16 parts of each fp32 operand (sum_rows);
-  block_k as chunk_gates'."""
-  xq_run, y_run, xk_tot, extra = sums
+  """dg [B,Tp,H,Kp] in dtype: reverse cumsum of xq plus exclusive cumsum of y within chunks, plus off [B,N,H,Kp]
+  (one row per chunk). parts: bf16 parts of each fp32 operand (sum_rows); block_k as chunk_gates'."""
   b, tp, h, kp = xq.shape
-  n = tp // chunk
   grid, cols = _grid(b, tp, h, kp, chunk, block_k)
-  row = lambda pick: pl.BlockSpec((None, 1, None, cols), lambda b, h, i, j: (b, pick(i), h, j))
-  whole = pl.BlockSpec((None, None, 1, cols), lambda b, h, i, j: (b, h, 0, j))
-  in_specs = [_spec(chunk, cols), _spec(chunk, cols), row(lambda i: i), row(lambda i: n - 1), row(lambda i: i),
-              row(lambda i: 0), whole] + ([whole] if extra is not None else [])
-  args = [xq, y, xq_run, xq_run, y_run, y_run, xk_tot] + ([extra] if extra is not None else [])
   return pl.pallas_call(
-      functools.partial(_dg_kernel, width=width, parts=parts), grid=grid, in_specs=in_specs,
-      out_specs=_spec(chunk, cols), out_shape=jax.ShapeDtypeStruct((b, tp, h, kp), dtype), interpret=interpret,
-      name='gla_dg', **_params(interpret, num_warps))(*args)
+      functools.partial(_dg_kernel, width=width, parts=parts), grid=grid,
+      in_specs=[_spec(chunk, cols), _spec(chunk, cols), _spec(1, cols)], out_specs=_spec(chunk, cols),
+      out_shape=jax.ShapeDtypeStruct((b, tp, h, kp), dtype), interpret=interpret, name='gla_dg',
+      **_params(interpret, num_warps))(xq, y, off)

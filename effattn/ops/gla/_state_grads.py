@@ -164,8 +164,7 @@ def _chunk_kernel(q_ref, k_ref, v_ref, do_ref, g_ref, a_ref, dqi_ref, dki_ref, x
 
 def backward(q, k, v, g, a, dq_i, dk_i, x_i, qg, kg, h0, do, dht, ctx, cfg, interpret):
   """_sweeps.backward's outputs from stored chunk states: dq, dk [B,Tp,H,Kp], dv [B,Tp,H,Vp] (input dtype), the gate
-  terms x_q, y [B,Tp,H,Kp] with their running sums over chunks [B,N,H,Kp] (x_q's from the first chunk, y's from
-  the last) and sum_T x_k [B,H,1,Kp] (fp32), dh0 fp32. g = G;
+  terms x_q, y [B,Tp,H,Kp] with their chunk totals [B,N,H,Kp] and sum_T x_k [B,H,1,Kp] (fp32), dh0 fp32. g = G;
   the rest from _intra.py (qg unused: the dS_q sweep takes q ⊙ e^G in fp32)."""
   del qg
   b, tp, h, kp = q.shape
@@ -199,6 +198,4 @@ def backward(q, k, v, g, a, dq_i, dk_i, x_i, qg, kg, h0, do, dht, ctx, cfg, inte
       **_params(interpret, ctx, cfg.num_warps_bwd, cfg.num_stages_bwd))(
           q, k, v, do, g, a, dq_i, dk_i, x_i, kg, _v_dht(v, dht, ctx, interpret), s, dsq, lam, dht)
   xk_tot = jnp.transpose(jnp.sum(xk_c, axis=1, keepdims=True), (0, 2, 1, 3))   # [B, H, 1, Kp]
-  xq_run = jnp.cumsum(xq_tot, axis=1)                                           # as _sweeps.backward's
-  y_run = jnp.flip(jnp.cumsum(jnp.flip(y_tot, 1), axis=1), 1)
-  return dq, dk, dv, xq, xq_run, y, y_run, xk_tot, dh0
+  return dq, dk, dv, xq, xq_tot, y, y_tot, xk_tot, dh0

@@ -7,10 +7,8 @@ base 2, G_l its last row, loaded as a [1, K] row; q scaled):
   dk sweep (reverse, key tile):          dK = dK_intra + e^{G_l - G} ⊙ V dS_{c+1}^T
   dv sweep (reverse, value tile):        dV = A^T dO + (K ⊙ e^{G_l - G}) dS_{c+1}
   dS_c = diag(e^{G_l}) dS_{c+1} + (Q ⊙ e^G)^T dO, dS_N = d final_state, d initial_state = dS_0.
-The dq and dk sweeps also write the per-position gate-gradient terms (see pallas.py), fp32, with their running
-sums over chunks (x_q's from the start, y's from the end: _scan.chunk_dg forms each chunk's offset from a few rows
-of them, no XLA kernels between the sweeps and dg): x_q = q ⊙ dq_inter + x_intra (dq sweep; x_intra = q ⊙
-dq_strict - k ⊙ dk_strict from _intra.py);
+The dq and dk sweeps also write the per-position gate-gradient terms (see pallas.py), fp32, with their chunk
+totals: x_q = q ⊙ dq_inter + x_intra (dq sweep; x_intra = q ⊙ dq_strict - k ⊙ dk_strict from _intra.py);
 y = x_k + E (dk sweep), x_k = (k ⊙ e^{G_l-G}) ⊙ V dS_q^T and E = (k ⊙ e^{G_l-G}) ⊙ λ ⊙ V dS_T^T (keys paired with
 d final_state; the state gradient is carried as dS = dS_q + λ dS_T, λ the decay to the end), and sum_T x_k.
 The chunk-local cumulative sums are left to _scan.py: as 0/1-matrix dots in the sweeps they spilled
@@ -121,18 +119,16 @@ def segment_states(k, v, g, segments: int, ctx, cfg, interpret):
 # ----------------------------------------------------------------------------------------------------
 # Backward roles. Refs hold whole [Tp, Kp] / [Tp, Vp] rows of one (batch, head); each role loads its tile.
 
-def _dq_role(kt, q_ref, k_ref, v_ref, do_ref, g_ref, dqi_ref, xi_ref, h0_ref, dq_ref, dgq_ref, dgq_run_ref, *, ctx, bk,
+def _dq_role(kt, q_ref, k_ref, v_ref, do_ref, g_ref, dqi_ref, xi_ref, h0_ref, dq_ref, dgq_ref, dgq_tot_ref, *, ctx, bk,
              precise):
-  """Forward sweep for key tile kt: dq and the query-side gate terms x_q with their running sums over chunks
-  (row c: the sum of x_q over chunks 0 .. c)."""
+  """Forward sweep for key tile kt: dq and the query-side gate terms x_q with their chunk totals."""
   tp = q_ref.shape[0]
   vp = v_ref.shape[-1]
   chunk, scale = ctx.chunk, ctx.scale
   ks = pl.ds(pl.multiple_of(kt * bk, bk), bk)
   s0 = h0_ref[ks, :].astype(F32) if h0_ref is not None else jnp.zeros((bk, vp), F32)
 
-  def body(c, carry):
-    s, run = carry
+  def body(c, s):
     sl = chunk_slice(c, chunk)
     g, gl = _gates(g_ref, c, ks, chunk)
     vc, doc = v_ref[sl, :], do_ref[sl, :]
@@ -140,20 +136,18 @@ def _dq_role(kt, q_ref, k_ref, v_ref, do_ref, g_ref, dqi_ref, xi_ref, h0_ref, dq
     dq_ref[sl, ks] = ((dqi_ref[sl, ks] + dq_inter) * scale).astype(dq_ref.dtype)
     x = (_f32(q_ref[sl, ks]) * scale) * dq_inter + xi_ref[sl, ks]
     dgq_ref[sl, ks] = x
-    run = run + jnp.sum(x, axis=0)[None, :]
-    dgq_run_ref[pl.ds(c, 1), ks] = run
+    dgq_tot_ref[pl.ds(c, 1), ks] = jnp.sum(x, axis=0)[None, :]
     kd = _f32(k_ref[sl, ks]) * jnp.exp2(gl - g)
-    return jnp.exp2(_col(gl)) * s + _dot_f32_lhs(kd, vc, 0, 0, ctx, precise), run
+    return jnp.exp2(_col(gl)) * s + _dot_f32_lhs(kd, vc, 0, 0, ctx, precise)
 
-  jax.lax.fori_loop(0, tp // chunk, body, (s0, jnp.zeros((1, bk), F32)))
+  jax.lax.fori_loop(0, tp // chunk, body, s0)
 
 
-def _dk_role(kt, q_ref, k_ref, v_ref, do_ref, g_ref, dki_ref, w_ref, dht_ref, dk_ref, dgk_ref, dgk_run_ref,
+def _dk_role(kt, q_ref, k_ref, v_ref, do_ref, g_ref, dki_ref, w_ref, dht_ref, dk_ref, dgk_ref, dgk_tot_ref,
              xk_tot_ref, dh0_ref, *, ctx, bk, precise):
-  """Reverse sweep for key tile kt: dk, dh0 rows and the key-side gate terms y = x_k + E, their running sums
-  over chunks from the end (row c: the sum of y over chunks c .. N-1) and sum_T x_k. dS is carried as dS_q + λ
-  dS_T; the dS_T terms come from W = V dS_T^T [Tp, K] (w_ref, fp32, computed outside) so that no fp32 dS_T tile
-  sits in registers. w_ref and dht_ref None: d final_state is zero (no E, λ)."""
+  """Reverse sweep for key tile kt: dk, dh0 rows and the key-side gate terms y = x_k + E, their chunk totals and
+  sum_T x_k. dS is carried as dS_q + λ dS_T; the dS_T terms come from W = V dS_T^T [Tp, K] (w_ref, fp32, computed
+  outside) so that no fp32 dS_T tile sits in registers. w_ref and dht_ref None: d final_state is zero (no E, λ)."""
   has_dht = dht_ref is not None
   tp = q_ref.shape[0]
   vp = v_ref.shape[-1]
@@ -162,7 +156,7 @@ def _dk_role(kt, q_ref, k_ref, v_ref, do_ref, g_ref, dki_ref, w_ref, dht_ref, dk
   ks = pl.ds(pl.multiple_of(kt * bk, bk), bk)
 
   def body(i, carry):
-    dsq, acc, run, *lam = carry  # λ only with d final_state
+    dsq, acc, *lam = carry  # λ only with d final_state
     c = n - 1 - i
     sl = chunk_slice(c, chunk)
     g, gl = _gates(g_ref, c, ks, chunk)
@@ -179,13 +173,11 @@ def _dk_role(kt, q_ref, k_ref, v_ref, do_ref, g_ref, dki_ref, w_ref, dht_ref, dk
       dk_s, y, lam = dk_q + dk_t, xk + kd * dk_t, [lam[0] * jnp.exp2(gl)]
     dk_ref[sl, ks] = (dki_ref[sl, ks] + dk_s * jnp.exp2(gl - g)).astype(dk_ref.dtype)
     dgk_ref[sl, ks] = y
-    run = run + jnp.sum(y, axis=0)[None, :]
-    dgk_run_ref[pl.ds(c, 1), ks] = run
-    return (dsq, acc + jnp.sum(xk, axis=0)[None, :], run, *lam)
+    dgk_tot_ref[pl.ds(c, 1), ks] = jnp.sum(y, axis=0)[None, :]
+    return (dsq, acc + jnp.sum(xk, axis=0)[None, :], *lam)
 
-  zero = jnp.zeros((1, bk), F32)
-  init = (jnp.zeros((bk, vp), F32), zero, zero, *([jnp.ones((1, bk), F32)] if has_dht else []))
-  dsq, acc, _, *lam = jax.lax.fori_loop(0, n, body, init)
+  init = (jnp.zeros((bk, vp), F32), jnp.zeros((1, bk), F32), *([jnp.ones((1, bk), F32)] if has_dht else []))
+  dsq, acc, *lam = jax.lax.fori_loop(0, n, body, init)
   dh0_ref[ks, :] = dsq + _col(lam[0]) * dht_ref[ks, :].astype(F32) if has_dht else dsq
   xk_tot_ref[:, ks] = acc
 
@@ -289,8 +281,7 @@ def launch_groups(apart: str | None) -> list[tuple[str, ...]]:
 
 def backward(q, k, v, g, a, dq_i, dk_i, x_i, qg, kg, h0, do, dht, ctx, cfg, interpret):
   """Returns dq, dk [B,Tp,H,Kp], dv [B,Tp,H,Vp] (input dtype), the gate terms x_q, y [B,Tp,H,Kp] with their
-  running sums over chunks [B,N,H,Kp] (x_q's inclusive from the first chunk, y's inclusive from the last) and sum_T
-  x_k [B,H,1,Kp] (fp32), dh0 fp32. g = G; the rest from _intra.py; dht None: d
+  chunk totals [B,N,H,Kp] and sum_T x_k [B,H,1,Kp] (fp32), dh0 fp32. g = G; the rest from _intra.py; dht None: d
   final_state is zero (no W kernel, no dS_T terms)."""
   b, tp, h, kp = q.shape
   vp = v.shape[-1]
@@ -335,5 +326,5 @@ def backward(q, k, v, g, a, dq_i, dk_i, x_i, qg, kg, h0, do, dht, ctx, cfg, inte
             q, k, v, do, g, a, dq_i, dk_i, x_i, qg, kg, *dht_args, *([h0] if has_h0 else []))
     for role in roles:
       results[role], got = got[:len(outputs[role])], got[len(outputs[role]):]
-  (dq, xq, xq_run), (dk, y, y_run, xk_tot, dh0), (dv,) = results['dq'], results['dk'], results['dv']
-  return dq, dk, dv, xq, xq_run, y, y_run, xk_tot, dh0
+  (dq, xq, xq_tot), (dk, y, y_tot, xk_tot, dh0), (dv,) = results['dq'], results['dk'], results['dv']
+  return dq, dk, dv, xq, xq_tot, y, y_tot, xk_tot, dh0

@@ -35,8 +35,8 @@ nothing large cancels in bf16:
     ~2^-17 in bf16 (`precise_dg`: each fp32 operand split into two bf16 dot operands);
   - keys paired with d final_state, E_j = e^{sum_{l>j} g} k_j (v_j dS_T), summed forward (dS = dS_q + λ dS_T, λ
     the per-channel decay to the end), plus e^{sum g} sum_v h0 dS_T.
-The sweeps write these terms per position with their running sums over chunks; _scan.py does the cumulative sums
-within chunks and adds the sums over later / earlier chunks, from rows of the running sums.
+The sweeps write these terms per position with their chunk totals; _scan.py does the cumulative sums within chunks
+and adds the sums over later / earlier chunks of the [B, N, H, K] totals (jnp).
 
 Triton lowering constraints as in simple_gla/pallas.py: no value slices (sub-blocks and rows are loaded from refs
 with pl.ds), no cumsum, power-of-two blocks (K, V, T padded).
@@ -250,19 +250,21 @@ def _core_bwd(ctx, cfg, interpret, res, cts):
   dht = None if isinstance(dht, SymbolicZero) else dht.astype(_F32)
   dq_i, dk_i, x_i, *written = _intra.intra_grads(q, k, gc, v, do, ctx, cfg, interpret, factors is None)
   qg, kg = written if factors is None else factors
-  dq, dk, dv, xq, xq_run, y, y_run, xk_tot, dh0 = inter_chunk_backward(cfg)(
+  dq, dk, dv, xq, xq_tot, y, y_tot, xk_tot, dh0 = inter_chunk_backward(cfg)(
       q, k, v, gc, a, dq_i, dk_i, x_i, qg, kg, h0, do, dht, ctx, cfg, interpret)
   # dg_l = sum_{t>=l} (x_q - x_k)_t + sum_{t<l} E_t + e^{sum g} sum_v h0 dS_T (module docstring), with
   # sum_{t>=l} x_k = sum_T x_k - sum_{t<l} x_k: reverse cumsum of x_q, exclusive cumsum of y = x_k + E, within
-  # chunks in _scan.py, plus per chunk the sums over later / earlier chunks, from the sweeps' running sums.
-  extra = None
+  # chunks in _scan.py, plus per chunk the sums over later / earlier chunks of the kernel's chunk totals.
+  b, _, h, kp = xq.shape
+  c = ctx.chunk
+  later = jnp.flip(jnp.cumsum(jnp.flip(xq_tot, 1), axis=1), 1) - xq_tot       # sums over later chunks
+  earlier = jnp.cumsum(y_tot, axis=1) - y_tot                                 # sums over earlier chunks
+  off = later + earlier - xk_tot.reshape(b, 1, h, kp)
   if h0 is not None and dht is not None:
-    c = ctx.chunk
     g_sum = jnp.sum(gc[:, c - 1::c], axis=1) / _LOG2E                         # sum_T g from the chunk sums
-    extra = (jnp.exp(g_sum) * jnp.sum(h0 * dht, axis=-1))[:, :, None]        # [B, H, 1, Kp]
-  dg = _scan.chunk_dg(xq, y, (xq_run, y_run, xk_tot, extra), ctx.chunk, g_like.dtype, interpret,
-                      width=cfg.scan_width, num_warps=cfg.num_warps_scan, parts=3 if ctx.fp32 else cfg.dg_parts,
-                      block_k=cfg.scan_block_k)
+    off = off + (jnp.exp(g_sum) * jnp.sum(h0 * dht, axis=-1))[:, None]
+  dg = _scan.chunk_dg(xq, y, off, c, g_like.dtype, interpret, width=cfg.scan_width, num_warps=cfg.num_warps_scan,
+                      parts=3 if ctx.fp32 else cfg.dg_parts, block_k=cfg.scan_block_k)
   return dq, dk, dv, dg, (None if h0 is None else dh0.astype(h0.dtype))
 
 
