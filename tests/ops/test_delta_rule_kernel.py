@@ -208,7 +208,6 @@ def test_unknown_backward_dot_mode_is_named():
 
 
 SPLIT = KernelConfig(split_programs=1024, split_min_len=16)  # splits any tiny case below into segments of 1 chunk
-PAIRS = dataclasses.replace(SPLIT, split_states_pair=True)
 
 
 def _forward_only(case: Case, cfg):
@@ -231,25 +230,16 @@ def _forward_only(case: Case, cfg):
      dataclasses.replace(SPLIT, split_states_block_v=16, split_states_num_warps=2, split_states_num_stages=2)),
     (Case(2, 64, 2, 32, 48, n=1, h0=False, chunk=16), dataclasses.replace(SPLIT, split_min_len=32)),  # 2: no M
     (Case(2, 64, 1, 32, 48, n=1, h0=True, chunk=16), dataclasses.replace(SPLIT, split_min_len=32)),   # 2: M(0)
-    # S_loc and M in one launch (K = V; K != V falls back to two sweeps)
-    (Case(1, 100, 2, 32, 32, n=1, h0=True, chunk=16), PAIRS),
-    (Case(2, 70, 1, 32, 32, n=None, h0=False, chunk=16, dtype='bfloat16'),
-     dataclasses.replace(PAIRS, split_states_block_v=16)),                                    # two value tiles of I
-    (Case(1, 100, 2, 32, 32, n=16, h0=False, chunk=16, dtype='bfloat16'), PAIRS),
-    (Case(2, 64, 1, 32, 32, n=1, h0=False, chunk=16), dataclasses.replace(PAIRS, split_min_len=32)),  # 2, M unread
-    (Case(1, 70, 2, 32, 48, n=1, h0=True, chunk=16), PAIRS),                                  # K != V: two sweeps
 ], ids=lambda a: str(a) if isinstance(a, Case) else None)
 def test_sequence_split_forward(case, cfg):
     """KernelConfig.split_programs (_split.py): the forward outside jax.grad runs on segments of the sequence (two
-    state-only sweeps over the segments whose states are read, or one launch of both with split_states_pair, the
-    combine, then the sweep from each segment's start state); it equals the naive oracle and the unsplit kernel."""
+    state-only sweeps over the segments whose states are read, the combine, then the sweep from each segment's
+    start state); it equals the naive oracle and the unsplit kernel."""
     (o, ht), jaxpr, x = _forward_only(case, cfg)
     tp, vp = case.chunk * -(-case.t // case.chunk), next_pow2(case.v)
     p = _split.split_plan(case.b, case.h, tp, vp, case.chunk, cfg, 'gpu')[0]
-    pairs = int(cfg.split_states_pair and next_pow2(case.k) == vp)
-    sweeps = 0 if pairs else 1 + (p - 2 + case.h0 > 0)  # S_loc always; M unless P = 2 without h0
+    sweeps = 1 + (p - 2 + case.h0 > 0)  # S_loc always; M unless P = 2 without h0
     assert jaxpr.count('name=gated_delta_rule_states') == sweeps and jaxpr.count('name=gated_delta_rule_fwd') == 1
-    assert jaxpr.count('name=gated_delta_rule_state_pairs') == pairs
     (o_whole, ht_whole), _, _ = _forward_only(case, dataclasses.replace(cfg, split_programs=0))
     up = lambda a: None if a is None else a.astype(jnp.float32)
     o_ref, ht_ref = naive_gated_delta_rule(up(x['q']), up(x['k']), up(x['v']), x.get('g'), x['beta'],
@@ -346,14 +336,12 @@ def test_split_o_gpu_shapes(n):
 
 
 @pytest.mark.skipif(not ON_GPU, reason='native Triton kernel: GPU only (interpret mode is too slow here)')
-@pytest.mark.parametrize('pairs', [False, True])
 @pytest.mark.parametrize('n', [None, 1])
-def test_sequence_split_forward_gpu(n, pairs):
-    """The split forward at a real head size on the GPU (8 segments of 1024 rows, 128-wide value tiles; the state
-    sweeps apart or in pairs): oracle and unsplit kernel."""
+def test_sequence_split_forward_gpu(n):
+    """The split forward at a real head size on the GPU (8 segments of 1024 rows, 128-wide value tiles): oracle and
+    unsplit kernel."""
     case = Case(1, 8192, 2, 128, 128, n=n, h0=True, chunk=64, dtype='bfloat16')
-    test_sequence_split_forward(case, KernelConfig(split_programs=64, split_min_len=1024, split_states_pair=pairs,
-                                                   split_states_num_warps=16 if pairs else None))
+    test_sequence_split_forward(case, KernelConfig(split_programs=64, split_min_len=1024))
 
 
 @pytest.mark.skipif(not ON_GPU, reason='T = 65536: GPU only')
@@ -386,16 +374,15 @@ def test_lowers_to_triton(gate_cumsum):
     assert text.count('triton') >= 5  # WY, forward, state-gradient, dq/dk/dW and WY-backward kernels
 
 
-@pytest.mark.parametrize('split_o, pairs', [(False, False), (True, False), (False, True)])
-def test_sequence_split_lowers_to_triton(split_o, pairs):
-    """The split forward (outside jax.grad) lowers too: the WY kernel, two state-only sweeps (one with
-    split_states_pair, at 16 warps), the segment starts and the sweep."""
+@pytest.mark.parametrize('split_o', [False, True])
+def test_sequence_split_lowers_to_triton(split_o):
+    """The split forward (outside jax.grad) lowers too: the WY kernel, two state-only sweeps, the segment starts
+    and the sweep."""
     q, g, beta = jnp.zeros((1, 128, 2, 32), jnp.bfloat16), jnp.zeros((1, 128, 2)), jnp.full((1, 128, 2), 0.5)
 
     def calls(cfg):
         fn = functools.partial(kernel_gated_delta_rule, scale=0.1, chunk_size=32, config=cfg, interpret=False)
         text = jax.jit(fn).trace(q, q, q, g, beta).lower(lowering_platforms=('cuda',)).as_text()
         return text.count('custom_call @__gpu$xla.gpu.triton(')
-    cfg = KernelConfig(split_programs=64, split_min_len=32, split_o=split_o,  # 4 segments of 32 rows
-                       split_states_pair=pairs, split_states_num_warps=16 if pairs else None)
-    assert calls(cfg) == calls(dataclasses.replace(cfg, split_programs=0)) + (2 if pairs else 3)
+    cfg = KernelConfig(split_programs=64, split_min_len=32, split_o=split_o)  # 4 segments of 32 rows
+    assert calls(cfg) == calls(dataclasses.replace(cfg, split_programs=0)) + 3

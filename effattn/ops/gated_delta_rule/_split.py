@@ -20,8 +20,6 @@ W and U come from the WY kernel ONCE on the whole sequence (it is parallel over 
      skip those segments' rows (pallas._forward's `segments`), at P = 8 an eighth of sweep 1 and a quarter of 2
      (H200, B=1 T=65536: 288 and 256 us of the 2.42 ms forward before).
   4. The sweep on the segments from S_start(s): o, and the final state is the last segment's.
-With KernelConfig.split_states_pair (K = V), 1 and 2 run as one launch (state_pairs): one program per segment and
-value tile carries both S_loc and M's tile, loading each chunk's k, w and gates once for the two.
 Two of the three sweeps compute only V' and S (2 dots per chunk instead of 5), so the split pays only while SMs
 would idle: the number of segments is common/sequence_split.py's num_segments (KernelConfig.split_programs, one
 program per SM on GPU by default, and split_min_len), taken on the chunk count rounded up to a power of two, then
@@ -43,8 +41,7 @@ from effattn.ops.common.pallas_triton import F32 as _F32
 from effattn.ops.common.pallas_triton import next_pow2 as _next_pow2
 from effattn.ops.common.pallas_triton import pad_axis as _pad_axis
 from effattn.ops.common.sequence_split import num_segments
-from effattn.ops.common.pallas_triton import chunk_slice as _chunk_slice
-from effattn.ops.gated_delta_rule._kernel_common import _nn, _params, _tn, chunk_gates
+from effattn.ops.gated_delta_rule._kernel_common import _params
 from effattn.ops.gated_delta_rule._wy_kernel import _dot32
 
 
@@ -90,66 +87,18 @@ def split_forward(forward, q, k, w, u, g, h0, ctx, cfg, interpret, segments: int
     states_cfg = dataclasses.replace(cfg, block_v=cfg.split_states_block_v or cfg.block_v,
                                      num_warps=cfg.split_states_num_warps or cfg.num_warps,
                                      num_stages=cfg.split_states_num_stages or cfg.num_stages)
-    if cfg.split_states_pair and kp == vp:  # S_loc and M of segments 0 .. P-2 (M(0) unread without h0)
-        s_loc, trans = (x.reshape(b, p - 1, h, kp, kp) for x in state_pairs(ks, ws, us, gs, p, ctx, states_cfg,
-                                                                           interpret))
-        first = 0
-    else:  # S_loc of segments 0 .. P-2, M of 1 .. P-2 (0 .. P-2 with h0)
-        s_loc = forward(qs, ks, ws, us, gs, None, ctx, states_cfg, interpret, False, final_only=True,
-                        segments=(p, 0, p - 1))[1].reshape(b, p - 1, h, kp, vp)
-        first = 0 if h0 is not None else 1
-        trans = None
-        if p - 1 - first > 0:
-            eye = jnp.broadcast_to(jnp.eye(kp, dtype=_F32), (b * (p - 1 - first), h, kp, kp))
-            trans = forward(qs, ks, ws, None, gs, eye, ctx, states_cfg, interpret, False, final_only=True,
-                            segments=(p, first, p - 1 - first))[1].reshape(b, p - 1 - first, h, kp, kp)
-    s_start = segment_starts(trans, s_loc, h0, ctx, interpret, trans_first=first).reshape(b * p, h, kp, vp)
+    # S_loc of segments 0 .. P-2, M of 1 .. P-2 (0 .. P-2 with h0)
+    s_loc = forward(qs, ks, ws, us, gs, None, ctx, states_cfg, interpret, False, final_only=True,
+                    segments=(p, 0, p - 1))[1].reshape(b, p - 1, h, kp, vp)
+    first = 0 if h0 is not None else 1
+    trans = None
+    if p - 1 - first > 0:
+        eye = jnp.broadcast_to(jnp.eye(kp, dtype=_F32), (b * (p - 1 - first), h, kp, kp))
+        trans = forward(qs, ks, ws, None, gs, eye, ctx, states_cfg, interpret, False, final_only=True,
+                        segments=(p, first, p - 1 - first))[1].reshape(b, p - 1 - first, h, kp, kp)
+    s_start = segment_starts(trans, s_loc, h0, ctx, interpret).reshape(b * p, h, kp, vp)
     o, ht = forward(qs, ks, ws, us, gs, s_start, ctx, cfg, interpret, False)[:2]
     return o.reshape(b, p * ts, h, vp)[:, :tp], ht.reshape(b, p, h, kp, vp)[:, -1]
-
-
-def _pair_kernel(k_ref, w_ref, u_ref, g_ref, sloc_ref, trans_ref, *, ctx):
-    """One segment's S_loc (from 0, with U) and value tile of M (from I, U = 0) in one sweep: each chunk's k, w and
-    gates are loaded once for both."""
-    tp, kp = k_ref.shape
-    bv = u_ref.shape[-1]
-    chunk = ctx.chunk
-    cols = jnp.arange(bv, dtype=jnp.int32)[None, :] + pl.program_id(2) * bv
-    eye = (jnp.arange(kp, dtype=jnp.int32)[:, None] == cols).astype(_F32)  # columns r*bv .. of I [Kp, Kp]
-
-    def body(c, carry):
-        s, m = carry
-        sl = _chunk_slice(c, chunk)
-        wc = w_ref[sl, :]
-        gt = chunk_gates(g_ref, sl, ctx)
-        vs = u_ref[sl, :].astype(_F32) - _nn(wc, s, ctx)  # V' = U - W S_c
-        vm = -_nn(wc, m, ctx)                              # the same with U = 0
-        kd = k_ref[sl, :].astype(_F32) * jnp.exp2(gt.rj)[:, None]
-        decay = jnp.exp2(gt.gl)
-        return decay * s + _tn(kd, vs, ctx), decay * m + _tn(kd, vm, ctx)
-
-    s, m = jax.lax.fori_loop(0, tp // chunk, body, (jnp.zeros((kp, bv), _F32), eye))
-    sloc_ref[...] = s
-    trans_ref[...] = m
-
-
-def state_pairs(k, w, u, g, segments: int, ctx, cfg, interpret):
-    """(S_loc, M), fp32 [B * (P - 1), H, Kp, Kp] each, of segments 0 .. P-2 of each group of P batch rows (k, w, u
-    [B * P, Ts, H, Kp], g [B * P, H, Ts] as split_forward cuts them; Vp == Kp), by one launch of _pair_kernel
-    (KernelConfig.split_states_pair)."""
-    bp, ts, h, kp = k.shape
-    p = segments
-    bv = min(cfg.block_v, kp)
-    pick = lambda i: jax.lax.div(i, p - 1) * p + jax.lax.rem(i, p - 1)
-    rows = pl.BlockSpec((None, ts, None, kp), lambda i, h, r: (pick(i), 0, h, 0))
-    tile = pl.BlockSpec((None, ts, None, bv), lambda i, h, r: (pick(i), 0, h, r))
-    gate = pl.BlockSpec((None, None, ts), lambda i, h, r: (pick(i), h, 0))
-    out = pl.BlockSpec((None, None, kp, bv), lambda i, h, r: (i, h, 0, r))
-    shape = jax.ShapeDtypeStruct((bp // p * (p - 1), h, kp, kp), _F32)
-    return pl.pallas_call(
-        functools.partial(_pair_kernel, ctx=ctx), grid=(bp // p * (p - 1), h, kp // bv),
-        in_specs=[rows, rows, tile, gate], out_specs=[out, out], out_shape=[shape, shape], interpret=interpret,
-        name='gated_delta_rule_state_pairs', **_params(interpret, ctx, cfg.num_warps, cfg.num_stages))(k, w, u, g)
 
 
 # segment_starts: value columns per program, at 8 warps (ptxas, sm_90a, K = 128: 242 registers, no spills; at 4 warps
@@ -157,24 +106,23 @@ def state_pairs(k, w, u, g, segments: int, ctx, cfg, interpret):
 _STARTS_BLOCK_V = 32
 
 
-def _starts_kernel(*refs, segments: int, has_trans: bool, has_h0: bool, trans_first: int, interpret: bool):
+def _starts_kernel(*refs, segments: int, has_trans: bool, has_h0: bool, interpret: bool):
     trans_ref, sloc_ref, *rest = refs if has_trans else (None, *refs)
     h0_ref, out_ref = rest if has_h0 else (None, *rest)
     kp, bv = sloc_ref.shape[-2:]
     s = h0_ref[...].astype(_F32) if has_h0 else jnp.zeros((kp, bv), _F32)
     out_ref[0] = s
-    first = 0 if has_h0 else 1
+    first = 0 if has_h0 else 1  # trans_ref holds M(first), M(first + 1), ...
     for seg in range(segments - 1):
-        # without h0, S_start(1) = S_loc(0): M(0) is not needed; trans_ref holds M(trans_first), ...
-        s = sloc_ref[seg] if seg < first else _dot32(trans_ref[seg - trans_first], s, interpret) + sloc_ref[seg]
+        # without h0, S_start(1) = S_loc(0): M(0) is neither computed nor needed
+        s = sloc_ref[seg] if seg < first else _dot32(trans_ref[seg - first], s, interpret) + sloc_ref[seg]
         out_ref[seg + 1] = s
 
 
-def segment_starts(trans, s_loc, h0, ctx, interpret, trans_first: int | None = None):
+def segment_starts(trans, s_loc, h0, ctx, interpret):
     """The state at the start of each segment, fp32 [B, P, H, Kp, Vp]: S_start(0) = h0 (None: 0), S_start(s+1) =
-    M(s) S_start(s) + S_loc(s). s_loc [B, P - 1, H, Kp, Vp] (segments 0 .. P-2) and trans M [B, P - trans_first - 1,
-    H, Kp, Kp] (trans_first .. P-2; None at P = 2 without h0), fp32; trans_first None: 0 with h0, else 1 (M(0) is
-    not needed without h0)."""
+    M(s) S_start(s) + S_loc(s). s_loc [B, P - 1, H, Kp, Vp] (segments 0 .. P-2) and trans M [B, P - 1, H, Kp, Kp]
+    (0 .. P-2) with h0, [B, P - 2, H, Kp, Kp] (1 .. P-2; None at P = 2) without, fp32."""
     b, p1, h, kp, vp = s_loc.shape
     p = p1 + 1
     bv = min(_STARTS_BLOCK_V, vp)
@@ -189,7 +137,6 @@ def segment_starts(trans, s_loc, h0, ctx, interpret, trans_first: int | None = N
         args.append(h0.astype(_F32))
     return pl.pallas_call(
         functools.partial(_starts_kernel, segments=p, has_trans=trans is not None, has_h0=h0 is not None,
-                          trans_first=(0 if h0 is not None else 1) if trans_first is None else trans_first,
                           interpret=interpret),
         grid=(b, h, vp // bv), in_specs=in_specs, out_specs=pl.BlockSpec((None, p, None, kp, bv),
                                                                          lambda b, h, v: (b, 0, h, 0, v)),

@@ -116,9 +116,6 @@ class KernelConfig:
     # (kernel_parts.py --parts fwd, results/gpu_checks-2026-12-04_s10/call2_delta_states_stages.json): 1 stage 2.687
     # ms, 2 2.631, 3 2.508, 4 2.453 (shared memory: 4 x 48 KB of k, w, u tiles at 128 columns)
     split_states_num_stages: int | None = 4
-    # one launch of programs that each carry a segment's local state and its transition matrix (K = V only): the two
-    # sweeps share each chunk's k, w and gate loads, and their 2 (P - 1) H tiles run as (P - 1) H programs
-    split_states_pair: bool = False
 
     def storage_dtypes(self, ctx):
         """(dtype of S_c and V', dtype of dS_{c+1} and dV') for bwd_storage."""
