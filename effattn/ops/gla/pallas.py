@@ -140,7 +140,9 @@ class KernelConfig:
   # against fp32's 2.722, backward intra kernel 0.748 against 0.771.
   bf16_intra_grads: bool = True
   # the forward's q ⊙ e^G and k ⊙ e^{G_l - G} (dot dtype, [B, T, H, K] each) kept for the backward sweeps, so that
-  # the backward intra kernel does not write them again (False: it does; two fewer residuals)
+  # the backward intra kernel does not write them again. The cost is memory: two more residuals per layer (at B=4
+  # T=4096 H=16 K=128 bf16, 134 MB); False gives it back. H200, that shape (kernel_parts.py --parts fwd_bwd_o, tenth
+  # session of 2026-12-04, benchmarks/README.md): fwd+bwd 2.593 ms against 2.616 without.
   save_factors: bool = True
   bwd_states: bool = False   # backward from stored chunk states (_state_grads.py, fla's chunk_gla_bwd layout:
                              # state-only sweeps, then dq, dk, dv parallel over chunks; tiles block_k_dq,
