@@ -559,8 +559,9 @@ def main(argv=None):
     result.setdefault('flash_config', {})[op] = dataclasses.asdict(best)
     log(f'  best {op}: {dataclasses.asdict(best)}')
     save()
-  result['config'] = dataclasses.asdict(cfg)
-  log(f'kernel config: {result["config"]}')
+  result['config'] = dataclasses.asdict(cfg)  # simple_gla's (the others' are in result['kernel_configs'])
+  if 'simple_gla' in ops_list:
+    log(f'simple_gla kernel config: {result["config"]}')
   save()
   for op in ops_list if 'kernel' in impls and 'chunk' in impls else ():
     try:
