@@ -8,9 +8,10 @@ Pieces, from each op's _bench.benchmark_parts:
     'bwd_wy' (its two kernels; the split backward, the default), 'fwd_bwd'.
   gla (effattn/ops/gla/_bench.py): 'gates' (chunk cumsums), 'intra_fwd', 'fwd_sweep', 'fwd', 'intra_bwd',
     'bwd_sweeps', 'bwd_sweeps_o', 'dg', 'fwd_bwd', 'fwd_bwd_o' (the _o pieces: no d final_state, as in training).
-Median over --reps batches of calls (each ~25 ms, synchronised once; timing.py) after 3 warm-up calls; compile
-excluded (reported as the first call's time, which since 2026-12-03 also computes the piece's inputs: pieces are
-built lazily, so --parts / --tune compile only what they time). Before 2026-12-02 late each call was synchronised
+Median over --reps batches of calls (each ~100 ms since 2026-12-04's twelfth session, ~25 before; synchronised
+once; timing.py) after 3 warm-up calls; compile excluded (reported as the first call's time, which since
+2026-12-03 also computes the piece's inputs: pieces are built lazily, so --parts / --tune compile only what they
+time). Before 2026-12-02 late each call was synchronised
 (+0.1-0.2 ms).
 
   python benchmarks/kernel_parts.py                          # gated_delta_rule, B=4 T=4096 H=16 D=128 bf16

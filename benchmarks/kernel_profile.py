@@ -53,6 +53,8 @@ def print_table(result: dict, log=print) -> None:
   log(f'{"kernel":60s} {"calls":>6s} {"us":>9s} {"share":>6s}')
   for k in result['kernels']:
     log(f'{k["name"][:60]:60s} {k["calls"]:>6.1f} {k["us"]:>9.1f} {100 * k["us"] / busy:>5.1f}%')
+  log(f'device idle between kernels {result.get("idle_us", 0.0):.1f} us per iteration (gaps < 100 us), after: '
+      + ', '.join(f'{g["name"][:40]} {g["mean_us"]:.1f} us x{g["gaps"]:.1f}' for g in result.get('idle_after', [])))
   log(f'device busy {result["busy_us"]:.1f} us per iteration; wall (traced) {result["wall_us_traced"]:.1f} us; '
       f'threads: {", ".join(result["threads"]) or "none"}')
   log('by kind: ' + ', '.join(f'{name} {us:.1f} us' for name, us in result['categories'].items()))

@@ -525,7 +525,8 @@ def main(argv=None):
       'dtype': 'bfloat16', 'causal': True, 'window': args.window,
       'inputs': 'q, k, v ~ N(0,1) bf16 (L2-normalised q, k for the delta rules); gates logsigmoid(N(0,1))/16 '
                 'fp32 ([B,T,H], gla [B,T,H,K]); beta sigmoid(N(0,1)) fp32',
-      'timing': 'median over 15 batches of back-to-back calls (~25 ms each) after 3 warm-up calls',
+      'timing': 'median over 15 batches of back-to-back calls (~100 ms each; ~25 before 2026-12-04 s12) after 3 '
+                'warm-up calls',
   }
   try:
     import torch

@@ -38,14 +38,34 @@ def device_kernel_times(events: list[dict], iters: int, device_prefix: str = DEV
   streams = {key for key, n in threads.items() if key[0] in pids and n.startswith('Stream')}
   keep = (lambda e: (e['pid'], e.get('tid')) in streams) if streams else (lambda e: e['pid'] in pids)
   total, calls = collections.Counter(), collections.Counter()
+  spans = []
   for e in events:
     if e.get('ph') == 'X' and e.get('pid') in pids and keep(e):
       total[e['name']] += float(e.get('dur', 0.0))
       calls[e['name']] += 1
+      spans.append((float(e['ts']), float(e['ts']) + float(e.get('dur', 0.0)), e['name']))
   kernels = [{'name': n, 'calls': calls[n] / iters, 'us': us / iters} for n, us in total.most_common()]
   used = sorted({threads.get(k, '') for k in streams} if streams else
                 {n for (p, _), n in threads.items() if p in pids})
-  return {'kernels': kernels, 'busy_us': sum(total.values()) / iters, 'threads': used}
+  return {'kernels': kernels, 'busy_us': sum(total.values()) / iters, 'threads': used, **idle_gaps(spans, iters)}
+
+
+def idle_gaps(spans: list[tuple[float, float, str]], iters: int, within_us: float = 100.0) -> dict:
+  """Device idle time between consecutive kernels, per iteration: 'idle_us' sums the gaps shorter than within_us
+  (launch latency inside a call; longer gaps are the host or the profiler between calls), 'idle_after' the five
+  kernels most often followed by such a gap, with their mean gap. Overlapping kernels (several streams) count no
+  gap."""
+  spans.sort()
+  idle, after, end = 0.0, collections.defaultdict(list), None
+  for (s0, e0, name), (s1, _, _) in zip(spans, spans[1:]):
+    end = e0 if end is None else max(end, e0)
+    gap = s1 - end
+    if 0.0 < gap < within_us:
+      idle += gap
+      after[name].append(gap)
+  top = sorted(after.items(), key=lambda kv: -sum(kv[1]))[:5]
+  return {'idle_us': idle / max(iters, 1),
+          'idle_after': [{'name': n, 'gaps': len(g) / iters, 'mean_us': sum(g) / len(g)} for n, g in top]}
 
 
 def categories(kernels: list[dict]) -> dict[str, float]:

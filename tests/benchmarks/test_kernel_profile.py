@@ -42,6 +42,14 @@ def test_device_stream_kernels_are_summed_per_iteration(prof):
     assert r['kernels'] == [{'name': 'gla_intra_fwd', 'calls': 4.0, 'us': 200.0}] and r['threads'] == ['XLA Ops']
 
 
+def test_idle_gaps_between_kernels_per_iteration(prof):
+    # two iterations of a -> b, 3 us between them inside a call, 500 us between calls (not counted)
+    spans = [(0.0, 10.0, 'a'), (13.0, 20.0, 'b'), (520.0, 530.0, 'a'), (533.0, 540.0, 'b'), (535.0, 538.0, 'c')]
+    r = prof.idle_gaps(spans, iters=2)
+    assert r['idle_us'] == 3.0
+    assert r['idle_after'] == [{'name': 'a', 'gaps': 1.0, 'mean_us': 3.0}]
+
+
 def test_kernel_categories(prof):
     kernels = [{'name': n, 'us': us} for n, us in (('gla_intra_fwd', 5.0), ('entry_mosaic_gpu_kernel', 1.0),
                                                     ('cudnn_generated_fort_native_sdpa', 2.0),

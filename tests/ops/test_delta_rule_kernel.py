@@ -237,7 +237,7 @@ def test_sequence_split_forward(case, cfg):
     start state); it equals the naive oracle and the unsplit kernel."""
     (o, ht), jaxpr, x = _forward_only(case, cfg)
     tp, vp = case.chunk * -(-case.t // case.chunk), next_pow2(case.v)
-    p = _split.split_plan(case.b, case.h, tp, vp, case.chunk, cfg, 'gpu')[0]
+    p = _split.split_plan(case.b, case.h, tp, vp, case.chunk, cfg, 'gpu', case.h0)[0]
     sweeps = 1 + (p - 2 + case.h0 > 0)  # S_loc always; M unless P = 2 without h0
     assert jaxpr.count('name=gated_delta_rule_states') == sweeps and jaxpr.count('name=gated_delta_rule_fwd') == 1
     (o_whole, ht_whole), _, _ = _forward_only(case, dataclasses.replace(cfg, split_programs=0))
@@ -267,7 +267,9 @@ def test_sequence_split_segment_count():
     plan = lambda b, t, cfg=KernelConfig(): _split.split_plan(b, 16, t, 128, 64, cfg, 'gpu')
     p, cfg = plan(1, 65536)                  # split: the sweeps at split_block_v, 16 programs -> 8 segments
     assert p == 8 and cfg.block_v == 128
-    p, cfg = plan(2, 32768)
+    p, cfg = plan(2, 32768)                  # block_v gives 2 segments: no transition sweep, so block_v stays
+    assert p == 2 and cfg.block_v == 64
+    p, cfg = _split.split_plan(2, 16, 32768, 128, 64, KernelConfig(), 'gpu', has_h0=True)  # M(0) too: wider
     assert p == 4 and cfg.block_v == 128
     assert plan(4, 4096) == (1, KernelConfig())  # no split: block_v stays
     p, cfg = plan(1, 65536, KernelConfig(split_block_v=None))

@@ -57,14 +57,18 @@ def segment_count(b: int, h: int, tp: int, vp: int, chunk: int, cfg, backend: st
     return p
 
 
-def split_plan(b: int, h: int, tp: int, vp: int, chunk: int, cfg, backend: str):
+def split_plan(b: int, h: int, tp: int, vp: int, chunk: int, cfg, backend: str, has_h0: bool = False):
     """(segments P, the config of the split's sweeps). Where the sweep at cfg.block_v would leave SMs idle (P > 1),
     the split's sweeps take value tiles of cfg.split_block_v and P is counted again with them: wider tiles do the
     per-chunk K-wide dots (W S, Q K^T) once for more columns, and the segments make up the programs. H200, B=1,
     T=65536, H=16, D=128 bf16 (benchmarks/README.md): delta_rule 2.632 ms at 64-wide tiles (P = 4), 2.497 at 128
-    (P = 8); B=2, T=32768: 2.623 -> 2.469. Unsplit shapes keep block_v (128 at B=4, T=4096: 0.670 against 0.475)."""
+    (P = 8). Unsplit shapes keep block_v (128 at B=4, T=4096: 0.670 against 0.475).
+    Except where block_v gives P = 2 without h0: that split has no transition sweep (S_start(1) = S_loc(0)), so its
+    state work is one wave of S_loc(0) programs, where the wider tiles' P = 4 takes two (S_loc of 3 segments and M
+    of 2: 5 B H programs). H200, B=2 T=32768 H=16 D=128 bf16 (results/gpu_checks-2026-12-04_s12/call1):
+    delta_rule 2.194 ms at block_v (P = 2) against 2.458 at split_block_v (P = 4)."""
     p = segment_count(b, h, tp, vp, chunk, cfg, backend)
-    if p == 1 or cfg.split_block_v is None or cfg.split_block_v == cfg.block_v:
+    if p == 1 or cfg.split_block_v is None or cfg.split_block_v == cfg.block_v or (p == 2 and not has_h0):
         return p, cfg
     wide = dataclasses.replace(cfg, block_v=cfg.split_block_v)
     return max(p, segment_count(b, h, tp, vp, chunk, wide, backend)), wide

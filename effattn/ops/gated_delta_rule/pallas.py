@@ -342,7 +342,7 @@ def _run_forward(q, k, v, g, beta, h0, ctx, cfg, interpret, store):
     w, u, t = wy_kernel(k, v, gr, _gates_bht(beta), ctx, cfg.num_warps_wy, interpret)
     b, tp, h, _ = q.shape
     segments, split_cfg = (1, cfg) if store else _split.split_plan(b, h, tp, u.shape[-1], ctx.chunk, cfg,
-                                                                     default_backend())
+                                                                     default_backend(), h0 is not None)
     if segments > 1:
         o, ht = _split.split_forward(_forward, q, k, w, u, gr, h0, ctx, split_cfg, interpret, segments)
         return o, ht, None, (w, u, t), None
