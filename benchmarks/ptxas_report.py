@@ -10,6 +10,10 @@ jax's, so figures can differ a little from the GPU's jax.
   python benchmarks/ptxas_report.py --op gla --mode fwd_bwd
   python benchmarks/ptxas_report.py --op gla --mode fwd_bwd --kernel-config gla:bwd_states=true,num_warps_bwd=8
   python benchmarks/ptxas_report.py --op simple_gla 8 1024 16 128 --out /tmp/ptxas.json
+  python benchmarks/ptxas_report.py --op delta_rule 1 65536 16 128   # the split's kernels (long T lowers only)
+
+Columns wgmma and mma.sync count the tensor-core instructions in the PTX: Hopper's asynchronous warpgroup MMA
+(4 warps or more) or the synchronous warp-level one.
 """
 from __future__ import annotations
 
@@ -107,6 +111,9 @@ def compile_report(ir_text: str, num_warps: int, num_stages: int, arch: int = 90
       src = stages[stage](src, metadata)
     ptx = os.path.join(tmp, 'kernel.ptx')
     Path(ptx).write_text(src)
+    # Hopper's asynchronous warpgroup MMA against the synchronous warp-level one (Triton falls back to it where
+    # an operand layout or shape does not suit wgmma): a tensor-core dot in a sequential loop waits on either
+    tensor_ops = {'wgmma': len(re.findall(r'wgmma\.mma_async', src)), 'mma_sync': len(re.findall(r'\bmma\.sync', src))}
     done = subprocess.run([get_ptxas(arch).path, '-v', f'--gpu-name=sm_{arch}a', ptx, '-o', ptx + '.cubin'],
                           capture_output=True, text=True)
   if done.returncode:
@@ -115,7 +122,7 @@ def compile_report(ir_text: str, num_warps: int, num_stages: int, arch: int = 90
   spills = re.findall(r'(\d+) bytes spill stores, (\d+) bytes spill loads', done.stderr)
   return {'registers': int(registers[-1]) if registers else None,
           'spill_stores': int(spills[-1][0]) if spills else 0, 'spill_loads': int(spills[-1][1]) if spills else 0,
-          'shared_bytes': metadata.get('shared')}
+          'shared_bytes': metadata.get('shared'), **tensor_ops}
 
 
 def programs_per_sm(registers: int, num_warps: int, shared_bytes: int | None) -> int:
@@ -157,14 +164,15 @@ def main(argv=None):
   rows = report(args.op, tuple(args.shape), args.mode, ops_gpu.parse_kernel_configs(args.kernel_config),
                 args.window, args.arch)
   print(f'{args.op} {args.mode} {"x".join(map(str, args.shape))} {args.kernel_config or ""} sm_{args.arch}a:')
-  print(f'{"kernel":28s} {"warps":>5s} {"stages":>6s} {"regs":>5s} {"spill":>6s} {"smem KB":>8s} {"/SM":>4s}')
+  print(f'{"kernel":28s} {"warps":>5s} {"stages":>6s} {"regs":>5s} {"spill":>6s} {"smem KB":>8s} {"/SM":>4s} '
+        f'{"wgmma":>6s} {"mma.sync":>8s}')
   for r in rows:
     if 'error' in r:
       print(f'{r["name"]:28s} {r["num_warps"]:>5d} {r["num_stages"]:>6d} {r["error"]}')
       continue
     smem = r['shared_bytes'] / 1024 if r['shared_bytes'] is not None else float('nan')
     print(f'{r["name"]:28s} {r["num_warps"]:>5d} {r["num_stages"]:>6d} {r["registers"]:>5d} '
-          f'{r["spill_stores"]:>6d} {smem:>8.1f} {r["programs_per_sm"]:>4d}')
+          f'{r["spill_stores"]:>6d} {smem:>8.1f} {r["programs_per_sm"]:>4d} {r["wgmma"]:>6d} {r["mma_sync"]:>8d}')
   if args.out:
     Path(args.out).write_text(json.dumps({'meta': vars(args), 'rows': rows}, indent=1))
   return rows

@@ -31,6 +31,7 @@ def test_compile_report_where_triton_is_installed(pr):
     pytest.importorskip('triton')
     rows = pr.report('simple_gla', (1, 128, 2, 32), 'fwd', {})
     assert rows and rows[0]['registers'] > 0 and rows[0]['programs_per_sm'] >= 1, rows
+    assert rows[0]['wgmma'] + rows[0]['mma_sync'] > 0, rows  # the sweep's dots are tensor-core instructions
 
 
 def test_barrier_scope_dropped_for_triton(pr):
