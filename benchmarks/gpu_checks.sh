@@ -20,9 +20,13 @@
 #      plain Mosaic forward, the overlapped one, the Triton one and cuDNN softmax, and MosaicConfig settings;
 #   9. issue 9's one-GPU rows of the GLA LM (scale.py: T = 2048, 32768 and 131072; tokens/s, peak memory or OOM),
 #      the baselines its data- and sequence-parallel runs compare against, while no multi-GPU machine is lent.
+#  10. the delta split's state-only sweeps on the transposed state (KernelConfig.split_states_transposed, built in
+#      the twelfth session and not yet timed): the split's GPU tests, the forward at B=1 T=65536 and B=2 T=32768 for
+#      'none', 'transition' and 'both' (delta_rule and gated_delta_rule), then criterion 3 at 'both'.
 # Results (JSON, logs) go to $OUT (default benchmarks/results/gpu_checks-<date>). Each line below fits one
-# 10-minute device command (the limits add up to 420, 560, 570, 530, 560, 480, 420 and 560 s; step 2 passed 360 s
-# on a warm machine in the eighth session, most of it compiling). Usage, from the repo root:
+# 10-minute device command (the limits add up to 420, 560, 570, 530, 560, 480, 420, 560 and 580 s; step 2 passed 360 s
+# on a warm machine in the eighth session, most of it compiling, but from a cold start with the 100-ms timing
+# batches of the twelfth session it reached its limit after delta_rule's FLA forward). Usage, from the repo root:
 #   bash benchmarks/gpu_checks.sh 1        # first: the linear kernels' GPU tests at the eighth session's defaults
 #   bash benchmarks/gpu_checks.sh 8
 #   bash benchmarks/gpu_checks.sh 3 4
@@ -31,6 +35,7 @@
 #   bash benchmarks/gpu_checks.sh 5
 #   bash benchmarks/gpu_checks.sh 6
 #   bash benchmarks/gpu_checks.sh 9
+#   bash benchmarks/gpu_checks.sh 10
 set -uo pipefail
 OUT=${OUT:-benchmarks/results/gpu_checks-$(date +%Y-%m-%d)}
 mkdir -p "$OUT"
@@ -79,4 +84,17 @@ run 8 260 tests_sigmoid_mosaic python3 -m pytest -q -p no:cacheprovider tests/op
 run 8 300 sigmoid_forwards python3 benchmarks/sigmoid_forwards.py --shapes 2 --out "$OUT/sigmoid_forwards.json"
 run 9 560 scale_one_gpu python3 benchmarks/scale.py --steps 5 \
   --plan 'gla:2048:32:data=1;gla:32768:2:data=1;gla:131072:1:data=1' --out "$OUT/scale_one_gpu.json"
+run 10 150 tests_split_transposed python3 -m pytest -q -p no:cacheprovider tests/ops/test_delta_rule_kernel.py \
+  -k "sequence_split"
+run 10 110 delta_transposed_65536 python3 benchmarks/kernel_parts.py --op delta_rule --parts fwd 1 65536 16 128 \
+  --config default --config split_states_transposed=transition --config split_states_transposed=both \
+  --config default --out "$OUT/delta_transposed_65536.json"
+run 10 80 delta_transposed_32768 python3 benchmarks/kernel_parts.py --op delta_rule --parts fwd 2 32768 16 128 \
+  --config default --config split_states_transposed=both --out "$OUT/delta_transposed_32768.json"
+run 10 90 gdr_transposed_65536 python3 benchmarks/kernel_parts.py --op gated_delta_rule --parts fwd 1 65536 16 128 \
+  --config default --config split_states_transposed=transition --config split_states_transposed=both \
+  --out "$OUT/gdr_transposed_65536.json"
+run 10 150 scaling_transposed python3 benchmarks/ops_gpu.py --ops delta_rule,gated_delta_rule --impls kernel \
+  --modes fwd --shapes scaling --kernel-config delta_rule:split_states_transposed=both \
+  --kernel-config gated_delta_rule:split_states_transposed=both --out "$OUT/ops_gpu_scaling_transposed.json"
 echo "results in $OUT"

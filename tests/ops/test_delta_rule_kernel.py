@@ -230,6 +230,12 @@ def _forward_only(case: Case, cfg):
      dataclasses.replace(SPLIT, split_states_block_v=16, split_states_num_warps=2, split_states_num_stages=2)),
     (Case(2, 64, 2, 32, 48, n=1, h0=False, chunk=16), dataclasses.replace(SPLIT, split_min_len=32)),  # 2: no M
     (Case(2, 64, 1, 32, 48, n=1, h0=True, chunk=16), dataclasses.replace(SPLIT, split_min_len=32)),   # 2: M(0)
+    # the state-only sweeps on the transposed state (_split.transposed_states_kernel): gated and not, K != V
+    (Case(1, 70, 2, 32, 48, n=1, h0=True, chunk=16), dataclasses.replace(SPLIT, split_states_transposed='both')),
+    (Case(2, 100, 1, 48, 32, n=None, h0=False, chunk=16, dtype='bfloat16'),
+     dataclasses.replace(SPLIT, split_min_len=32, split_states_transposed='both')),
+    (Case(1, 100, 2, 32, 48, n=0.1, h0=True, chunk=16, dtype='bfloat16'),
+     dataclasses.replace(SPLIT, split_states_transposed='transition', split_states_block_v=16)),
 ], ids=lambda a: str(a) if isinstance(a, Case) else None)
 def test_sequence_split_forward(case, cfg):
     """KernelConfig.split_programs (_split.py): the forward outside jax.grad runs on segments of the sequence (two
@@ -249,6 +255,12 @@ def test_sequence_split_forward(case, cfg):
     assert_close('final_state', ht, ht_ref, tol)
     assert_close('o (unsplit)', o, o_whole, tol)
     assert_close('final_state (unsplit)', ht, ht_whole, tol)
+
+
+def test_split_states_transposed_is_checked():
+    """An unknown mode fails when the config is made, before any trace."""
+    with pytest.raises(ValueError, match='split_states_transposed must be one of'):
+        dataclasses.replace(SPLIT, split_states_transposed=True)
 
 
 def test_sequence_split_segment_count():
@@ -344,6 +356,9 @@ def test_sequence_split_forward_gpu(n):
     unsplit kernel."""
     case = Case(1, 8192, 2, 128, 128, n=n, h0=True, chunk=64, dtype='bfloat16')
     test_sequence_split_forward(case, KernelConfig(split_programs=64, split_min_len=1024))
+    for transposed in ('transition', 'both'):
+        test_sequence_split_forward(case, KernelConfig(split_programs=64, split_min_len=1024,
+                                                       split_states_transposed=transposed))
 
 
 @pytest.mark.skipif(not ON_GPU, reason='T = 65536: GPU only')

@@ -38,10 +38,11 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
 from effattn.ops.common.pallas_triton import F32 as _F32
+from effattn.ops.common.pallas_triton import chunk_slice as _chunk_slice
 from effattn.ops.common.pallas_triton import next_pow2 as _next_pow2
 from effattn.ops.common.pallas_triton import pad_axis as _pad_axis
 from effattn.ops.common.sequence_split import num_segments
-from effattn.ops.gated_delta_rule._kernel_common import _params
+from effattn.ops.gated_delta_rule._kernel_common import _dot, _params, chunk_gates
 from effattn.ops.gated_delta_rule._wy_kernel import _dot32
 
 
@@ -103,6 +104,47 @@ def split_forward(forward, q, k, w, u, g, h0, ctx, cfg, interpret, segments: int
     s_start = segment_starts(trans, s_loc, h0, ctx, interpret).reshape(b * p, h, kp, vp)
     o, ht = forward(qs, ks, ws, us, gs, s_start, ctx, cfg, interpret, False)[:2]
     return o.reshape(b, p * ts, h, vp)[:, :tp], ht.reshape(b, p, h, kp, vp)[:, -1]
+
+
+def _dot_in(a, b, ca: int, cb: int, ctx, interpret: bool):
+    """_dot, but in interpret mode on operands rounded to the dot dtype and held in fp32 (the same products and fp32
+    sums): XLA's CPU runtime (jaxlib 0.10) has no bf16 x bf16 -> fp32 dot for the gated sweep below
+    ("Unsupported element type for DotThunk")."""
+    if not interpret:
+        return _dot(a, b, ca, cb, ctx)
+    rounded = lambda x: x.astype(ctx.dt).astype(_F32)
+    return jax.lax.dot_general(rounded(a), rounded(b), (((ca,), (cb,)), ((), ())),
+                               precision=jax.lax.Precision.HIGHEST, preferred_element_type=_F32)
+
+
+def transposed_states_kernel(q_ref, k_ref, w_ref, u_ref, g_ref, *rest, ctx, has_h0: bool, has_u: bool,
+                             interpret: bool):
+    """The state-only sweep (steps 1 and 2 above; pallas._fwd_kernel without o) on the transposed state S^T [BV, Kp]
+    (KernelConfig.split_states_transposed), per chunk
+      X = S^T W^T,   V'^T = U^T - X,   S^T <- e^{G_C} S^T + (V'^T ⊙ e^{G_C - G}) K.
+    Why: in pallas._fwd_kernel's form (W S, then Kd^T V') the state and V' are the second operands of their dots,
+    which Hopper's wgmma reads from shared memory only, so each chunk step stores a [Kp, BV] and a [C, BV] tile
+    there and waits on a barrier twice. Here both are first operands, which wgmma takes from registers (as
+    FlashAttention-3 chains P V), and the gates scale V'^T's columns so that K goes to its dot as loaded. The
+    roundings are the same: S and V' to the dot dtype, fp32 accumulation. q_ref is not read (the refs are
+    pallas._forward's); h0 and the final state keep the [Kp, BV] layout (one transpose at each end)."""
+    h0_ref, ht_ref = rest if has_h0 else (None, *rest)
+    tp, kp = k_ref.shape
+    bv = ht_ref.shape[-1]
+    chunk = ctx.chunk
+    st0 = jnp.transpose(h0_ref[...].astype(_F32)) if has_h0 else jnp.zeros((bv, kp), _F32)
+
+    def body(c, st):
+        sl = _chunk_slice(c, chunk)
+        gt = chunk_gates(g_ref, sl, ctx)
+        x = _dot_in(st, w_ref[sl, :], 1, 1, ctx, interpret)                    # S^T W^T [BV, C]
+        vpt = jnp.transpose(u_ref[sl, :]).astype(_F32) - x if has_u else -x   # V'^T
+        if ctx.gated:
+            vpt = vpt * jnp.exp2(gt.rj)[None, :]
+            st = jnp.exp2(gt.gl) * st
+        return st + _dot_in(vpt, k_ref[sl, :], 1, 0, ctx, interpret)
+
+    ht_ref[...] = jnp.transpose(jax.lax.fori_loop(0, tp // chunk, body, st0))
 
 
 # segment_starts: value columns per program, at 8 warps (ptxas, sm_90a, K = 128: 242 registers, no spills; at 4 warps

@@ -116,6 +116,20 @@ class KernelConfig:
     # (kernel_parts.py --parts fwd, results/gpu_checks-2026-12-04_s10/call2_delta_states_stages.json): 1 stage 2.687
     # ms, 2 2.631, 3 2.508, 4 2.453 (shared memory: 4 x 48 KB of k, w, u tiles at 128 columns)
     split_states_num_stages: int | None = 4
+    # which of them carry the state transposed, S^T [BV, Kp], so that the state and V' enter their dots as first
+    # operands, which Hopper's wgmma reads from registers instead of shared memory (_split.transposed_states_kernel):
+    # 'none', 'transition' (the sweep from I with U = 0) or 'both' (S_loc's sweep also transposes each U tile, a
+    # layout change through shared memory). Built and checked against the oracle in interpret mode on 2026-12-04
+    # (twelfth session) after the session's GPU time was spent; ptxas (sm_90a, K = V = 128): 214 / 170 registers
+    # against 254 / 242, both dots with register operands A. Not yet timed: 'none' until benchmarks/gpu_checks.sh
+    # step 10 shows it pays.
+    split_states_transposed: str = 'none'
+
+    def __post_init__(self):
+        modes = ('none', 'transition', 'both')
+        if self.split_states_transposed not in modes:
+            raise ValueError(f'KernelConfig.split_states_transposed must be one of {modes}; got '
+                             f'{self.split_states_transposed!r}')
 
     def storage_dtypes(self, ctx):
         """(dtype of S_c and V', dtype of dS_{c+1} and dV') for bwd_storage."""
@@ -230,6 +244,11 @@ def _state_tile(rows, bv):
 
 
 
+def _transposed_states(cfg, has_u: bool) -> bool:
+    """Whether a state-only sweep (S_loc's if has_u, else the transition's) runs transposed."""
+    return cfg.split_states_transposed == 'both' or (cfg.split_states_transposed == 'transition' and not has_u)
+
+
 def _forward(q, k, w, u, g, h0, ctx, cfg, interpret, store, final_only=False, segments=None):
     """(o, ht, chunk-start states, V'): the states only if `store` (under jax.grad), V' only if also
     cfg.bwd_split (the fused per-chunk backward recomputes it). final_only (the sequence split's state passes,
@@ -253,9 +272,13 @@ def _forward(q, k, w, u, g, h0, ctx, cfg, interpret, store, final_only=False, se
         in_specs.append(_state_tile(kp, bv))
         args.append(h0)
     if final_only:
+        kernel = (functools.partial(_split.transposed_states_kernel, ctx=ctx, has_h0=has_h0, has_u=u is not None,
+                                    interpret=interpret)
+                  if _transposed_states(cfg, u is not None) else
+                  functools.partial(_fwd_kernel, ctx=ctx, has_h0=has_h0, store=False, split=False, keep_vn=False,
+                                    emit_o=False, has_u=u is not None))
         ht = pl.pallas_call(
-            functools.partial(_fwd_kernel, ctx=ctx, has_h0=has_h0, store=False, split=False, keep_vn=False,
-                              emit_o=False, has_u=u is not None),
+            kernel,
             grid=(rows_out, h, vp // bv), in_specs=in_specs, out_specs=_state_tile(kp, bv),
             out_shape=jax.ShapeDtypeStruct((rows_out, h, kp, vp), _F32), interpret=interpret,
             name='gated_delta_rule_states', **_params(interpret, ctx, cfg.num_warps, cfg.num_stages))(*args)
