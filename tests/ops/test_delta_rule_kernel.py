@@ -391,15 +391,16 @@ def test_lowers_to_triton(gate_cumsum):
     assert text.count('triton') >= 5  # WY, forward, state-gradient, dq/dk/dW and WY-backward kernels
 
 
-@pytest.mark.parametrize('split_o', [False, True])
-def test_sequence_split_lowers_to_triton(split_o):
-    """The split forward (outside jax.grad) lowers too: the WY kernel, two state-only sweeps, the segment starts
-    and the sweep."""
+@pytest.mark.parametrize('split_o, transposed', [(False, 'none'), (True, 'none'), (False, 'both')])
+def test_sequence_split_lowers_to_triton(split_o, transposed):
+    """The split forward (outside jax.grad) lowers too: the WY kernel, two state-only sweeps (also on the transposed
+    state), the segment starts and the sweep."""
     q, g, beta = jnp.zeros((1, 128, 2, 32), jnp.bfloat16), jnp.zeros((1, 128, 2)), jnp.full((1, 128, 2), 0.5)
 
     def calls(cfg):
         fn = functools.partial(kernel_gated_delta_rule, scale=0.1, chunk_size=32, config=cfg, interpret=False)
         text = jax.jit(fn).trace(q, q, q, g, beta).lower(lowering_platforms=('cuda',)).as_text()
         return text.count('custom_call @__gpu$xla.gpu.triton(')
-    cfg = KernelConfig(split_programs=64, split_min_len=32, split_o=split_o)  # 4 segments of 32 rows
+    cfg = KernelConfig(split_programs=64, split_min_len=32, split_o=split_o,  # 4 segments of 32 rows
+                       split_states_transposed=transposed)
     assert calls(cfg) == calls(dataclasses.replace(cfg, split_programs=0)) + 3
