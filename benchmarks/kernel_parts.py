@@ -11,8 +11,7 @@ Pieces, from each op's _bench.benchmark_parts:
 Median over --reps batches of calls (each ~100 ms since 2026-12-04's twelfth session, ~25 before; synchronised
 once; timing.py) after 3 warm-up calls; compile excluded (reported as the first call's time, which since
 2026-12-03 also computes the piece's inputs: pieces are built lazily, so --parts / --tune compile only what they
-time). Before 2026-12-02 late each call was synchronised
-(+0.1-0.2 ms).
+time). Before 2026-12-02 late each call was synchronised (+0.1-0.2 ms).
 
   python benchmarks/kernel_parts.py                          # gated_delta_rule, B=4 T=4096 H=16 D=128 bf16
   python benchmarks/kernel_parts.py --op gla
