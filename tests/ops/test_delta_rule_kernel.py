@@ -230,10 +230,11 @@ def _forward_only(case: Case, cfg):
      dataclasses.replace(SPLIT, split_states_block_v=16, split_states_num_warps=2, split_states_num_stages=2)),
     (Case(2, 64, 2, 32, 48, n=1, h0=False, chunk=16), dataclasses.replace(SPLIT, split_min_len=32)),  # 2: no M
     (Case(2, 64, 1, 32, 48, n=1, h0=True, chunk=16), dataclasses.replace(SPLIT, split_min_len=32)),   # 2: M(0)
-    # the state-only sweeps on the transposed state (_split.transposed_states_kernel): gated and not, K != V
-    (Case(1, 70, 2, 32, 48, n=1, h0=True, chunk=16), dataclasses.replace(SPLIT, split_states_transposed='both')),
+    # the state-only sweeps on the state as stored (the default transposes it: _split.transposed_states_kernel) and
+    # transposed for the transition only: gated and not, K != V
+    (Case(1, 70, 2, 32, 48, n=1, h0=True, chunk=16), dataclasses.replace(SPLIT, split_states_transposed='none')),
     (Case(2, 100, 1, 48, 32, n=None, h0=False, chunk=16, dtype='bfloat16'),
-     dataclasses.replace(SPLIT, split_min_len=32, split_states_transposed='both')),
+     dataclasses.replace(SPLIT, split_min_len=32, split_states_transposed='none')),
     (Case(1, 100, 2, 32, 48, n=0.1, h0=True, chunk=16, dtype='bfloat16'),
      dataclasses.replace(SPLIT, split_states_transposed='transition', split_states_block_v=16)),
 ], ids=lambda a: str(a) if isinstance(a, Case) else None)
@@ -356,7 +357,7 @@ def test_sequence_split_forward_gpu(n):
     unsplit kernel."""
     case = Case(1, 8192, 2, 128, 128, n=n, h0=True, chunk=64, dtype='bfloat16')
     test_sequence_split_forward(case, KernelConfig(split_programs=64, split_min_len=1024))
-    for transposed in ('transition', 'both'):
+    for transposed in ('none', 'transition'):
         test_sequence_split_forward(case, KernelConfig(split_programs=64, split_min_len=1024,
                                                        split_states_transposed=transposed))
 
@@ -391,7 +392,7 @@ def test_lowers_to_triton(gate_cumsum):
     assert text.count('triton') >= 5  # WY, forward, state-gradient, dq/dk/dW and WY-backward kernels
 
 
-@pytest.mark.parametrize('split_o, transposed', [(False, 'none'), (True, 'none'), (False, 'both')])
+@pytest.mark.parametrize('split_o, transposed', [(False, 'both'), (True, 'both'), (False, 'none')])
 def test_sequence_split_lowers_to_triton(split_o, transposed):
     """The split forward (outside jax.grad) lowers too: the WY kernel, two state-only sweeps (also on the transposed
     state), the segment starts and the sweep."""

@@ -119,11 +119,11 @@ class KernelConfig:
     # which of them carry the state transposed, S^T [BV, Kp], so that the state and V' enter their dots as first
     # operands, which Hopper's wgmma reads from registers instead of shared memory (_split.transposed_states_kernel):
     # 'none', 'transition' (the sweep from I with U = 0) or 'both' (S_loc's sweep also transposes each U tile, a
-    # layout change through shared memory). Built and checked against the oracle in interpret mode on 2026-12-04
-    # (twelfth session) after the session's GPU time was spent; ptxas (sm_90a, K = V = 128): 214 / 170 registers
-    # against 254 / 242, both dots with register operands A. Not yet timed: 'none' until benchmarks/gpu_checks.sh
-    # step 10 shows it pays.
-    split_states_transposed: str = 'none'
+    # layout change through shared memory). ptxas (sm_90a, K = V = 128): 214 / 170 registers against 254 / 242, both
+    # dots with register operands A. H200, forward at H=16 D=128 bf16 (kernel_parts.py --parts fwd,
+    # results/gpu_checks-2026-12-04_s13/call1_*): delta_rule B=1 T=65536 none 2.399 / 2.407, transition 2.274, both
+    # 2.211 ms; gated_delta_rule 2.837 / 2.734 / 2.686; at B=2 T=32768 (P = 2, S_loc(0) only) none 2.145, both 2.162.
+    split_states_transposed: str = 'both'
 
     def __post_init__(self):
         modes = ('none', 'transition', 'both')
