@@ -21,8 +21,9 @@
 #   9. issue 9's one-GPU rows of the GLA LM (scale.py: T = 2048, 32768 and 131072; tokens/s, peak memory or OOM),
 #      the baselines its data- and sequence-parallel runs compare against, while no multi-GPU machine is lent.
 #  10. the delta split's state-only sweeps on the transposed state (KernelConfig.split_states_transposed, built in
-#      the twelfth session and not yet timed): the split's GPU tests, the forward at B=1 T=65536 and B=2 T=32768 for
-#      'none', 'transition' and 'both' (delta_rule and gated_delta_rule), then criterion 3 at 'both'.
+#      the twelfth session, timed in the thirteenth and 'both' by default since): the split's GPU tests, the forward
+#      at B=1 T=65536 and B=2 T=32768 for 'none', 'transition' and 'both' (delta_rule and gated_delta_rule), then
+#      criterion 3 at 'both'.
 # Results (JSON, logs) go to $OUT (default benchmarks/results/gpu_checks-<date>). Each line below fits one
 # 10-minute device command (the limits add up to 420, 560, 570, 530, 560, 480, 420, 560 and 580 s; step 2 passed 360 s
 # on a warm machine in the eighth session, most of it compiling, but from a cold start with the 100-ms timing
