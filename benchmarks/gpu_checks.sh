@@ -3,7 +3,9 @@
 # off by the device's per-call limit still leaves the earlier results:
 #   1. the linear kernels' GPU tests against the fp32 oracles (o and every gradient; 336 s on the H200);
 #   2. every op at issue 6's shape against cuDNN, FLA (its backward runs for gla; the others need Triton >= 3.7.1)
-#      and the pure-JAX chunk form (kernels checked against chunk, o and every gradient);
+#      and the pure-JAX chunk form (kernels checked against chunk, o and every gradient): simple_gla and gla in
+#      step 2, the delta rules and sigmoid in step 2b (one command held all five until FLA's and the 100-ms timing
+#      batches' compile and warm-up outgrew it: cut after delta_rule's FLA forward at 560 s, twelfth session);
 #   3. time per token from T = 2048 to 65536 at B*T = 65536 (criterion 3), gla's split at split_states='xla'
 #      (the default 'sweeps' against it), and the split's block_states in key tiles, at 8 warps, 128-row chunks
 #      and 2 or 4 stages (3 the default since the eighth session; split_parts.py --key-tiles);
@@ -25,14 +27,14 @@
 #      at B=1 T=65536 and B=2 T=32768 for 'none', 'transition' and 'both' (delta_rule and gated_delta_rule), then
 #      criterion 3 at 'both'.
 # Results (JSON, logs) go to $OUT (default benchmarks/results/gpu_checks-<date>). Each line below fits one
-# 10-minute device command (the limits add up to 420, 560, 570, 530, 560, 480, 420, 560 and 580 s; step 2 passed 360 s
-# on a warm machine in the eighth session, most of it compiling, but from a cold start with the 100-ms timing
-# batches of the twelfth session it reached its limit after delta_rule's FLA forward). Usage, from the repo root:
+# 10-minute device command (the limits add up to 420, 560 (2 and 2b each), 570, 530, 560, 480, 420, 560 and 580 s).
+# ops_gpu.py --table-from merges 2's and 2b's JSON. Usage, from the repo root:
 #   bash benchmarks/gpu_checks.sh 1        # first: the linear kernels' GPU tests at the eighth session's defaults
 #   bash benchmarks/gpu_checks.sh 8
 #   bash benchmarks/gpu_checks.sh 3 4
 #   bash benchmarks/gpu_checks.sh 7
 #   bash benchmarks/gpu_checks.sh 2
+#   bash benchmarks/gpu_checks.sh 2b
 #   bash benchmarks/gpu_checks.sh 5
 #   bash benchmarks/gpu_checks.sh 6
 #   bash benchmarks/gpu_checks.sh 9
@@ -40,7 +42,7 @@
 set -uo pipefail
 OUT=${OUT:-benchmarks/results/gpu_checks-$(date +%Y-%m-%d)}
 mkdir -p "$OUT"
-steps=${*:-1 2 3 4 5 6}
+steps=${*:-1 2 2b 3 4 5 6}
 run() {  # run STEP LIMIT_S NAME CMD...: the command's output to $OUT/NAME.log, its tail to stdout
   local step=$1 limit=$2 name=$3
   shift 3
@@ -53,8 +55,10 @@ run() {  # run STEP LIMIT_S NAME CMD...: the command's output to $OUT/NAME.log, 
 run 1 420 tests_linear python3 -m pytest -q -p no:cacheprovider tests/ops/test_gla_kernel.py \
   tests/ops/test_simple_gla_kernel.py tests/ops/test_delta_rule_kernel.py tests/ops/test_block_states.py \
   -k "gpu or long"
-run 2 560 issue_shape python3 benchmarks/ops_gpu.py --ops simple_gla,gla,delta_rule,gated_delta_rule,sigmoid \
+run 2 560 issue_shape python3 benchmarks/ops_gpu.py --ops simple_gla,gla \
   --impls kernel,chunk,cudnn,fla --shapes 4x4096x16x128 --out "$OUT/ops_gpu_issue_shape.json"
+run 2b 560 issue_shape_delta_sigmoid python3 benchmarks/ops_gpu.py --ops delta_rule,gated_delta_rule,sigmoid \
+  --impls kernel,chunk,cudnn,fla --shapes 4x4096x16x128 --out "$OUT/ops_gpu_issue_shape_delta_sigmoid.json"
 run 3 150 scaling python3 benchmarks/ops_gpu.py --ops simple_gla,gla,delta_rule,gated_delta_rule --impls kernel \
   --modes fwd --shapes scaling --out "$OUT/ops_gpu_scaling.json"
 run 3 120 scaling_gla_xla python3 benchmarks/ops_gpu.py --ops gla --impls kernel --modes fwd --shapes scaling \
