@@ -275,7 +275,7 @@ def test_bwd_apart_is_checked():
       _check(Case(1, 16, 1, 16, 16, n=1, h0=False), functools.partial(kernel_gla, config=KernelConfig(bwd_apart=bad)))
 
 
-@pytest.mark.parametrize('case', [CASES[i] for i in (0, 1, 3, 5)], ids=str)  # fp32 slow / fast gates, T = 1, bf16
+@pytest.mark.parametrize('case', [CASES[i] for i in (0, 1, 3, 5)], ids=str)  # fp32 at n = 1 and 0.1, T = 1, bf16
 def test_bwd_states_matches_naive(case):
   """KernelConfig(bwd_states=True): the backward from stored chunk states (_state_grads.py)."""
   _check(case, functools.partial(kernel_gla, config=BWD_STATES))
