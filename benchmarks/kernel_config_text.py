@@ -5,20 +5,25 @@ from __future__ import annotations
 import dataclasses
 
 
+def _annotation(field: dataclasses.Field) -> str:
+  """The field's annotation as text (annotations are strings under `from __future__ import annotations`)."""
+  return field.type if isinstance(field.type, str) else getattr(field.type, '__name__', str(field.type))
+
+
 def _kind(field: dataclasses.Field, default) -> type:
   """The field's value type: its default's, or for a None default the non-None type of its annotation
-  ('str | None' -> str; annotations are strings under `from __future__ import annotations`)."""
+  ('str | None' -> str)."""
   if default is not None:
     return type(default)
-  annotation = field.type if isinstance(field.type, str) else getattr(field.type, '__name__', str(field.type))
+  annotation = _annotation(field)
   for kind in (bool, int, float, str):
     if kind.__name__ in annotation:
       return kind
   return int
 
 
-def _value(name: str, raw: str, kind: type, flag: str):
-  if raw.lower() == 'none':
+def _value(name: str, raw: str, kind: type, nullable: bool, flag: str):
+  if nullable and raw.lower() == 'none':  # where None is a value; elsewhere 'none' is text (a str field's mode)
     return None
   if kind is bool:
     if raw.lower() not in ('1', '0', 'true', 'false', 'yes', 'no'):
@@ -43,5 +48,6 @@ def parse_config(cls, text: str | None, flag: str = '--config'):
     if name not in fields or not eq:
       raise SystemExit(f'{flag}: {cls.__module__}.{cls.__name__} has no field {name!r} (write field=value); '
                        f'fields: {", ".join(sorted(fields))}')
-    values[name] = _value(name, raw, _kind(fields[name], getattr(base, name)), flag)
+    values[name] = _value(name, raw, _kind(fields[name], getattr(base, name)), 'None' in _annotation(fields[name]),
+                          flag)
   return dataclasses.replace(base, **values)

@@ -44,6 +44,9 @@ def test_config_and_arguments_are_checked(kp):
     assert kp.parse_config('intra_width=16', 'gla').intra_width == 16
     cfg = kp.parse_config('intra_diag_bwd=rows2,bwd_states=true,num_stages_intra=none', 'gla')  # str | None fields
     assert (cfg.intra_diag_bwd, cfg.bwd_states, cfg.num_stages_intra) == ('rows2', True, None)
+    # 'none' is None only where the field takes None: a str field's mode named 'none' stays text
+    assert kp.parse_config('split_states_transposed=none,split_programs=none').split_states_transposed == 'none'
+    assert kp.parse_config('split_states_transposed=none,split_programs=none').split_programs is None
     with pytest.raises(SystemExit, match='no field .blockv'):
         kp.parse_config('blockv=16')
     with pytest.raises(SystemExit, match='split_o takes true or false'):
