@@ -24,10 +24,10 @@
 #      the baselines its data- and sequence-parallel runs compare against, while no multi-GPU machine is lent.
 #  10. the delta split's state-only sweeps on the transposed state (KernelConfig.split_states_transposed, built in
 #      the twelfth session, timed in the thirteenth and 'both' by default since): the split's GPU tests, the forward
-#      at B=1 T=65536 and B=2 T=32768 for 'none', 'transition' and 'both' (delta_rule and gated_delta_rule), then
-#      criterion 3 at 'both'.
+#      at B=1 T=65536 and B=2 T=32768 for 'none', 'transition' and the default (delta_rule and gated_delta_rule);
+#      criterion 3 at the default is step 3.
 # Results (JSON, logs) go to $OUT (default benchmarks/results/gpu_checks-<date>). Each line below fits one
-# 10-minute device command (the limits add up to 420, 560 (2 and 2b each), 570, 530, 560, 480, 420, 560 and 580 s).
+# 10-minute device command (the limits add up to 420, 560 (2 and 2b each), 570, 530, 560, 480, 420, 560 and 430 s).
 # ops_gpu.py --table-from merges 2's and 2b's JSON. Usage, from the repo root:
 #   bash benchmarks/gpu_checks.sh 1        # first: the linear kernels' GPU tests at the eighth session's defaults
 #   bash benchmarks/gpu_checks.sh 8
@@ -92,14 +92,11 @@ run 9 560 scale_one_gpu python3 benchmarks/scale.py --steps 5 \
 run 10 150 tests_split_transposed python3 -m pytest -q -p no:cacheprovider tests/ops/test_delta_rule_kernel.py \
   -k "sequence_split"
 run 10 110 delta_transposed_65536 python3 benchmarks/kernel_parts.py --op delta_rule --parts fwd 1 65536 16 128 \
-  --config default --config split_states_transposed=transition --config split_states_transposed=both \
-  --config default --out "$OUT/delta_transposed_65536.json"
+  --config split_states_transposed=none --config split_states_transposed=transition --config default \
+  --config split_states_transposed=none --out "$OUT/delta_transposed_65536.json"
 run 10 80 delta_transposed_32768 python3 benchmarks/kernel_parts.py --op delta_rule --parts fwd 2 32768 16 128 \
-  --config default --config split_states_transposed=both --out "$OUT/delta_transposed_32768.json"
+  --config split_states_transposed=none --config default --out "$OUT/delta_transposed_32768.json"
 run 10 90 gdr_transposed_65536 python3 benchmarks/kernel_parts.py --op gated_delta_rule --parts fwd 1 65536 16 128 \
-  --config default --config split_states_transposed=transition --config split_states_transposed=both \
+  --config split_states_transposed=none --config split_states_transposed=transition --config default \
   --out "$OUT/gdr_transposed_65536.json"
-run 10 150 scaling_transposed python3 benchmarks/ops_gpu.py --ops delta_rule,gated_delta_rule --impls kernel \
-  --modes fwd --shapes scaling --kernel-config delta_rule:split_states_transposed=both \
-  --kernel-config gated_delta_rule:split_states_transposed=both --out "$OUT/ops_gpu_scaling_transposed.json"
 echo "results in $OUT"
